@@ -1,0 +1,120 @@
+"""Pieces shared by several layers: short causal convolution, gated RMSNorm, spectral norm."""
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def up(x: torch.Tensor) -> torch.Tensor:
+    """At least float32 (float64 stays float64): recurrent math never runs in half precision."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+class ShortConv(nn.Module):
+    """Depthwise causal conv over time on [B, T, C], carrying the last (K-1) inputs as state.
+
+    ``forward(x, state)`` with state [B, K-1, C] (zeros when None) returns (y [B, T, C], new_state),
+    so that running a sequence in pieces equals running it whole.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 4, bias: bool = False):
+        super().__init__()
+        self.channels, self.kernel_size = channels, kernel_size
+        self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
+        bound = 1.0 / math.sqrt(kernel_size)
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None):
+        B, T, C = x.shape
+        K = self.kernel_size
+        if state is None:
+            state = x.new_zeros(B, K - 1, C)
+        xs = torch.cat([state.to(x.dtype), x], dim=1)                  # [B, K-1+T, C]
+        y = F.conv1d(xs.transpose(1, 2), self.weight.to(x.dtype),
+                     None if self.bias is None else self.bias.to(x.dtype), groups=C)
+        return y.transpose(1, 2), xs[:, xs.shape[1] - (K - 1):]
+
+    @staticmethod
+    def param_count(channels: int, kernel_size: int, bias: bool) -> int:
+        return channels * kernel_size + (channels if bias else 0)
+
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm over the last dim, optionally of ``x * silu(z)`` (Mamba2 / fla style)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None, gate_after: bool = False):
+        if z is not None and not gate_after:
+            x = x * F.silu(z)
+        xf = up(x)
+        y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight.to(x.dtype)
+        if z is not None and gate_after:
+            y = y * F.silu(z)
+        return y
+
+
+class SpectralNormWeight(nn.Module):
+    """A square weight whose spectral norm is kept <= ``radius``.
+
+    W_eff = W / max(1, sigma(W) / radius), sigma estimated by power iteration (one step per
+    training forward, none in eval mode, so eval is deterministic).
+    """
+
+    def __init__(self, dim: int, radius: float = 0.99, init_scale: float = 0.9):
+        super().__init__()
+        self.radius = radius
+        w = torch.empty(dim, dim)
+        nn.init.orthogonal_(w)
+        self.weight = nn.Parameter(w * init_scale)
+        u = torch.randn(dim)
+        self.register_buffer("u", u / u.norm())
+
+    def forward(self) -> torch.Tensor:
+        W = self.weight
+        Wf = W if W.dtype == torch.float64 else W.float()
+        if self.training:
+            with torch.no_grad():
+                v = F.normalize(Wf.t() @ self.u.to(Wf.dtype), dim=0)
+                self.u.copy_(F.normalize(Wf @ v, dim=0))
+        u = self.u.to(Wf.dtype)
+        v = F.normalize(Wf.t() @ u, dim=0).detach()
+        sigma = torch.dot(u, Wf @ v)
+        return W / torch.clamp(sigma / self.radius, min=1.0).to(W.dtype)
+
+
+def orthogonal_(weight: torch.Tensor, scale: float) -> torch.Tensor:
+    with torch.no_grad():
+        nn.init.orthogonal_(weight)
+        weight.mul_(scale)
+    return weight
+
+
+def minrnn_g(x: torch.Tensor) -> torch.Tensor:
+    """g(x) = x + 0.5 for x >= 0, sigmoid(x) otherwise (Feng et al.'s positive activation)."""
+    return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
+
+
+def inv_softplus(x: torch.Tensor) -> torch.Tensor:
+    return x + torch.log(-torch.expm1(-x))
+
+
+def init_dt_bias(n: int, dt_min: float = 1e-3, dt_max: float = 0.1) -> torch.Tensor:
+    dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    return inv_softplus(dt.clamp(min=1e-4))
+
+
+def init_A_log(n: int, lo: float = 1.0, hi: float = 16.0) -> torch.Tensor:
+    return torch.log(torch.empty(n).uniform_(lo, hi))
+
+
+def options_dict(opts) -> dict:
+    return {f.name: getattr(opts, f.name) for f in fields(opts)}

@@ -1,0 +1,131 @@
+"""E88: multi-head nonlinear matrix-state recurrence with the delta rule.
+
+q, k, v = proj(u) (one fused linear, dim -> H (2n + m)), optional SiLU and short causal conv;
+k, q L2-normalised per head; per-head decay a_t; per head S = tanh(a S + (v - S k) k^T), o = S q;
+optional output gate o * silu(g) or o * sigmoid(g), g = g_proj(u); out_proj: H m -> dim.
+n = n_state (key dim), m = round(n * expansion) (value dim).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from elmanlab.layers.base import RecurrentLayer
+from elmanlab.layers.common import up, ShortConv, init_A_log, init_dt_bias
+from elmanlab.ops.e88 import e88_scan
+
+SUPPORTED_N_STATE = tuple(range(8, 65, 8))
+DECAY_MODES = ("mamba2", "sigmoid", "fixed")
+
+
+@dataclass
+class E88Options:
+    n_heads: int | None = field(default=None, metadata={"help": "heads H (default: round(balance * dim / n_state))"})
+    n_state: int = field(default=32, metadata={"help": f"key dim n per head, one of {SUPPORTED_N_STATE}"})
+    balance: float = field(default=1.0, metadata={"help": "target H * n_state / dim when n_heads is not given"})
+    expansion: float = field(default=1.0, metadata={"help": "value dim per head = n_state * expansion"})
+    linear_state: bool = field(default=False, metadata={"help": "linear state update instead of tanh"})
+    use_gate: bool = field(default=False, metadata={"help": "output gate o * act(g_proj(u))"})
+    gate_activation: str = field(default="silu", metadata={"help": "gate activation", "choices": ("silu", "sigmoid")})
+    use_conv: bool = field(default=False, metadata={"help": "short causal depthwise conv on q, k, v"})
+    conv_size: int = field(default=4, metadata={"help": "short conv kernel size"})
+    use_silu: bool = field(default=False, metadata={"help": "SiLU on q, k, v after the projection (and conv)"})
+    decay: str = field(default="mamba2", metadata={
+        "help": "decay a_t: mamba2 = exp(-exp(A_log) softplus(a_proj u + dt_bias)); "
+                "sigmoid = sigmoid(a_proj u + b); fixed = sigmoid(per-head parameter)",
+        "choices": DECAY_MODES})
+
+
+def _value_dim(opts: E88Options) -> int:
+    return max(1, int(round(opts.n_state * opts.expansion)))
+
+
+class E88(RecurrentLayer):
+    name = "e88"
+    description = "multi-head matrix state: S = tanh(a S + (v - S k) k^T), o = S q"
+    Options = E88Options
+
+    def __init__(self, dim: int, opts: E88Options, layer_idx: int = 0, depth: int = 1):
+        super().__init__()
+        self.opts = opts
+        H, n, m = opts.n_heads, opts.n_state, _value_dim(opts)
+        self.H, self.n, self.m = H, n, m
+        self.qkv = nn.Linear(dim, H * (2 * n + m), bias=False)
+        self.conv = ShortConv(H * (2 * n + m), opts.conv_size, bias=False) if opts.use_conv else None
+        if opts.decay == "mamba2":
+            self.a_proj = nn.Linear(dim, H, bias=False)
+            self.A_log = nn.Parameter(init_A_log(H))
+            self.dt_bias = nn.Parameter(init_dt_bias(H))
+        elif opts.decay == "sigmoid":
+            self.a_proj = nn.Linear(dim, H, bias=True)
+            nn.init.constant_(self.a_proj.bias, 3.0)           # a ~ 0.95 at start
+        else:
+            self.a_logit = nn.Parameter(torch.linspace(2.0, 5.0, H))
+        self.g_proj = nn.Linear(dim, H * m, bias=False) if opts.use_gate else None
+        self.out_proj = nn.Linear(H * m, dim, bias=False)
+
+    def decay(self, u: torch.Tensor) -> torch.Tensor:
+        o = self.opts
+        if o.decay == "mamba2":
+            return torch.exp(-torch.exp(up(self.A_log)) * F.softplus(up(self.a_proj(u)) + up(self.dt_bias)))
+        if o.decay == "sigmoid":
+            return torch.sigmoid(up(self.a_proj(u)))
+        B, T = u.shape[:2]
+        return torch.sigmoid(up(self.a_logit)).expand(B, T, self.H)
+
+    def forward(self, u, state=None):
+        B, T, _ = u.shape
+        conv_state, S0 = (None, None) if state is None else state
+        qkv = self.qkv(u)
+        if self.conv is not None:
+            qkv, conv_state = self.conv(qkv, conv_state)
+        if self.opts.use_silu:
+            qkv = F.silu(qkv)
+        H, n, m = self.H, self.n, self.m
+        q, k, v = qkv.split([H * n, H * n, H * m], dim=-1)
+        q = F.normalize(q.reshape(B, T, H, n), dim=-1)
+        k = F.normalize(k.reshape(B, T, H, n), dim=-1)
+        v = v.reshape(B, T, H, m)
+        g = None if self.g_proj is None else self.g_proj(u).reshape(B, T, H, m)
+        y, S = e88_scan(q, k, v, self.decay(u), S0, "linear" if self.opts.linear_state else "tanh",
+                        g, self.opts.gate_activation)
+        return self.out_proj(y.reshape(B, T, H * m).to(u.dtype)), (conv_state, S)
+
+    @classmethod
+    def resolve(cls, dim, opts):
+        cls.check(opts.n_state in SUPPORTED_N_STATE,
+                  f"n_state {opts.n_state} is not supported; use one of {', '.join(map(str, SUPPORTED_N_STATE))}")
+        cls.check(opts.gate_activation in ("silu", "sigmoid"),
+                  f"gate_activation must be silu or sigmoid, got {opts.gate_activation!r}")
+        cls.check(opts.decay in DECAY_MODES, f"decay must be one of {', '.join(DECAY_MODES)}, got {opts.decay!r}")
+        cls.check(opts.expansion > 0, f"expansion must be > 0, got {opts.expansion}")
+        cls.check(opts.conv_size >= 2, f"conv_size must be >= 2, got {opts.conv_size}")
+        cls.check(opts.balance > 0, f"balance must be > 0, got {opts.balance}")
+        out = super().resolve(dim, opts)
+        if out.n_heads is None:
+            out.n_heads = max(1, int(round(opts.balance * dim / opts.n_state)))
+        cls.check(out.n_heads >= 1, f"n_heads must be >= 1, got {out.n_heads}")
+        return out
+
+    @classmethod
+    def param_count(cls, dim, opts):
+        H, n, m = opts.n_heads, opts.n_state, _value_dim(opts)
+        c = H * (2 * n + m)
+        p = dim * c + H * m * dim
+        if opts.use_conv:
+            p += ShortConv.param_count(c, opts.conv_size, bias=False)
+        p += {"mamba2": dim * H + 2 * H, "sigmoid": dim * H + H, "fixed": H}[opts.decay]
+        if opts.use_gate:
+            p += dim * H * m
+        return p
+
+    @classmethod
+    def state_size(cls, dim, opts):
+        return opts.n_heads * opts.n_state * _value_dim(opts)
+
+    @classmethod
+    def conv_state_size(cls, dim, opts):
+        return (opts.conv_size - 1) * opts.n_heads * (2 * opts.n_state + _value_dim(opts)) if opts.use_conv else 0

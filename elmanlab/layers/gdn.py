@@ -1,0 +1,112 @@
+"""Gated DeltaNet (Yang, Kautz & Hatamizadeh 2024) with flash-linear-attention's layer layout.
+
+q, k, v = silu(short_conv(proj(u))); q, k L2-normalised per head; beta = sigmoid(b_proj u);
+g = -exp(A_log) softplus(a_proj u + dt_bias); gated delta rule; per-head gated RMSNorm with
+g_proj(u) (or plain RMSNorm without the gate); o_proj. Defaults follow fla's ``GatedDeltaNet``
+(head_dim 256, expand_v 2, gate and short conv on), with n_heads = round(0.75 dim / head_dim) when
+not given (fla's 6 heads of 256 at hidden 2048).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from elmanlab.layers.base import RecurrentLayer
+from elmanlab.layers.common import up, GatedRMSNorm, ShortConv, init_A_log, init_dt_bias
+from elmanlab.ops.delta import gated_delta_rule
+
+
+@dataclass
+class GDNOptions:
+    n_heads: int | None = field(default=None, metadata={"help": "heads (default round(0.75 dim / head_dim), at least 1)"})
+    head_dim: int = field(default=256, metadata={"help": "key dim per head"})
+    expand_v: float = field(default=2.0, metadata={"help": "value dim per head = head_dim * expand_v"})
+    use_gate: bool = field(default=True, metadata={"help": "output gate through the gated RMSNorm"})
+    use_short_conv: bool = field(default=True, metadata={"help": "short causal conv on q, k, v"})
+    conv_size: int = field(default=4, metadata={"help": "short conv kernel size"})
+
+
+class GDN(RecurrentLayer):
+    name = "gdn"
+    description = "Gated DeltaNet (fla layout): S = a S (I - b k k^T) + b v k^T"
+    Options = GDNOptions
+
+    def __init__(self, dim: int, opts: GDNOptions, layer_idx: int = 0, depth: int = 1):
+        super().__init__()
+        self.opts = opts
+        H, dk = opts.n_heads, opts.head_dim
+        dv = int(dk * opts.expand_v)
+        self.H, self.dk, self.dv = H, dk, dv
+        K, V = H * dk, H * dv
+        self.q_proj = nn.Linear(dim, K, bias=False)
+        self.k_proj = nn.Linear(dim, K, bias=False)
+        self.v_proj = nn.Linear(dim, V, bias=False)
+        self.a_proj = nn.Linear(dim, H, bias=False)
+        self.b_proj = nn.Linear(dim, H, bias=False)
+        self.A_log = nn.Parameter(init_A_log(H, 0.0 + 1e-4, 16.0))
+        self.dt_bias = nn.Parameter(init_dt_bias(H))
+        if opts.use_short_conv:
+            self.q_conv = ShortConv(K, opts.conv_size)
+            self.k_conv = ShortConv(K, opts.conv_size)
+            self.v_conv = ShortConv(V, opts.conv_size)
+        self.g_proj = nn.Linear(dim, V, bias=False) if opts.use_gate else None
+        self.o_norm = GatedRMSNorm(dv)
+        self.o_proj = nn.Linear(V, dim, bias=False)
+
+    def forward(self, u, state=None):
+        B, T, _ = u.shape
+        cq, ck, cv, S0 = (None, None, None, None) if state is None else state
+        q, k, v = self.q_proj(u), self.k_proj(u), self.v_proj(u)
+        if self.opts.use_short_conv:
+            q, cq = self.q_conv(q, cq)
+            k, ck = self.k_conv(k, ck)
+            v, cv = self.v_conv(v, cv)
+        q, k, v = F.silu(q), F.silu(k), F.silu(v)
+        q = F.normalize(q.reshape(B, T, self.H, self.dk), dim=-1)
+        k = F.normalize(k.reshape(B, T, self.H, self.dk), dim=-1)
+        v = v.reshape(B, T, self.H, self.dv)
+        beta = torch.sigmoid(up(self.b_proj(u)))
+        g = -torch.exp(up(self.A_log)) * F.softplus(up(self.a_proj(u)) + up(self.dt_bias))
+        o, S = gated_delta_rule(q, k, v, g, beta, self.dk ** -0.5, S0)
+        o = o.to(u.dtype)
+        gate = None if self.g_proj is None else self.g_proj(u).reshape(B, T, self.H, self.dv)
+        o = self.o_norm(o, gate, gate_after=True)
+        return self.o_proj(o.reshape(B, T, self.H * self.dv)), (cq, ck, cv, S)
+
+    @classmethod
+    def resolve(cls, dim, opts):
+        cls.check(opts.head_dim >= 1, f"head_dim must be >= 1, got {opts.head_dim}")
+        cls.check(opts.expand_v > 0 and float(opts.head_dim * opts.expand_v).is_integer(),
+                  f"head_dim * expand_v must be a positive integer, got {opts.head_dim} * {opts.expand_v}")
+        cls.check(opts.conv_size >= 2, f"conv_size must be >= 2, got {opts.conv_size}")
+        out = super().resolve(dim, opts)
+        if out.n_heads is None:
+            out.n_heads = max(1, int(round(0.75 * dim / opts.head_dim)))
+        cls.check(out.n_heads >= 1, f"n_heads must be >= 1, got {out.n_heads}")
+        return out
+
+    @classmethod
+    def param_count(cls, dim, opts):
+        H, dk = opts.n_heads, opts.head_dim
+        dv = int(dk * opts.expand_v)
+        K, V = H * dk, H * dv
+        p = 2 * dim * K + dim * V + 2 * dim * H + 2 * H + dv + V * dim
+        if opts.use_short_conv:
+            p += (2 * K + V) * opts.conv_size
+        if opts.use_gate:
+            p += dim * V
+        return p
+
+    @classmethod
+    def state_size(cls, dim, opts):
+        return opts.n_heads * opts.head_dim * int(opts.head_dim * opts.expand_v)
+
+    @classmethod
+    def conv_state_size(cls, dim, opts):
+        if not opts.use_short_conv:
+            return 0
+        H, dk = opts.n_heads, opts.head_dim
+        return (opts.conv_size - 1) * (2 * H * dk + H * int(dk * opts.expand_v))

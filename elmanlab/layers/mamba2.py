@@ -1,0 +1,90 @@
+"""Mamba2 mixer (Dao & Gu 2024): in_proj -> causal conv on (x, B, C) -> SSD -> gated RMSNorm -> out_proj.
+
+The same parameter layout as mamba_ssm's ``Mamba2`` (ngroups, headdim, d_state, conv with bias,
+dt_bias, A_log, D, RMSNormGated with norm_before_gate=False), so the official kernels can run it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from elmanlab.layers.base import RecurrentLayer
+from elmanlab.layers.common import up, GatedRMSNorm, ShortConv, init_A_log, init_dt_bias
+from elmanlab.ops.ssd import ssd
+
+
+@dataclass
+class Mamba2Options:
+    expand: int = field(default=2, metadata={"help": "d_inner = expand * dim"})
+    d_state: int = field(default=128, metadata={"help": "SSM state size N per head"})
+    headdim: int = field(default=64, metadata={"help": "head dim P (n_heads = d_inner / headdim)"})
+    ngroups: int = field(default=1, metadata={"help": "groups sharing B and C"})
+    d_conv: int = field(default=4, metadata={"help": "causal conv kernel size"})
+    chunk_size: int = field(default=64, metadata={"help": "SSD chunk length"})
+
+
+class Mamba2(RecurrentLayer):
+    name = "mamba2"
+    description = "Mamba2 mixer (SSD), expand 2, d_state 128, headdim 64"
+    Options = Mamba2Options
+    dim_multiple = 32
+
+    def __init__(self, dim: int, opts: Mamba2Options, layer_idx: int = 0, depth: int = 1):
+        super().__init__()
+        self.opts = opts
+        di = opts.expand * dim
+        self.di, self.H, self.P = di, di // opts.headdim, opts.headdim
+        self.G, self.N = opts.ngroups, opts.d_state
+        self.conv_dim = di + 2 * self.G * self.N
+        self.in_proj = nn.Linear(dim, 2 * di + 2 * self.G * self.N + self.H, bias=False)
+        self.conv = ShortConv(self.conv_dim, opts.d_conv, bias=True)
+        self.dt_bias = nn.Parameter(init_dt_bias(self.H))
+        self.A_log = nn.Parameter(init_A_log(self.H))
+        self.D = nn.Parameter(torch.ones(self.H))
+        self.norm = GatedRMSNorm(di)
+        self.out_proj = nn.Linear(di, dim, bias=False)
+
+    def forward(self, u, state=None):
+        B, T, _ = u.shape
+        conv_state, S0 = (None, None) if state is None else state
+        z, xBC, dt = self.in_proj(u).split([self.di, self.conv_dim, self.H], dim=-1)
+        xBC, conv_state = self.conv(xBC, conv_state)
+        xBC = F.silu(xBC)
+        x, Bm, Cm = xBC.split([self.di, self.G * self.N, self.G * self.N], dim=-1)
+        dt = F.softplus(up(dt) + up(self.dt_bias))
+        A = -torch.exp(up(self.A_log))
+        y, S = ssd(x.reshape(B, T, self.H, self.P), dt, A, Bm.reshape(B, T, self.G, self.N),
+                   Cm.reshape(B, T, self.G, self.N), up(self.D), S0, self.opts.chunk_size)
+        y = self.norm(y.reshape(B, T, self.di).to(u.dtype), z)
+        return self.out_proj(y), (conv_state, S)
+
+    @classmethod
+    def resolve(cls, dim, opts):
+        di = opts.expand * dim
+        cls.check(opts.expand >= 1, f"expand must be >= 1, got {opts.expand}")
+        cls.check(di % opts.headdim == 0,
+                  f"d_inner = expand * dim = {di} must be a multiple of headdim {opts.headdim}; pick dim accordingly")
+        cls.check((di // opts.headdim) % opts.ngroups == 0,
+                  f"n_heads {di // opts.headdim} must be a multiple of ngroups {opts.ngroups}")
+        cls.check(opts.d_conv >= 2, f"d_conv must be >= 2, got {opts.d_conv}")
+        return super().resolve(dim, opts)
+
+    @classmethod
+    def param_count(cls, dim, opts):
+        di = opts.expand * dim
+        H = di // opts.headdim
+        GN = opts.ngroups * opts.d_state
+        conv_dim = di + 2 * GN
+        return (dim * (2 * di + 2 * GN + H) + ShortConv.param_count(conv_dim, opts.d_conv, True)
+                + 3 * H + di + di * dim)
+
+    @classmethod
+    def state_size(cls, dim, opts):
+        return opts.expand * dim * opts.d_state
+
+    @classmethod
+    def conv_state_size(cls, dim, opts):
+        return (opts.d_conv - 1) * (opts.expand * dim + 2 * opts.ngroups * opts.d_state)

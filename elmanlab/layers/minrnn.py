@@ -1,0 +1,79 @@
+"""minGRU and minLSTM (Feng et al. 2024, "Were RNNs all we needed?"), log-space form.
+
+minGRU:  h_t = (1 - z_t) h_{t-1} + z_t g(h~_t),       [h~, z] = linear(u), z = sigmoid
+minLSTM: h_t = f'_t h_{t-1} + i'_t g(h~_t),            f' = f / (f + i), i' = i / (f + i)
+g(x) = x + 0.5 (x >= 0) or sigmoid(x): the positive activation of the paper's log-space version.
+Both are diagonal linear recurrences, computed by a parallel scan (never a loop over time).
+An output projection d_inner -> dim exists only when expansion != 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+import torch.nn.functional as F
+
+from elmanlab.layers.base import RecurrentLayer, d_inner_of
+from elmanlab.layers.common import up, minrnn_g
+from elmanlab.ops.scan import linear_scan
+
+
+@dataclass
+class MinRNNOptions:
+    expansion: float = field(default=1.0, metadata={"help": "d_inner = dim * expansion (out projection when != 1)"})
+
+
+class _MinRNN(RecurrentLayer):
+    Options = MinRNNOptions
+    n_proj = 2
+
+    def __init__(self, dim: int, opts: MinRNNOptions, layer_idx: int = 0, depth: int = 1):
+        super().__init__()
+        self.opts = opts
+        di = d_inner_of(dim, opts.expansion)
+        self.di = di
+        self.proj = nn.Linear(dim, self.n_proj * di, bias=False)
+        self.out_proj = nn.Linear(di, dim, bias=False) if di != dim else None
+
+    def forward(self, u, state=None):
+        a, b = self.coefficients(up(self.proj(u)))
+        h0 = None if state is None else state[0]
+        h, hT = linear_scan(a, b, h0)
+        h = h.to(u.dtype)
+        return (h if self.out_proj is None else self.out_proj(h)), (hT,)
+
+    @classmethod
+    def resolve(cls, dim, opts):
+        cls.check(opts.expansion > 0, f"expansion must be > 0, got {opts.expansion}")
+        return super().resolve(dim, opts)
+
+    @classmethod
+    def param_count(cls, dim, opts):
+        di = d_inner_of(dim, opts.expansion)
+        return cls.n_proj * dim * di + (di * dim if di != dim else 0)
+
+    @classmethod
+    def state_size(cls, dim, opts):
+        return d_inner_of(dim, opts.expansion)
+
+
+class MinGRU(_MinRNN):
+    name = "mingru"
+    description = "minGRU: h = (1 - z) h + z g(h~), parallel scan"
+    n_proj = 2
+
+    def coefficients(self, p):
+        h_tilde, zg = p.chunk(2, dim=-1)
+        z = F.sigmoid(zg)
+        return F.sigmoid(-zg), z * minrnn_g(h_tilde)
+
+
+class MinLSTM(_MinRNN):
+    name = "minlstm"
+    description = "minLSTM: h = f' h + i' g(h~) with normalised gates, parallel scan"
+    n_proj = 3
+
+    def coefficients(self, p):
+        fg, ig, h_tilde = p.chunk(3, dim=-1)
+        d = F.logsigmoid(fg) - F.logsigmoid(ig)            # log f - log i
+        return F.sigmoid(d), F.sigmoid(-d) * minrnn_g(h_tilde)

@@ -1,0 +1,110 @@
+"""The byte-level language model: embedding -> pre-norm residual blocks -> RMSNorm -> head.
+
+A block is ``x + layer(RMSNorm(x))`` (plus ``x + mlp(RMSNorm(x))`` when ``mlp_ratio > 0``).
+The head is untied from the embedding by default: that reproduces the seeds' parameter counts.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from elmanlab.config import ModelConfig
+
+VOCAB = 256
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w12 = nn.Linear(dim, 2 * hidden, bias=False)
+        self.w3 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        a, b = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(a) * b)
+
+
+def mlp_hidden(cfg: ModelConfig) -> int:
+    return int(round(cfg.mlp_ratio * cfg.dim))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.norm = nn.RMSNorm(cfg.dim, eps=1e-5)
+        self.layer = cfg.family(cfg.dim, cfg.options, layer_idx=layer_idx, depth=cfg.depth)
+        if cfg.mlp_ratio > 0:
+            self.mlp_norm = nn.RMSNorm(cfg.dim, eps=1e-5)
+            self.mlp = SwiGLU(cfg.dim, mlp_hidden(cfg))
+        else:
+            self.mlp = None
+
+    def forward(self, x, state=None):
+        y, state = self.layer(self.norm(x), state)
+        x = x + y
+        if self.mlp is not None:
+            x = x + self.mlp(self.mlp_norm(x))
+        return x, state
+
+
+class LM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(VOCAB, cfg.dim)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
+        self.norm = nn.RMSNorm(cfg.dim, eps=1e-5)
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, VOCAB, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        nn.init.normal_(self.embed.weight, std=0.02)
+        if self.head is not None:
+            nn.init.normal_(self.head.weight, std=0.02)
+        # residual branch outputs scaled down with depth (GPT-2 style)
+        std = 0.02 / (2 * self.cfg.depth) ** 0.5
+        for blk in self.blocks:
+            for name in ("out_proj", "o_proj"):
+                lin = getattr(blk.layer, name, None)
+                if isinstance(lin, nn.Linear):
+                    nn.init.normal_(lin.weight, std=std)
+            if blk.mlp is not None:
+                nn.init.normal_(blk.mlp.w3.weight, std=std)
+
+    def logits_from_hidden(self, x):
+        x = self.norm(x)
+        return F.linear(x, self.embed.weight) if self.head is None else self.head(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, states=None,
+                return_states: bool = False):
+        """idx [B, T] bytes (int64) -> logits [B, T, 256]; loss (mean nats/byte) when targets given.
+
+        With ``return_states`` the per-layer final states come back too, so a sequence can be
+        processed in segments; ``states`` (one entry per layer, None for zeros) continues one.
+        """
+        x = self.embed(idx)
+        new_states = []
+        for i, blk in enumerate(self.blocks):
+            x, st = blk(x, None if states is None else states[i])
+            new_states.append(st)
+        logits = self.logits_from_hidden(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().reshape(-1, VOCAB), targets.reshape(-1))
+        if return_states:
+            return logits, loss, new_states
+        return logits, loss
+
+    @torch.no_grad()
+    def step(self, byte: torch.Tensor, states=None):
+        """One byte per sequence: byte [B] -> (logits [B, 256], states). O(1) memory per byte."""
+        logits, _, states = self.forward(byte.view(-1, 1), states=states, return_states=True)
+        return logits[:, -1], states
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def build_model(cfg: ModelConfig) -> LM:
+    return LM(cfg)

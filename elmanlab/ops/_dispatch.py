@@ -1,0 +1,37 @@
+"""Choosing between a fast kernel and the plain-PyTorch reference."""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+_FORCE_REFERENCE = os.environ.get("ELMANLAB_REFERENCE", "") not in ("", "0", "false", "False")
+
+
+def reference_forced() -> bool:
+    return _FORCE_REFERENCE
+
+
+@contextlib.contextmanager
+def force_reference(enabled: bool = True):
+    """Context manager (or plain call via ``set_force_reference``) that disables fast kernels."""
+    global _FORCE_REFERENCE
+    old = _FORCE_REFERENCE
+    _FORCE_REFERENCE = enabled
+    try:
+        yield
+    finally:
+        _FORCE_REFERENCE = old
+
+
+def set_force_reference(enabled: bool) -> None:
+    global _FORCE_REFERENCE
+    _FORCE_REFERENCE = enabled
+
+
+def fast_path_enabled(*tensors: torch.Tensor) -> bool:
+    """True when every tensor lives on CUDA and the reference is not forced."""
+    if _FORCE_REFERENCE:
+        return False
+    return all(t is None or t.is_cuda for t in tensors)

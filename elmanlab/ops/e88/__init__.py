@@ -1,0 +1,22 @@
+"""E88 matrix-state scan (delta rule, decay, tanh or linear state, optional output gate)."""
+from __future__ import annotations
+
+import torch
+
+from elmanlab.ops._dispatch import fast_path_enabled
+from elmanlab.ops.e88.reference import apply_gate, e88_scan_ref
+
+# A fast implementation registers itself here with the reference's signature.
+FAST_IMPLS: dict = {}
+
+
+def e88_scan(q, k, v, decay, S0=None, nonlinearity: str = "tanh", g=None,
+             gate_activation: str = "silu"):
+    """q, k [B,T,H,n]; v [B,T,H,m]; decay [B,T,H]; S0 [B,H,m,n] -> (y [B,T,H,m], S_T)."""
+    impl = FAST_IMPLS.get("default")
+    if impl is not None and fast_path_enabled(q):
+        return impl(q, k, v, decay, S0, nonlinearity, g, gate_activation)
+    return e88_scan_ref(q, k, v, decay, S0, nonlinearity, g, gate_activation)
+
+
+__all__ = ["e88_scan", "e88_scan_ref", "apply_gate", "FAST_IMPLS"]

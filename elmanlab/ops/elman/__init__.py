@@ -1,0 +1,25 @@
+"""Elman recurrences: h_t = act(wx_t + W_h h_{t-1} + b), act in {tanh, linear}.
+
+:func:`elman_scan` is the entry point the layers call. On CUDA it uses the fastest available
+correct path (a fused kernel when one is installed); elsewhere the reference.
+"""
+from __future__ import annotations
+
+import torch
+
+from elmanlab.ops._dispatch import fast_path_enabled
+from elmanlab.ops.elman.reference import elman_scan_ref
+
+# Fast implementations register themselves here: name -> callable with the reference signature.
+FAST_IMPLS: dict = {}
+
+
+def elman_scan(wx: torch.Tensor, W_h: torch.Tensor, b: torch.Tensor | None = None,
+               h0: torch.Tensor | None = None, nonlinearity: str = "tanh"):
+    """wx [B, T, D], W_h [D, D], b [D] or None, h0 [B, D] or None -> (h [B, T, D], h_T [B, D])."""
+    if fast_path_enabled(wx) and nonlinearity in FAST_IMPLS:
+        return FAST_IMPLS[nonlinearity](wx, W_h, b, h0)
+    return elman_scan_ref(wx, W_h, b, h0, nonlinearity)
+
+
+__all__ = ["elman_scan", "elman_scan_ref", "FAST_IMPLS"]

@@ -1,0 +1,208 @@
+"""Parameter counts, the target-parameter solver, and state sizes.
+
+``count_params(cfg)`` is a closed form (per family, in each layer class) that the tests check
+against the module itself. ``solve(model, target)`` picks the width (and, for E88, the number of
+heads from the balance ratio) at a given or default depth so that the count lands within ``tol``
+of the target.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+
+from elmanlab.config import ModelConfig, make_options
+from elmanlab.errors import ElmanlabError
+from elmanlab.layers import get_family
+from elmanlab.lm import VOCAB, mlp_hidden
+
+_SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9, "t": 1e12}
+
+
+def parse_count(text) -> int:
+    """'100M' -> 100_000_000; also '1.5B', '500k', '2e8', 12345."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgbt]?)\s*", str(text).lower())
+    if not m:
+        raise ElmanlabError(f"cannot read parameter count {text!r}; write e.g. 100M, 1.5B or 250000")
+    return int(round(float(m.group(1)) * _SUFFIX[m.group(2)]))
+
+
+def format_count(n: float) -> str:
+    for div, suf in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{suf}"
+    return str(int(n))
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """Exact parameter count of ``LM(cfg)`` in closed form."""
+    fam = cfg.family
+    per_block = fam.param_count(cfg.dim, cfg.options) + cfg.dim                    # layer + its RMSNorm
+    if cfg.mlp_ratio > 0:
+        per_block += 3 * cfg.dim * mlp_hidden(cfg) + cfg.dim
+    embed = VOCAB * cfg.dim
+    head = 0 if cfg.tie_embeddings else VOCAB * cfg.dim
+    return embed + cfg.depth * per_block + cfg.dim + head
+
+
+def non_embedding_params(cfg: ModelConfig) -> int:
+    return count_params(cfg) - VOCAB * cfg.dim * (1 if cfg.tie_embeddings else 2)
+
+
+# Default depth by target size. The seeds' 400M configurations use E1 26 layers, Mamba2 22,
+# minGRU / minLSTM 24, and E88 38 at 500M; smaller and larger targets scale with log(params).
+_DEPTH_ANCHORS = {  # family -> (depth at 400M, depth at 50M)
+    "e1": (26, 12), "e33": (26, 12), "e42": (26, 12), "e88": (36, 16),
+    "mamba2": (22, 12), "gdn": (22, 12), "mingru": (24, 12), "minlstm": (24, 12),
+}
+
+
+def default_depth(model: str, target: int) -> int:
+    fam = get_family(model)
+    d400, d50 = _DEPTH_ANCHORS[fam.name]
+    slope = (d400 - d50) / math.log(400e6 / 50e6)
+    d = d400 + slope * math.log(max(target, 1.0) / 400e6)
+    return int(max(2, min(64, round(d))))
+
+
+@dataclass
+class SizeReport:
+    model: str
+    params: int
+    non_embedding_params: int
+    dim: int
+    depth: int
+    d_inner: int | None
+    n_heads: int | None
+    state_per_layer: int
+    conv_state_per_layer: int
+    state_total: int
+    options: dict
+    target: int | None = None
+    error_pct: float | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _d_inner(cfg: ModelConfig) -> int | None:
+    o = cfg.options
+    if cfg.model == "mamba2":
+        return o.expand * cfg.dim
+    if cfg.model == "e88":
+        return o.n_heads * int(round(o.n_state * o.expansion))
+    if cfg.model == "gdn":
+        return o.n_heads * int(o.head_dim * o.expand_v)
+    if hasattr(o, "expansion"):
+        return max(1, int(round(cfg.dim * o.expansion)))
+    return None
+
+
+def report(cfg: ModelConfig, target: int | None = None) -> SizeReport:
+    fam = cfg.family
+    p = count_params(cfg)
+    st = fam.state_size(cfg.dim, cfg.options)
+    heads = getattr(cfg.options, "n_heads", None)
+    if cfg.model == "mamba2":
+        heads = cfg.options.expand * cfg.dim // cfg.options.headdim
+    return SizeReport(
+        model=cfg.model, params=p, non_embedding_params=non_embedding_params(cfg), dim=cfg.dim,
+        depth=cfg.depth, d_inner=_d_inner(cfg), n_heads=heads, state_per_layer=st,
+        conv_state_per_layer=fam.conv_state_size(cfg.dim, cfg.options), state_total=st * cfg.depth,
+        options=dataclasses.asdict(cfg.options), target=target,
+        error_pct=None if target is None else 100.0 * (p - target) / target)
+
+
+def solve(model: str, target, depth: int | None = None, options: dict | None = None,
+          tol: float = 0.02, mlp_ratio: float = 0.0, tie_embeddings: bool = False) -> ModelConfig:
+    """The width (and, without a given depth, the depth) that lands closest to ``target``.
+
+    Widths are multiples of 64 when that lands within 1%; otherwise finer multiples (32, 16, 8;
+    never below the family's own constraint) are tried and the closest taken. Without ``depth``,
+    depths within 4 of the default are tried too (families whose heads come in coarse steps, like
+    GDN's 256-wide heads, need that); the default depth wins whenever it lands within ``tol``.
+    Raises a one-line error when nothing gets within ``tol``.
+    """
+    fam = get_family(model)
+    target = parse_count(target)
+    if target < 1:
+        raise ElmanlabError(f"the parameter target must be positive, got {target}")
+    options = dict(options or {})
+    fam.resolve(512, make_options(fam.name, options))  # surface option errors before searching
+    if depth is not None and depth < 1:
+        raise ElmanlabError(f"depth must be >= 1, got {depth}")
+    d0 = default_depth(fam.name, target) if depth is None else depth
+    depths = [d0] if depth is not None else [d0] + [d for k in range(1, 5) for d in (d0 - k, d0 + k) if d >= 1]
+    best = None
+    for d in depths:
+        cand = _solve_at_depth(fam, target, d, options, mlp_ratio, tie_embeddings)
+        if cand is None:
+            continue
+        if best is None or cand[0] < best[0] - 1e-12:
+            best = cand
+        if best[0] <= tol:
+            return best[1]
+    if best is None:
+        raise ElmanlabError(f"cannot build {fam.name} near {format_count(target)}; check its options")
+    err, cfg = best
+    p = count_params(cfg)
+    if p > target and cfg.dim <= 64:
+        raise ElmanlabError(f"target {format_count(target)} is too small to build {fam.name}: even dim {cfg.dim}, "
+                            f"depth {cfg.depth} has {format_count(p)} parameters; ask for more")
+    hint = "another depth or target" if depth is not None else "another target"
+    raise ElmanlabError(f"cannot size {fam.name} to {format_count(target)} within {100 * tol:.0f}%: the closest is "
+                        f"dim {cfg.dim}, depth {cfg.depth} with {format_count(p)} ({100 * err:.1f}% off); try {hint}")
+
+
+def _solve_at_depth(fam, target, depth, options, mlp_ratio, tie_embeddings):
+    def build(dim):
+        try:
+            return ModelConfig(fam.name, dim, depth, make_options(fam.name, options), mlp_ratio, tie_embeddings)
+        except ElmanlabError:
+            return None
+
+    def err(cfg):
+        return abs(count_params(cfg) - target) / target
+
+    best = None
+    for mult in (64, 32, 16, 8):
+        if mult < fam.dim_multiple:
+            break
+        # coarse: params grow about quadratically with dim; bisect on multiples of mult, then scan
+        # a window around the crossing (derived head counts make the count step, not rise smoothly)
+        lo_k, hi_k = 1, 1
+        while (c := build(hi_k * mult)) is None or count_params(c) < target:
+            lo_k, hi_k = hi_k, hi_k * 2
+            if hi_k * mult > 1 << 17:
+                return best
+        while hi_k - lo_k > 1:
+            mid = (lo_k + hi_k) // 2
+            c = build(mid * mult)
+            if c is not None and count_params(c) < target:
+                lo_k = mid
+            else:
+                hi_k = mid
+        for k in range(max(1, int(lo_k * 0.8)), int(hi_k * 1.25) + 2):
+            c = build(k * mult)
+            if c is not None and (best is None or err(c) < best[0] - 1e-12):
+                best = (err(c), c)
+        if best is not None and best[0] <= 0.01:
+            break
+    return best
+
+
+def model_config(model: str, params=None, dim: int | None = None, depth: int | None = None,
+                 options: dict | None = None, mlp_ratio: float = 0.0,
+                 tie_embeddings: bool = False) -> ModelConfig:
+    """A config from either a parameter target (solved) or an explicit width."""
+    if (params is None) == (dim is None):
+        raise ElmanlabError("give exactly one of a parameter target (--params) or a width (--dim)")
+    if params is not None:
+        return solve(model, params, depth, options, mlp_ratio=mlp_ratio, tie_embeddings=tie_embeddings)
+    if depth is None:
+        raise ElmanlabError("--dim needs --depth (or give --params to pick both)")
+    return ModelConfig(model, int(dim), int(depth), make_options(model, options or {}), mlp_ratio,
+                       tie_embeddings)

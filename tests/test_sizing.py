@@ -1,0 +1,114 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from elmanlab.errors import ElmanlabError
+from elmanlab.sizing import count_params, model_config, parse_count, report, solve
+
+FAMILIES = ["e1", "e33", "e42", "e88", "mamba2", "gdn", "mingru", "minlstm"]
+
+# The seeds' published configurations: (model, dim, depth, options, params, tolerance)
+SEEDS = [
+    ("e1", 1760, 26, {}, 403e6, 0.015),
+    ("e1", 3584, 6, {}, 386e6, 0.015),
+    ("e1", 1312, 26, {"expansion": 1.5}, 403e6, 0.015),
+    ("mamba2", 1728, 22, {"d_state": 128, "headdim": 64}, 402e6, 0.015),
+    ("mingru", 2752, 24, {}, 364e6, 0.015),
+    ("minlstm", 2304, 24, {}, 383e6, 0.015),
+    ("e88", 1792, 38, {"n_heads": 56, "n_state": 32}, 500e6, 0.03),
+]
+
+
+@pytest.mark.parametrize("model,dim,depth,opts,target,tol", SEEDS)
+def test_seed_configurations(model, dim, depth, opts, target, tol):
+    p = count_params(model_config(model, dim=dim, depth=depth, options=opts))
+    assert abs(p - target) / target <= tol, (model, p)
+
+
+@pytest.mark.parametrize("model", FAMILIES)
+@pytest.mark.parametrize("target", ["50M", "100M", "250M", "500M", "1B"])
+def test_solver_within_two_percent(model, target):
+    cfg = solve(model, target)
+    t = parse_count(target)
+    assert abs(count_params(cfg) - t) / t <= 0.02
+    assert cfg.dim % 8 == 0
+
+
+def test_solver_respects_depth_and_balance():
+    cfg = solve("e1", "400M", depth=26)
+    assert cfg.depth == 26 and abs(cfg.dim - 1760) <= 64
+    cfg = solve("e88", "500M", depth=38, options={"n_state": 32})
+    assert cfg.depth == 38
+    assert abs(cfg.options.n_heads * 32 / cfg.dim - 1.0) < 0.05
+    cfg = solve("e88", "100M", options={"n_state": 48, "balance": 0.5})
+    assert abs(cfg.options.n_heads * 48 / cfg.dim - 0.5) < 0.1
+
+
+def test_state_per_layer():
+    assert report(model_config("e1", dim=1760, depth=26)).state_per_layer == 1760
+    r = report(model_config("e88", dim=1792, depth=38, options={"n_heads": 56, "n_state": 32}))
+    assert r.state_per_layer == 56 * 32 * 32
+    r = report(model_config("mamba2", dim=1728, depth=22))
+    assert r.state_per_layer == 3456 * 128 and r.n_heads == 54
+
+
+@pytest.mark.parametrize("text,value", [("100M", 100_000_000), ("1.5B", 1_500_000_000), ("500k", 500_000),
+                                        ("2e8", 200_000_000), ("12345", 12345)])
+def test_parse_count(text, value):
+    assert parse_count(text) == value
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    (dict(model="nope", params="1M"), "unknown model"),
+    (dict(model="e1", params="100M", options={"n_state": 32}), "has no option n_state"),
+    (dict(model="e88", params="100M", options={"n_state": 20}), "n_state 20 is not supported"),
+    (dict(model="e1", params="100"), "too small"),
+    (dict(model="e1", params="1M", dim=64), "exactly one"),
+    (dict(model="mamba2", dim=100, depth=2), "multiple of headdim"),
+    (dict(model="e88", params="100M", options={"gate_activation": "relu"}), "must be one of"),
+])
+def test_bad_input_is_one_clear_error(kwargs, msg):
+    with pytest.raises(ElmanlabError, match=msg):
+        model_config(**kwargs)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "elmanlab", *args], capture_output=True, text=True)
+
+
+def test_cli_size_json():
+    r = run_cli("size", "e1", "--dim", "1760", "--depth", "26", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert abs(d["params"] - 403e6) / 403e6 < 0.015
+    assert {"params", "dim", "depth", "state_per_layer"} <= set(d)
+
+
+def test_cli_size_every_family_at_1b():
+    for m in FAMILIES:
+        r = run_cli("size", m, "--params", "1B", "--json")
+        assert r.returncode == 0, r.stderr
+        assert abs(json.loads(r.stdout)["params"] - 1e9) / 1e9 <= 0.02
+
+
+@pytest.mark.parametrize("args,msg", [
+    (("size", "foo", "--params", "1M"), "unknown model"),
+    (("size", "e1", "--params", "100M", "--n-state", "32"), "has no option n_state"),
+    (("size", "e88", "--params", "100M", "--n-state", "7"), "not supported"),
+    (("size", "e1", "--params", "10"), "too small"),
+    (("size", "e1", "--params", "abc"), "cannot read parameter count"),
+])
+def test_cli_errors_are_one_line(args, msg):
+    r = run_cli(*args)
+    assert r.returncode == 2
+    assert r.stderr.startswith("error:") and msg in r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_cli_models_lists_every_family():
+    r = run_cli("models", "--json")
+    assert r.returncode == 0
+    names = [m["model"] for m in json.loads(r.stdout)]
+    assert names == FAMILIES
