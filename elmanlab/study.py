@@ -1,0 +1,1003 @@
+"""Study files, job expansion, the GPU queue and the study's resumable state.
+
+A study file (YAML) names a set of training runs::
+
+    name: e88-vs-baselines-100m
+    baseline: mamba2
+    train: {data: corpus.txt.zst, minutes: 10, batch_size: 16, seq_len: 512, seed: 42}
+    runs:                         # explicit runs: model + size + any option or train override
+      - {model: mamba2, params: 100M}
+      - {model: e88, params: 100M, n_state: 32, use_gate: true}
+    grid:                         # cartesian product, added to runs (a list of grids is allowed)
+      model: [e1, e88]
+      params: [50M, 100M]
+    seeds: [42, 43]               # every job once per seed (unless it sets its own seed)
+    waves:                        # optional: successive groups, queued in this order
+      - {name: wave1, grid: {model: [e88], n_state: [16, 32]}}
+      - {name: wave2, train: {minutes: 30}, runs: [{model: e88, params: 100M, n_state: 48}]}
+
+Each job becomes ``python -m elmanlab train ... --out DIR/<job id>`` in its own process. Jobs run
+one per GPU at a time (``CUDA_VISIBLE_DEVICES`` set per job), or in sequence on CPU. The study's
+state (the expanded jobs and their status) lives in ``DIR/study.json``, written atomically after
+every change; a job whose ``summary.json`` exists is skipped, so an interrupted study resumes and
+a wave appended to the file runs only the new jobs.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import itertools
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elmanlab.errors import ElmanlabError
+
+STATE_FILE = "study.json"
+LOCK_FILE = ".study.lock"
+LOG_DIR = "logs"
+
+TOP_KEYS = ("name", "description", "baseline", "train", "runs", "grid", "seeds", "waves", "eval")
+WAVE_KEYS = ("name", "description", "train", "runs", "grid", "seeds")
+SIZE_KEYS = ("params", "dim", "depth", "mlp_ratio", "tie_embeddings")
+ENTRY_KEYS = ("model", "name", "options") + SIZE_KEYS
+# Train settings that do not change what a run computes: left out of job ids and of the check
+# that a finished run still matches the study file (paths differ between machines).
+NOT_IDENTITY = ("data", "val_data", "device")
+BUDGET_KEYS = ("steps", "minutes")
+
+# The train command's settings per the CLI contract (DESIGN.md); used only when the installed
+# package has no ``train`` subcommand to read them from.
+CONTRACT_TRAIN_KEYS = ("data", "val_data", "steps", "minutes", "batch_size", "seq_len", "lr",
+                       "weight_decay", "seed", "device", "checkpoint_every")
+
+
+# ---------------------------------------------------------------- the train command's flags
+
+@dataclass
+class Flag:
+    key: str                     # YAML key (the argparse dest)
+    flag: str                    # --the-flag
+    kind: str = "value"          # value | const (nargs=0) | boolopt (--x / --no-x)
+    type: object = None
+    choices: tuple | None = None
+    const: object = None
+    default: object = None
+
+
+def _train_subparser():
+    from elmanlab.cli import build_parser
+    parser = build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get("train")
+    return None
+
+
+_FLAGS_CACHE: dict | None = None
+
+
+def train_flags() -> dict[str, Flag]:
+    """The ``elmanlab train`` settings a study may set, read from the installed train command."""
+    global _FLAGS_CACHE
+    if _FLAGS_CACHE is not None:
+        return _FLAGS_CACHE
+    sub = _train_subparser()
+    flags: dict[str, Flag] = {}
+    if sub is None:
+        for k in CONTRACT_TRAIN_KEYS:
+            flags[k] = Flag(k, "--" + k.replace("_", "-"))
+    else:
+        skip = {"help", "out", "resume", "model", "debug", "params", "dim", "depth", "mlp_ratio",
+                "tie_embeddings"}
+        for a in sub._actions:
+            if not a.option_strings or a.dest in skip or a.dest.startswith("opt_"):
+                continue
+            long = [s for s in a.option_strings if s.startswith("--")]
+            if not long:
+                continue
+            if isinstance(a, argparse.BooleanOptionalAction):
+                fl = Flag(a.dest, long[0], "boolopt", default=a.default)
+            elif a.nargs == 0:
+                fl = Flag(a.dest, long[0], "const", const=a.const, default=a.default)
+            else:
+                fl = Flag(a.dest, long[0], "value", type=a.type,
+                          choices=tuple(a.choices) if a.choices else None, default=a.default)
+            flags[a.dest] = fl
+    _FLAGS_CACHE = flags
+    return flags
+
+
+def train_available() -> bool:
+    return _train_subparser() is not None
+
+
+# ---------------------------------------------------------------- jobs
+
+@dataclass
+class Job:
+    id: str
+    where: str                   # where in the study file it came from (for messages)
+    wave: str | None
+    model: str
+    params: str | None           # the target as written (normalised), or None with dim
+    dim: int | None
+    depth: int | None
+    mlp_ratio: float
+    tie_embeddings: bool
+    options: dict
+    train: dict
+    size: dict = field(default_factory=dict)   # the solved size (sizing.report)
+
+    def identity(self) -> dict:
+        """What the run computes: model, size, options and train settings (no paths)."""
+        return {"model": self.model, "params": self.params, "dim": self.dim, "depth": self.depth,
+                "mlp_ratio": self.mlp_ratio, "tie_embeddings": self.tie_embeddings,
+                "options": dict(self.options),
+                "train": {k: v for k, v in self.train.items() if k not in NOT_IDENTITY}}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def budget(self) -> str:
+        if "minutes" in self.train:
+            return f"{_fmt(self.train['minutes'])} min"
+        if "steps" in self.train:
+            return f"{_fmt(self.train['steps'])} steps"
+        return "-"
+
+    def argv(self, run_dir: str | os.PathLike, flags: dict[str, Flag] | None = None) -> list[str]:
+        """The ``elmanlab train`` arguments (without the interpreter) for this job."""
+        flags = train_flags() if flags is None else flags
+        args = ["train", self.model]
+        if self.params is not None:
+            args += ["--params", str(self.params)]
+        if self.dim is not None:
+            args += ["--dim", str(self.dim)]
+        if self.depth is not None:
+            args += ["--depth", str(self.depth)]
+        if self.mlp_ratio:
+            args += ["--mlp-ratio", _fmt(self.mlp_ratio)]
+        if self.tie_embeddings:
+            args += ["--tie-embeddings"]
+        for k, v in self.options.items():
+            flag = "--" + k.replace("_", "-")
+            if isinstance(v, bool):
+                args.append(flag if v else "--no-" + k.replace("_", "-"))
+            else:
+                args += [flag, _fmt(v)]
+        for k, v in self.train.items():
+            fl = flags.get(k) or Flag(k, "--" + k.replace("_", "-"))
+            if fl.kind == "boolopt":
+                args.append(fl.flag if v else "--no-" + fl.flag[2:])
+            elif fl.kind == "const":
+                if v == fl.const:
+                    args.append(fl.flag)
+            else:
+                args += [fl.flag, _fmt(v)]
+        return args + ["--out", str(run_dir)]
+
+
+@dataclass
+class Study:
+    name: str
+    path: str
+    baseline: str | None
+    jobs: list[Job]
+    description: str = ""
+    eval: bool = True
+
+    def job(self, job_id: str) -> Job:
+        for j in self.jobs:
+            if j.id == job_id:
+                return j
+        raise KeyError(job_id)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _suggest(key: str, known) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _load_yaml(path: Path):
+    import yaml
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ElmanlabError(f"study file {path} does not exist")
+    except OSError as e:
+        raise ElmanlabError(f"cannot read study file {path}: {e.strerror}")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ElmanlabError(f"{path}: malformed YAML{where}: {problem}; fix the file")
+    if not isinstance(data, dict):
+        raise ElmanlabError(f"{path}: a study file is a mapping with keys such as name, train, runs, "
+                            f"grid (got {type(data).__name__})")
+    return data
+
+
+def _check_keys(d: dict, allowed, where: str, what: str) -> None:
+    for k in d:
+        if k not in allowed:
+            raise ElmanlabError(f"{where}: unknown {what} key {k!r}{_suggest(str(k), allowed)}; "
+                                f"allowed: {', '.join(allowed)}")
+
+
+def _option_fields(model: str) -> dict:
+    from elmanlab.config import option_fields
+    return option_fields(model)
+
+
+def _all_option_names() -> list[str]:
+    from elmanlab.layers import FAMILIES
+    names: list[str] = []
+    for fam in FAMILIES.values():
+        for f in dataclasses.fields(fam.Options):
+            if f.name not in names:
+                names.append(f.name)
+    return names
+
+
+def _coerce_option(model: str, key: str, value, where: str):
+    from elmanlab.cli import _field_type
+    f = _option_fields(model)[key]
+    typ = _field_type(f)
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ElmanlabError(f"{where}: option {key} is true or false, got {value!r}")
+        return value
+    if value is None:
+        return None
+    try:
+        if typ is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if typ is float:
+            return float(value)
+    except (TypeError, ValueError):
+        raise ElmanlabError(f"{where}: option {key} must be {'an integer' if typ is int else 'a number'}, "
+                            f"got {value!r}")
+    return value
+
+
+def _coerce_train(key: str, value, fl: Flag, where: str):
+    if fl.kind in ("boolopt", "const"):
+        if fl.kind == "boolopt" and not isinstance(value, bool):
+            raise ElmanlabError(f"{where}: {key} is true or false, got {value!r}")
+        if fl.kind == "const" and value not in (fl.const, fl.default):
+            raise ElmanlabError(f"{where}: {key} takes {_fmt(fl.const)} or {_fmt(fl.default)}, got {value!r}")
+        return value
+    if value is None or isinstance(value, (dict, list)):
+        raise ElmanlabError(f"{where}: {key} needs one value, got {value!r}")
+    if fl.type is not None and callable(fl.type):
+        try:
+            conv = fl.type(str(value))
+        except (TypeError, ValueError, argparse.ArgumentTypeError, ElmanlabError) as e:
+            raise ElmanlabError(f"{where}: bad value {value!r} for {key} ({e or 'wrong type'})")
+        if isinstance(conv, (int, float)) and not isinstance(conv, bool):
+            value = conv
+    if fl.choices and value not in fl.choices:
+        raise ElmanlabError(f"{where}: {key} must be one of {', '.join(map(str, fl.choices))}, got {value!r}")
+    return value
+
+
+def _merge_train(base: dict, over: dict) -> dict:
+    """Later settings win; setting one budget (steps or minutes) drops the other."""
+    out = dict(base)
+    for k in BUDGET_KEYS:
+        if k in over:
+            for other in BUDGET_KEYS:
+                out.pop(other, None)
+    out.update(over)
+    return out
+
+
+def _norm_params(value, where: str) -> str:
+    from elmanlab.sizing import format_count, parse_count
+    try:
+        n = parse_count(value)
+    except ElmanlabError as e:
+        raise ElmanlabError(f"{where}: {e}")
+    if n < 1:
+        raise ElmanlabError(f"{where}: params must be positive, got {value!r}")
+    s = str(value).strip()
+    # keep what the user wrote when it is already a compact count ("500M"), else a compact form
+    return s.upper() if re.fullmatch(r"[0-9.]+[kKmMgGbBtT]?", s) and len(s) <= 8 else format_count(n)
+
+
+def _expand_grid(grid, where: str) -> list[tuple[str, dict]]:
+    grids = grid if isinstance(grid, list) else [grid]
+    if not grids:
+        raise ElmanlabError(f"{where}: the grid is empty; give each key a list of values")
+    out = []
+    for gi, g in enumerate(grids):
+        w = f"{where}[{gi}]" if isinstance(grid, list) else where
+        if not isinstance(g, dict) or not g:
+            raise ElmanlabError(f"{w}: the grid is empty; write it as a mapping such as "
+                                f"{{model: [e1, e88], params: [50M, 100M]}}")
+        if "name" in g:
+            raise ElmanlabError(f"{w}: a grid cannot set `name` (every combination needs its own); "
+                                f"use an explicit entry under runs")
+        axes = []
+        for k, v in g.items():
+            vals = v if isinstance(v, list) else [v]
+            if not vals:
+                raise ElmanlabError(f"{w}: grid key {k!r} has an empty list, so the grid has no runs")
+            axes.append((k, vals))
+        for combo in itertools.product(*[vals for _, vals in axes]):
+            out.append((w, dict(zip([k for k, _ in axes], combo))))
+    return out
+
+
+def _job_from_entry(entry: dict, where: str, wave: str | None, base_train: dict, seeds: list | None,
+                    study_train: dict, flags: dict[str, Flag]) -> list[Job]:
+    from elmanlab.layers import get_family
+    if not isinstance(entry, dict):
+        raise ElmanlabError(f"{where}: a run is a mapping such as {{model: e1, params: 100M}}, got {entry!r}")
+    all_opts = _all_option_names()
+    allowed = list(ENTRY_KEYS) + list(flags) + all_opts
+    _check_keys(entry, allowed, where, "run")
+    if "model" not in entry:
+        raise ElmanlabError(f"{where}: a run needs a `model` (one of `elmanlab models`)")
+    try:
+        fam = get_family(str(entry["model"]))
+    except ElmanlabError as e:
+        raise ElmanlabError(f"{where}: {e}")
+    model = fam.name
+    fields_ = _option_fields(model)
+    options: dict = {}
+    given_opts = entry.get("options") or {}
+    if not isinstance(given_opts, dict):
+        raise ElmanlabError(f"{where}: options must be a mapping, got {given_opts!r}")
+    for k, v in list(given_opts.items()) + [(k, v) for k, v in entry.items() if k in all_opts]:
+        if k not in fields_:
+            raise ElmanlabError(f"{where}: {model} has no option {k!r}{_suggest(str(k), fields_)} "
+                                f"(its options: {', '.join(fields_) or 'none'}); "
+                                f"put models with different options in separate runs or grids")
+        options[k] = _coerce_option(model, k, v, where)
+
+    params = dim = depth = None
+    if entry.get("params") is not None:
+        params = _norm_params(entry["params"], where)
+    for key in ("dim", "depth"):
+        v = entry.get(key)
+        if v is not None:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ElmanlabError(f"{where}: {key} must be a positive integer, got {v!r}")
+    dim, depth = entry.get("dim"), entry.get("depth")
+    if (params is None) == (dim is None):
+        raise ElmanlabError(f"{where}: give a run exactly one of `params` (e.g. 100M) or `dim` with `depth`")
+    if dim is not None and depth is None:
+        raise ElmanlabError(f"{where}: `dim` needs `depth` too (or give `params`)")
+    mlp_ratio = entry.get("mlp_ratio", 0.0) or 0.0
+    if not isinstance(mlp_ratio, (int, float)) or isinstance(mlp_ratio, bool) or mlp_ratio < 0:
+        raise ElmanlabError(f"{where}: mlp_ratio must be a number >= 0, got {mlp_ratio!r}")
+    tie = entry.get("tie_embeddings", False)
+    if not isinstance(tie, bool):
+        raise ElmanlabError(f"{where}: tie_embeddings is true or false, got {tie!r}")
+
+    own_train = {k: _coerce_train(k, v, flags[k], where) for k, v in entry.items() if k in flags}
+    train = _merge_train(base_train, own_train)
+    for k in BUDGET_KEYS:
+        if k in train:
+            v = train[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                raise ElmanlabError(f"{where}: {k} must be a positive number, got {v!r}")
+    if not any(k in train for k in BUDGET_KEYS):
+        raise ElmanlabError(f"{where}: no budget; set `steps` or `minutes` under train (or in the run)")
+
+    # the size, solved now so that a bad size stops the study before anything runs
+    from elmanlab.sizing import model_config, report
+    try:
+        cfg = model_config(model, params=params, dim=dim, depth=depth, options=options,
+                           mlp_ratio=float(mlp_ratio), tie_embeddings=tie)
+        rep = report(cfg)
+    except ElmanlabError as e:
+        raise ElmanlabError(f"{where} ({model} at {params or f'{dim}x{depth}'}): {e}")
+    size = {"params": rep.params, "dim": rep.dim, "depth": rep.depth, "d_inner": rep.d_inner,
+            "n_heads": rep.n_heads, "state_per_layer": rep.state_per_layer}
+
+    # id: model, size, then every setting this entry or its wave sets beyond the study's defaults
+    id_parts = [model, params if params is not None else f"d{dim}x{depth}"]
+    if params is not None and depth is not None:
+        id_parts.append(f"L{depth}")
+    if mlp_ratio:
+        id_parts.append(f"mlp={_fmt(float(mlp_ratio))}")
+    if tie:
+        id_parts.append("tied")
+    id_parts += [f"{k}={_fmt(v)}" for k, v in options.items()]
+    extra = {k: v for k, v in train.items()
+             if k not in NOT_IDENTITY and k != "seed" and study_train.get(k, object()) != v}
+    id_parts += [f"{k}={_fmt(v)}" for k, v in extra.items()]
+
+    seed_list = [train.get("seed")] if ("seed" in own_train or not seeds) else seeds
+    jobs = []
+    for s in seed_list:
+        t = dict(train)
+        if s is not None:
+            t["seed"] = _coerce_train("seed", s, flags["seed"], where) if "seed" in flags else s
+        parts = id_parts + ([f"s{t['seed']}"] if t.get("seed") is not None else [])
+        jid = entry.get("name") or "-".join(parts)
+        if len(seed_list) > 1 and entry.get("name"):
+            jid = f"{entry['name']}-s{t['seed']}"
+        jid = re.sub(r"[^A-Za-z0-9_.=+,-]", "_", str(jid))
+        jobs.append(Job(jid, where, wave, model, params, dim, depth, float(mlp_ratio), tie, options, t, size))
+    return jobs
+
+
+def _seeds(value, where: str) -> list | None:
+    if value is None:
+        return None
+    vals = value if isinstance(value, list) else [value]
+    if not vals or not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+        raise ElmanlabError(f"{where}: seeds is a list of integers such as [42, 43], got {value!r}")
+    return vals
+
+
+def load_study(path, data: str | None = None, val_data: str | None = None,
+               flags: dict[str, Flag] | None = None) -> Study:
+    """Read, validate and expand a study file. Raises one clear ElmanlabError per problem."""
+    path = Path(path)
+    raw = _load_yaml(path)
+    flags = train_flags() if flags is None else flags
+    _check_keys(raw, TOP_KEYS, str(path), "top-level")
+    name = raw.get("name", path.stem)
+    if not isinstance(name, (str, int)) or not str(name).strip():
+        raise ElmanlabError(f"{path}: name must be a non-empty string")
+    name = str(name)
+
+    def train_block(d, where):
+        t = d.get("train") or {}
+        if not isinstance(t, dict):
+            raise ElmanlabError(f"{where}: train is a mapping of train settings, got {t!r}")
+        for k in t:
+            if k in ENTRY_KEYS or k in _all_option_names():
+                raise ElmanlabError(f"{where}: {k!r} is a model setting; put it in runs or grid, not under train")
+        _check_keys(t, list(flags), where + ".train", "train")
+        return {k: _coerce_train(k, v, flags[k], f"{where}.train") for k, v in t.items()}
+
+    study_train = train_block(raw, str(path))
+    base = path.resolve().parent
+    for key, val in (("data", data), ("val_data", val_data)):
+        if val is not None:
+            study_train[key] = str(Path(val).expanduser().resolve())
+        elif study_train.get(key) is not None:   # a path in the file is relative to the file
+            study_train[key] = str((base / Path(str(study_train[key])).expanduser()).resolve())
+
+    top_seeds = _seeds(raw.get("seeds"), f"{path}: seeds")
+    waves = []
+    if raw.get("runs") is not None or raw.get("grid") is not None:
+        waves.append((None, raw, str(path)))
+    wl = raw.get("waves")
+    if wl is not None:
+        if not isinstance(wl, list) or not wl:
+            raise ElmanlabError(f"{path}: waves is a non-empty list of {{name, train, runs, grid}} mappings")
+        for i, w in enumerate(wl):
+            where = f"waves[{i}]"
+            if not isinstance(w, dict):
+                raise ElmanlabError(f"{where}: a wave is a mapping with runs and/or grid, got {w!r}")
+            _check_keys(w, WAVE_KEYS, where, "wave")
+            wname = str(w.get("name", f"wave{i + 1}"))
+            if w.get("runs") is None and w.get("grid") is None:
+                raise ElmanlabError(f"{where} ({wname}): a wave needs runs or a grid")
+            waves.append((wname, w, f"{where} ({wname})"))
+    if not waves:
+        raise ElmanlabError(f"{path}: the study has no runs; add `runs:`, `grid:` or `waves:`")
+
+    jobs: list[Job] = []
+    for wname, block, where in waves:
+        wtrain = _merge_train(study_train, train_block(block, where) if block is not raw else {})
+        seeds = _seeds(block.get("seeds"), f"{where}: seeds") if block is not raw else None
+        seeds = seeds if seeds is not None else top_seeds
+        entries: list[tuple[str, dict]] = []
+        runs = block.get("runs")
+        if runs is not None:
+            if not isinstance(runs, list):
+                raise ElmanlabError(f"{where}: runs is a list of mappings such as - {{model: e1, params: 100M}}")
+            entries += [(f"{where}: runs[{i}]" if block is not raw else f"runs[{i}]", r)
+                        for i, r in enumerate(runs)]
+        if block.get("grid") is not None:
+            entries += _expand_grid(block["grid"], f"{where}: grid" if block is not raw else "grid")
+        for w, e in entries:
+            jobs += _job_from_entry(e, w, wname, wtrain, seeds, study_train, flags)
+    if not jobs:
+        raise ElmanlabError(f"{path}: the study expands to no runs; check runs and grid")
+
+    # one id per distinct run: identical repeats collapse, different runs under one id are an error
+    seen: dict[str, Job] = {}
+    unique: list[Job] = []
+    for j in jobs:
+        if j.id in seen:
+            if seen[j.id].identity() != j.identity():
+                raise ElmanlabError(f"{j.where} and {seen[j.id].where} are different runs with the same "
+                                    f"name {j.id!r}; give one of them a `name:`")
+            continue
+        seen[j.id] = j
+        unique.append(j)
+
+    baseline = raw.get("baseline")
+    if baseline is not None:
+        baseline = str(baseline)
+        from elmanlab.layers import ALIASES
+        b = ALIASES.get(baseline.lower(), baseline.lower())
+        models = sorted({j.model for j in unique})
+        if b in models:
+            baseline = b
+        elif baseline not in seen:
+            raise ElmanlabError(f"{path}: baseline {baseline!r} is neither a model of this study "
+                                f"({', '.join(models)}) nor a run name")
+    ev = raw.get("eval", True)
+    if not isinstance(ev, bool):
+        raise ElmanlabError(f"{path}: eval is true or false, got {ev!r}")
+    desc = raw.get("description") or ""
+    return Study(name, str(path.resolve()), baseline, unique, str(desc).strip(), ev)
+
+
+# ---------------------------------------------------------------- GPUs
+
+def _visible_gpus() -> int:
+    try:
+        import torch
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - no usable CUDA means no GPUs
+        return 0
+
+
+def parse_gpus(text: str | None, count: int | None = None) -> list[str] | None:
+    """``--gpus`` -> the CUDA_VISIBLE_DEVICES value of each slot, or None for CPU.
+
+    None / "auto": every visible GPU, CPU when there is none; "cpu": CPU; "0,1": those GPUs
+    (indices into the GPUs this process sees, mapped through CUDA_VISIBLE_DEVICES when set).
+    """
+    count = _visible_gpus() if count is None else count
+    parent = os.environ.get("CUDA_VISIBLE_DEVICES")
+    physical = [s.strip() for s in parent.split(",") if s.strip()] if parent else None
+
+    def phys(i: int) -> str:
+        return physical[i] if physical and i < len(physical) else str(i)
+
+    if text is None or text.strip().lower() == "auto":
+        return [phys(i) for i in range(count)] or None
+    if text.strip().lower() in ("cpu", "none", ""):
+        return None
+    idx = []
+    for part in text.split(","):
+        part = part.strip()
+        if not re.fullmatch(r"[0-9]+", part):
+            raise ElmanlabError(f"--gpus takes GPU indices such as 0,1 (or cpu), got {text!r}")
+        i = int(part)
+        if i >= count:
+            have = f"GPUs 0-{count - 1}" if count > 1 else ("GPU 0" if count == 1 else "no GPU")
+            raise ElmanlabError(f"GPU {i} does not exist: this machine has {have}; "
+                                f"fix --gpus{' or use --gpus cpu' if count == 0 else ''}")
+        if i in idx:
+            raise ElmanlabError(f"GPU {i} is listed twice in --gpus {text}")
+        idx.append(i)
+    return [phys(i) for i in idx]
+
+
+# ---------------------------------------------------------------- files
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: Path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def read_state(out: Path) -> dict | None:
+    p = Path(out) / STATE_FILE
+    if not p.exists():
+        return None
+    st = read_json(p)
+    if not isinstance(st, dict) or "jobs" not in st:
+        raise ElmanlabError(f"{p} is not a study state file (unreadable JSON); move it away or use another --out")
+    return st
+
+
+def check_out_dir(out: Path, study: Study) -> dict | None:
+    """The existing state when ``out`` holds this study; an error when it holds something else."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ElmanlabError(f"--out {out} is a file; give a folder")
+    st = read_state(out) if out.exists() else None
+    if st is not None:
+        if st.get("name") != study.name:
+            raise ElmanlabError(f"{out} holds another study ({st.get('name')!r}, not {study.name!r}); "
+                                f"use another --out")
+        return st
+    if out.exists() and any(p for p in out.iterdir() if p.name != LOCK_FILE):
+        raise ElmanlabError(f"{out} is not empty and holds no study ({STATE_FILE}); use an empty or new --out")
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StudyLock:
+    """One ``elmanlab study`` process per output folder."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / LOCK_FILE
+        self.held = False
+
+    def __enter__(self):
+        me = f"{os.getpid()} {socket.gethostname()}\n"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid_s, host = (self.path.read_text().split() + ["", ""])[:2]
+                    pid = int(pid_s)
+                except (OSError, ValueError):
+                    pid, host = -1, ""
+                if host == socket.gethostname() and pid > 0 and _pid_alive(pid):
+                    raise ElmanlabError(f"another `elmanlab study` (pid {pid}) is running in {self.path.parent}; "
+                                        f"wait for it or stop it")
+                if host and host != socket.gethostname():
+                    raise ElmanlabError(f"{self.path} says a study runs on host {host}; if it does not, "
+                                        f"delete that file")
+                self.path.unlink(missing_ok=True)   # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self.held = True
+            return self
+        raise ElmanlabError(f"cannot take the study lock {self.path}")
+
+    def __exit__(self, *exc):
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+# ---------------------------------------------------------------- run records
+
+def run_status(run_dir: Path) -> tuple[str, str | None, dict | None]:
+    """(status, reason, summary) of a run folder: completed, failed, stopped_nonfinite, or absent."""
+    s = read_json(Path(run_dir) / "summary.json")
+    if not isinstance(s, dict):
+        return "absent", None, None
+    st = s.get("status") or "completed"
+    return st, (s.get("error") or (None if st == "completed" else st)), s
+
+
+def _log_tail(log: Path, n: int = 15) -> list[str]:
+    try:
+        data = log.read_bytes()[-65536:].decode("utf-8", "replace")
+    except OSError:
+        return []
+    lines = [ln.rstrip() for ln in re.split(r"[\r\n]+", data)]
+    lines = [ln for ln in lines if ln.strip()]
+    return lines[-n:]
+
+
+def failure_reason(tail: list[str], returncode: int | None) -> str:
+    text = "\n".join(tail)
+    if "out of memory" in text.lower():
+        oom = [ln for ln in tail if "out of memory" in ln.lower()]
+        return oom[-1].strip()[:300]
+    errs = [ln for ln in tail if ln.startswith("error:") or "Error" in ln.split(":")[0]]
+    if errs:
+        return errs[-1].strip()[:300]
+    if returncode is not None and returncode < 0:
+        return f"killed by signal {-returncode}"
+    if tail:
+        return tail[-1].strip()[:300]
+    return f"exit code {returncode}"
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return any(p.suffix == ".safetensors" or p.name.startswith("checkpoint") for p in run_dir.rglob("*"))
+
+
+def _move_aside(run_dir: Path, tag: str) -> Path:
+    k = 1
+    while (dest := run_dir.with_name(f"{run_dir.name}.{tag}-{k}")).exists():
+        k += 1
+    os.replace(run_dir, dest)
+    return dest
+
+
+# ---------------------------------------------------------------- the queue
+
+class Runner:
+    """Runs a study's pending jobs on GPU slots (or the CPU), keeping ``study.json`` current."""
+
+    def __init__(self, study: Study, out, gpus: list[str] | None, retry_failed: bool = False,
+                 echo=None, python: str | None = None, extra_env: dict | None = None):
+        self.study = study
+        self.out = Path(out)
+        self.gpus = gpus
+        self.retry_failed = retry_failed
+        self.python = python or sys.executable
+        self.extra_env = extra_env or {}
+        self.lock = threading.Lock()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.stop = threading.Event()
+        self._echo = echo
+        self.state: dict = {}
+        self.bar = None
+        self.n_started = 0
+
+    # -- state
+    def echo(self, msg: str) -> None:
+        if self._echo is not None:
+            self._echo(msg)
+        elif self.bar is not None:
+            self.bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+    def save(self) -> None:
+        self.state["updated"] = _now()
+        atomic_write_json(self.out / STATE_FILE, self.state)
+
+    def plan(self, previous: dict | None) -> dict:
+        """Merge the study file with the previous state: what is done, what is to run."""
+        prev_jobs = {j["id"]: j for j in (previous or {}).get("jobs", [])}
+        jobs = []
+        for job in self.study.jobs:
+            rec = {**job.to_dict(), "status": "pending", "error": None}
+            old = prev_jobs.pop(job.id, None)
+            rdir = self.out / job.id
+            st, reason, summ = run_status(rdir)
+            if st != "absent":
+                if old is not None and old.get("spec_identity") not in (None, job.identity()):
+                    raise ElmanlabError(
+                        f"{rdir} was trained with other settings than the study file now gives "
+                        f"({job.where}); restore the file, give the run a new `name:`, or use another --out")
+                if st == "completed" or not self.retry_failed:
+                    rec.update(status="completed" if st == "completed" else "failed", error=reason,
+                               **{k: old.get(k) for k in ("started", "finished", "wall_s", "gpu",
+                                                          "returncode", "log", "stderr_tail")
+                                  if old and k in old})
+            elif old is not None and old.get("status") == "failed" and not self.retry_failed \
+                    and old.get("spec_identity") == job.identity():
+                rec.update({k: old.get(k) for k in ("status", "error", "returncode", "stderr_tail", "log",
+                                                    "started", "finished", "wall_s", "gpu")})
+            rec["spec_identity"] = job.identity()
+            rec["run_dir"] = job.id
+            jobs.append(rec)
+        # runs from an earlier version of the file stay recorded (their folders are kept)
+        for old in prev_jobs.values():
+            old = dict(old)
+            old["in_study_file"] = False
+            if old.get("status") in ("running", "pending"):
+                old["status"] = "dropped"
+            jobs.append(old)
+        created = (previous or {}).get("created") or _now()
+        return {"name": self.study.name, "study_file": self.study.path, "description": self.study.description,
+                "baseline": self.study.baseline, "created": created, "updated": _now(),
+                "gpus": self.gpus or "cpu", "jobs": jobs}
+
+    # -- running
+    def run(self) -> dict:
+        from tqdm import tqdm
+        if not train_available():
+            raise ElmanlabError("this elmanlab has no `train` command, so a study cannot run; "
+                                "update the package (--dry-run still works)")
+        self.plan(check_out_dir(self.out, self.study))     # every error before anything is written
+        self.out.mkdir(parents=True, exist_ok=True)
+        with StudyLock(self.out):
+            self.state = self.plan(check_out_dir(self.out, self.study))
+            (self.out / LOG_DIR).mkdir(exist_ok=True)
+            self.save()
+            todo = deque(r for r in self.state["jobs"]
+                         if r.get("in_study_file", True) and r["status"] not in ("completed", "failed"))
+            total = sum(1 for r in self.state["jobs"] if r.get("in_study_file", True))
+            done0 = total - len(todo)
+            n_failed_before = sum(1 for r in self.state["jobs"]
+                                  if r.get("in_study_file", True) and r["status"] == "failed")
+            slots = self.gpus or [None]
+            where = f"GPUs {','.join(self.gpus)}" if self.gpus else "CPU, one job at a time"
+            self.echo(f"study {self.study.name}: {total} runs, {done0} already done"
+                      + (f" ({n_failed_before} failed earlier, not retried: use --retry-failed)"
+                         if n_failed_before else "")
+                      + f", {len(todo)} to run on {where}; state in {self.out / STATE_FILE}")
+            self.total = total
+            self.bar = tqdm(total=total, initial=done0, desc=self.study.name, unit="run",
+                            file=sys.stderr, dynamic_ncols=True, leave=True)
+            threads = [threading.Thread(target=self._worker, args=(slot, todo), daemon=True)
+                       for slot in slots[:max(1, len(todo))]]
+            try:
+                for t in threads:
+                    t.start()
+                while any(t.is_alive() for t in threads):
+                    for t in threads:
+                        t.join(timeout=0.2)
+            except KeyboardInterrupt:
+                self.stop.set()
+                with self.lock:
+                    for p in self.procs.values():
+                        if p.poll() is None:
+                            p.terminate()
+                for t in threads:
+                    t.join(timeout=30)
+                with self.lock:
+                    for r in self.state["jobs"]:
+                        if r["status"] == "running":
+                            r["status"] = "interrupted"
+                    self.save()
+                self.bar.close()
+                raise
+            self.bar.close()
+            self.bar = None
+        return self.state
+
+    def _worker(self, slot: str | None, todo: deque) -> None:
+        while not self.stop.is_set():
+            with self.lock:
+                if not todo:
+                    return
+                rec = todo.popleft()
+                self.n_started += 1
+                k = self.n_started
+            self._run_one(rec, slot, k)
+
+    def _run_one(self, rec: dict, slot: str | None, k: int) -> None:
+        job = self.study.job(rec["id"])
+        rdir = self.out / job.id
+        log = self.out / LOG_DIR / f"{job.id}.log"
+        flags = train_flags()
+        argv = job.argv(rdir, flags)
+        st, _, _ = run_status(rdir)
+        if st != "absent":          # a failed run being retried: keep the old folder beside it
+            _move_aside(rdir, "failed")
+        elif rdir.exists():
+            if _has_checkpoint(rdir):
+                argv = ["train", "--resume", str(rdir)]
+            else:
+                _move_aside(rdir, "interrupted")
+        if self.gpus is None and "device" in flags and "device" not in job.train and argv[1] != "--resume":
+            argv[-2:-2] = ["--device", "cpu"]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env)
+        if slot is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot
+        where = f"GPU {slot}" if slot is not None else "CPU"
+        size = job.size.get("params")
+        from elmanlab.sizing import format_count
+        self.echo(f"[{k}/{self.total}] start {job.id} on {where} ({format_count(size)} params, {job.budget})")
+        t0 = time.time()
+        with self.lock:
+            rec.update(status="running", started=_now(), gpu=slot, error=None, log=str(log.relative_to(self.out)),
+                       argv=argv)
+            self.save()
+        try:
+            with open(log, "ab") as lf:
+                lf.write(f"\n# {_now()} elmanlab {' '.join(argv)}\n".encode())
+                lf.flush()
+                p = subprocess.Popen([self.python, "-m", "elmanlab"] + argv, env=env, stdout=lf,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                with self.lock:
+                    self.procs[job.id] = p
+                rc = p.wait()
+        except OSError as e:
+            rc, tail = None, [f"could not start the train process: {e}"]
+        else:
+            tail = _log_tail(log)
+        finally:
+            with self.lock:
+                self.procs.pop(job.id, None)
+        if self.stop.is_set():
+            return
+        # evaluation, when the run finished without a validation score
+        st, reason, summ = run_status(rdir)
+        if rc == 0 and st == "completed" and self.study.eval and summ.get("val_bpb") is None:
+            self._evaluate(rdir, env, log)
+            st, reason, summ = run_status(rdir)
+        wall = time.time() - t0
+        with self.lock:
+            rec.update(finished=_now(), wall_s=round(wall, 1), returncode=rc)
+            if rc == 0 and st == "completed":
+                rec.update(status="completed", error=None, stderr_tail=None)
+                loss = summ.get("loss_last100")
+                tps = summ.get("tokens_per_s")
+                msg = (f"[{k}/{self.total}] done  {job.id}: loss {loss:.4f}" if isinstance(loss, (int, float))
+                       else f"[{k}/{self.total}] done  {job.id}")
+                if isinstance(tps, (int, float)):
+                    msg += f", {tps:,.0f} tok/s"
+                if summ.get("val_bpb") is not None:
+                    msg += f", val {summ['val_bpb']:.4f} bpb"
+                msg += f", {wall:.0f} s"
+            else:
+                why = reason if st not in ("absent", "completed") else failure_reason(tail, rc)
+                if st == "completed":
+                    why = f"exit code {rc}: {failure_reason(tail, rc)}"
+                elif st == "absent" and rc == 0:
+                    why = "the train process ended without writing summary.json"
+                rec.update(status="failed", error=why, stderr_tail=tail)
+                msg = f"[{k}/{self.total}] FAILED {job.id} after {wall:.0f} s: {why} (log: {log})"
+            self.save()
+            if self.bar is not None:
+                self.bar.update(1)
+        self.echo(msg)
+
+    def _evaluate(self, rdir: Path, env: dict, log: Path) -> None:
+        """``elmanlab eval RUN --json``; its scores go to RUN/eval.json when summary.json lacks them."""
+        with open(log, "ab") as lf:
+            p = subprocess.run([self.python, "-m", "elmanlab", "eval", str(rdir), "--json"], env=env,
+                               stdout=subprocess.PIPE, stderr=lf, stdin=subprocess.DEVNULL)
+        if p.returncode != 0:
+            return
+        try:
+            res = json.loads(p.stdout.decode())
+        except ValueError:
+            return
+        summ = read_json(rdir / "summary.json") or {}
+        if summ.get("val_bpb") is None and isinstance(res, dict):
+            atomic_write_json(rdir / "eval.json", res)
+
+
+# ---------------------------------------------------------------- dry run
+
+def plan_table(study: Study, out: Path | None = None) -> list[dict]:
+    """Rows for ``--dry-run``: every job with its size and whether it is already done."""
+    from elmanlab.sizing import format_count
+    rows = []
+    for i, j in enumerate(study.jobs, 1):
+        status = "to run"
+        if out is not None:
+            st, reason, _ = run_status(Path(out) / j.id)
+            if st == "completed":
+                status = "done"
+            elif st != "absent":
+                status = "failed"
+        target = j.params or "-"
+        rows.append({"#": i, "run": j.id, "wave": j.wave or "", "model": j.model, "target": target,
+                     "params": j.size.get("params"), "params_h": format_count(j.size.get("params", 0)),
+                     "dim": j.size.get("dim"), "depth": j.size.get("depth"),
+                     "heads": j.size.get("n_heads"), "d_inner": j.size.get("d_inner"),
+                     "state/layer": j.size.get("state_per_layer"), "budget": j.budget,
+                     "seed": j.train.get("seed"), "status": status})
+    return rows

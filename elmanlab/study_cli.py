@@ -1,0 +1,108 @@
+"""The ``study`` and ``report`` subcommands."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from elmanlab.cli import print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "study", help="run a study file: many training runs over GPUs, resumable",
+        description="Run every job of a study file (YAML: name, baseline, train defaults, runs, grid, seeds, "
+                    "waves; see README 'Studies and reports'). Jobs run one per GPU at a time, each in its own "
+                    "`elmanlab train` process (in sequence on CPU); a failing job is recorded and the rest go on. "
+                    "Re-running skips every job whose summary.json exists, so an interrupted study resumes. "
+                    "Ends by writing the report (see `elmanlab report`).")
+    p.add_argument("study", help="the study file (YAML)")
+    p.add_argument("--out", required=True, help="output folder: one folder per run, study.json (state), logs/, "
+                                                "report.md; reuse it to resume")
+    p.add_argument("--gpus", default=None,
+                   help="GPU indices to use, one job per GPU at a time, e.g. 0,1,2,3; `cpu` runs jobs in "
+                        "sequence on the CPU (default: every visible GPU, else the CPU)")
+    p.add_argument("--data", help="training data file for every job (overrides `data` in the study file)")
+    p.add_argument("--val-data", dest="val_data", help="validation data file (overrides `val_data` in the file)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the expanded jobs with their sizes and parameter counts; run nothing")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print the jobs as JSON")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="run failed jobs again (their old folders are kept as RUN.failed-N)")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser(
+        "report", help="tables and plots of the runs in a study folder",
+        description="Read every run record under DIR and write DIR/report.md, DIR/results.csv and PNG plots under "
+                    "DIR/plots/: runs ranked by last-100 loss with the gap to the baseline, scale x model tables of "
+                    "loss and tokens/s, best model per scale, best loss by each swept setting, mean +- sd over "
+                    "seeds, loss at equal tokens and at equal time, and failed runs with their reason.")
+    p.add_argument("dir", help="a study's --out folder (or any folder holding run folders)")
+    p.add_argument("--baseline", help="model (or run name) to measure gaps against (default: the study's "
+                                      "baseline, else mamba2 or gdn when present)")
+    p.add_argument("--quiet", action="store_true", help="print only the paths written")
+    p.set_defaults(func=cmd_report)
+
+
+def _table(rows: list[dict], cols: list[str]) -> str:
+    cells = [[("-" if r.get(c) is None else str(r.get(c))) for c in cols] for r in rows]
+    widths = [max([len(c)] + [len(x[i]) for x in cells]) for i, c in enumerate(cols)]
+    line = lambda xs: "  ".join(x.ljust(w) for x, w in zip(xs, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(cols)] + [line(x) for x in cells])
+
+
+def cmd_study(args) -> int:
+    from elmanlab.errors import ElmanlabError
+    from elmanlab.study import Runner, check_out_dir, load_study, parse_gpus, plan_table
+    study = load_study(args.study, data=args.data, val_data=args.val_data)
+    gpus = parse_gpus(args.gpus)
+    out = Path(args.out)
+    check_out_dir(out, study)
+    if args.dry_run:
+        rows = plan_table(study, out if out.exists() else None)
+        if args.json:
+            print_json({"name": study.name, "baseline": study.baseline, "gpus": gpus or "cpu",
+                        "jobs": [{**j.to_dict(), "status": r["status"]} for j, r in zip(study.jobs, rows)]})
+            return 0
+        data = study.jobs[0].train.get("data") if study.jobs else None
+        print(f"study {study.name}: {len(study.jobs)} runs, baseline {study.baseline or '-'}, "
+              f"on {'GPUs ' + ','.join(gpus) if gpus else 'CPU (in sequence)'}, "
+              f"data {data or 'the train default (embedded corpus)'}")
+        cols = ["#", "run", "model", "target", "params_h", "dim", "depth", "heads", "d_inner", "state/layer",
+                "budget", "seed", "status"]
+        if any(r["wave"] for r in rows):
+            cols.insert(2, "wave")
+        print(_table(rows, cols))
+        return 0
+    try:
+        state = Runner(study, out, gpus, retry_failed=args.retry_failed).run()
+    except KeyboardInterrupt:
+        sys.stderr.write(f"error: interrupted; state saved in {out / 'study.json'}, run the same command to "
+                         f"resume\n")
+        return 130
+    jobs = [j for j in state["jobs"] if j.get("in_study_file", True)]
+    n_ok = sum(j["status"] == "completed" for j in jobs)
+    failed = [j for j in jobs if j["status"] == "failed"]
+    print(f"study {study.name}: {n_ok}/{len(jobs)} runs completed, {len(failed)} failed")
+    for j in failed:
+        print(f"  failed {j['id']}: {j.get('error')}")
+    if not args.no_report:
+        try:
+            from elmanlab.report import write_report
+            res = write_report(out, None)
+            print(f"report: {res['report']} ({len(res['plots'])} plots, {res['csv'].name})")
+        except ElmanlabError as e:
+            print(f"no report: {e}")
+    return 1 if failed else 0
+
+
+def cmd_report(args) -> int:
+    from elmanlab.report import Report
+    rep = Report(args.dir, args.baseline)
+    res = rep.write()
+    if not args.quiet and rep.done:
+        print(rep.section_ranked())
+        print()
+    print(f"wrote {res['report']}, {res['csv']}" + (f" and {len(res['plots'])} plots in {res['plots'][0].parent}"
+                                                   if res["plots"] else ""))
+    return 0
