@@ -57,8 +57,9 @@ BUDGET_KEYS = ("steps", "minutes")
 
 # The train command's settings per the CLI contract (DESIGN.md); used only when the installed
 # package has no ``train`` subcommand to read them from.
-CONTRACT_TRAIN_KEYS = ("data", "val_data", "steps", "minutes", "batch_size", "seq_len", "lr",
-                       "weight_decay", "seed", "device", "checkpoint_every")
+CONTRACT_TRAIN_KEYS = {"data": str, "val_data": str, "steps": int, "minutes": float, "batch_size": int,
+                       "seq_len": int, "lr": float, "weight_decay": float, "seed": int, "device": str,
+                       "checkpoint_every": int}
 
 
 # ---------------------------------------------------------------- the train command's flags
@@ -94,8 +95,8 @@ def train_flags() -> dict[str, Flag]:
     sub = _train_subparser()
     flags: dict[str, Flag] = {}
     if sub is None:
-        for k in CONTRACT_TRAIN_KEYS:
-            flags[k] = Flag(k, "--" + k.replace("_", "-"))
+        for k, typ in CONTRACT_TRAIN_KEYS.items():
+            flags[k] = Flag(k, "--" + k.replace("_", "-"), type=typ)
     else:
         skip = {"help", "out", "resume", "model", "debug", "params", "dim", "depth", "mlp_ratio",
                 "tie_embeddings"}
