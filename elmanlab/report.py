@@ -30,6 +30,9 @@ ASIDE = re.compile(r"\.(failed|interrupted)-\d+$")
 # train settings that are bookkeeping, not part of what a configuration is
 NOT_CONFIG = {"seed", "data", "val_data", "device", "out", "resume", "checkpoint_every", "log_every",
               "eval_every", "debug"}
+# train settings that do not change what is learned (left out of tables and of "swept" settings)
+BOOKKEEPING = {"out", "data", "val_data", "device", "progress", "log_every", "eval_bytes", "max_nonfinite",
+               "checkpoint_every", "resume"}
 SWEEP_ORDER = ("dim", "depth", "n_state", "n_heads", "expansion", "balance")
 
 
@@ -55,8 +58,6 @@ class Run:
     # summary values
     def get(self, key):
         v = self.summary.get(key)
-        if key == "val_bpb" and v is None:
-            v = (read_json(self.path / "eval.json") or {}).get("val_bpb") if self.path.exists() else None
         return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
     @property
@@ -175,16 +176,18 @@ def _model_fields(summ: dict, cfg: dict) -> tuple:
 
 
 def _train_fields(summ: dict, cfg: dict, job: dict | None) -> dict:
+    """The run's train settings: config.json's ``train`` block (scalars), else the study's job."""
     out = {}
-    if job:
-        out.update(job.get("train") or {})
-    for src in (cfg.get("train") if isinstance(cfg.get("train"), dict) else None, cfg, summ):
-        if not isinstance(src, dict):
-            continue
-        for k in ("seed", "batch_size", "seq_len", "lr", "weight_decay", "steps", "minutes", "warmup",
-                  "warmup_steps", "grad_clip"):
-            if k in src and isinstance(src[k], (int, float, str)) and not (k == "steps" and src is summ):
-                out.setdefault(k, src[k])
+    tr = cfg.get("train") if isinstance(cfg.get("train"), dict) else None
+    if tr:
+        for k, v in tr.items():
+            if k not in BOOKKEEPING and isinstance(v, (int, float, str, bool)):
+                out[k] = v
+    elif job:
+        out.update({k: v for k, v in (job.get("train") or {}).items() if k not in BOOKKEEPING})
+    for k in ("seed", "batch_size", "seq_len", "lr", "weight_decay"):
+        if isinstance(summ.get(k), (int, float)):
+            out.setdefault(k, summ[k])
     b = summ.get("budget")
     if isinstance(b, dict):
         for k in ("steps", "minutes"):

@@ -31,6 +31,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -46,7 +47,7 @@ STATE_FILE = "study.json"
 LOCK_FILE = ".study.lock"
 LOG_DIR = "logs"
 
-TOP_KEYS = ("name", "description", "baseline", "train", "runs", "grid", "seeds", "waves", "eval")
+TOP_KEYS = ("name", "description", "baseline", "train", "runs", "grid", "seeds", "waves")
 WAVE_KEYS = ("name", "description", "train", "runs", "grid", "seeds")
 SIZE_KEYS = ("params", "dim", "depth", "mlp_ratio", "tie_embeddings")
 ENTRY_KEYS = ("model", "name", "options") + SIZE_KEYS
@@ -196,7 +197,6 @@ class Study:
     baseline: str | None
     jobs: list[Job]
     description: str = ""
-    eval: bool = True
 
     def job(self, job_id: str) -> Job:
         for j in self.jobs:
@@ -349,7 +349,8 @@ def _expand_grid(grid, where: str) -> list[tuple[str, dict]]:
                 raise ElmanlabError(f"{w}: grid key {k!r} has an empty list, so the grid has no runs")
             axes.append((k, vals))
         for combo in itertools.product(*[vals for _, vals in axes]):
-            out.append((w, dict(zip([k for k, _ in axes], combo))))
+            entry = dict(zip([k for k, _ in axes], combo))
+            out.append((f"{w} ({', '.join(f'{k}={_fmt(v)}' for k, v in entry.items())})", entry))
     return out
 
 
@@ -417,7 +418,8 @@ def _job_from_entry(entry: dict, where: str, wave: str | None, base_train: dict,
                            mlp_ratio=float(mlp_ratio), tie_embeddings=tie)
         rep = report(cfg)
     except ElmanlabError as e:
-        raise ElmanlabError(f"{where} ({model} at {params or f'{dim}x{depth}'}): {e}")
+        at = "" if where.endswith(")") else f" ({model} at {params or f'{dim}x{depth}'})"
+        raise ElmanlabError(f"{where}{at}: {e}")
     size = {"params": rep.params, "dim": rep.dim, "depth": rep.depth, "d_inner": rep.d_inner,
             "n_heads": rep.n_heads, "state_per_layer": rep.state_per_layer}
 
@@ -550,11 +552,8 @@ def load_study(path, data: str | None = None, val_data: str | None = None,
         elif baseline not in seen:
             raise ElmanlabError(f"{path}: baseline {baseline!r} is neither a model of this study "
                                 f"({', '.join(models)}) nor a run name")
-    ev = raw.get("eval", True)
-    if not isinstance(ev, bool):
-        raise ElmanlabError(f"{path}: eval is true or false, got {ev!r}")
     desc = raw.get("description") or ""
-    return Study(name, str(path.resolve()), baseline, unique, str(desc).strip(), ev)
+    return Study(name, str(path.resolve()), baseline, unique, str(desc).strip())
 
 
 # ---------------------------------------------------------------- GPUs
@@ -739,7 +738,12 @@ def failure_reason(tail: list[str], returncode: int | None) -> str:
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
-    return any(p.suffix == ".safetensors" or p.name.startswith("checkpoint") for p in run_dir.rglob("*"))
+    """Whether ``elmanlab train --resume`` can continue this folder."""
+    try:
+        from elmanlab.train import is_run_dir, list_checkpoints
+    except ImportError:
+        return False
+    return is_run_dir(run_dir) and bool(list_checkpoints(run_dir))
 
 
 def _move_aside(run_dir: Path, tag: str) -> Path:
@@ -860,9 +864,16 @@ class Runner:
             except KeyboardInterrupt:
                 self.stop.set()
                 with self.lock:
-                    for p in self.procs.values():
-                        if p.poll() is None:
-                            p.terminate()
+                    procs = list(self.procs.values())
+                for p in procs:                 # SIGINT first: train saves a checkpoint when it can
+                    if p.poll() is None:
+                        p.send_signal(signal.SIGINT)
+                deadline = time.time() + 60
+                for p in procs:
+                    try:
+                        p.wait(timeout=max(0.1, deadline - time.time()))
+                    except subprocess.TimeoutExpired:
+                        p.kill()
                 for t in threads:
                     t.join(timeout=30)
                 with self.lock:
@@ -932,11 +943,7 @@ class Runner:
                 self.procs.pop(job.id, None)
         if self.stop.is_set():
             return
-        # evaluation, when the run finished without a validation score
         st, reason, summ = run_status(rdir)
-        if rc == 0 and st == "completed" and self.study.eval and summ.get("val_bpb") is None:
-            self._evaluate(rdir, env, log)
-            st, reason, summ = run_status(rdir)
         wall = time.time() - t0
         with self.lock:
             rec.update(finished=_now(), wall_s=round(wall, 1), returncode=rc)
@@ -963,21 +970,6 @@ class Runner:
             if self.bar is not None:
                 self.bar.update(1)
         self.echo(msg)
-
-    def _evaluate(self, rdir: Path, env: dict, log: Path) -> None:
-        """``elmanlab eval RUN --json``; its scores go to RUN/eval.json when summary.json lacks them."""
-        with open(log, "ab") as lf:
-            p = subprocess.run([self.python, "-m", "elmanlab", "eval", str(rdir), "--json"], env=env,
-                               stdout=subprocess.PIPE, stderr=lf, stdin=subprocess.DEVNULL)
-        if p.returncode != 0:
-            return
-        try:
-            res = json.loads(p.stdout.decode())
-        except ValueError:
-            return
-        summ = read_json(rdir / "summary.json") or {}
-        if summ.get("val_bpb") is None and isinstance(res, dict):
-            atomic_write_json(rdir / "eval.json", res)
 
 
 # ---------------------------------------------------------------- dry run
