@@ -6,8 +6,11 @@ import torch
 from elmanlab.ops._dispatch import fast_path_enabled
 from elmanlab.ops.e88.reference import apply_gate, e88_scan_ref
 
-# A fast implementation registers itself here with the reference's signature.
-FAST_IMPLS: dict = {}
+# The fast implementation, with the reference's signature. Registering compiles nothing: the
+# CUDA kernel is built on the first CUDA call.
+from elmanlab.ops.e88 import fused as _fused  # noqa: E402
+
+FAST_IMPLS: dict = {"default": _fused.fast_e88}
 
 
 def e88_scan(q, k, v, decay, S0=None, nonlinearity: str = "tanh", g=None,

@@ -10,8 +10,11 @@ import torch
 from elmanlab.ops._dispatch import fast_path_enabled
 from elmanlab.ops.elman.reference import elman_scan_ref
 
-# Fast implementations register themselves here: name -> callable with the reference signature.
-FAST_IMPLS: dict = {}
+# Fast implementations, keyed by nonlinearity: callable (wx, W_h, b, h0) -> (h, h_T).
+# Registering imports no CUDA toolchain: the kernel is compiled on the first CUDA call.
+from elmanlab.ops.elman import fused as _fused  # noqa: E402
+
+FAST_IMPLS: dict = {"tanh": _fused.fast_tanh, "linear": _fused.fast_linear}
 
 
 def elman_scan(wx: torch.Tensor, W_h: torch.Tensor, b: torch.Tensor | None = None,

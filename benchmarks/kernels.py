@@ -1,0 +1,213 @@
+"""Time the Elman-family recurrences alone: forward and forward+backward, bf16 inputs.
+
+For each recurrence at the seeds' shapes: the plain PyTorch loop (the reference, one matmul per
+step), cuDNN's tanh RNN where it applies (and at equal D for E42), fla's chunk Gated DeltaNet at
+the same key width (for E88, when fla is installed), and ours. Prints a table naming the GPU and
+the speedups, and writes JSON (and a Markdown copy of the table).
+
+    python3 benchmarks/kernels.py --out benchmarks/results/kernels-h100.json
+    python3 benchmarks/kernels.py --quick          # fewer shapes, no plain loops
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from elmanlab.ops.e88.fused import e88_scan_cuda  # noqa: E402
+from elmanlab.ops.e88.reference import e88_scan_ref  # noqa: E402
+from elmanlab.ops.elman.fused import elman_scan_cudnn, elman_scan_persistent  # noqa: E402
+from elmanlab.ops.elman.reference import elman_scan_ref  # noqa: E402
+
+BF = torch.bfloat16
+
+
+def timeit(fn, reps: int, warmup: int = 2) -> float:
+    """Median milliseconds of ``fn()`` over ``reps`` runs, timed with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e))
+    return statistics.median(times)
+
+
+def bench_pair(make_inputs, run, reps):
+    """(forward ms, forward+backward ms) of ``run(*inputs)`` with fresh random inputs."""
+    ins = make_inputs()
+    outs = run(*ins)
+    grads = [torch.randn_like(o) for o in outs]
+
+    def fwd():
+        run(*ins)
+
+    def fwdbwd():
+        outs = run(*ins)
+        torch.autograd.backward(outs, grads)
+
+    return timeit(fwd, reps), timeit(fwdbwd, reps)
+
+
+def elman_inputs(B, T, D, linear=False):
+    def make():
+        wx = torch.randn(B, T, D, device="cuda", dtype=BF, requires_grad=True)
+        W = (torch.randn(D, D, device="cuda") * (0.45 if linear else 1.0) / D ** 0.5).requires_grad_()
+        b = torch.zeros(D, device="cuda", requires_grad=True)
+        h0 = torch.zeros(B, D, device="cuda", requires_grad=True)
+        return wx, W, b, h0
+    return make
+
+
+def e88_inputs(B, T, H, n):
+    def make():
+        q = torch.nn.functional.normalize(torch.randn(B, T, H, n, device="cuda"), dim=-1).to(BF).requires_grad_()
+        k = torch.nn.functional.normalize(torch.randn(B, T, H, n, device="cuda"), dim=-1).to(BF).requires_grad_()
+        v = torch.randn(B, T, H, n, device="cuda", dtype=BF, requires_grad=True)
+        a = (0.6 + 0.4 * torch.rand(B, T, H, device="cuda")).requires_grad_()
+        return q, k, v, a
+    return make
+
+
+def gdn_runner():
+    """fla's chunk Gated DeltaNet (q, k [B,T,H,K], v [B,T,H,V], g log-decay, beta), or None."""
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    except Exception as exc:  # not installed
+        return None, f"fla not importable: {type(exc).__name__}: {exc}"[:200]
+
+    def run(q, k, v, g, beta):
+        o, _ = chunk_gated_delta_rule(q, k, v, g, beta, output_final_state=False)
+        return (o,)
+    return run, ""
+
+
+def gdn_inputs(B, T, width, K=128, V=256):
+    H = max(1, width // K)
+
+    def make():
+        q = torch.nn.functional.normalize(torch.randn(B, T, H, K, device="cuda"), dim=-1).to(BF).requires_grad_()
+        k = torch.nn.functional.normalize(torch.randn(B, T, H, K, device="cuda"), dim=-1).to(BF).requires_grad_()
+        v = torch.randn(B, T, H, V, device="cuda", dtype=BF, requires_grad=True)
+        g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, device="cuda")).requires_grad_()
+        beta = torch.rand(B, T, H, device="cuda", dtype=BF).requires_grad_()
+        return q, k, v, g, beta
+    return make, H
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=None, help="JSON path (a .md table is written beside it)")
+    ap.add_argument("--reps", type=int, default=20, help="timed repetitions for fast paths (median)")
+    ap.add_argument("--loop-reps", type=int, default=3, help="timed repetitions for the plain loops")
+    ap.add_argument("--quick", action="store_true", help="B=16 shapes only, no plain loops")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("error: benchmarks/kernels.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    gpu = torch.cuda.get_device_name()
+    T = 512
+    rows = []
+
+    def add(recurrence, shape, impl, fn_pair, note=""):
+        try:
+            f, fb = fn_pair()
+            rows.append(dict(recurrence=recurrence, shape=shape, impl=impl, fwd_ms=round(f, 3),
+                             fwdbwd_ms=round(fb, 3), note=note))
+        except Exception as exc:  # record the failure, keep going
+            rows.append(dict(recurrence=recurrence, shape=shape, impl=impl, fwd_ms=None, fwdbwd_ms=None,
+                             note=f"failed: {type(exc).__name__}: {str(exc)[:160]}"))
+        r = rows[-1]
+        print(f"  {recurrence:5s} {shape:22s} {impl:12s} fwd {r['fwd_ms']} ms  fwd+bwd {r['fwdbwd_ms']} ms "
+              f"{r['note']}", flush=True)
+
+    batches = [16] if args.quick else [16, 64]
+    # Elman tanh: E1 at D 1760 and 2112, E33 at D 1024
+    for name, D in (("E1", 1760), ("E1", 2112), ("E33", 1024)):
+        for B in batches:
+            shape = f"B{B} T{T} D{D}"
+            mk = elman_inputs(B, T, D)
+            if B == 16 and not args.quick:
+                add(name, shape, "loop", lambda: bench_pair(mk, lambda wx, W, b, h0: elman_scan_ref(
+                    wx, W.to(BF), b.to(BF), h0.to(BF), "tanh"), args.loop_reps))
+            add(name, shape, "cudnn", lambda: bench_pair(mk, elman_scan_cudnn, args.reps))
+            add(name, shape, "ours", lambda: bench_pair(
+                mk, lambda *x: elman_scan_persistent(*x, nonlinearity="tanh"), args.reps))
+    # E42 linear tied at D 1024 (cuDNN tanh at equal D for comparison)
+    for B in batches:
+        D = 1024
+        shape = f"B{B} T{T} D{D}"
+        mk = elman_inputs(B, T, D, linear=True)
+        if B == 16 and not args.quick:
+            add("E42", shape, "loop", lambda: bench_pair(mk, lambda wx, W, b, h0: elman_scan_ref(
+                wx, W.to(BF), b.to(BF), h0.to(BF), "linear"), args.loop_reps))
+        add("E42", shape, "cudnn-tanh", lambda: bench_pair(mk, elman_scan_cudnn, args.reps))
+        add("E42", shape, "ours", lambda: bench_pair(
+            mk, lambda *x: elman_scan_persistent(*x, nonlinearity="linear"), args.reps))
+    # E88: H56 n32 and H32 n48, against fla's chunk Gated DeltaNet at the same key width
+    gdn, gdn_note = gdn_runner()
+    for H, n in ((56, 32), (32, 48)):
+        for B in batches:
+            shape = f"B{B} T{T} H{H} n{n}"
+            mk = e88_inputs(B, T, H, n)
+            if B == 16 and not args.quick:
+                add("E88", shape, "loop", lambda: bench_pair(mk, lambda q, k, v, a: e88_scan_ref(q, k, v, a),
+                                                             args.loop_reps))
+            if gdn is not None:
+                gmk, gH = gdn_inputs(B, T, H * n)
+                add("E88", shape, "fla-gdn", lambda: bench_pair(gmk, gdn, args.reps),
+                    note=f"GDN H{gH} K128 V256")
+            else:
+                rows.append(dict(recurrence="E88", shape=shape, impl="fla-gdn", fwd_ms=None, fwdbwd_ms=None,
+                                 note=gdn_note))
+            add("E88", shape, "ours", lambda: bench_pair(mk, lambda q, k, v, a: e88_scan_cuda(q, k, v, a),
+                                                         args.reps))
+
+    # speedups of ours against each other implementation of the same row
+    by = {}
+    for r in rows:
+        by.setdefault((r["recurrence"], r["shape"]), {})[r["impl"]] = r
+    lines = [f"GPU: {gpu}; torch {torch.__version__}; bf16 inputs, fp32 state; T={T}; median of "
+             f"{args.reps} (loops: {args.loop_reps}) CUDA-event timings",
+             "", "| recurrence | shape | impl | fwd ms | fwd+bwd ms | ours speedup (fwd+bwd) | note |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ours = by[(r["recurrence"], r["shape"])].get("ours")
+        sp = ""
+        if ours and ours["fwdbwd_ms"] and r["fwdbwd_ms"] and r["impl"] != "ours":
+            sp = f"{r['fwdbwd_ms'] / ours['fwdbwd_ms']:.1f}x"
+            r["ours_speedup_fwdbwd"] = round(r["fwdbwd_ms"] / ours["fwdbwd_ms"], 2)
+        lines.append(f"| {r['recurrence']} | {r['shape']} | {r['impl']} | {r['fwd_ms']} | {r['fwdbwd_ms']} | "
+                     f"{sp} | {r['note']} |")
+    table = "\n".join(lines)
+    print()
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        payload = dict(gpu=gpu, torch=torch.__version__, T=T, dtype="bfloat16", reps=args.reps,
+                       loop_reps=args.loop_reps, time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       rows=rows)
+        for path, text in ((out, json.dumps(payload, indent=1)), (out.with_suffix(".md"), table + "\n")):
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        print(f"\nwrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

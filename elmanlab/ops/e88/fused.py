@@ -1,0 +1,268 @@
+"""Fast path for the E88 scan: a CUDA kernel with the state in registers, checkpointed backward.
+
+``E88ScanFn`` wraps a *backend* with two entry points:
+
+* ``fwd(q, k, v, a, S0, g, tanh_on, gate, C) -> (y, S_T, ckpt)``: the scan, storing the state
+  before every C-th step (``ckpt [B, H, ceil(T/C), m, n]``: memory O(B T H m n / C));
+* ``bwd(q, k, v, a, g, dy, ckpt, dS_T, tanh_on, gate, C) -> (dq, dk, dv, da, dg, dS0)``:
+  chunks in reverse, each recomputed from its checkpoint, then the reverse step
+
+      do = dy gate(g);  dg = dy o gate'(g);  dS += do q^T;  dq = S^T do
+      dP = dS (1 - S^2) [tanh];  da = <dP, S_prev>;  dv = dP k;  delta = v - S_prev k
+      dk = dP^T delta - S_prev^T dv;  dS_prev = a dP - dv k^T
+
+:class:`CudaBackend` runs both in ``e88_kernel.cu`` (one block per (batch, head));
+:class:`TorchBackend` is the same algorithm in plain PyTorch (CPU tests of the algebra).
+"""
+from __future__ import annotations
+
+import ctypes
+import warnings
+from pathlib import Path
+
+import torch
+
+from elmanlab.ops.e88.reference import e88_scan_ref
+
+_SRC = Path(__file__).with_name("e88_kernel.cu")
+GATES = {None: 0, "silu": 1, "sigmoid": 2}
+POISON = False      # tests set this: kernel outputs start as NaN, so an unwritten element fails
+SMEM_BUDGET = 64 * 1024      # backward shared memory per block that picks the checkpoint interval
+
+
+def _gate_val_grad(g, gate):
+    sg = torch.sigmoid(g)
+    if gate == 1:
+        return g * sg, sg * (1 + g * (1 - sg))
+    return sg, sg * (1 - sg)
+
+
+def _step(S, k, v, a, tanh_on):
+    r = torch.einsum("bhmn,bhn->bhm", S, k)
+    P = a[..., None, None] * S + (v - r).unsqueeze(-1) * k.unsqueeze(-2)
+    return torch.tanh(P) if tanh_on else P
+
+
+class TorchBackend:
+    name = "torch"
+
+    @staticmethod
+    def plan(q, m):
+        return 4
+
+    @staticmethod
+    def fwd(q, k, v, a, S0, g, tanh_on, gate, C):
+        B, T, H, n = q.shape
+        m = v.shape[-1]
+        f = torch.float32
+        S = q.new_zeros(B, H, m, n, dtype=f) if S0 is None else S0.float()
+        NC = (T + C - 1) // C
+        ckpt = q.new_empty(B, H, NC, m, n, dtype=f)
+        y = q.new_empty(B, T, H, m)
+        for t in range(T):
+            if t % C == 0:
+                ckpt[:, :, t // C] = S
+            S = _step(S, k[:, t].float(), v[:, t].float(), a[:, t].float(), tanh_on)
+            o = torch.einsum("bhmn,bhn->bhm", S, q[:, t].float())
+            if gate:
+                o = o * _gate_val_grad(g[:, t].float(), gate)[0]
+            y[:, t] = o.to(y.dtype)
+        return y, S, ckpt
+
+    @staticmethod
+    def bwd(q, k, v, a, g, dy, ckpt, dST, tanh_on, gate, C):
+        B, T, H, n = q.shape
+        m = v.shape[-1]
+        f = torch.float32
+        dq = q.new_zeros(B, T, H, n, dtype=f)
+        dk = torch.zeros_like(dq)
+        dv = q.new_zeros(B, T, H, m, dtype=f)
+        dg = torch.zeros_like(dv)
+        da = q.new_zeros(B, T, H, dtype=f)
+        dS = q.new_zeros(B, H, m, n, dtype=f) if dST is None else dST.float().clone()
+        NC = ckpt.shape[2]
+        for ch in range(NC - 1, -1, -1):
+            t0 = ch * C
+            L = min(C, T - t0)
+            states = [ckpt[:, :, ch]]
+            for l in range(L):
+                t = t0 + l
+                states.append(_step(states[-1], k[:, t].float(), v[:, t].float(), a[:, t].float(), tanh_on))
+            for l in range(L - 1, -1, -1):
+                t = t0 + l
+                Sc, Sp = states[l + 1], states[l]
+                kt, qt, vt, at = k[:, t].float(), q[:, t].float(), v[:, t].float(), a[:, t].float()
+                dyt = dy[:, t].float()
+                if gate:
+                    o = torch.einsum("bhmn,bhn->bhm", Sc, qt)
+                    gv, gp = _gate_val_grad(g[:, t].float(), gate)
+                    do = dyt * gv
+                    dg[:, t] = dyt * o * gp
+                else:
+                    do = dyt
+                dS = dS + do.unsqueeze(-1) * qt.unsqueeze(-2)
+                dq[:, t] = torch.einsum("bhmn,bhm->bhn", Sc, do)
+                dP = dS * (1 - Sc * Sc) if tanh_on else dS
+                da[:, t] = (dP * Sp).sum((-1, -2))
+                delta = vt - torch.einsum("bhmn,bhn->bhm", Sp, kt)
+                dd = torch.einsum("bhmn,bhn->bhm", dP, kt)
+                dv[:, t] = dd
+                dk[:, t] = torch.einsum("bhmn,bhm->bhn", dP, delta) - torch.einsum("bhmn,bhm->bhn", Sp, dd)
+                dS = at[..., None, None] * dP - dd.unsqueeze(-1) * kt.unsqueeze(-2)
+        return dq, dk, dv, da, dg, dS
+
+
+def _empty(shape, dtype, device):
+    t = torch.empty(shape, dtype=dtype, device=device)
+    return t.fill_(float("nan")) if POISON else t
+
+
+class CudaBackend:
+    name = "cuda"
+    _plans: dict = {}
+
+    @staticmethod
+    def lib(device_index):
+        from elmanlab.ops.elman._build import load_library
+
+        lib = load_library(_SRC, device_index)
+        if not getattr(lib, "_elk_typed", False):
+            P, I = ctypes.c_void_p, ctypes.c_int
+            lib.e88_plan.argtypes = [I, I, I, I, I] + [ctypes.POINTER(ctypes.c_int)] * 3
+            lib.e88_plan.restype = I
+            lib.e88_launch.argtypes = [I, I, P, I] + [P] * 16 + [I] * 9
+            lib.e88_launch.restype = I
+            lib._elk_typed = True
+        return lib
+
+    @classmethod
+    def plan(cls, q, m):
+        """Checkpoint interval C for this shape, or 0 when the kernel does not support it."""
+        from elmanlab.ops.elman._build import check
+
+        idx = q.device.index if q.device.index is not None else torch.cuda.current_device()
+        dtype = 1 if q.dtype == torch.bfloat16 else 0
+        n = q.shape[-1]
+        key = (idx, dtype, n, m)
+        if key not in cls._plans:
+            lib = cls.lib(idx)
+            vals = [ctypes.c_int(0) for _ in range(3)]
+            check(lib, lib.e88_plan(idx, dtype, n, m, SMEM_BUDGET, *[ctypes.byref(x) for x in vals]), "e88_plan")
+            cls._plans[key] = vals[0].value
+        return cls._plans[key]
+
+    @classmethod
+    def _launch(cls, fwd, q, k, v, g, a, S0, y, ST, ckpt, dy, dST, dq, dk, dv, da, dg, dS0, tanh_on, gate, C):
+        from elmanlab.ops.elman._build import check, ptr, stream_ptr
+
+        B, T, H, n = q.shape
+        m = v.shape[-1]
+        idx = q.device.index if q.device.index is not None else torch.cuda.current_device()
+        lib = cls.lib(idx)
+        code = lib.e88_launch(int(fwd), idx, stream_ptr(q.device), 1 if q.dtype == torch.bfloat16 else 0,
+                              ptr(q), ptr(k), ptr(v), ptr(g), ptr(a), ptr(S0), ptr(y), ptr(ST), ptr(ckpt),
+                              ptr(dy), ptr(dST), ptr(dq), ptr(dk), ptr(dv), ptr(da), ptr(dg), ptr(dS0),
+                              B, T, H, n, m, C, ckpt.shape[2], int(tanh_on), gate)
+        check(lib, code, "e88 kernel launch")
+
+    @classmethod
+    def fwd(cls, q, k, v, a, S0, g, tanh_on, gate, C):
+        B, T, H, n = q.shape
+        m = v.shape[-1]
+        f = torch.float32
+        y = _empty((B, T, H, m), q.dtype, q.device)
+        ST = _empty((B, H, m, n), f, q.device)
+        ckpt = _empty((B, H, (T + C - 1) // C, m, n), f, q.device)
+        cls._launch(True, q, k, v, g, a, S0, y, ST, ckpt, None, None, None, None, None, None, None, None,
+                    tanh_on, gate, C)
+        return y, ST, ckpt
+
+    @classmethod
+    def bwd(cls, q, k, v, a, g, dy, ckpt, dST, tanh_on, gate, C):
+        B, T, H, n = q.shape
+        m = v.shape[-1]
+        f = torch.float32
+        dq = _empty((B, T, H, n), f, q.device)
+        dk = _empty((B, T, H, n), f, q.device)
+        dv = _empty((B, T, H, m), f, q.device)
+        dg = _empty((B, T, H, m), f, q.device) if gate else None
+        da = _empty((B, T, H), f, q.device)
+        dS0 = _empty((B, H, m, n), f, q.device)
+        cls._launch(False, q, k, v, g, a, None, None, None, ckpt, dy, dST, dq, dk, dv, da, dg, dS0,
+                    tanh_on, gate, C)
+        return dq, dk, dv, da, dg, dS0
+
+
+class E88ScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, decay, S0, g, tanh_on, gate, backend, C):
+        wd = torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32
+        qc, kc, vc = (x.detach().to(wd).contiguous() for x in (q, k, v))
+        gc = None if g is None else g.detach().to(wd).contiguous()
+        ac = decay.detach().float().contiguous()
+        S0c = None if S0 is None else S0.detach().float().contiguous()
+        y, ST, ckpt = backend.fwd(qc, kc, vc, ac, S0c, gc, tanh_on, gate, C)
+        ctx.save_for_backward(qc, kc, vc, ac, gc, ckpt)
+        ctx.cfg = (tanh_on, gate, backend, C)
+        ctx.dtypes = (q.dtype, k.dtype, v.dtype, decay.dtype, None if S0 is None else S0.dtype,
+                      None if g is None else g.dtype)
+        return y.to(q.dtype), ST
+
+    @staticmethod
+    def backward(ctx, dy, dST):
+        qc, kc, vc, ac, gc, ckpt = ctx.saved_tensors
+        tanh_on, gate, backend, C = ctx.cfg
+        if dy is None:
+            dy = torch.zeros(*qc.shape[:3], vc.shape[-1], dtype=qc.dtype, device=qc.device)
+        dyc = dy.to(qc.dtype).contiguous()
+        dSTc = None if dST is None else dST.float().contiguous()
+        dq, dk, dv, da, dg, dS0 = backend.bwd(qc, kc, vc, ac, gc, dyc, ckpt, dSTc, tanh_on, gate, C)
+        tq, tk, tv, ta, tS, tg = ctx.dtypes
+        return (dq.to(tq), dk.to(tk), dv.to(tv), da.to(ta), None if tS is None else dS0.to(tS),
+                None if tg is None else dg.to(tg), None, None, None, None)
+
+
+def e88_scan_backend(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_activation="silu",
+                     backend=TorchBackend, C=None):
+    if nonlinearity not in ("tanh", "linear"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'linear', got {nonlinearity!r}")
+    if gate_activation not in ("silu", "sigmoid"):
+        raise ValueError(f"gate_activation must be 'silu' or 'sigmoid', got {gate_activation!r}")
+    B, T, H, n = q.shape
+    m = v.shape[-1]
+    if T == 0:
+        ST = q.new_zeros(B, H, m, n, dtype=torch.float32) if S0 is None else S0.float()
+        return q.new_zeros(B, 0, H, m), ST
+    if C is None:
+        C = backend.plan(q, m)
+    gate = 0 if g is None else GATES[gate_activation]
+    return E88ScanFn.apply(q, k, v, decay, S0, g, nonlinearity == "tanh", gate, backend, C)
+
+
+_WARNED = set()
+
+
+def cuda_supported(q, v) -> bool:
+    if not q.is_cuda or q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    try:
+        return CudaBackend.plan(q, v.shape[-1]) > 0
+    except Exception as exc:  # no nvcc or a build failure: fall back once, say so
+        if "build" not in _WARNED:
+            _WARNED.add("build")
+            warnings.warn(f"elmanlab: E88 CUDA kernel unavailable ({exc}); using the reference", RuntimeWarning)
+        return False
+
+
+def e88_scan_cuda(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_activation="silu"):
+    """The CUDA kernel (raises when the shape is not supported)."""
+    if not cuda_supported(q, v):
+        raise RuntimeError(f"E88 kernel does not support n={q.shape[-1]}, m={v.shape[-1]}")
+    return e88_scan_backend(q, k, v, decay, S0, nonlinearity, g, gate_activation, CudaBackend)
+
+
+def fast_e88(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_activation="silu"):
+    """FAST_IMPLS['default']: the CUDA kernel where it supports the shape, else the reference."""
+    if cuda_supported(q, v):
+        return e88_scan_backend(q, k, v, decay, S0, nonlinearity, g, gate_activation, CudaBackend)
+    return e88_scan_ref(q, k, v, decay, S0, nonlinearity, g, gate_activation)

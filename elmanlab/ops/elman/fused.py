@@ -1,0 +1,254 @@
+"""Fast paths for the Elman recurrences: the persistent CUDA kernel and cuDNN's tanh RNN.
+
+``ElmanScanFn`` is the autograd wrapper around a *backend* that provides two sequential scans
+with the persistent kernel's contract:
+
+* ``fwd(wx, W [D,D] fp32, b fp32|None, h0 fp32|None, mode) -> (h [B,T,D] in wx's dtype, h_T fp32)``
+  with ``s_t = act(wx_t + b + s_{t-1} @ W^T)`` in fp32 (mode 0 tanh, 1 linear);
+* ``bwd(dh, h, W fp32, dh_T fp32|None, mode) -> dpre [B,T,D] fp32``, the reverse-time scan
+  ``dpre_t = (dh_t + dpre_{t+1} @ W) * act'(h_t)`` (``dh_T`` enters at the last step).
+
+The weight gradient is then one GEMM over all steps, ``dW = dpre^T h_prev``; ``db = sum dpre``,
+``dwx = dpre``, ``dh0 = dpre_0 @ W``. :class:`CudaBackend` runs both scans as one cooperative
+launch each (``persistent.cu``); :class:`TorchBackend` is the same contract in plain PyTorch
+(used on CPU to test the wrapper and the backward algebra).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from elmanlab.ops.elman.reference import elman_scan_ref
+
+_SRC = Path(__file__).with_name("persistent.cu")
+_DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1}
+MODES = {"tanh": 0, "linear": 1}
+POISON = False      # tests set this: kernel outputs start as NaN, so an unwritten element fails
+
+
+def _empty(shape, dtype, device):
+    t = torch.empty(shape, dtype=dtype, device=device)
+    return t.fill_(float("nan")) if POISON else t
+
+
+class TorchBackend:
+    """The kernel contract in plain PyTorch, fp32 state (CPU tests, and any device)."""
+
+    name = "torch"
+
+    @staticmethod
+    def fwd(wx, W, b, h0, mode):
+        B, T, D = wx.shape
+        s = wx.new_zeros(B, D, dtype=torch.float32) if h0 is None else h0
+        Wt = W.t()
+        outs = []
+        for t in range(T):
+            pre = wx[:, t].float() + s @ Wt
+            if b is not None:
+                pre = pre + b
+            s = torch.tanh(pre) if mode == 0 else pre
+            outs.append(s.to(wx.dtype))
+        return torch.stack(outs, 1), s
+
+    @staticmethod
+    def bwd(dh, h, W, dhT, mode):
+        B, T, D = h.shape
+        c = dh.new_zeros(B, D, dtype=torch.float32) if dhT is None else dhT
+        out = torch.empty(B, T, D, dtype=torch.float32, device=h.device)
+        for t in range(T - 1, -1, -1):
+            g = dh[:, t].float() + c
+            dp = g * (1.0 - h[:, t].float() ** 2) if mode == 0 else g
+            out[:, t] = dp
+            c = dp @ W
+        return out
+
+
+class CudaBackend:
+    """The persistent kernel: W slices resident in shared memory, one grid barrier per step."""
+
+    name = "persistent"
+    _plans: dict = {}
+
+    @staticmethod
+    def lib(device_index: int):
+        from elmanlab.ops.elman._build import load_library
+
+        lib = load_library(_SRC, device_index)
+        if not getattr(lib, "_elk_typed", False):
+            P, I = ctypes.c_void_p, ctypes.c_int
+            lib.elman_plan.argtypes = [I, I] + [ctypes.POINTER(ctypes.c_int)] * 5
+            lib.elman_plan.restype = I
+            lib.elman_persistent_launch.argtypes = [I, P, I, I] + [P] * 9 + [I] * 8
+            lib.elman_persistent_launch.restype = I
+            lib._elk_typed = True
+        return lib
+
+    @classmethod
+    def plan(cls, device_index: int, D: int):
+        key = (device_index, D)
+        if key not in cls._plans:
+            from elmanlab.ops.elman._build import check
+
+            lib = cls.lib(device_index)
+            vals = [ctypes.c_int(0) for _ in range(5)]
+            check(lib, lib.elman_plan(device_index, D, *[ctypes.byref(v) for v in vals]), "elman_plan")
+            KP, KC, smem, blocks, sms = (v.value for v in vals)
+            cls._plans[key] = dict(KP=KP, KC=KC, smem=smem, blocks=blocks, sms=sms,
+                                   ok=KC > 0 and blocks <= sms)
+        return cls._plans[key]
+
+    @classmethod
+    def _launch(cls, X, aux, bias, M, c0, out, sfinal, B, T, D, reverse, mode, has_s0, s0=None):
+        from elmanlab.ops.elman._build import check, ptr, stream_ptr
+
+        dev = X.device
+        idx = dev.index if dev.index is not None else torch.cuda.current_device()
+        p = cls.plan(idx, D)
+        lib = cls.lib(idx)
+        sbuf = torch.zeros(2, B, p["KP"], dtype=torch.float32, device=dev)
+        if s0 is not None:
+            sbuf[0, :, :D] = s0
+        counter = torch.zeros(1, dtype=torch.int32, device=dev)
+        code = lib.elman_persistent_launch(
+            idx, stream_ptr(dev), _DTYPE_CODE[X.dtype], _DTYPE_CODE[out.dtype], ptr(X), ptr(aux), ptr(bias),
+            ptr(M), ptr(c0), ptr(out), ptr(sfinal), ptr(sbuf), ptr(counter), B, T, D, p["KP"], p["KC"],
+            reverse, mode, has_s0)
+        check(lib, code, "elman persistent kernel launch")
+
+    @classmethod
+    def fwd(cls, wx, W, b, h0, mode):
+        B, T, D = wx.shape
+        h = _empty(wx.shape, wx.dtype, wx.device)
+        hT = _empty((B, D), torch.float32, wx.device)
+        cls._launch(wx, None, b, W, None, h, hT, B, T, D, 0, mode, int(h0 is not None), s0=h0)
+        return h, hT
+
+    @classmethod
+    def bwd(cls, dh, h, W, dhT, mode):
+        B, T, D = h.shape
+        dpre = _empty((B, T, D), torch.float32, h.device)
+        MT = W.t().contiguous()
+        cls._launch(dh, h if mode == 0 else None, None, MT, dhT, dpre, None, B, T, D, 1, mode + 2, 0)
+        return dpre
+
+
+class ElmanScanFn(torch.autograd.Function):
+    """(wx, W_h, b, h0) -> (h [B,T,D] in wx's dtype, h_T [B,D] fp32) through ``backend``."""
+
+    @staticmethod
+    def forward(ctx, wx, W_h, b, h0, mode, backend):
+        W32 = W_h.detach().float().contiguous()
+        b32 = None if b is None else b.detach().float().contiguous()
+        h032 = None if h0 is None else h0.detach().float().contiguous()
+        h, hT = backend.fwd(wx.detach().contiguous(), W32, b32, h032, mode)
+        ctx.save_for_backward(h, W_h, h0)
+        ctx.mode, ctx.backend, ctx.has_b = mode, backend, b is not None
+        ctx.wx_dtype = wx.dtype
+        ctx.b_dtype = None if b is None else b.dtype
+        return h, hT
+
+    @staticmethod
+    def backward(ctx, dh, dhT):
+        h, W_h, h0 = ctx.saved_tensors
+        B, T, D = h.shape
+        W32 = W_h.detach().float().contiguous()
+        if dh is None:
+            dh = torch.zeros_like(h)
+        dhT32 = None if dhT is None else dhT.float().contiguous()
+        dpre = ctx.backend.bwd(dh.to(h.dtype).contiguous(), h, W32, dhT32, ctx.mode)
+        need = ctx.needs_input_grad
+        dwx = dpre.to(ctx.wx_dtype) if need[0] else None
+        dW = None
+        if need[1]:
+            gd = h.dtype if h.dtype in (torch.bfloat16, torch.float16) else torch.float32
+            first = (h.new_zeros(B, 1, D, dtype=gd) if h0 is None else h0.detach().to(gd).reshape(B, 1, D))
+            hprev = torch.cat([first, h[:, :-1].to(gd)], dim=1).reshape(B * T, D)
+            dW = (dpre.to(gd).reshape(B * T, D).t() @ hprev).float().to(W_h.dtype)
+        db = dpre.sum((0, 1)).to(ctx.b_dtype) if (ctx.has_b and need[2]) else None
+        dh0 = (dpre[:, 0] @ W32).to(h0.dtype) if (h0 is not None and need[3]) else None
+        return dwx, dW, db, dh0, None, None
+
+
+def _empty_scan(wx, h0):
+    B, T, D = wx.shape
+    hT = wx.new_zeros(B, D, dtype=torch.float32) if h0 is None else h0.float()
+    return wx.new_zeros(B, 0, D), hT
+
+
+def elman_scan_backend(wx, W_h, b=None, h0=None, nonlinearity="tanh", backend=TorchBackend):
+    """The fused-kernel contract through ``backend`` (TorchBackend on any device)."""
+    if nonlinearity not in MODES:
+        raise ValueError(f"nonlinearity must be 'tanh' or 'linear', got {nonlinearity!r}")
+    if wx.shape[1] == 0:
+        return _empty_scan(wx, h0)
+    return ElmanScanFn.apply(wx, W_h, b, h0, MODES[nonlinearity], backend)
+
+
+def elman_scan_persistent(wx, W_h, b=None, h0=None, nonlinearity="tanh"):
+    """The persistent CUDA kernel (raises when the shape or dtype is not supported)."""
+    if not persistent_supported(wx):
+        raise RuntimeError(f"persistent Elman kernel does not support D={wx.shape[-1]}, dtype={wx.dtype}")
+    return elman_scan_backend(wx, W_h, b, h0, nonlinearity, CudaBackend)
+
+
+def elman_scan_cudnn(wx, W_h, b=None, h0=None):
+    """cuDNN's tanh RNN with W_ih = I: h_t = tanh(I wx_t + W_h h_{t-1} + b) (state in wx's dtype)."""
+    B, T, D = wx.shape
+    if T == 0:
+        return _empty_scan(wx, h0)
+    dt = wx.dtype
+    hx = (wx.new_zeros(B, D) if h0 is None else h0.to(dt)).unsqueeze(0).contiguous()
+    bias = wx.new_zeros(D) if b is None else b.to(dt)
+    params = [torch.eye(D, device=wx.device, dtype=dt), W_h.to(dt), bias, wx.new_zeros(D)]
+    out, hT = torch._VF.rnn_tanh(wx.contiguous(), hx, params, True, 1, 0.0, torch.is_grad_enabled(),
+                                 False, True)
+    return out, hT[0]
+
+
+_WARNED = set()
+
+
+def _warn_once(key, msg):
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def persistent_supported(wx) -> bool:
+    """True when the persistent kernel can run this input (CUDA, fp32/bf16, D <= 16 x SMs)."""
+    if not wx.is_cuda or wx.dtype not in _DTYPE_CODE or wx.dim() != 3:
+        return False
+    idx = wx.device.index if wx.device.index is not None else torch.cuda.current_device()
+    try:
+        return CudaBackend.plan(idx, wx.shape[-1])["ok"]
+    except Exception as exc:  # no nvcc, compile error: fall back, say so once
+        _warn_once("build", f"elmanlab: persistent Elman kernel unavailable ({exc}); using the fallback")
+        return False
+
+
+def _impl_choice() -> str:
+    choice = os.environ.get("ELMANLAB_ELMAN_IMPL", "auto")
+    if choice not in ("auto", "persistent", "cudnn"):
+        raise ValueError(f"ELMANLAB_ELMAN_IMPL must be auto, persistent or cudnn, got {choice!r}")
+    return choice
+
+
+def fast_tanh(wx, W_h, b=None, h0=None):
+    """FAST_IMPLS['tanh']: the persistent kernel where it runs, else cuDNN's tanh RNN."""
+    choice = _impl_choice()
+    if choice != "cudnn" and persistent_supported(wx):
+        return elman_scan_backend(wx, W_h, b, h0, "tanh", CudaBackend)
+    if wx.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        return elman_scan_cudnn(wx, W_h, b, h0)
+    return elman_scan_ref(wx, W_h, b, h0, "tanh")
+
+
+def fast_linear(wx, W_h, b=None, h0=None):
+    """FAST_IMPLS['linear']: the persistent kernel where it runs, else the reference loop."""
+    if persistent_supported(wx):
+        return elman_scan_backend(wx, W_h, b, h0, "linear", CudaBackend)
+    return elman_scan_ref(wx, W_h, b, h0, "linear")

@@ -1,0 +1,235 @@
+// Persistent Elman recurrence kernel (E1/E33 tanh, E42 linear), forward and backward.
+//
+// One cooperative launch runs all T steps. Block `blk` owns 16 output units j0..j0+15 and keeps
+// its slice M[j0:j0+16, :] of the recurrent matrix resident in shared memory (fp32) for the
+// whole sequence. Each step every block reads the previous state s [B, D] (fp32, from L2),
+// computes its 16 columns of s @ M^T on the CUDA cores in fp32, applies the step's epilogue and
+// writes its part of the new state; one grid-wide barrier (atomic counter) per step.
+//
+//   forward (mode 0 tanh / 1 linear):  s_t = act(X_t + bias + s_{t-1} @ M^T)      M = W_h
+//   backward (mode 2 tanh / 3 linear, time reversed, X = dL/dh):
+//       dpre_t = (X_t + c0 [first step only] + dpre_{t+1} @ M^T) * act'(h_t)      M = W_h^T
+//
+// Compiled by elmanlab/ops/elman/_build.py with nvcc into a shared library called via ctypes.
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+#define JP 16          // output units per block
+#define NTH 256        // threads per block
+#define BT 16          // batch rows per tile
+#define KSPLIT 16      // k-splits (8 warps x 2 half-warps)
+
+struct ElmanParams {
+  const void* X;       // [B, T, D]   TX
+  const void* aux;     // [B, T, D]   TX (backward tanh: forward outputs h), else null
+  const float* bias;   // [D] or null
+  const float* M;      // [D, D] row-major, m[b, j] = sum_k s[b, k] M[j, k]
+  const float* c0;     // [B, D] added at the first processed step, or null
+  void* out;           // [B, T, D]   TO
+  float* sfinal;       // [B, D] last state, or null
+  float* sbuf;         // [2, B, KP] ping-pong state, zero padded beyond D
+  unsigned* counter;   // zeroed before launch
+  int B, T, D, KP, KC, reverse, mode, has_s0;
+};
+
+template <typename T> __device__ __forceinline__ float to_f(T x);
+template <> __device__ __forceinline__ float to_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+
+__device__ __forceinline__ unsigned ld_acquire_u32(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+template <typename TX, typename TO>
+__global__ void __launch_bounds__(NTH, 1) elman_persistent_kernel(ElmanParams p) {
+  extern __shared__ float4 smem4[];
+  const int KP = p.KP, KC = p.KC, DS = KC + 8, D = p.D, B = p.B, T = p.T;
+  float4* Wsm = smem4;                                  // (KP/4) chunks x 16 float4 (swizzled)
+  float* Ssm = reinterpret_cast<float*>(smem4) + (size_t)KP * JP;   // BT x DS, reused for reduction
+  float4* Ssm4 = reinterpret_cast<float4*>(Ssm);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int kh = lane >> 4, bg = (lane >> 2) & 3, jg = lane & 3;
+  const int ksi = warp * 2 + kh;                        // 0..15, parity == kh
+  const int j0 = blockIdx.x * JP;
+
+  // resident weight slice: unit (c, r) holds M[j0 + r][4c .. 4c+3]
+  for (int idx = tid; idx < (KP / 4) * JP; idx += NTH) {
+    const int c = idx / JP, r = idx % JP, j = j0 + r;
+    float w[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int k = 4 * c + q;
+      w[q] = (j < D && k < D) ? p.M[(size_t)j * D + k] : 0.f;
+    }
+    const int u = (r & ~3) | ((r & 3) ^ (r >> 2) ^ (c & 1));
+    Wsm[c * JP + u] = make_float4(w[0], w[1], w[2], w[3]);
+  }
+  __syncthreads();
+
+  const TX* X = reinterpret_cast<const TX*>(p.X);
+  const TX* AUX = reinterpret_cast<const TX*>(p.aux);
+  TO* OUT = reinterpret_cast<TO*>(p.out);
+  const int ob = tid >> 4, oj = tid & 15;               // epilogue output owned by this thread
+  const int j = j0 + oj;
+  const float bj = (p.bias != nullptr && j < D) ? p.bias[j] : 0.f;
+  const int ntiles = (B + BT - 1) / BT;
+
+  for (int i = 0; i < T; ++i) {
+    const int t = p.reverse ? T - 1 - i : i;
+    const float* sprev = p.sbuf + (size_t)(i & 1) * B * KP;
+    float* snext = p.sbuf + (size_t)((i + 1) & 1) * B * KP;
+    const bool do_mm = (i > 0) || p.has_s0;
+    for (int tile = 0; tile < ntiles; ++tile) {
+      const int b0 = tile * BT;
+      const int b = b0 + ob;
+      const bool valid = (b < B) && (j < D);
+      // issue the epilogue's loads early; their latency hides behind the matmul
+      float xv = 0.f, hv = 0.f;
+      if (valid) {
+        const size_t off = ((size_t)b * T + t) * D + j;
+        xv = to_f<TX>(X[off]);
+        if (p.mode == 2) hv = to_f<TX>(AUX[off]);
+        if (i == 0 && p.c0 != nullptr) xv += p.c0[(size_t)b * D + j];
+      }
+      float acc[4][4];
+#pragma unroll
+      for (int a = 0; a < 4; ++a)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[a][c] = 0.f;
+      if (do_mm) {
+        for (int kc0 = 0; kc0 < KP; kc0 += KC) {
+          const int kcn = min(KC, KP - kc0);
+          // stage s_prev[b0:b0+16, kc0:kc0+kcn] into Ssm[b][kk]
+          const int nq = kcn / 4;
+          for (int idx = tid; idx < BT * nq; idx += NTH) {
+            const int rb = idx / nq, qq = idx % nq;
+            float4 v4 = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (b0 + rb < B)
+              v4 = __ldcg(reinterpret_cast<const float4*>(sprev + (size_t)(b0 + rb) * KP + kc0) + qq);
+            Ssm4[rb * (DS / 4) + qq] = v4;
+          }
+          __syncthreads();
+          const int cbase = kc0 / 4;                    // multiple of 16: parity of c == parity of ksi
+          for (int c = ksi; c < nq; c += KSPLIT) {
+            float4 sv[4], wv[4];
+#pragma unroll
+            for (int bi = 0; bi < 4; ++bi) sv[bi] = Ssm4[(bg + 4 * bi) * (DS / 4) + c];
+            const int cg = cbase + c;
+#pragma unroll
+            for (int ji = 0; ji < 4; ++ji) wv[ji] = Wsm[cg * JP + jg * 4 + (ji ^ jg ^ (cg & 1))];
+#pragma unroll
+            for (int bi = 0; bi < 4; ++bi)
+#pragma unroll
+              for (int ji = 0; ji < 4; ++ji) {
+                float a = acc[bi][ji];
+                a = fmaf(sv[bi].x, wv[ji].x, a);
+                a = fmaf(sv[bi].y, wv[ji].y, a);
+                a = fmaf(sv[bi].z, wv[ji].z, a);
+                a = fmaf(sv[bi].w, wv[ji].w, a);
+                acc[bi][ji] = a;
+              }
+          }
+          __syncthreads();
+        }
+        // partial sums -> red[ksi][b][j] (reuses Ssm; 16*256 floats)
+#pragma unroll
+        for (int bi = 0; bi < 4; ++bi)
+          reinterpret_cast<float4*>(Ssm)[(ksi * 256 + (bg + 4 * bi) * 16 + jg * 4) / 4] =
+              make_float4(acc[bi][0], acc[bi][1], acc[bi][2], acc[bi][3]);
+        __syncthreads();
+      }
+      if (valid) {
+        float m = 0.f;
+        if (do_mm) {
+#pragma unroll
+          for (int s = 0; s < KSPLIT; ++s) m += Ssm[s * 256 + ob * 16 + oj];
+        }
+        float v = xv + bj + m;
+        float sn;
+        switch (p.mode) {
+          case 0: sn = tanhf(v); break;
+          case 2: sn = v * (1.f - hv * hv); break;
+          default: sn = v; break;
+        }
+        OUT[((size_t)b * T + t) * D + j] = from_f<TO>(sn);
+        snext[(size_t)b * KP + j] = sn;
+        if (i == T - 1 && p.sfinal != nullptr) p.sfinal[(size_t)b * D + j] = sn;
+      }
+      __syncthreads();                                  // Ssm is reused by the next tile
+    }
+    // grid-wide barrier: the new state is visible to every block before the next step
+    if (i + 1 < T) {
+      if (tid == 0) {
+        __threadfence();
+        atomicAdd(p.counter, 1u);
+        const unsigned target = (unsigned)(i + 1) * gridDim.x;
+        while (ld_acquire_u32(p.counter) < target) {
+        }
+        __threadfence();
+      }
+      __syncthreads();
+    }
+  }
+}
+
+static int smem_bytes(int KP, int KC) {
+  int s_floats = BT * (KC + 8);
+  if (s_floats < KSPLIT * 256) s_floats = KSPLIT * 256;
+  return (KP * JP + s_floats) * 4;
+}
+
+extern "C" {
+
+const char* elk_error_string(int code) { return cudaGetErrorString((cudaError_t)code); }
+
+// Largest k-chunk that fits the shared memory; 0 when even the weight slice does not fit.
+int elman_plan(int device, int D, int* KP_out, int* KC_out, int* smem_out, int* blocks_out, int* sms_out) {
+  int maxsm = 0, sms = 0;
+  cudaError_t e = cudaDeviceGetAttribute(&maxsm, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (e != cudaSuccess) return (int)e;
+  e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (e != cudaSuccess) return (int)e;
+  const int KP = ((D + 63) / 64) * 64;
+  int KC = KP;
+  while (KC >= 64 && smem_bytes(KP, KC) > maxsm) KC -= 64;
+  *KP_out = KP;
+  *KC_out = KC >= 64 ? KC : 0;
+  *smem_out = KC >= 64 ? smem_bytes(KP, KC) : 0;
+  *blocks_out = (D + JP - 1) / JP;
+  *sms_out = sms;
+  return 0;
+}
+
+// dtype codes: 0 = float32, 1 = bfloat16
+int elman_persistent_launch(int device, void* stream, int xdtype, int odtype, const void* X, const void* aux,
+                            const float* bias, const float* M, const float* c0, void* out, float* sfinal,
+                            float* sbuf, unsigned* counter, int B, int T, int D, int KP, int KC,
+                            int reverse, int mode, int has_s0) {
+  cudaError_t e = cudaSetDevice(device);
+  if (e != cudaSuccess) return (int)e;
+  ElmanParams p;
+  p.X = X; p.aux = aux; p.bias = bias; p.M = M; p.c0 = c0; p.out = out; p.sfinal = sfinal;
+  p.sbuf = sbuf; p.counter = counter; p.B = B; p.T = T; p.D = D; p.KP = KP; p.KC = KC;
+  p.reverse = reverse; p.mode = mode; p.has_s0 = has_s0;
+  const void* fn = nullptr;
+  if (xdtype == 0 && odtype == 0) fn = (const void*)elman_persistent_kernel<float, float>;
+  else if (xdtype == 1 && odtype == 1) fn = (const void*)elman_persistent_kernel<__nv_bfloat16, __nv_bfloat16>;
+  else if (xdtype == 1 && odtype == 0) fn = (const void*)elman_persistent_kernel<__nv_bfloat16, float>;
+  else return (int)cudaErrorInvalidValue;
+  const int smem = smem_bytes(KP, KC);
+  e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e != cudaSuccess) return (int)e;
+  void* args[] = {&p};
+  dim3 grid((D + JP - 1) / JP), block(NTH);
+  e = cudaLaunchCooperativeKernel(fn, grid, block, args, (size_t)smem, (cudaStream_t)stream);
+  if (e != cudaSuccess) return (int)e;
+  return (int)cudaGetLastError();
+}
+
+}  // extern "C"

@@ -1,0 +1,131 @@
+"""CPU checks of the fused-kernel wrappers: the autograd Functions with the plain-PyTorch backend
+(the same contract and backward algebra the CUDA kernels implement) against autograd through the
+float64 references, plus dispatch and the force-reference switch."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import rel_err
+from elmanlab.ops import force_reference
+from elmanlab.ops.e88 import FAST_IMPLS as E88_FAST, e88_scan, e88_scan_ref
+from elmanlab.ops.e88.fused import TorchBackend as E88Torch, e88_scan_backend
+from elmanlab.ops.elman import FAST_IMPLS as ELMAN_FAST, elman_scan, elman_scan_ref
+from elmanlab.ops.elman.fused import TorchBackend as ElmanTorch, elman_scan_backend
+
+
+def _grads(outs, inputs, seed):
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in outs)
+    return torch.autograd.grad(loss, [x for x in inputs if x is not None])
+
+
+@pytest.mark.parametrize("nl", ["tanh", "linear"])
+@pytest.mark.parametrize("B,T,D,with_h0,with_b", [(3, 1, 5, True, True), (2, 17, 12, False, True),
+                                                    (1, 9, 7, True, False)])
+def test_elman_fn_matches_reference(nl, B, T, D, with_h0, with_b):
+    g = torch.Generator().manual_seed(B * 100 + T + D)
+    scale = 0.5 if nl == "tanh" else 0.3
+    wx = torch.randn(B, T, D, generator=g, dtype=torch.float64).requires_grad_()
+    W = (torch.randn(D, D, generator=g, dtype=torch.float64) * scale / D ** 0.5).requires_grad_()
+    b = (torch.randn(D, generator=g, dtype=torch.float64) * 0.1).requires_grad_() if with_b else None
+    h0 = torch.randn(B, D, generator=g, dtype=torch.float64).requires_grad_() if with_h0 else None
+    ins = [wx, W, b, h0]
+    ref = elman_scan_ref(wx, W, b, h0, nl)
+    # float32 inputs through the fused contract (fp32 state) vs the float64 reference
+    ins32 = [None if x is None else x.detach().float().requires_grad_() for x in ins]
+    out = elman_scan_backend(*ins32, nonlinearity=nl, backend=ElmanTorch)
+    assert out[1].dtype == torch.float32
+    for o, r in zip(out, ref):
+        assert rel_err(o, r) < 1e-5
+    gr = _grads(ref, ins, seed=1)
+    go = _grads(out, ins32, seed=1)
+    assert len(gr) == len(go) == sum(x is not None for x in ins)
+    for a, r in zip(go, gr):
+        assert rel_err(a, r) < 1e-5
+
+
+def test_elman_fn_tied_weight_gets_both_gradients():
+    # E42: wx = x W^T and W_h = W: the gradient to W flows through both uses
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 6, 8, generator=g, dtype=torch.float64)
+    W = (torch.randn(8, 8, generator=g, dtype=torch.float64) * 0.2).requires_grad_()
+    h_ref, _ = elman_scan_ref(x @ W.t(), W, None, None, "linear")
+    (gr,) = torch.autograd.grad(h_ref.sum(), W)
+    h, _ = elman_scan_backend(x @ W.t(), W, None, None, "linear", ElmanTorch)
+    (go,) = torch.autograd.grad(h.sum(), W)
+    assert rel_err(go, gr) < 1e-6     # fp32 state inside
+
+
+@pytest.mark.parametrize("nl", ["tanh", "linear"])
+@pytest.mark.parametrize("gate", [None, "silu", "sigmoid"])
+@pytest.mark.parametrize("B,T,H,n,m,C,with_s0", [(2, 11, 3, 8, 8, 4, True), (1, 7, 2, 16, 24, 16, False),
+                                                (2, 5, 1, 8, 4, 1, True)])
+def test_e88_fn_matches_reference(nl, gate, B, T, H, n, m, C, with_s0):
+    g_ = torch.Generator().manual_seed(T * 7 + n + m + C)
+    f64 = dict(generator=g_, dtype=torch.float64)
+    q = torch.nn.functional.normalize(torch.randn(B, T, H, n, **f64), dim=-1).requires_grad_()
+    k = torch.nn.functional.normalize(torch.randn(B, T, H, n, **f64), dim=-1).requires_grad_()
+    v = torch.randn(B, T, H, m, **f64).requires_grad_()
+    a = (0.5 + 0.5 * torch.rand(B, T, H, **f64)).requires_grad_()
+    S0 = (0.3 * torch.randn(B, H, m, n, **f64)).requires_grad_() if with_s0 else None
+    gg = torch.randn(B, T, H, m, **f64).requires_grad_() if gate else None
+    ins = [q, k, v, a, S0, gg]
+    ref = e88_scan_ref(q, k, v, a, S0, nl, gg, gate or "silu")
+    ins32 = [None if x is None else x.detach().float().requires_grad_() for x in ins]
+    out = e88_scan_backend(ins32[0], ins32[1], ins32[2], ins32[3], ins32[4], nl, ins32[5], gate or "silu",
+                           backend=E88Torch, C=C)
+    for o, r in zip(out, ref):
+        assert rel_err(o, r) < 1e-5
+    gr = _grads(ref, ins, seed=2)
+    go = _grads(out, ins32, seed=2)
+    assert len(go) == len(gr)
+    for a_, r in zip(go, gr):
+        assert rel_err(a_, r) < 1e-5
+
+
+def test_e88_checkpoints_are_linear_in_T():
+    # memory: the saved checkpoints hold one state every C steps, not one per step
+    q = torch.nn.functional.normalize(torch.randn(1, 33, 2, 8), dim=-1)
+    v = torch.randn(1, 33, 2, 8)
+    a = torch.rand(1, 33, 2)
+    _, _, ckpt = E88Torch.fwd(q, q, v, a, None, None, True, 0, 8)
+    assert ckpt.shape == (1, 2, 5, 8, 8)
+
+
+def test_fast_impls_registered_and_cpu_uses_reference(monkeypatch):
+    assert set(ELMAN_FAST) == {"tanh", "linear"} and "default" in E88_FAST
+    called = []
+    monkeypatch.setitem(ELMAN_FAST, "tanh", lambda *a: called.append(1))
+    monkeypatch.setitem(E88_FAST, "default", lambda *a: called.append(1))
+    wx = torch.randn(2, 3, 4)
+    W = torch.randn(4, 4) * 0.1
+    h, _ = elman_scan(wx, W, None, None, "tanh")           # CPU tensors: the reference
+    assert not called and rel_err(h, elman_scan_ref(wx, W, None, None, "tanh")[0]) == 0
+    q = torch.randn(1, 3, 1, 8)
+    y, _ = e88_scan(q, q, torch.randn(1, 3, 1, 8), torch.rand(1, 3, 1))
+    assert not called and y.shape == (1, 3, 1, 8)
+
+
+def test_force_reference_disables_fast_path(monkeypatch):
+    import elmanlab.ops._dispatch as d
+
+    class FakeCuda(torch.Tensor):
+        pass
+
+    monkeypatch.setattr(d, "_FORCE_REFERENCE", False)
+    t = torch.randn(2)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    assert d.fast_path_enabled(t)
+    with force_reference():
+        assert not d.fast_path_enabled(t)
+    assert d.fast_path_enabled(t)
+
+
+def test_import_compiles_nothing():
+    # importing the ops (and registering the fast paths) must not build kernels or import triton
+    code = ("import sys, elmanlab.ops.elman, elmanlab.ops.e88, elmanlab.layers.elman, elmanlab.layers.e88;"
+            "from elmanlab.ops.elman import _build; assert not _build._LIBS;"
+            "assert 'triton' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
