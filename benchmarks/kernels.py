@@ -59,7 +59,17 @@ def bench_pair(make_inputs, run, reps):
         outs = run(*ins)
         torch.autograd.backward(outs, grads)
 
-    return timeit(fwd, reps), timeit(fwdbwd, reps)
+    f = timeit(fwd, reps)
+    try:
+        return f, timeit(fwdbwd, reps)
+    except Exception as exc:  # e.g. fla refusing its backward on this Triton: keep the forward time
+        raise PartialResult(f, exc) from exc
+
+
+class PartialResult(Exception):
+    def __init__(self, fwd_ms, exc):
+        super().__init__(str(exc))
+        self.fwd_ms, self.exc = fwd_ms, exc
 
 
 def elman_inputs(B, T, D, linear=False):
@@ -127,6 +137,10 @@ def main(argv=None):
             f, fb = fn_pair()
             rows.append(dict(recurrence=recurrence, shape=shape, impl=impl, fwd_ms=round(f, 3),
                              fwdbwd_ms=round(fb, 3), note=note))
+        except PartialResult as part:
+            rows.append(dict(recurrence=recurrence, shape=shape, impl=impl, fwd_ms=round(part.fwd_ms, 3),
+                             fwdbwd_ms=None, note=f"backward failed: {type(part.exc).__name__}: "
+                                                  f"{str(part.exc)[:160]}"))
         except Exception as exc:  # record the failure, keep going
             rows.append(dict(recurrence=recurrence, shape=shape, impl=impl, fwd_ms=None, fwdbwd_ms=None,
                              note=f"failed: {type(exc).__name__}: {str(exc)[:160]}"))

@@ -130,7 +130,7 @@ class CudaBackend:
             P, I = ctypes.c_void_p, ctypes.c_int
             lib.e88_plan.argtypes = [I, I, I, I, I] + [ctypes.POINTER(ctypes.c_int)] * 3
             lib.e88_plan.restype = I
-            lib.e88_launch.argtypes = [I, I, P, I] + [P] * 16 + [I] * 9
+            lib.e88_launch.argtypes = [I, I, P, I] + [P] * 17 + [I] * 9
             lib.e88_launch.restype = I
             lib._elk_typed = True
         return lib

@@ -19,6 +19,7 @@
 #define NTH 256        // threads per block
 #define BT 16          // batch rows per tile
 #define KSPLIT 16      // k-splits (8 warps x 2 half-warps)
+#define SU 16          // state-staging loads in flight per thread
 
 struct ElmanParams {
   const void* X;       // [B, T, D]   TX
@@ -106,13 +107,23 @@ __global__ void __launch_bounds__(NTH, 1) elman_persistent_kernel(ElmanParams p)
         for (int kc0 = 0; kc0 < KP; kc0 += KC) {
           const int kcn = min(KC, KP - kc0);
           // stage s_prev[b0:b0+16, kc0:kc0+kcn] into Ssm[b][kk]
-          const int nq = kcn / 4;
-          for (int idx = tid; idx < BT * nq; idx += NTH) {
-            const int rb = idx / nq, qq = idx % nq;
-            float4 v4 = make_float4(0.f, 0.f, 0.f, 0.f);
-            if (b0 + rb < B)
-              v4 = __ldcg(reinterpret_cast<const float4*>(sprev + (size_t)(b0 + rb) * KP + kc0) + qq);
-            Ssm4[rb * (DS / 4) + qq] = v4;
+          const int nq = kcn / 4, total = BT * nq;
+          // batches of SU independent 16-byte L2 loads in flight per thread, then the stores
+          for (int base = tid; base < total; base += NTH * SU) {
+            float4 v4[SU];
+#pragma unroll
+            for (int u = 0; u < SU; ++u) {
+              const int idx = base + u * NTH;
+              const int rb = idx / nq, qq = idx % nq;
+              v4[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+              if (idx < total && b0 + rb < B)
+                v4[u] = __ldcg(reinterpret_cast<const float4*>(sprev + (size_t)(b0 + rb) * KP + kc0) + qq);
+            }
+#pragma unroll
+            for (int u = 0; u < SU; ++u) {
+              const int idx = base + u * NTH;
+              if (idx < total) Ssm4[(idx / nq) * (DS / 4) + idx % nq] = v4[u];
+            }
           }
           __syncthreads();
           const int cbase = kc0 / 4;                    // multiple of 16: parity of c == parity of ksi
