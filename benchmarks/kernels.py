@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from elmanlab.ops.e88.fused import e88_scan_cuda  # noqa: E402
 from elmanlab.ops.e88.reference import e88_scan_ref  # noqa: E402
-from elmanlab.ops.elman.fused import elman_scan_cudnn, elman_scan_persistent  # noqa: E402
+from elmanlab.ops.elman.fused import CudaBackend, elman_scan_cudnn, elman_scan_persistent  # noqa: E402
 from elmanlab.ops.elman.reference import elman_scan_ref  # noqa: E402
 
 BF = torch.bfloat16
@@ -159,7 +159,14 @@ def main(argv=None):
                     wx, W.to(BF), b.to(BF), h0.to(BF), "tanh"), args.loop_reps))
             add(name, shape, "cudnn", lambda: bench_pair(mk, elman_scan_cudnn, args.reps))
             add(name, shape, "ours", lambda: bench_pair(
-                mk, lambda *x: elman_scan_persistent(*x, nonlinearity="tanh"), args.reps))
+                mk, lambda *x: elman_scan_persistent(*x, nonlinearity="tanh"), args.reps),
+                note="tensor-core (mma) kernel")
+            if name == "E1" and D == 1760:
+                CudaBackend.use_mma = False
+                add(name, shape, "ours-fma", lambda: bench_pair(
+                    mk, lambda *x: elman_scan_persistent(*x, nonlinearity="tanh"), args.reps),
+                    note="v1: fp32 CUDA-core kernel, W in shared memory")
+                CudaBackend.use_mma = True
     # E42 linear tied at D 1024 (cuDNN tanh at equal D for comparison)
     for B in batches:
         D = 1024

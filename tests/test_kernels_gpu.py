@@ -56,6 +56,19 @@ ELMAN_CASES = [  # B, T, D, dtype, nonlinearity, h0, bias
 @pytest.mark.parametrize("B,T,D,dtype,nl,with_h0,with_b", ELMAN_CASES,
                          ids=[f"B{c[0]}T{c[1]}D{c[2]}-{str(c[3])[6:]}-{c[4]}" for c in ELMAN_CASES])
 def test_elman_persistent(B, T, D, dtype, nl, with_h0, with_b):
+    _elman_case(B, T, D, dtype, nl, with_h0, with_b)
+
+
+@pytest.mark.parametrize("B,T,D,nl", [(16, 513, 1760, "tanh"), (3, 37, 1000, "linear")])
+def test_elman_fp32_core_kernel_on_bf16(monkeypatch, B, T, D, nl):
+    # bf16 inputs through the CUDA-core kernel (the tensor-core one is the default for bf16)
+    from elmanlab.ops.elman.fused import CudaBackend
+
+    monkeypatch.setattr(CudaBackend, "use_mma", False)
+    _elman_case(B, T, D, torch.bfloat16, nl, True, True)
+
+
+def _elman_case(B, T, D, dtype, nl, with_h0, with_b):
     from elmanlab.ops.elman.fused import elman_scan_persistent
     from elmanlab.ops.elman.reference import elman_scan_ref
 

@@ -72,6 +72,9 @@ class CudaBackend:
 
     name = "persistent"
     _plans: dict = {}
+    # bf16 inputs run the tensor-core variant (bf16 W in registers, bf16 state exchange); False
+    # runs them through the fp32 CUDA-core kernel instead (kept for comparison)
+    use_mma = os.environ.get("ELMANLAB_ELMAN_MMA", "1") not in ("0", "false", "False")
 
     @staticmethod
     def lib(device_index: int):
@@ -84,6 +87,8 @@ class CudaBackend:
             lib.elman_plan.restype = I
             lib.elman_persistent_launch.argtypes = [I, P, I, I] + [P] * 9 + [I] * 8
             lib.elman_persistent_launch.restype = I
+            lib.elman_mma_launch.argtypes = [I, P, I] + [P] * 9 + [I] * 7
+            lib.elman_mma_launch.restype = I
             lib._elk_typed = True
         return lib
 
@@ -109,6 +114,16 @@ class CudaBackend:
         idx = dev.index if dev.index is not None else torch.cuda.current_device()
         p = cls.plan(idx, D)
         lib = cls.lib(idx)
+        if X.dtype == torch.bfloat16 and cls.use_mma and p["KP"] <= 16 * 8 * 17:
+            sbuf = torch.zeros(2, B, p["KP"], dtype=torch.bfloat16, device=dev)
+            if s0 is not None:
+                sbuf[0, :, :D] = s0
+            counter = torch.zeros(1, dtype=torch.int32, device=dev)
+            code = lib.elman_mma_launch(
+                idx, stream_ptr(dev), _DTYPE_CODE[out.dtype], ptr(X), ptr(aux), ptr(bias), ptr(M), ptr(c0),
+                ptr(out), ptr(sfinal), ptr(sbuf), ptr(counter), B, T, D, p["KP"], reverse, mode, has_s0)
+            check(lib, code, "elman mma kernel launch")
+            return
         sbuf = torch.zeros(2, B, p["KP"], dtype=torch.float32, device=dev)
         if s0 is not None:
             sbuf[0, :, :D] = s0

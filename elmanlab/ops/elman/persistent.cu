@@ -189,6 +189,147 @@ __global__ void __launch_bounds__(NTH, 1) elman_persistent_kernel(ElmanParams p)
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// bf16 variant on the tensor cores (mma.sync m16n8k16, fp32 accumulation). The block's weight
+// slice lives in *registers* as bf16 B fragments for the whole sequence; the state is exchanged
+// through L2 in bf16 (half the bytes of the fp32 kernel) and read straight into A fragments
+// (no shared-memory staging). Warp w handles k-steps w, w+8, ...; partial 16x16 tiles of the
+// 8 warps are summed through shared memory. The unit's own new state is computed in fp32
+// (h_T is exact fp32); only the copy fed to the next matmul is rounded to bf16.
+// Within a 16-wide k-step, fragment columns (2t, 2t+1, 2t+8, 2t+9) hold the actual k indices
+// 4t..4t+3 for both A and B, so each lane reads 8 contiguous bytes per row.
+#define MAXR 17        // k-steps per warp: KP <= 16 * 8 * MAXR = 2176
+
+__device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+template <typename TO>
+__global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
+  __shared__ float red[8][256];
+  const int KP = p.KP, D = p.D, B = p.B, T = p.T, KS = KP / 16;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
+  const int j0 = blockIdx.x * JP;
+  uint32_t wr[MAXR][2][2];
+#pragma unroll
+  for (int r = 0; r < MAXR; ++r) {
+    const int ks = warp + 8 * r;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      const int j = j0 + nt * 8 + g;
+      float w[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int k = ks * 16 + 4 * tq + q;
+        w[q] = (ks < KS && j < D && k < D) ? p.M[(size_t)j * D + k] : 0.f;
+      }
+      wr[r][nt][0] = pack_bf16(w[0], w[1]);
+      wr[r][nt][1] = pack_bf16(w[2], w[3]);
+    }
+  }
+  const __nv_bfloat16* X = reinterpret_cast<const __nv_bfloat16*>(p.X);
+  const __nv_bfloat16* AUX = reinterpret_cast<const __nv_bfloat16*>(p.aux);
+  TO* OUT = reinterpret_cast<TO*>(p.out);
+  __nv_bfloat16* sb = reinterpret_cast<__nv_bfloat16*>(p.sbuf);
+  const int ob = tid >> 4, oj = tid & 15, j = j0 + oj;
+  const float bj = (p.bias != nullptr && j < D) ? p.bias[j] : 0.f;
+  const int ntiles = (B + BT - 1) / BT;
+
+  for (int i = 0; i < T; ++i) {
+    const int t = p.reverse ? T - 1 - i : i;
+    const __nv_bfloat16* sprev = sb + (size_t)(i & 1) * B * KP;
+    __nv_bfloat16* snext = sb + (size_t)((i + 1) & 1) * B * KP;
+    const bool do_mm = (i > 0) || p.has_s0;
+    for (int tile = 0; tile < ntiles; ++tile) {
+      const int b0 = tile * BT, b = b0 + ob;
+      const bool valid = (b < B) && (j < D);
+      float xv = 0.f, hv = 0.f;
+      if (valid) {
+        const size_t off = ((size_t)b * T + t) * D + j;
+        xv = __bfloat162float(X[off]);
+        if (p.mode == 2) hv = __bfloat162float(AUX[off]);
+        if (i == 0 && p.c0 != nullptr) xv += p.c0[(size_t)b * D + j];
+      }
+      if (do_mm) {
+        uint2 lo[MAXR], hi[MAXR];
+        const bool r0 = b0 + g < B, r1 = b0 + g + 8 < B;
+        const __nv_bfloat16* p0 = sprev + (size_t)(b0 + g) * KP + 4 * tq;
+        const __nv_bfloat16* p1 = sprev + (size_t)(b0 + g + 8) * KP + 4 * tq;
+#pragma unroll
+        for (int r = 0; r < MAXR; ++r) {
+          const int ks = warp + 8 * r;
+          lo[r] = make_uint2(0u, 0u);
+          hi[r] = make_uint2(0u, 0u);
+          if (ks < KS) {
+            if (r0) lo[r] = __ldcg(reinterpret_cast<const uint2*>(p0 + ks * 16));
+            if (r1) hi[r] = __ldcg(reinterpret_cast<const uint2*>(p1 + ks * 16));
+          }
+        }
+        float c[2][4];
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) c[nt][q] = 0.f;
+#pragma unroll
+        for (int r = 0; r < MAXR; ++r) {
+          if (warp + 8 * r < KS) {
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+              mma_bf16(c[nt], lo[r].x, hi[r].x, lo[r].y, hi[r].y, wr[r][nt][0], wr[r][nt][1]);
+          }
+        }
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          red[warp][g * 16 + nt * 8 + 2 * tq] = c[nt][0];
+          red[warp][g * 16 + nt * 8 + 2 * tq + 1] = c[nt][1];
+          red[warp][(g + 8) * 16 + nt * 8 + 2 * tq] = c[nt][2];
+          red[warp][(g + 8) * 16 + nt * 8 + 2 * tq + 1] = c[nt][3];
+        }
+        __syncthreads();
+      }
+      if (valid) {
+        float m = 0.f;
+        if (do_mm) {
+#pragma unroll
+          for (int w = 0; w < 8; ++w) m += red[w][ob * 16 + oj];
+        }
+        const float v = xv + bj + m;
+        float sn;
+        switch (p.mode) {
+          case 0: sn = tanhf(v); break;
+          case 2: sn = v * (1.f - hv * hv); break;
+          default: sn = v; break;
+        }
+        OUT[((size_t)b * T + t) * D + j] = from_f<TO>(sn);
+        snext[(size_t)b * KP + j] = __float2bfloat16(sn);
+        if (i == T - 1 && p.sfinal != nullptr) p.sfinal[(size_t)b * D + j] = sn;
+      }
+      __syncthreads();
+    }
+    if (i + 1 < T) {
+      if (tid == 0) {
+        __threadfence();
+        atomicAdd(p.counter, 1u);
+        const unsigned target = (unsigned)(i + 1) * gridDim.x;
+        while (ld_acquire_u32(p.counter) < target) {
+        }
+        __threadfence();
+      }
+      __syncthreads();
+    }
+  }
+}
+
 static int smem_bytes(int KP, int KC) {
   int s_floats = BT * (KC + 8);
   if (s_floats < KSPLIT * 256) s_floats = KSPLIT * 256;
@@ -239,6 +380,25 @@ int elman_persistent_launch(int device, void* stream, int xdtype, int odtype, co
   void* args[] = {&p};
   dim3 grid((D + JP - 1) / JP), block(NTH);
   e = cudaLaunchCooperativeKernel(fn, grid, block, args, (size_t)smem, (cudaStream_t)stream);
+  if (e != cudaSuccess) return (int)e;
+  return (int)cudaGetLastError();
+}
+
+// bf16 inputs on the tensor cores; sbuf is bf16 [2, B, KP]. odtype: 1 = bf16 (forward), 0 = fp32.
+int elman_mma_launch(int device, void* stream, int odtype, const void* X, const void* aux, const float* bias,
+                     const float* M, const float* c0, void* out, float* sfinal, void* sbuf, unsigned* counter,
+                     int B, int T, int D, int KP, int reverse, int mode, int has_s0) {
+  cudaError_t e = cudaSetDevice(device);
+  if (e != cudaSuccess) return (int)e;
+  if (KP / 16 > 8 * MAXR) return (int)cudaErrorInvalidValue;
+  ElmanParams p;
+  p.X = X; p.aux = aux; p.bias = bias; p.M = M; p.c0 = c0; p.out = out; p.sfinal = sfinal;
+  p.sbuf = reinterpret_cast<float*>(sbuf); p.counter = counter; p.B = B; p.T = T; p.D = D; p.KP = KP;
+  p.KC = KP; p.reverse = reverse; p.mode = mode; p.has_s0 = has_s0;
+  const void* fn = odtype == 1 ? (const void*)elman_mma_kernel<__nv_bfloat16> : (const void*)elman_mma_kernel<float>;
+  void* args[] = {&p};
+  dim3 grid((D + JP - 1) / JP), block(NTH);
+  e = cudaLaunchCooperativeKernel(fn, grid, block, args, 0, (cudaStream_t)stream);
   if (e != cudaSuccess) return (int)e;
   return (int)cudaGetLastError();
 }
