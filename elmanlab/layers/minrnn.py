@@ -3,7 +3,9 @@
 minGRU:  h_t = (1 - z_t) h_{t-1} + z_t g(h~_t),       [h~, z] = linear(u), z = sigmoid
 minLSTM: h_t = f'_t h_{t-1} + i'_t g(h~_t),            f' = f / (f + i), i' = i / (f + i)
 g(x) = x + 0.5 (x >= 0) or sigmoid(x): the positive activation of the paper's log-space version.
-Both are diagonal linear recurrences, computed by a parallel scan (never a loop over time).
+Both are diagonal linear recurrences, computed by a parallel scan (never a loop over time):
+``ops.scan.minrnn_scan`` takes the raw projection, so on CUDA the gates are computed inside the
+Triton scan and only the projection is kept for the backward (memory-lean).
 An output projection d_inner -> dim exists only when expansion != 1.
 """
 from __future__ import annotations
@@ -11,11 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch.nn as nn
-import torch.nn.functional as F
 
 from elmanlab.layers.base import RecurrentLayer, d_inner_of
-from elmanlab.layers.common import up, minrnn_g
-from elmanlab.ops.scan import linear_scan
+from elmanlab.ops.scan import minrnn_coefficients, minrnn_scan
 
 
 @dataclass
@@ -36,9 +36,8 @@ class _MinRNN(RecurrentLayer):
         self.out_proj = nn.Linear(di, dim, bias=False) if di != dim else None
 
     def forward(self, u, state=None):
-        a, b = self.coefficients(up(self.proj(u)))
         h0 = None if state is None else state[0]
-        h, hT = linear_scan(a, b, h0)
+        h, hT = minrnn_scan(self.proj(u), self.name, h0)
         h = h.to(u.dtype)
         return (h if self.out_proj is None else self.out_proj(h)), (hT,)
 
@@ -63,9 +62,7 @@ class MinGRU(_MinRNN):
     n_proj = 2
 
     def coefficients(self, p):
-        h_tilde, zg = p.chunk(2, dim=-1)
-        z = F.sigmoid(zg)
-        return F.sigmoid(-zg), z * minrnn_g(h_tilde)
+        return minrnn_coefficients(p, "mingru")
 
 
 class MinLSTM(_MinRNN):
@@ -74,6 +71,4 @@ class MinLSTM(_MinRNN):
     n_proj = 3
 
     def coefficients(self, p):
-        fg, ig, h_tilde = p.chunk(3, dim=-1)
-        d = F.logsigmoid(fg) - F.logsigmoid(ig)            # log f - log i
-        return F.sigmoid(d), F.sigmoid(-d) * minrnn_g(h_tilde)
+        return minrnn_coefficients(p, "minlstm")

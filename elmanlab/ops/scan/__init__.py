@@ -1,10 +1,21 @@
-"""Diagonal linear scan h_t = a_t h_{t-1} + b_t for minGRU and minLSTM."""
+"""Diagonal linear scan h_t = a_t h_{t-1} + b_t for minGRU and minLSTM.
+
+Two entry points:
+
+* :func:`linear_scan` (a, b given) -- the generic contract.
+* :func:`minrnn_scan` (the raw projection given) -- the gates of minGRU / minLSTM computed inside
+  the scan. On CUDA both run elmanlab's Triton scan (``triton_scan.py``, imported on the first
+  CUDA call), which keeps only the projection for the backward; elsewhere the log-space reference.
+"""
 from __future__ import annotations
 
-from elmanlab.ops._dispatch import fast_path_enabled
-from elmanlab.ops.scan.reference import linear_scan_parallel, linear_scan_sequential
+import torch
 
-FAST_IMPLS: dict = {}
+from elmanlab.ops._dispatch import fast_path_enabled
+from elmanlab.ops.scan.reference import linear_scan_parallel, linear_scan_sequential, minrnn_coefficients
+from elmanlab.ops.scan import fast as _fast
+
+FAST_IMPLS: dict = {"default": _fast.linear_scan_fast, "minrnn": _fast.minrnn_scan_fast}
 
 
 def linear_scan(a, b, h0=None):
@@ -15,4 +26,19 @@ def linear_scan(a, b, h0=None):
     return linear_scan_parallel(a, b, h0)
 
 
-__all__ = ["linear_scan", "linear_scan_parallel", "linear_scan_sequential", "FAST_IMPLS"]
+def minrnn_scan(p, kind: str, h0=None):
+    """p [B, T, n D] raw projection (minGRU n = 2: [h~, z]; minLSTM n = 3: [f, i, h~]); h0 [B, D].
+
+    Returns (h [B, T, D], h_T [B, D] float32). The reference computes the coefficients in float32
+    and calls :func:`linear_scan`; the fast path returns h in p's dtype (float32 arithmetic inside).
+    """
+    impl = FAST_IMPLS.get("minrnn")
+    if impl is not None and fast_path_enabled(p):
+        return impl(p, kind, h0)
+    pf = p if p.dtype in (torch.float32, torch.float64) else p.float()
+    a, b = minrnn_coefficients(pf, kind)
+    return linear_scan(a, b, h0)
+
+
+__all__ = ["linear_scan", "minrnn_scan", "linear_scan_parallel", "linear_scan_sequential",
+           "minrnn_coefficients", "FAST_IMPLS"]

@@ -44,3 +44,25 @@ def linear_scan_parallel(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | No
     if h0 is not None:
         h = h + torch.exp(A) * h0.to(b.dtype).unsqueeze(1)
     return h, h[:, -1]
+
+
+def _g_plus(x: torch.Tensor) -> torch.Tensor:
+    """g(x) = x + 0.5 for x >= 0, sigmoid(x) otherwise (Feng et al.'s positive activation)."""
+    return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
+
+
+def minrnn_coefficients(p: torch.Tensor, kind: str):
+    """Scan coefficients (a, b) of minGRU / minLSTM from the raw projection p [B, T, n D].
+
+    minGRU  (n = 2, p = [h~, z]):    a = 1 - sigmoid(z) (as sigmoid(-z)),  b = sigmoid(z) g(h~)
+    minLSTM (n = 3, p = [f, i, h~]): d = logsigmoid(f) - logsigmoid(i), a = sigmoid(d) = f' ,
+                                      b = sigmoid(-d) g(h~) = i' g(h~)
+    """
+    if kind == "mingru":
+        h_tilde, zg = p.chunk(2, dim=-1)
+        return torch.sigmoid(-zg), torch.sigmoid(zg) * _g_plus(h_tilde)
+    if kind == "minlstm":
+        fg, ig, h_tilde = p.chunk(3, dim=-1)
+        d = torch.nn.functional.logsigmoid(fg) - torch.nn.functional.logsigmoid(ig)
+        return torch.sigmoid(d), torch.sigmoid(-d) * _g_plus(h_tilde)
+    raise ValueError(f"unknown minRNN kind {kind!r} (expected 'mingru' or 'minlstm')")
