@@ -552,7 +552,8 @@ class Report:
             return ""
         out = ["## Equal tokens and equal time\n\nEach run's loss (mean of the logged losses over the "
                f"last {WINDOW} steps up to that point) at the token count the run with the fewest tokens "
-               "reached, and at the wall-clock time the shortest run reached, from metrics.jsonl."]
+               "reached, and at the wall-clock time (training time, without the first-step warm-up) the "
+               "shortest run reached, from metrics.jsonl; - means the run had logged no step by then."]
         for tab in tabs:
             gname = tab["group"][1]
             toks = [x["tokens"] for x in tab["rows"]]
@@ -643,12 +644,21 @@ class Report:
                 top, bot = max(hi), min(lo)
                 pad = 0.05 * max(top - bot, 1e-3)
                 ax.set_ylim(bot - pad, top + pad)
+            ends = [r.metrics()[-1][key] for r in sel]
+            starts = [min(m[key] for m in r.metrics() if m[key] > 0) for r in sel if any(m[key] > 0 for m in r.metrics())]
+            if starts and min(ends) > 0 and max(ends) / min(ends) > 10:     # very different lengths: log x
+                ax.set_xscale("log")
+                ax.set_xlim(min(starts) * xscale / 1.2, max(ends) * xscale * 1.2)
+                xlabel += ", log scale"
             ax.set_xlabel(xlabel)
             ax.set_ylabel("train loss (nats/byte, smoothed)")
             sec = ax.secondary_yaxis("right", functions=(lambda x: x / LN2, lambda x: x * LN2))
             sec.set_ylabel("bits/byte")
             if key == "tokens":
                 ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: _count(v) if v else "0"))
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            elif ax.get_xscale() == "log":
+                ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
             ax.grid(True, alpha=0.3)
             ax.set_title(f"{self.title()}: loss vs {'tokens' if key == 'tokens' else 'wall-clock'}"
                          " (legend: run, last-100 loss)")
@@ -755,7 +765,8 @@ class Report:
                       f"by `elmanlab report`.")
         head.append("")
         head.append("Loss = training cross-entropy in nats/byte averaged over the last 100 steps (divide by "
-                    "ln 2 = 0.693 for bits/byte); val bpb = held-out bits/byte from `elmanlab eval`.")
+                    "ln 2 = 0.693 for bits/byte); val bpb = bits/byte on held-out bytes, scored at the end of "
+                    "training (the same bytes for every run of a data file).")
         d = self.section_data()
         if d:
             head += ["", d]
@@ -848,7 +859,7 @@ def _colors(n: int):
 
 def _legend(ax, n: int) -> None:
     if n <= 8:
-        ax.legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=8, loc="best")
     else:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.12, 1.0), ncol=1 if n <= 24 else 2,
                   borderaxespad=0.0)

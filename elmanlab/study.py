@@ -99,7 +99,7 @@ def train_flags() -> dict[str, Flag]:
         for k, typ in CONTRACT_TRAIN_KEYS.items():
             flags[k] = Flag(k, "--" + k.replace("_", "-"), type=typ)
     else:
-        skip = {"help", "out", "resume", "model", "debug", "params", "dim", "depth", "mlp_ratio",
+        skip = {"help", "out", "resume", "model", "debug", "json", "params", "dim", "depth", "mlp_ratio",
                 "tie_embeddings"}
         for a in sub._actions:
             if not a.option_strings or a.dest in skip or a.dest.startswith("opt_"):
@@ -528,6 +528,17 @@ def load_study(path, data: str | None = None, val_data: str | None = None,
             jobs += _job_from_entry(e, w, wname, wtrain, seeds, study_train, flags)
     if not jobs:
         raise ElmanlabError(f"{path}: the study expands to no runs; check runs and grid")
+    for j in jobs:                      # data paths: relative to the study file; they must exist
+        for key in ("data", "val_data"):
+            v = j.train.get(key)
+            if v is None:
+                continue
+            f = Path(str(v)).expanduser()
+            f = f if f.is_absolute() else (base / f).resolve()
+            if not f.is_file():
+                raise ElmanlabError(f"{j.where}: {key} file {f} does not exist; fix the path in the study file "
+                                    f"or give --{key.replace('_', '-')} PATH")
+            j.train[key] = str(f)
 
     # one id per distinct run: identical repeats collapse, different runs under one id are an error
     seen: dict[str, Job] = {}
@@ -960,6 +971,10 @@ class Runner:
                 msg += f", {wall:.0f} s"
             else:
                 why = reason if st not in ("absent", "completed") else failure_reason(tail, rc)
+                if st not in ("absent", "completed") and not (summ or {}).get("error"):
+                    errs = [ln[len("error:"):].strip() for ln in tail if ln.startswith("error:")]
+                    if errs:
+                        why = f"{st}: {errs[-1]}"
                 if st == "completed":
                     why = f"exit code {rc}: {failure_reason(tail, rc)}"
                 elif st == "absent" and rc == 0:

@@ -72,6 +72,8 @@ def test_expansion_grid_seeds_waves(tmp_path):
 
 def test_budget_override_and_data_paths(tmp_path):
     (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "corpus.txt").write_text("some text\n" * 100)
+    (tmp_path / "other.txt").write_text("other text\n" * 100)
     p = write(tmp_path / "d", """
         train: {minutes: 10, data: corpus.txt}
         runs:
@@ -86,6 +88,8 @@ def test_budget_override_and_data_paths(tmp_path):
     st = load_study(p, data=str(tmp_path / "other.txt"))
     assert {j.train["data"] for j in st.jobs} == {str((tmp_path / "other.txt").resolve())}
     assert st.name == "s"            # the file name when the study has no name
+    with pytest.raises(ElmanlabError, match="data file .*missing.txt does not exist"):
+        load_study(p, data=str(tmp_path / "missing.txt"))
 
 
 def test_argv_is_accepted_by_train(tmp_path):
@@ -139,7 +143,7 @@ def test_bad_input_cli_one_line_nothing_written(tmp_path):
     out = tmp_path / "out"
     p = write(tmp_path, "train: {steps: 3}\ngrid: {model: [e1, gdnn], params: [200K]}\n")
     r = cli("study", p, "--out", out)
-    assert r.returncode == 2 and r.stderr.startswith("error: grid: unknown model 'gdnn'")
+    assert r.returncode == 2 and r.stderr.startswith("error: grid (model=gdnn, params=200K): unknown model 'gdnn'")
     assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
     ok = write(tmp_path, "train: {steps: 3}\nruns: [{model: e1, params: 200K}]\n", "ok.yaml")
     r = cli("study", ok, "--out", out, "--gpus", "7")
@@ -203,3 +207,87 @@ def test_out_dir_rules(tmp_path):
     (tmp_path / "bad" / "study.json").write_text("{not json")
     with pytest.raises(ElmanlabError, match="not a study state file"):
         check_out_dir(tmp_path / "bad", st)
+
+
+# ---------------------------------------------------------------- real studies (need `elmanlab train`)
+
+needs_train = pytest.mark.skipif(not train_available(), reason="no train command in this install")
+
+E2E = """
+name: e2e
+baseline: e1
+train: {steps: 6, batch_size: 2, seq_len: 32, lr: 3e-3, seed: 42, eval_bytes: 512, log_every: 2}
+grid: {model: [e1, e33], params: [200K]}
+runs:
+  - {model: e1, params: 600K}
+  - {name: short-data, model: e1, params: 200K, data: short.txt}
+"""
+
+
+def _study_cli(*args):
+    return subprocess.run([sys.executable, "-m", "elmanlab", "study", *map(str, args)], capture_output=True,
+                          text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+
+@needs_train
+def test_tiny_study_end_to_end(tmp_path):
+    """Real `elmanlab train` processes: a failure is recorded and the rest go on; a second invocation
+    runs nothing; a run that lost its summary runs again; the report ranks against the baseline."""
+    (tmp_path / "short.txt").write_text("far too short")
+    p = write(tmp_path, E2E)
+    out = tmp_path / "out"
+    r = _study_cli(p, "--out", out, "--gpus", "cpu")
+    assert r.returncode == 1, r.stderr                 # one job failed
+    st = json.loads((out / "study.json").read_text())
+    status = {j["id"]: j["status"] for j in st["jobs"]}
+    assert status == {"e1-200K-s42": "completed", "e33-200K-s42": "completed", "e1-600K-s42": "completed",
+                      "short-data": "failed"}
+    bad = next(j for j in st["jobs"] if j["id"] == "short-data")
+    assert "too short" in bad["error"] and bad["returncode"] == 2 and bad["stderr_tail"]
+    for rid in ("e1-200K-s42", "e33-200K-s42", "e1-600K-s42"):
+        summ = json.loads((out / rid / "summary.json").read_text())
+        assert summ["status"] == "completed" and summ["steps"] == 6 and summ["seed"] == 42
+    assert "[1/4] start" in r.stderr and "FAILED short-data" in r.stderr
+    # the report: all completed runs ranked, gaps to e1 at the same scale, the failure with its reason
+    md = (out / "report.md").read_text()
+    assert "| 1 |" in md and "gap to e1" in md and "too short" in md
+    assert sorted(x.name for x in (out / "plots").iterdir()) == [
+        "loss_vs_params.png", "loss_vs_time.png", "loss_vs_tokens.png", "tokens_per_s_vs_params.png"]
+    # second invocation: nothing runs (the failed job is not retried without --retry-failed)
+    before = {rid: (out / rid / "summary.json").stat().st_mtime_ns for rid in ("e1-200K-s42", "e33-200K-s42")}
+    r = _study_cli(p, "--out", out, "--gpus", "cpu", "--no-report")
+    assert r.returncode == 1 and "4 runs, 4 already done" in r.stderr and "start" not in r.stderr
+    assert before == {rid: (out / rid / "summary.json").stat().st_mtime_ns for rid in before}
+    # a run interrupted before its summary: its folder is kept aside and the run starts again
+    (out / "e33-200K-s42" / "summary.json").unlink()
+    r = _study_cli(p, "--out", out, "--gpus", "cpu", "--no-report")
+    assert "3 already done" in r.stderr and "start e33-200K-s42" in r.stderr and r.stderr.count("start") == 1
+    assert (out / "e33-200K-s42" / "summary.json").exists()
+    assert (out / "e33-200K-s42.interrupted-1" / "config.json").exists()
+    # --retry-failed runs the failed job again; a changed setting for a finished run is refused
+    r = _study_cli(p, "--out", out, "--gpus", "cpu", "--retry-failed", "--no-report")
+    assert "start short-data" in r.stderr and r.stderr.count("start") == 1
+    p.write_text(E2E.replace("steps: 6", "steps: 7"))
+    r = _study_cli(p, "--out", out, "--gpus", "cpu")
+    assert r.returncode == 2 and "trained with other settings" in r.stderr
+    # the report skips the folder kept aside
+    rows = (out / "results.csv").read_text()
+    assert "interrupted-1" not in rows and rows.count("e33-200K-s42") == 1
+
+
+@needs_train
+@pytest.mark.slow
+def test_tiny_cpu_study_file(tmp_path):
+    """The done-when check: studies/tiny-cpu.yaml (3 models x 2 sizes) runs, re-runs at once, reports."""
+    import time
+    study = REPO / "studies" / "tiny-cpu.yaml"
+    out = tmp_path / "tiny"
+    r = _study_cli(study, "--out", out, "--gpus", "cpu")
+    assert r.returncode == 0, r.stderr
+    t0 = time.time()
+    r = _study_cli(study, "--out", out, "--gpus", "cpu")
+    assert r.returncode == 0 and "6 already done, 0 to run" in r.stderr and time.time() - t0 < 30
+    md = (out / "report.md").read_text()
+    assert "## Scaling: loss last-100" in md and "## Scaling: throughput" in md and "gap to mamba2" in md
+    ranked = [ln for ln in md.split("## Ranked runs")[1].split("##")[0].splitlines() if ln.startswith("| ")][1:]
+    assert len(ranked) == 6
