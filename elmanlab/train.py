@@ -771,6 +771,7 @@ def _run(trainer: _Trainer) -> dict:
                             f"(recorded in {trainer.out / 'summary.json'})") from e
     finally:
         trainer.close()
+        torch.set_flush_denormal(False)                    # the default; set only for the loop on CPU
         if trainer.world > 1:
             import torch.distributed as dist
             if dist.is_initialized():
