@@ -5,6 +5,8 @@ g = -exp(A_log) softplus(a_proj u + dt_bias); gated delta rule; per-head gated R
 g_proj(u) (or plain RMSNorm without the gate); o_proj. Defaults follow fla's ``GatedDeltaNet``
 (head_dim 256, expand_v 2, gate and short conv on), with n_heads = round(0.75 dim / head_dim) when
 not given (fla's 6 heads of 256 at hidden 2048).
+On CUDA (fast path) the recurrence is fla's chunk kernel, the short convs + SiLU fla's Triton
+causal_conv1d and the gated RMSNorm fla's fused kernel (same math as the CPU modules).
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import torch.nn.functional as F
 
 from elmanlab.layers.base import RecurrentLayer
 from elmanlab.layers.common import up, GatedRMSNorm, ShortConv, init_A_log, init_dt_bias
+from elmanlab.layers.mamba2 import fast_short_conv
+from elmanlab.ops._dispatch import fast_path_enabled
 from elmanlab.ops.delta import gated_delta_rule
 
 
@@ -61,10 +65,17 @@ class GDN(RecurrentLayer):
         cq, ck, cv, S0 = (None, None, None, None) if state is None else state
         q, k, v = self.q_proj(u), self.k_proj(u), self.v_proj(u)
         if self.opts.use_short_conv:
-            q, cq = self.q_conv(q, cq)
-            k, ck = self.k_conv(k, ck)
-            v, cv = self.v_conv(v, cv)
-        q, k, v = F.silu(q), F.silu(k), F.silu(v)
+            fq = fast_short_conv(self.q_conv, q, cq, "silu")
+            if fq is not None:
+                (q, cq), (k, ck), (v, cv) = fq, fast_short_conv(self.k_conv, k, ck, "silu"), \
+                    fast_short_conv(self.v_conv, v, cv, "silu")
+            else:
+                q, cq = self.q_conv(q, cq)
+                k, ck = self.k_conv(k, ck)
+                v, cv = self.v_conv(v, cv)
+                q, k, v = F.silu(q), F.silu(k), F.silu(v)
+        else:
+            q, k, v = F.silu(q), F.silu(k), F.silu(v)
         q = F.normalize(q.reshape(B, T, self.H, self.dk), dim=-1)
         k = F.normalize(k.reshape(B, T, self.H, self.dk), dim=-1)
         v = v.reshape(B, T, self.H, self.dv)
@@ -73,7 +84,12 @@ class GDN(RecurrentLayer):
         o, S = gated_delta_rule(q, k, v, g, beta, self.dk ** -0.5, S0)
         o = o.to(u.dtype)
         gate = None if self.g_proj is None else self.g_proj(u).reshape(B, T, self.H, self.dv)
-        o = self.o_norm(o, gate, gate_after=True)
+        on = None
+        if gate is not None and fast_path_enabled(o):
+            from elmanlab.ops.delta.fast import rms_norm_gated_fast
+            on = rms_norm_gated_fast(o.reshape(-1, self.dv), gate.reshape(-1, self.dv),
+                                     self.o_norm.weight, self.o_norm.eps)
+        o = self.o_norm(o, gate, gate_after=True) if on is None else on.reshape(B, T, self.H, self.dv)
         return self.o_proj(o.reshape(B, T, self.H * self.dv)), (cq, ck, cv, S)
 
     @classmethod

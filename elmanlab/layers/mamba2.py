@@ -2,6 +2,9 @@
 
 The same parameter layout as mamba_ssm's ``Mamba2`` (ngroups, headdim, d_state, conv with bias,
 dt_bias, A_log, D, RMSNormGated with norm_before_gate=False), so the official kernels can run it.
+On CUDA (fast path) the SSD is mamba_ssm's Triton chunk scan, the causal conv + SiLU fla's Triton
+causal_conv1d and the gated RMSNorm mamba_ssm's fused Triton kernel (same math as the modules
+used on CPU); each piece falls back to the plain-PyTorch module where its library is missing.
 """
 from __future__ import annotations
 
@@ -13,7 +16,24 @@ import torch.nn.functional as F
 
 from elmanlab.layers.base import RecurrentLayer
 from elmanlab.layers.common import up, GatedRMSNorm, ShortConv, init_A_log, init_dt_bias
+from elmanlab.ops._dispatch import fast_path_enabled
 from elmanlab.ops.ssd import ssd
+
+
+def conv_state_of(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """The last (K-1) inputs of x [B, T, C] (zeros before the start): ShortConv's new state."""
+    K1 = kernel_size - 1
+    T = x.shape[1]
+    return x[:, T - K1:] if T >= K1 else F.pad(x, (0, 0, K1 - T, 0))
+
+
+def fast_short_conv(conv: ShortConv, x: torch.Tensor, state, activation: str | None):
+    """(y, new_state) through fla's Triton conv on CUDA when there is no carried state, else None."""
+    if state is not None or not fast_path_enabled(x):
+        return None
+    from elmanlab.ops.delta.fast import short_conv_fast
+    y = short_conv_fast(x, conv.weight, conv.bias, activation)
+    return None if y is None else (y, conv_state_of(x, conv.kernel_size))
 
 
 @dataclass
@@ -51,14 +71,23 @@ class Mamba2(RecurrentLayer):
         B, T, _ = u.shape
         conv_state, S0 = (None, None) if state is None else state
         z, xBC, dt = self.in_proj(u).split([self.di, self.conv_dim, self.H], dim=-1)
-        xBC, conv_state = self.conv(xBC, conv_state)
-        xBC = F.silu(xBC)
+        fast = fast_short_conv(self.conv, xBC, conv_state, "silu")
+        if fast is None:
+            xBC, conv_state = self.conv(xBC, conv_state)
+            xBC = F.silu(xBC)
+        else:
+            xBC, conv_state = fast
         x, Bm, Cm = xBC.split([self.di, self.G * self.N, self.G * self.N], dim=-1)
         dt = F.softplus(up(dt) + up(self.dt_bias))
         A = -torch.exp(up(self.A_log))
         y, S = ssd(x.reshape(B, T, self.H, self.P), dt, A, Bm.reshape(B, T, self.G, self.N),
                    Cm.reshape(B, T, self.G, self.N), up(self.D), S0, self.opts.chunk_size)
-        y = self.norm(y.reshape(B, T, self.di).to(u.dtype), z)
+        y = y.reshape(B, T, self.di)
+        yn = None
+        if fast_path_enabled(y):
+            from elmanlab.ops.ssd.fast import gated_rmsnorm_fast
+            yn = gated_rmsnorm_fast(y, z, self.norm.weight, self.norm.eps, gate_after=False)
+        y = self.norm(y.to(u.dtype), z) if yn is None else yn
         return self.out_proj(y), (conv_state, S)
 
     @classmethod

@@ -4,7 +4,10 @@ from __future__ import annotations
 from elmanlab.ops._dispatch import fast_path_enabled
 from elmanlab.ops.delta.reference import gated_delta_rule_chunked, gated_delta_rule_recurrent
 
-FAST_IMPLS: dict = {}
+from elmanlab.ops.delta import fast as _fast
+
+# CUDA fast path; it imports its kernel library on the first CUDA call (see fast.py).
+FAST_IMPLS: dict = {"default": _fast.gated_delta_rule_fast}
 
 
 def gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None):

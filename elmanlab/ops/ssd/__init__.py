@@ -4,7 +4,10 @@ from __future__ import annotations
 from elmanlab.ops._dispatch import fast_path_enabled
 from elmanlab.ops.ssd.reference import ssd_chunked, ssd_sequential
 
-FAST_IMPLS: dict = {}
+from elmanlab.ops.ssd import fast as _fast
+
+# CUDA fast path; it imports its kernel library on the first CUDA call (see fast.py).
+FAST_IMPLS: dict = {"default": _fast.ssd_fast}
 
 
 def ssd(x, dt, A, Bm, Cm, D=None, initial_state=None, chunk_size: int = 64):

@@ -1,0 +1,124 @@
+"""CUDA fast path of the gated delta rule: flash-linear-attention's ``chunk_gated_delta_rule``.
+
+fla is imported on the first CUDA call, never at import time.
+
+fla 0.6.0 computes a wrong gated chunk backward with Triton >= 3.4.0 and < 3.7.1 on Hopper GPUs
+(fla issue #640) and refuses it there, unless its TileLang backend can take that kernel (TileLang
+installed, an nvcc for its JIT, not disabled by FLA_TILELANG=0). This module checks the same
+conditions with fla's own flags before a step that needs gradients, and raises a one-line
+ElmanlabError naming the fix instead of letting a training step start; it never falls back to a
+backward known to be wrong. The forward alone (evaluation, generation) is unaffected.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from elmanlab.errors import ElmanlabError
+
+NAME = "fla chunk_gated_delta_rule"
+_FLA: dict | None = None
+_ERR: str | None = None
+_BWD: tuple | None = None          # (ok, backend name or error message)
+
+
+def _load():
+    global _FLA, _ERR
+    if _FLA is None and _ERR is None:
+        try:
+            from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+            from fla.modules.causal_conv1d import causal_conv1d
+            from fla.modules.fused_norm_gate import rms_norm_gated
+            _FLA = {"chunk_gated_delta_rule": chunk_gated_delta_rule, "causal_conv1d": causal_conv1d,
+                    "rms_norm_gated": rms_norm_gated}
+        except Exception as e:
+            _ERR = f"{type(e).__name__}: {e}".splitlines()[0]
+            warnings.warn(f"elmanlab: flash-linear-attention unavailable ({_ERR}); Gated DeltaNet uses "
+                          "the plain-PyTorch chunked reference (slow). Install the GPU extra: "
+                          "scripts/install-gpu.sh", stacklevel=3)
+    return _FLA
+
+
+def backward_backend() -> tuple[bool, str]:
+    """(usable, description) of the backend fla will use for the gated chunk backward here."""
+    global _BWD
+    if _BWD is not None:
+        return _BWD
+    if _load() is None:
+        _BWD = (False, f"fla not usable: {_ERR}")
+        return _BWD
+    from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1
+    import triton
+    broken_triton = IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1
+    if not broken_triton:
+        _BWD = (True, f"Triton {triton.__version__}")
+        return _BWD
+    try:
+        from fla.ops.common.backends.tilelang import CommonTileLangBackend
+        tl_ok = CommonTileLangBackend.is_available() and CommonTileLangBackend().is_enabled()
+    except Exception as e:  # fla's backend module itself failed to import
+        tl_ok = False
+    if tl_ok:
+        import importlib.metadata as md
+        try:
+            v = md.version("tilelang")
+        except md.PackageNotFoundError:
+            v = "?"
+        _BWD = (True, f"TileLang {v} (Triton {triton.__version__} is wrong here, fla #640)")
+    else:
+        _BWD = (False, f"Hopper GPU with Triton {triton.__version__}: fla's gated backward is wrong with "
+                       "Triton 3.4.0-3.7.0 (fla #640) and TileLang is not usable. Fix: install TileLang "
+                       "(scripts/install-gpu.sh installs it offline from the wheelhouse; needs nvcc and "
+                       "FLA_TILELANG not 0) or Triton >= 3.7.1")
+    return _BWD
+
+
+def backend_info() -> dict:
+    fla = _load()
+    if fla is None:
+        return {"path": "reference", "reason": f"fla not usable: {_ERR}"}
+    ok, what = backward_backend()
+    if not ok:
+        return {"path": f"{NAME} (forward only; training refused)", "reason": what}
+    return {"path": f"{NAME}, backward via {what}", "reason": "fla importable"}
+
+
+def gated_delta_rule_fast(q, k, v, g, beta, scale=None, initial_state=None):
+    fla = _load()
+    if fla is None or q.shape[1] == 0:
+        from elmanlab.ops.delta.reference import gated_delta_rule_chunked
+        return gated_delta_rule_chunked(q, k, v, g, beta, scale, initial_state)
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, g, beta, initial_state))
+    if needs_grad:
+        ok, what = backward_backend()
+        if not ok:
+            raise ElmanlabError(f"Gated DeltaNet cannot train on this machine: {what}")
+    # one 16-bit dtype for q, k, v (the layer's q, k may come out of F.normalize in float32)
+    dt = next((t.dtype for t in (v, q, k) if t.dtype in (torch.bfloat16, torch.float16)), q.dtype)
+    q, k, v = q.to(dt), k.to(dt), v.to(dt)
+    o, S = fla["chunk_gated_delta_rule"](
+        q, k, v, g.float(), beta.to(dt), scale=scale, initial_state=initial_state,
+        output_final_state=True)
+    return o, S
+
+
+def short_conv_fast(x, weight, bias, activation: str | None):
+    """Causal depthwise conv (weight [C, 1, K]) on x [B, T, C] with optional SiLU, fla's Triton
+    kernel; no initial state (training / prefill). None when fla is not usable."""
+    fla = _load()
+    if fla is None:
+        return None
+    w = weight.squeeze(1).to(x.dtype)
+    b = None if bias is None else bias.to(x.dtype)
+    y, _ = fla["causal_conv1d"](x, weight=w, bias=b, activation=activation)
+    return y
+
+
+def rms_norm_gated_fast(x, z, weight, eps: float):
+    """RMSNorm(x) * weight * silu(z) over the last dim (fla's fused kernel); None without fla."""
+    fla = _load()
+    if fla is None:
+        return None
+    return fla["rms_norm_gated"](x, z, weight, None, activation="swish", eps=eps)
