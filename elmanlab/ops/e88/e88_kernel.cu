@@ -63,7 +63,17 @@ struct StepIn {
   }
 };
 
-template <int NPT>
+// tanh: the accurate libm version for fp32 inputs; for bf16 inputs the hardware tanh.approx
+// (max relative error ~2^-11, far below bf16's 2^-8) -- the state itself stays fp32.
+template <typename TI> __device__ __forceinline__ float act_tanh(float x);
+template <> __device__ __forceinline__ float act_tanh<float>(float x) { return tanhf(x); }
+template <> __device__ __forceinline__ float act_tanh<__nv_bfloat16>(float x) {
+  float y;
+  asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+template <int NPT, typename TI>
 __device__ __forceinline__ void state_step(float (&S)[NPT], const float (&k)[NPT], float v, float a, int tanh_on) {
   float r = 0.f;
 #pragma unroll
@@ -73,7 +83,7 @@ __device__ __forceinline__ void state_step(float (&S)[NPT], const float (&k)[NPT
 #pragma unroll
   for (int jj = 0; jj < NPT; ++jj) {
     const float pv = fmaf(a, S[jj], d * k[jj]);
-    S[jj] = tanh_on ? tanhf(pv) : pv;
+    S[jj] = tanh_on ? act_tanh<TI>(pv) : pv;
   }
 }
 
@@ -97,7 +107,7 @@ __global__ void e88_fwd_kernel(E88Params p) {
 #pragma unroll
       for (int jj = 0; jj < NPT; ++jj) ck[jj] = S[jj];
     }
-    state_step<NPT>(S, cur.k, cur.v, cur.a, p.tanh_on);
+    state_step<NPT, TI>(S, cur.k, cur.v, cur.a, p.tanh_on);
     float o = 0.f;
 #pragma unroll
     for (int jj = 0; jj < NPT; ++jj) o = fmaf(S[jj], cur.q[jj], o);
@@ -147,7 +157,7 @@ __global__ void e88_bwd_kernel(E88Params p) {
       StepIn<NPT, TI> in;
       for (int l = 0; l < L; ++l) {
         in.load(p, b, h, t0 + l, i, cs, rok, false);
-        state_step<NPT>(S, in.k, in.v, in.a, p.tanh_on);
+        state_step<NPT, TI>(S, in.k, in.v, in.a, p.tanh_on);
 #pragma unroll
         for (int jj = 0; jj < NPT; ++jj) Sb[((size_t)(l + 1) * NPT + jj) * nth + tid] = S[jj];
       }
@@ -201,21 +211,50 @@ __global__ void e88_bwd_kernel(E88Params p) {
         if (p.gate) p.dg[tk * M + i] = dgi;
       }
 #pragma unroll
-      for (int jj = 0; jj < NPT; ++jj) {
-#pragma unroll
-        for (int off = 4; off < 32; off <<= 1) {
-          dqp[jj] += __shfl_xor_sync(0xffffffffu, dqp[jj], off);
-          dkp[jj] += __shfl_xor_sync(0xffffffffu, dkp[jj], off);
-        }
-      }
-#pragma unroll
       for (int off = 1; off < 32; off <<= 1) dap += __shfl_xor_sync(0xffffffffu, dap, off);
       float* pw = part + ((size_t)l * nwarps + warp) * PW;
-      if (lane < 4) {
+      if constexpr ((2 * NPT) % 8 == 0) {
+        // transposed reduction over the warp's 8 rows: each level sends half of what is left,
+        // 7/8 x 2NPT shuffles instead of 3 x 2NPT; lane ends with 2NPT/8 fully reduced values
+        constexpr int V = 2 * NPT;
+        float vv[V];
+#pragma unroll
+        for (int jj = 0; jj < NPT; ++jj) { vv[jj] = dqp[jj]; vv[NPT + jj] = dkp[jj]; }
+#pragma unroll
+        for (int lev = 0; lev < 3; ++lev) {
+          const int o = 4 << lev;
+          const int half = V >> (lev + 1);
+          const bool up = (lane & o) != 0;
+#pragma unroll
+          for (int x = 0; x < V / 2; ++x) {
+            if (x < half) {
+              const float send = up ? vv[x] : vv[x + half];
+              const float keep = up ? vv[x + half] : vv[x];
+              vv[x] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+            }
+          }
+        }
+        const int base = ((lane & 4) ? V / 2 : 0) + ((lane & 8) ? V / 4 : 0) + ((lane & 16) ? V / 8 : 0);
+#pragma unroll
+        for (int x = 0; x < V / 8; ++x) {
+          const int orig = base + x;
+          pw[orig < NPT ? cs * NPT + orig : N + cs * NPT + (orig - NPT)] = vv[x];
+        }
+      } else {
 #pragma unroll
         for (int jj = 0; jj < NPT; ++jj) {
-          pw[cs * NPT + jj] = dqp[jj];
-          pw[N + cs * NPT + jj] = dkp[jj];
+#pragma unroll
+          for (int off = 4; off < 32; off <<= 1) {
+            dqp[jj] += __shfl_xor_sync(0xffffffffu, dqp[jj], off);
+            dkp[jj] += __shfl_xor_sync(0xffffffffu, dkp[jj], off);
+          }
+        }
+        if (lane < 4) {
+#pragma unroll
+          for (int jj = 0; jj < NPT; ++jj) {
+            pw[cs * NPT + jj] = dqp[jj];
+            pw[N + cs * NPT + jj] = dkp[jj];
+          }
         }
       }
       if (lane == 0) pw[2 * N] = dap;

@@ -57,7 +57,7 @@ def load_library(source: Path, device_index: int) -> ctypes.CDLL:
         if not lib_path.exists():
             fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".so.tmp")
             os.close(fd)
-            cmd = [nvcc, "-O3", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-shared",
+            cmd = [nvcc, "-O3", "-std=c++17", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-shared",
                    "-Xcompiler", "-fPIC", "-o", tmp, str(source)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
