@@ -15,7 +15,7 @@ from elmanlab.errors import ElmanlabError
 
 # Modules that add subcommands: each has ``register(subparsers)`` which adds its parser(s) and
 # sets ``func`` on them. Kept as names so that ``elmanlab --help`` imports torch only once.
-COMMAND_MODULES = ["elmanlab.commands", "elmanlab.study_cli", "elmanlab.train_cli"]
+COMMAND_MODULES = ["elmanlab.commands", "elmanlab.study_cli", "elmanlab.train_cli", "elmanlab.doctor"]
 
 
 # ---------------------------------------------------------------- model arguments (shared)
