@@ -25,6 +25,7 @@ from elmanlab.study import LOG_DIR, STATE_FILE, atomic_write_text, read_json
 
 LN2 = math.log(2.0)
 WINDOW = 100                       # steps averaged for the "last-100" style losses
+MAX_LINES = 9                      # curves drawn in colour; the rest are grey
 DEFAULT_BASELINES = ("mamba2", "gdn")
 ASIDE = re.compile(r"\.(failed|interrupted)-\d+$")
 # train settings that are bookkeeping, not part of what a configuration is
@@ -617,7 +618,12 @@ class Report:
         outdir.mkdir(parents=True, exist_ok=True)
         written = []
         curves = [r for r in self.ranked() if len(r.metrics()) >= 2]
-        colors = _colors(len(curves))
+        # many runs: the best MAX_LINES (and the baseline) in colour, the rest thin and grey
+        shown = curves[:MAX_LINES]
+        for r in curves[MAX_LINES:]:
+            if self.baseline in (r.model, r.id) and len(shown) < MAX_LINES + 2:
+                shown.append(r)
+        colors = dict(zip([r.id for r in shown], _colors(len(shown))))
         for name, key in (("loss_vs_tokens", "tokens"), ("loss_vs_time", "elapsed")):
             sel = [r for r in curves if all(isinstance(m.get(key), (int, float)) for m in r.metrics())]
             if not sel:
@@ -629,15 +635,23 @@ class Report:
                 xlabel, xscale = (("wall-clock (seconds)", 1.0) if longest < 180 else
                                   ("wall-clock (minutes)", 1 / 60.0) if longest < 3 * 3600 else
                                   ("wall-clock (hours)", 1 / 3600.0))
-            fig, ax = plt.subplots(figsize=(10 if len(sel) <= 12 else 12, 5.5))
+            n_leg = sum(r.id in colors for r in sel) + (len(sel) > len(colors))
+            fig, ax = plt.subplots(figsize=(10, 5.5 if n_leg <= 8 else 5.5 + 0.2 * math.ceil(n_leg / 2)))
             hi, lo = [], []
-            for r, c in zip(sel, colors):
+            others = 0
+            for r in sel:
                 xs = [m[key] * xscale for m in r.metrics()]
                 steps = [m["step"] for m in r.metrics()]
                 ys = _smooth([m["loss"] for m in r.metrics()], steps,
                              window=max(1, min(WINDOW, steps[-1] // 20)))
-                ax.plot(xs, ys, color=c, lw=1.4, label=f"{r.id} ({_f(r.loss, 3)})")
-                n0 = max(1, len(ys) // 10)
+                if r.id in colors:
+                    ax.plot(xs, ys, color=colors[r.id], lw=1.4, label=f"{r.id} ({_f(r.loss, 3)})", zorder=3)
+                else:
+                    others += 1
+                    ax.plot(xs, ys, color="0.6", lw=0.7, alpha=0.6, zorder=2,
+                            label=f"{len(sel) - len([x for x in sel if x.id in colors])} other runs (grey)"
+                            if others == 1 else None)
+                n0 = max(1, len(ys) // 5 if len(sel) > MAX_LINES else len(ys) // 10)
                 hi.append(max(ys[n0:]) if len(ys) > n0 else max(ys))
                 lo.append(min(ys))
             if hi:
@@ -662,13 +676,13 @@ class Report:
             ax.grid(True, alpha=0.3)
             ax.set_title(f"{self.title()}: loss vs {'tokens' if key == 'tokens' else 'wall-clock'}"
                          " (legend: run, last-100 loss)")
-            _legend(ax, len(sel))
+            _legend(ax, n_leg)
             written.append(_save(fig, outdir / f"{name}.png"))
         # loss and throughput vs parameters, one line per model (mean over seeds, bars = sd)
         for name, getter, ylabel, logy in (
                 ("loss_vs_params", lambda r: r.loss, "loss last-100 (nats/byte)", False),
                 ("tokens_per_s_vs_params", lambda r: r.get("tokens_per_s"), "throughput (tokens/s)", True)):
-            fig, ax = plt.subplots(figsize=(8, 5.5))
+            fig, ax = plt.subplots(figsize=(8, 6))
             mcolors = _colors(len(self.models))
             drawn = 0
             all_x: list[float] = []
@@ -720,7 +734,9 @@ class Report:
             ax.grid(True, which="both", alpha=0.3)
             ax.set_title(f"{self.title()}: {'loss' if not logy else 'tokens/s'} vs parameters"
                          " (best config per scale, mean ± sd over seeds)", fontsize=10)
-            ax.legend(title="model", fontsize=9)
+            ax.margins(y=0.08)
+            ax.legend(title="model", fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.13),
+                      ncol=min(drawn, 6), frameon=False)
             written.append(_save(fig, outdir / f"{name}.png"))
         return written
 
@@ -860,9 +876,8 @@ def _colors(n: int):
 def _legend(ax, n: int) -> None:
     if n <= 8:
         ax.legend(fontsize=8, loc="best")
-    else:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.12, 1.0), ncol=1 if n <= 24 else 2,
-                  borderaxespad=0.0)
+    else:                               # below the axes, two columns
+        ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
 
 
 def _save(fig, path: Path) -> Path:
