@@ -933,12 +933,13 @@ class Runner:
         self.echo(f"[{k}/{self.total}] start {job.id} on {where} ({format_count(size)} params, {job.budget})")
         t0 = time.time()
         with self.lock:
-            rec.update(status="running", started=_now(), gpu=slot, error=None, log=str(log.relative_to(self.out)),
-                       argv=argv)
+            rec.update(status="running", started=_now(), t_start=round(t0, 3), gpu=slot, error=None,
+                       log=str(log.relative_to(self.out)), argv=argv)
             self.save()
         try:
             with open(log, "ab") as lf:
-                lf.write(f"\n# {_now()} elmanlab {' '.join(argv)}\n".encode())
+                cvd = f"CUDA_VISIBLE_DEVICES={slot} " if slot is not None else ""
+                lf.write(f"\n# {_now()} {cvd}elmanlab {' '.join(argv)}\n".encode())
                 lf.flush()
                 p = subprocess.Popen([self.python, "-m", "elmanlab"] + argv, env=env, stdout=lf,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -957,7 +958,7 @@ class Runner:
         st, reason, summ = run_status(rdir)
         wall = time.time() - t0
         with self.lock:
-            rec.update(finished=_now(), wall_s=round(wall, 1), returncode=rc)
+            rec.update(finished=_now(), t_end=round(time.time(), 3), wall_s=round(wall, 1), returncode=rc)
             if rc == 0 and st == "completed":
                 rec.update(status="completed", error=None, stderr_tail=None)
                 loss = summ.get("loss_last100")

@@ -291,3 +291,29 @@ def test_tiny_cpu_study_file(tmp_path):
     assert "## Scaling: loss last-100" in md and "## Scaling: throughput" in md and "gap to mamba2" in md
     ranked = [ln for ln in md.split("## Ranked runs")[1].split("##")[0].splitlines() if ln.startswith("| ")][1:]
     assert len(ranked) == 6
+
+
+@needs_train
+def test_queue_one_job_per_slot(tmp_path, monkeypatch):
+    """Two GPU slots (here on a CPU-only machine, so each job runs on the CPU): jobs are spread over
+    both slots, each in its own process with its CUDA_VISIBLE_DEVICES, never two at once on a slot."""
+    from elmanlab.study import Runner
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    p = write(tmp_path, """
+        name: q
+        train: {steps: 4, batch_size: 2, seq_len: 32, seed: 42, eval_bytes: 256, device: cpu}
+        grid: {model: [e1, e33], params: [200K], seed: [1, 2]}
+        """)
+    out = tmp_path / "q"
+    state = Runner(load_study(p), out, ["0", "1"], echo=lambda m: None).run()
+    jobs = state["jobs"]
+    assert [j["status"] for j in jobs] == ["completed"] * 4
+    assert {j["gpu"] for j in jobs} == {"0", "1"}
+    for j in jobs:
+        head = (out / j["log"]).read_text().splitlines()[1]
+        assert head.startswith("# ") and f"CUDA_VISIBLE_DEVICES={j['gpu']} elmanlab train" in head
+    for slot in ("0", "1"):
+        spans = sorted((j["t_start"], j["t_end"]) for j in jobs if j["gpu"] == slot)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))      # one job at a time per slot
+    a, b = (sorted((j["t_start"], j["t_end"]) for j in jobs if j["gpu"] == s)[0] for s in ("0", "1"))
+    assert a[0] < b[1] and b[0] < a[1]                                  # the two slots ran together
