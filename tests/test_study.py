@@ -317,3 +317,16 @@ def test_queue_one_job_per_slot(tmp_path, monkeypatch):
         assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))      # one job at a time per slot
     a, b = (sorted((j["t_start"], j["t_end"]) for j in jobs if j["gpu"] == s)[0] for s in ("0", "1"))
     assert a[0] < b[1] and b[0] < a[1]                                  # the two slots ran together
+
+
+def test_one_study_process_per_folder(tmp_path):
+    import os
+    import socket
+    from elmanlab.study import LOCK_FILE, StudyLock
+    (tmp_path / LOCK_FILE).write_text(f"{os.getpid()} {socket.gethostname()}\n")      # a live holder
+    with pytest.raises(ElmanlabError, match=f"another `elmanlab study` \\(pid {os.getpid()}\\) is running"):
+        StudyLock(tmp_path).__enter__()
+    (tmp_path / LOCK_FILE).write_text(f"999999999 {socket.gethostname()}\n")          # a dead one: taken over
+    with StudyLock(tmp_path):
+        assert (tmp_path / LOCK_FILE).read_text().split()[0] == str(os.getpid())
+    assert not (tmp_path / LOCK_FILE).exists()
