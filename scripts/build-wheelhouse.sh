@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Build the wheelhouse of elmanlab's GPU extras, where the package registries are reachable.
+#
+#   usage: scripts/build-wheelhouse.sh [DIR]        (default DIR: .wheels, ignored by git)
+#   env:   PY=3.12 (the GPU machine's Python)  PLATFORM=manylinux_2_28_x86_64
+#
+# Makes
+#   DIR/core/        flash-linear-attention + fla-core, schedulefree, einops, zstandard and a
+#                    pure-Python wheel of mamba_ssm built here from its sdist without the CUDA
+#                    extension (MAMBA_SKIP_CUDA_BUILD=TRUE: only its Triton kernels, which elmanlab uses)
+#   DIR/tilelang.tar.xz   TileLang + apache-tvm-ffi + torch-c-dlpack-ext + z3-solver, unpacked and
+#                    recompressed with xz (81 MB of wheels -> about 40 MB, so that DIR fits a 64 MiB
+#                    transfer); scripts/install-gpu.sh turns it back into the identical wheels.
+#                    TileLang is needed for a correct Gated DeltaNet backward on Hopper GPUs with
+#                    Triton 3.4-3.7.0 (fla issue #640). Skip it with NO_TILELANG=1.
+# Building the mamba_ssm wheel needs torch, setuptools, wheel and packaging installed here.
+set -euo pipefail
+dir=${1:-.wheels}
+py=${PY:-3.12}
+plat=${PLATFORM:-manylinux_2_28_x86_64}
+mkdir -p "$dir/core"
+dir=$(cd "$dir" && pwd)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+plat_args=(--python-version "$py" --implementation cp --only-binary :all: --platform "$plat"
+           --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64
+           --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
+python3 -m pip download -q --no-deps -d "$dir/core" flash-linear-attention==0.6.0 fla-core==0.6.0 \
+    schedulefree==1.4.1 einops==0.8.2
+python3 -m pip download -q --no-deps "${plat_args[@]}" -d "$dir/core" zstandard==0.23.0
+
+python3 -m pip download -q --no-deps --no-binary :all: -d "$tmp/sdist" mamba-ssm==2.3.2.post1
+tar -xzf "$tmp"/sdist/mamba_ssm-*.tar.gz -C "$tmp"
+MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE python3 -m pip wheel -q --no-deps --no-build-isolation \
+    -w "$dir/core" "$tmp"/mamba_ssm-*/
+
+if [ "${NO_TILELANG:-0}" != 1 ]; then
+    python3 -m pip download -q --no-deps "${plat_args[@]}" -d "$tmp/tl" tilelang==0.1.15 \
+        apache-tvm-ffi==0.1.12 torch-c-dlpack-ext==0.1.5 z3-solver==4.15.4.0
+    mkdir -p "$tmp/unpacked"
+    for w in "$tmp"/tl/*.whl; do
+        n=$(basename "$w")
+        mkdir "$tmp/unpacked/$n"
+        python3 -m zipfile -e "$w" "$tmp/unpacked/$n"
+    done
+    echo "compressing TileLang (xz -9, a few minutes)..."
+    tar -C "$tmp/unpacked" -cf - . | xz -9 -T0 > "$dir/tilelang.tar.xz.tmp"
+    mv "$dir/tilelang.tar.xz.tmp" "$dir/tilelang.tar.xz"
+fi
+du -sh "$dir"/core "$dir"/tilelang.tar.xz 2>/dev/null || true
+echo "wheelhouse ready in $dir: on the GPU machine run scripts/install-gpu.sh $dir"
