@@ -401,7 +401,8 @@ class Report:
         g = self.gap(r)
         if g is None:
             return "-"
-        if self.baseline in self.models and r.model == self.baseline and abs(g[0]) < 5e-5:
+        if r.id == self.baseline or (self.baseline in self.models and r.model == self.baseline
+                                     and abs(g[0]) < 5e-5):
             return "baseline"
         return f"{g[0]:+.4f} ({g[1]:+.1f}%)"
 
