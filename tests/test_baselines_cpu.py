@@ -1,0 +1,99 @@
+"""CPU checks of the baselines' GPU wiring: dispatch, lazy imports, doctor, the #640 refusal."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from elmanlab.errors import ElmanlabError
+
+
+def test_fast_impls_registered_and_lazy():
+    """FAST_IMPLS slots are filled, and importing elmanlab imports no GPU library."""
+    code = ("import sys, elmanlab.lm, elmanlab.ops.ssd as s, elmanlab.ops.delta as d, elmanlab.ops.scan as c\n"
+            "assert 'default' in s.FAST_IMPLS and 'default' in d.FAST_IMPLS and 'minrnn' in c.FAST_IMPLS\n"
+            "bad = [m for m in ('fla', 'mamba_ssm', 'triton', 'tilelang') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_cpu_dispatch_uses_reference(monkeypatch):
+    """On CPU tensors the fast implementation is never called."""
+    from elmanlab.ops import delta, scan, ssd
+
+    def boom(*a, **k):
+        raise AssertionError("fast path called on CPU")
+    for mod, key in ((ssd, "default"), (delta, "default"), (scan, "default"), (scan, "minrnn")):
+        monkeypatch.setitem(mod.FAST_IMPLS, key, boom)
+    torch.manual_seed(0)
+    B, T, H, P, N = 1, 5, 2, 4, 3
+    y, _ = ssd.ssd(torch.randn(B, T, H, P), torch.rand(B, T, H), -torch.rand(H), torch.randn(B, T, 1, N),
+                   torch.randn(B, T, 1, N))
+    assert y.shape == (B, T, H, P)
+    q = torch.nn.functional.normalize(torch.randn(B, T, H, 4), dim=-1)
+    o, _ = delta.gated_delta_rule(q, q, torch.randn(B, T, H, 6), -torch.rand(B, T, H), torch.rand(B, T, H))
+    assert o.shape == (B, T, H, 6)
+    h, _ = scan.minrnn_scan(torch.randn(B, T, 6), "mingru")
+    assert h.shape == (B, T, 3)
+
+
+@pytest.mark.parametrize("kind,n", [("mingru", 2), ("minlstm", 3)])
+def test_minrnn_scan_reference_equals_layer_math(kind, n):
+    """minrnn_scan (projection in) equals coefficients + sequential scan, with an initial state."""
+    from elmanlab.ops.scan import linear_scan_sequential, minrnn_coefficients, minrnn_scan
+    torch.manual_seed(n)
+    p = torch.randn(2, 9, n * 5, dtype=torch.float64)
+    h0 = torch.randn(2, 5, dtype=torch.float64)
+    h, hT = minrnn_scan(p, kind, h0)
+    a, b = minrnn_coefficients(p, kind)
+    hr, hTr = linear_scan_sequential(a, b, h0)
+    assert torch.allclose(h, hr, atol=1e-9) and torch.allclose(hT, hTr, atol=1e-9)
+    # minGRU: a = 1 - z; minLSTM: a + b/g = 1 (normalised gates)
+    assert ((a > 0) & (a < 1)).all()
+
+
+def test_delta_refuses_training_on_broken_backward(monkeypatch):
+    """When fla's gated backward is wrong here (and no TileLang), a step needing gradients raises
+    one clear ElmanlabError naming the fix; a forward without gradients is not refused."""
+    from elmanlab.ops.delta import fast
+    calls = []
+    monkeypatch.setattr(fast, "_load", lambda: {"chunk_gated_delta_rule": lambda *a, **k: calls.append(1) or (a[2], None)})
+    monkeypatch.setattr(fast, "_BWD", (False, "Hopper GPU with Triton 3.6.0: ... Fix: install TileLang"))
+    q = torch.nn.functional.normalize(torch.randn(1, 4, 1, 8), dim=-1).requires_grad_()
+    v, g, beta = torch.randn(1, 4, 1, 8), -torch.rand(1, 4, 1), torch.rand(1, 4, 1)
+    with pytest.raises(ElmanlabError, match="TileLang"):
+        fast.gated_delta_rule_fast(q, q, v, g, beta, 0.3)
+    assert not calls
+    with torch.no_grad():
+        fast.gated_delta_rule_fast(q, q, v, g, beta, 0.3)
+    assert calls == [1]
+    assert "refused" in fast.backend_info()["path"]
+
+
+def test_doctor_cpu_output():
+    r = subprocess.run([sys.executable, "-m", "elmanlab", "doctor"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for word in ("torch", "triton", "fla", "mamba_ssm", "TileLang", "GPU"):
+        assert word in r.stdout
+    fams = ["e1", "e33", "e42", "e88", "mamba2", "gdn", "mingru", "minlstm"]
+    lines = {l.split()[0]: l for l in r.stdout.splitlines() if l.strip() and l.split()[0] in fams}
+    assert set(lines) == set(fams)
+    if not torch.cuda.is_available():
+        assert all("reference" in l and "no CUDA" in l for l in lines.values())
+
+
+def test_doctor_json():
+    import json
+    r = subprocess.run([sys.executable, "-m", "elmanlab", "doctor", "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["machine"]["torch"] == torch.__version__
+    assert len(d["families"]) == 8 and all("path" in v for v in d["families"].values())
+
+
+def test_install_script_refuses_missing_wheelhouse(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "install-gpu.sh"
+    r = subprocess.run(["bash", str(script), str(tmp_path / "none")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "build-wheelhouse" in r.stderr
