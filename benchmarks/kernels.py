@@ -124,7 +124,15 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=20, help="timed repetitions for fast paths (median)")
     ap.add_argument("--loop-reps", type=int, default=3, help="timed repetitions for the plain loops")
     ap.add_argument("--quick", action="store_true", help="B=16 shapes only, no plain loops")
+    ap.add_argument("--only", default="", help="comma list of recurrences to run (E1,E33,E42,E88); default all")
+    ap.add_argument("--no-loops", action="store_true", help="skip the plain PyTorch loops")
     args = ap.parse_args(argv)
+    only = {x.strip().upper() for x in args.only.split(",") if x.strip()}
+    if args.quick:
+        args.no_loops = True
+
+    def want(name):
+        return not only or name in only
     if not torch.cuda.is_available():
         print("error: benchmarks/kernels.py needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -151,10 +159,10 @@ def main(argv=None):
     batches = [16] if args.quick else [16, 64]
     # Elman tanh: E1 at D 1760 and 2112, E33 at D 1024
     for name, D in (("E1", 1760), ("E1", 2112), ("E33", 1024)):
-        for B in batches:
+        for B in batches if want(name) else []:
             shape = f"B{B} T{T} D{D}"
             mk = elman_inputs(B, T, D)
-            if B == 16 and not args.quick:
+            if B == 16 and not args.no_loops:
                 add(name, shape, "loop", lambda: bench_pair(mk, lambda wx, W, b, h0: elman_scan_ref(
                     wx, W.to(BF), b.to(BF), h0.to(BF), "tanh"), args.loop_reps))
             add(name, shape, "cudnn", lambda: bench_pair(mk, elman_scan_cudnn, args.reps))
@@ -168,11 +176,11 @@ def main(argv=None):
                     note="v1: fp32 CUDA-core kernel, W in shared memory")
                 CudaBackend.use_mma = True
     # E42 linear tied at D 1024 (cuDNN tanh at equal D for comparison)
-    for B in batches:
+    for B in batches if want("E42") else []:
         D = 1024
         shape = f"B{B} T{T} D{D}"
         mk = elman_inputs(B, T, D, linear=True)
-        if B == 16 and not args.quick:
+        if B == 16 and not args.no_loops:
             add("E42", shape, "loop", lambda: bench_pair(mk, lambda wx, W, b, h0: elman_scan_ref(
                 wx, W.to(BF), b.to(BF), h0.to(BF), "linear"), args.loop_reps))
         add("E42", shape, "cudnn-tanh", lambda: bench_pair(mk, elman_scan_cudnn, args.reps))
@@ -181,10 +189,10 @@ def main(argv=None):
     # E88: H56 n32 and H32 n48, against fla's chunk Gated DeltaNet at the same key width
     gdn, gdn_note = gdn_runner()
     for H, n in ((56, 32), (32, 48)):
-        for B in batches:
+        for B in batches if want("E88") else []:
             shape = f"B{B} T{T} H{H} n{n}"
             mk = e88_inputs(B, T, H, n)
-            if B == 16 and not args.quick:
+            if B == 16 and not args.no_loops:
                 add("E88", shape, "loop", lambda: bench_pair(mk, lambda q, k, v, a: e88_scan_ref(q, k, v, a),
                                                              args.loop_reps))
             if gdn is not None:
