@@ -11,10 +11,10 @@ if ! python3 -c "import fla, tilelang" 2>/dev/null; then
 fi
 echo "install: $(( $(date +%s) - t0 )) s"
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-    timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_baselines_gpu.py 2>&1 | tail -40 | tee "$out/gputests.log"
+    timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_baselines_gpu.py 2>&1 | tail -40 | tee "$out/gputests.log"
     echo "tests done: $(( $(date +%s) - t0 )) s"
 fi
-timeout 120 python3 -m elmanlab doctor ${DOCTOR_ARGS:-} 2>&1 | tee "$out/doctor.log"
+timeout 60 python3 -m elmanlab doctor ${DOCTOR_ARGS:-} 2>&1 | tee "$out/doctor.log"
 echo "doctor done: $(( $(date +%s) - t0 )) s"
 timeout "$secs" python3 benchmarks/throughput.py "$@" 2>&1 | tee "$out/bench.log"
 cp benchmarks/results/throughput-* "$out/" 2>/dev/null
