@@ -1,7 +1,6 @@
 """The ``train``, ``eval`` and ``generate`` subcommands."""
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -20,8 +19,7 @@ def register(sub) -> None:
                     "embedded corpus (complete works of Shakespeare, 5 MB) is used; without a size, "
                     f"--params {DEFAULT_PARAMS}; without a budget, --steps {DEFAULT_STEPS}. Under "
                     "`torchrun --nproc_per_node=N -m elmanlab train ...` it trains data parallel. "
-                    "`elmanlab train --resume DIR` continues a run from its newest checkpoint.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "`elmanlab train --resume DIR` continues a run from its newest checkpoint.")
     p.add_argument("model", nargs="?", help="model family (see `elmanlab models`); not with --resume")
     add_model_arguments(p, with_model=False)
     d = p.add_argument_group("data")
@@ -34,24 +32,24 @@ def register(sub) -> None:
     b.add_argument("--minutes", type=float, help="minutes of training time (first-step compile/warm-up, "
                    "checkpointing and evaluation are timed apart and not charged)")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--batch-size", type=int, default=16, help="global batch (sequences per step, all ranks)")
-    o.add_argument("--seq-len", type=int, default=512, help="bytes per sequence (windows are seq_len + 1)")
-    o.add_argument("--lr", type=float, default=3e-4, help="Schedule-Free AdamW learning rate")
-    o.add_argument("--weight-decay", type=float, default=0.1, help="weight decay on matrices")
-    o.add_argument("--warmup-steps", type=int, default=0, help="Schedule-Free linear warm-up steps")
+    o.add_argument("--batch-size", type=int, default=16, help="global batch: sequences per step over all ranks (default 16)")
+    o.add_argument("--seq-len", type=int, default=512, help="bytes per sequence; windows are seq_len + 1 (default 512)")
+    o.add_argument("--lr", type=float, default=3e-4, help="Schedule-Free AdamW learning rate (default 3e-4)")
+    o.add_argument("--weight-decay", type=float, default=0.1, help="weight decay, on matrices only (default 0.1)")
+    o.add_argument("--warmup-steps", type=int, default=0, help="Schedule-Free linear warm-up steps (default 0)")
     o.add_argument("--grad-clip", type=float, default=None, help="clip the global gradient norm (default: off)")
     o.add_argument("--max-nonfinite", type=int, default=10,
-                   help="non-finite steps (skipped) in a row before the run stops")
-    o.add_argument("--seed", type=int, default=42, help="seeds the initial weights and the data stream")
+                   help="non-finite steps (each skipped) in a row before the run stops (default 10)")
+    o.add_argument("--seed", type=int, default=42, help="seeds the initial weights and the data stream (default 42)")
     r = p.add_argument_group("run")
-    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    r.add_argument("--device", default="auto", help="auto (CUDA when there is a GPU), cpu, cuda or cuda:N")
     r.add_argument("--compile", action="store_true", help="torch.compile the model (compile time is timed apart)")
     r.add_argument("--out", metavar="DIR", help="run folder (default runs/MODEL-PARAMS-TIMESTAMP)")
     r.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint to its "
                    "budget (or a new --steps/--minutes); everything else comes from DIR/config.json")
     r.add_argument("--checkpoint-every", type=int, default=None,
                    help="write a checkpoint every N steps (last two kept; needed for --resume); default 0: none")
-    r.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl lines")
+    r.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl lines (default 10)")
     r.add_argument("--eval-bytes", type=int, default=None,
                    help="held-out bytes scored at the end (default 262144; 0: skip)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -62,27 +60,25 @@ def register(sub) -> None:
                        description="Score a run's weights on held-out bytes: the first --bytes bytes "
                                    "(default 262144) of its validation stream (or of --data), in windows of "
                                    "the run's seq_len + 1 overlapping by one byte, each from a zero state. "
-                                   "Deterministic. Without --data, summary.json gets val_loss / val_bpb.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   "Deterministic. Without --data, summary.json gets val_loss / val_bpb.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (the --out of `elmanlab train`)")
     p.add_argument("--data", metavar="PATH", help="score this file instead of the run's validation bytes")
-    p.add_argument("--bytes", type=int, default=262_144, help="bytes to score (fewer if the data is shorter)")
+    p.add_argument("--bytes", type=int, default=262_144, help="bytes to score, fewer if the data is shorter (default 262144)")
     p.add_argument("--batch-size", type=int, default=None, help="windows per forward (default: the run's batch)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help="auto (CUDA when there is a GPU), cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate", help="sample text from a run, byte by byte, as it comes",
                        description="Stream bytes from a trained run through the recurrent state (one step per "
-                                   "byte, constant memory). Invalid UTF-8 is printed with replacement characters.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   "byte, constant memory). Invalid UTF-8 is printed with replacement characters.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (the --out of `elmanlab train`)")
     p.add_argument("--prompt", default="", help="text to continue (empty: start after a newline)")
-    p.add_argument("--max-bytes", type=int, default=500, help="bytes to generate")
-    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy")
+    p.add_argument("--max-bytes", type=int, default=500, help="bytes to generate (default 500)")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely bytes only")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same text)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed: same seed, same text (default 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when there is a GPU), cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_generate)
 
 
