@@ -387,6 +387,11 @@ class _Trainer:
         cfg = self.cfg
         cfg.validate(self.world)
         self.device = resolve_device(cfg.device, self.local_rank)
+        # data paths are stored absolute so that eval, generate and resume work from any folder
+        if cfg.data is not None:
+            cfg.data = str(Path(cfg.data).expanduser().resolve())
+        if cfg.val_data is not None:
+            cfg.val_data = str(Path(cfg.val_data).expanduser().resolve())
         self.split = make_split(cfg.data, cfg.val_data, cfg.seq_len, progress=cfg.progress and self.is_main)
         self.sampler = BatchSampler(self.split.train_bytes, cfg.seq_len, cfg.batch_size, cfg.seed)
         self.out = Path(cfg.out).expanduser()
@@ -493,6 +498,9 @@ class _Trainer:
         if not ckpts:
             raise ElmanlabError(f"{self.resume_dir} has no complete checkpoint to resume from; "
                                 f"runs are resumable when trained with --checkpoint-every N")
+        if self.is_main:                                   # folders of checkpoints cut short by a kill
+            for junk in (self.resume_dir / CHECKPOINT_DIR).glob(".step_*"):
+                shutil.rmtree(junk, ignore_errors=True)
         path = ckpts[-1] / "state.pt"
         try:
             st = torch.load(path, map_location="cpu", weights_only=True)
