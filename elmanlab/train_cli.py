@@ -198,7 +198,11 @@ def cmd_generate(args) -> int:
         raise ElmanlabError(f"--max-bytes must be >= 0, got {args.max_bytes}")
     model, _ = load_model(args.run_dir, args.device)
     prompt = args.prompt.encode("utf-8", errors="surrogateescape")
-    print_stream(args.prompt)
-    generate(model, prompt, args.max_bytes, args.temperature, args.top_k, args.seed, write=print_stream)
-    print_stream("\n")
+    try:
+        print_stream(prompt.decode("utf-8", errors="replace"))
+        generate(model, prompt, args.max_bytes, args.temperature, args.top_k, args.seed, write=print_stream)
+        print_stream("\n")
+    except BrokenPipeError:                     # e.g. `elmanlab generate ... | head`
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

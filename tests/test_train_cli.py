@@ -81,6 +81,9 @@ def test_generate_prints_prompt_and_continuation(run_dir, capsys):
     code, out3, _ = run(["generate", run_dir, "--prompt", "ROMEO:", "--max-bytes", 40, "--seed", 1,
                          "--device", "cpu"], capsys)
     assert out3 == out
+    # a prompt that is not valid UTF-8 (raw bytes from the shell arrive as surrogate escapes)
+    code, out4, _ = run(["generate", run_dir, "--prompt", "\udcffROMEO", "--max-bytes", 5, "--device", "cpu"], capsys)
+    assert code == 0 and out4.startswith("\ufffdROMEO")
 
 
 @pytest.mark.parametrize("content,words", [
