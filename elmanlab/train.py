@@ -405,14 +405,15 @@ class _Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.set_device(self.device)
                 dist.init_process_group(backend)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)     # subnormal floats (saturated tanh) are ~100x slower on x86
         torch.manual_seed(cfg.seed)
         self.model = LM(cfg.model).to(self.device)
         self.model.train()
+        if self.device.type == "cuda":
+            # after the first CUDA allocation: on torch 2.11 resetting before the context exists fails
+            # with "Invalid device argument"
+            torch.cuda.reset_peak_memory_stats(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.n_params = sum(p.numel() for p in self.model.parameters())
         self.optimizer = make_optimizer(self.model, cfg)
