@@ -135,7 +135,9 @@ def solve(model: str, target, depth: int | None = None, options: dict | None = N
     if depth is not None and depth < 1:
         raise ElmanlabError(f"depth must be >= 1, got {depth}")
     d0 = default_depth(fam.name, target) if depth is None else depth
-    depths = [d0] if depth is not None else [d0] + [d for k in range(1, 5) for d in (d0 - k, d0 + k) if d >= 1]
+    depths = [d0] if depth is not None else [d0] + [d for k in range(1, 5) for d in (d0 + k, d0 - k) if d >= 1]
+    if depth is None:  # last resort (small targets, coarse families): any depth, nearest to d0 first
+        depths += sorted((d for d in range(1, 65) if d not in depths), key=lambda d: (abs(d - d0), d))
     best = None
     for d in depths:
         cand = _solve_at_depth(fam, target, d, options, mlp_ratio, tie_embeddings)
