@@ -29,16 +29,14 @@ def _field_type(f: dataclasses.Field):
     return _TYPES.get(base, str)
 
 
-def model_option_fields() -> dict[str, tuple[dataclasses.Field, list[str]]]:
-    """Union of every family's options: name -> (a field, families having it)."""
+def model_option_fields() -> dict[str, tuple[dataclasses.Field, dict]]:
+    """Union of every family's options: name -> (a field, {family: its default})."""
     from elmanlab.layers import FAMILIES
     out: dict = {}
     for name, fam in FAMILIES.items():
         for f in dataclasses.fields(fam.Options):
-            if f.name in out:
-                out[f.name][1].append(name)
-            else:
-                out[f.name] = (f, [name])
+            default = f.default if f.default is not dataclasses.MISSING else None
+            out.setdefault(f.name, (f, {}))[1][name] = default
     return out
 
 
@@ -54,16 +52,24 @@ def add_model_arguments(p: argparse.ArgumentParser, with_model: bool = True) -> 
                    help="add a SwiGLU MLP with hidden mlp_ratio * dim to each block (default 0: none)")
     g.add_argument("--tie-embeddings", action="store_true", help="tie the output head to the embedding")
     o = p.add_argument_group("family options (only those of the chosen family are accepted)")
-    for name, (f, fams) in model_option_fields().items():
+    for name, (f, defaults) in model_option_fields().items():
         flag = "--" + name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        helptext = f"{f.metadata.get('help', name)} [{', '.join(fams)}; default {default}]"
+
+        def shown(v):
+            return "derived from the width" if v is None else str(v)
+        if len(set(map(shown, defaults.values()))) == 1:
+            where = f"{', '.join(defaults)}; default {shown(next(iter(defaults.values())))}"
+        else:
+            where = "defaults: " + ", ".join(f"{fam} {shown(v)}" for fam, v in defaults.items())
+        choices = f.metadata.get("choices")
+        extra = " (one of " + ", ".join(choices) + ")" if choices else ""
+        helptext = f"{f.metadata.get('help', name)}{extra} [{where}]"
         typ = _field_type(f)
         if typ is bool:
             o.add_argument(flag, dest=f"opt_{name}", action=argparse.BooleanOptionalAction, default=None,
                            help=helptext)
         else:
-            o.add_argument(flag, dest=f"opt_{name}", type=typ, default=None,
+            o.add_argument(flag, dest=f"opt_{name}", type=typ, default=None, metavar=name.upper(),
                            choices=f.metadata.get("choices"), help=helptext)
 
 
