@@ -106,9 +106,11 @@ def fmt_k(x):
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"# Training throughput, {m['gpu']['name']}", "",
-             f"bf16 autocast, Schedule-Free AdamW, the training loop's step; {result['warmup']} warm-up + "
-             f"{result['steps']} timed steps; seq_len {result['seq_len']}. MFU = 6 x params x tokens/s / "
-             f"{result['matmul_tflops']:.0f} TFLOP/s (bf16 8192^3 matmul measured in this run). "
+             f"bf16 autocast, Schedule-Free AdamW, the training loop's step (elmanlab.train); warm-up steps "
+             f"untimed, then timed steps (per row in the JSON); seq_len {result['seq_len']}. MFU = 6 x params x "
+             f"tokens/s / the bf16 8192^3 matmul rate measured in the same run as the row "
+             f"({min(r.get('matmul_tflops', result['matmul_tflops']) for r in result['rows']):.0f}-"
+             f"{max(r.get('matmul_tflops', result['matmul_tflops']) for r in result['rows']):.0f} TFLOP/s). "
              f"torch {m['torch']}, triton {m['triton']}, fla {m['fla']}, mamba_ssm {m['mamba_ssm']}, "
              f"TileLang {m['tilelang']}.", "",
              "| model | target | params | dim x depth | batch | tokens/s | MFU | step ms | peak GB | kernel path |",
@@ -122,6 +124,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['model']} | {r['target']} | {r['params'] / 1e6:.0f}M | {r['dim']}x{r['depth']} | "
                      f"{r['batch']} | {fmt_k(r['tokens_per_s'])} | {100 * r['mfu']:.1f}% | {r['step_ms']:.0f} | "
                      f"{r['peak_memory_gb']:.1f} | {path} |")
+    lines += [""] + [f"- {n}" for n in result.get("notes", [])]
     return "\n".join(lines) + "\n"
 
 
@@ -147,15 +150,17 @@ def main(argv=None) -> int:
     stem.parent.mkdir(parents=True, exist_ok=True)
     jpath, mpath = stem.with_suffix(".json"), stem.with_suffix(".md")
     rows = []
+    notes = []
     if args.resume and jpath.exists():
-        rows = json.loads(jpath.read_text())["rows"]
+        old = json.loads(jpath.read_text())
+        rows, notes = old["rows"], old.get("notes", [])
     peak = measure_matmul_flops()
     print(f"{machine['gpu']['name']}: bf16 matmul {peak / 1e12:.0f} TFLOP/s", flush=True)
     paths = family_paths()
     for fam in models:
         print(f"  {fam:<8} {paths[fam]['path']}", flush=True)
     result = {"machine": machine, "matmul_tflops": peak / 1e12, "warmup": args.warmup, "steps": args.steps,
-              "seq_len": args.seq_len, "paths": paths, "rows": rows}
+              "seq_len": args.seq_len, "paths": paths, "rows": rows, "notes": notes}
     done = {(r["model"], r["target"], r["batch"]) for r in rows}
     for params in args.params.split(","):
         for fam in models:
@@ -163,6 +168,7 @@ def main(argv=None) -> int:
                 if (fam, params, batch) in done:
                     continue
                 r = run_config(fam, params, batch, args.seq_len, args.warmup, args.steps)
+                r["matmul_tflops"], r["warmup"], r["steps"] = round(peak / 1e12, 1), args.warmup, args.steps
                 if r["status"] == "ok":
                     r["mfu"] = round(6 * r["params"] * r["tokens_per_s"] / peak, 4)
                 rows.append(r)
