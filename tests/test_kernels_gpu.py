@@ -46,6 +46,7 @@ ELMAN_CASES = [  # B, T, D, dtype, nonlinearity, h0, bias
     (16, 513, 1760, torch.bfloat16, "tanh", True, True),
     (16, 37, 1760, torch.float32, "tanh", True, False),
     (64, 37, 1000, torch.float32, "tanh", True, True),
+    (64, 129, 1760, torch.bfloat16, "tanh", True, True),     # the B64 training shape (tensor-core path)
     (16, 37, 2112, torch.bfloat16, "tanh", False, True),
     (3, 513, 96, torch.float32, "linear", True, True),
     (16, 37, 1760, torch.float32, "linear", False, True),
@@ -113,6 +114,7 @@ E88_CASES = [  # B, T, H, n, m, dtype, nonlinearity, gate, S0
     (16, 37, 3, 64, 64, torch.bfloat16, "tanh", "silu", True),
     (3, 37, 2, 16, 32, torch.float32, "tanh", "silu", False),
     (3, 37, 2, 48, 24, torch.bfloat16, "linear", None, True),
+    (64, 65, 56, 32, 32, torch.bfloat16, "tanh", None, True),    # the seeds' heads at B64
 ]
 
 
