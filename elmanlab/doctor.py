@@ -82,7 +82,8 @@ def _elman_path(family: str, linear: bool) -> dict:
         return {"path": f"elmanlab persistent Elman CUDA kernel ({key})", "reason": f"d_inner {d} fits"}
     if not linear:
         return {"path": "cuDNN tanh RNN (stepping stone)", "reason": f"persistent kernel not usable at d_inner {d}"}
-    return {"path": "reference", "reason": f"persistent kernel not usable at d_inner {d}"}
+    return {"path": "chunked linear scan (PyTorch GEMMs, ops/elman/chunked.py)",
+            "reason": f"persistent kernel not usable at d_inner {d}"}
 
 
 def _e88_path() -> dict:

@@ -129,3 +129,51 @@ def test_import_compiles_nothing():
             "from elmanlab.ops.elman import _build; assert not _build._LIBS;"
             "assert 'triton' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------- E42's chunked form (pure PyTorch)
+
+@pytest.mark.parametrize("T", [1, 7, 63, 130])
+@pytest.mark.parametrize("chunk", [1, 4, 16])
+def test_elman_linear_chunked_equals_reference(T, chunk):
+    from elmanlab.ops.elman.chunked import elman_linear_chunked
+    from elmanlab.ops.elman.reference import elman_scan_ref
+    from conftest import rel_err
+
+    g = torch.Generator().manual_seed(T * 7 + chunk)
+    B, D = 3, 24
+    W = torch.randn(D, D, generator=g, dtype=torch.float64)
+    W = W * (0.95 / torch.linalg.matrix_norm(W, ord=2))
+    for with_h0, with_b in ((True, True), (False, False)):
+        wx = torch.randn(B, T, D, generator=g, dtype=torch.float64)
+        b = torch.randn(D, generator=g, dtype=torch.float64) if with_b else None
+        h0 = torch.randn(B, D, generator=g, dtype=torch.float64) if with_h0 else None
+        ins = [x.clone().requires_grad_() if x is not None else None for x in (wx, W, b, h0)]
+        ref_ins = [x.clone().requires_grad_() if x is not None else None for x in (wx, W, b, h0)]
+        h, hT = elman_linear_chunked(*ins, chunk=chunk)
+        hr, hTr = elman_scan_ref(*ref_ins, nonlinearity="linear")
+        assert rel_err(h, hr) < 1e-10 and rel_err(hT, hTr) < 1e-10
+        w1 = torch.randn(h.shape, generator=g, dtype=torch.float64)
+        w2 = torch.randn(hT.shape, generator=g, dtype=torch.float64)
+        got = torch.autograd.grad((h * w1).sum() + (hT * w2).sum(), [x for x in ins if x is not None])
+        want = torch.autograd.grad((hr * w1).sum() + (hTr * w2).sum(), [x for x in ref_ins if x is not None])
+        for a, r in zip(got, want):
+            assert rel_err(a, r) < 1e-9
+
+
+def test_fast_linear_falls_back_to_chunked_when_kernel_cannot_run(monkeypatch):
+    """Where the persistent kernel cannot hold W (or on CPU), fast_linear uses the chunked form."""
+    import elmanlab.ops.elman.fused as fused
+    from elmanlab.ops.elman.reference import elman_scan_ref
+    from conftest import rel_err
+
+    calls = []
+    import elmanlab.ops.elman.chunked as chunked
+    real = chunked.elman_linear_chunked
+    monkeypatch.setattr(chunked, "elman_linear_chunked", lambda *a, **k: calls.append(1) or real(*a, **k))
+    g = torch.Generator().manual_seed(0)
+    wx = torch.randn(2, 37, 16, generator=g)
+    W = torch.randn(16, 16, generator=g) * 0.1
+    h, hT = fused.fast_linear(wx, W, None, None)
+    hr, _ = elman_scan_ref(wx, W, None, None, "linear")
+    assert calls and rel_err(h, hr) < 1e-5

@@ -263,7 +263,8 @@ def fast_tanh(wx, W_h, b=None, h0=None):
 
 
 def fast_linear(wx, W_h, b=None, h0=None):
-    """FAST_IMPLS['linear']: the persistent kernel where it runs, else the reference loop."""
+    """FAST_IMPLS['linear']: the persistent kernel where it runs, else the chunked GEMM form."""
     if persistent_supported(wx):
         return elman_scan_backend(wx, W_h, b, h0, "linear", CudaBackend)
-    return elman_scan_ref(wx, W_h, b, h0, "linear")
+    from elmanlab.ops.elman.chunked import elman_linear_chunked
+    return elman_linear_chunked(wx, W_h, b, h0)
