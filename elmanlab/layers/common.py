@@ -98,11 +98,6 @@ def orthogonal_(weight: torch.Tensor, scale: float) -> torch.Tensor:
     return weight
 
 
-def minrnn_g(x: torch.Tensor) -> torch.Tensor:
-    """g(x) = x + 0.5 for x >= 0, sigmoid(x) otherwise (Feng et al.'s positive activation)."""
-    return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
-
-
 def inv_softplus(x: torch.Tensor) -> torch.Tensor:
     return x + torch.log(-torch.expm1(-x))
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch.nn as nn
 
 from elmanlab.layers.base import RecurrentLayer, d_inner_of
-from elmanlab.ops.scan import minrnn_coefficients, minrnn_scan
+from elmanlab.ops.scan import minrnn_scan
 
 
 @dataclass
@@ -61,14 +61,8 @@ class MinGRU(_MinRNN):
     description = "minGRU: h = (1 - z) h + z g(h~), parallel scan"
     n_proj = 2
 
-    def coefficients(self, p):
-        return minrnn_coefficients(p, "mingru")
-
 
 class MinLSTM(_MinRNN):
     name = "minlstm"
     description = "minLSTM: h = f' h + i' g(h~) with normalised gates, parallel scan"
     n_proj = 3
-
-    def coefficients(self, p):
-        return minrnn_coefficients(p, "minlstm")
