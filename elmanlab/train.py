@@ -37,8 +37,10 @@ import math
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -435,6 +437,8 @@ class _Trainer:
         self.final_loss = None
         self.nonfinite_total = 0
         self.nonfinite_run = 0
+        self.stop_requested = False                         # set by the first SIGINT (see train())
+        self.interrupt_saved = False
         self.timers = {"train_s": 0.0, "warmup_s": 0.0, "checkpoint_s": 0.0, "eval_s": 0.0, "wall_s": 0.0}
         self.interval = {"loss_sum": 0.0, "loss_n": 0, "tokens": 0, "time": 0.0}
         self.last_grad_norm = None
@@ -631,8 +635,12 @@ class _Trainer:
                        "[{elapsed}<{remaining}{postfix}]")
         status = "completed"
         first = True
+        old_handler = self._catch_sigint()
         try:
             while not self._stop_flag():
+                if self.stop_requested:
+                    status = "interrupted"
+                    break
                 t0 = time.perf_counter()
                 loss_v, gn_v = self._train_step()
                 if first and self.device.type == "cuda":
@@ -668,11 +676,33 @@ class _Trainer:
                     self.save_checkpoint()
         finally:
             bar.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
         if self.interval["time"] or self.interval["loss_n"]:
             self._log()
+        if status == "interrupted":                         # between two steps: a consistent state
+            self.save_checkpoint()
+            self.interrupt_saved = True
+            raise KeyboardInterrupt
         if cfg.checkpoint_every and status == "completed":
             self.save_checkpoint()                          # the end point, so the run can be extended
         return status
+
+    def _catch_sigint(self):
+        """The first SIGINT (Ctrl-C, or a study being stopped) ends training after the step in flight
+        and saves a checkpoint, so ``--resume`` continues exactly; a second one interrupts at once.
+        Single-process runs in the main thread only (DDP ranks keep the default behaviour)."""
+        if self.world > 1 or threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            if self.is_main:
+                sys.stderr.write("\ninterrupt: stopping after this step and saving a checkpoint "
+                                 "(interrupt again to stop at once)\n")
+        return signal.signal(signal.SIGINT, handler)
 
     def _postfix(self, loss_v: float) -> str:
         tps = self.tokens_per_s()
@@ -765,7 +795,7 @@ def _run(trainer: _Trainer) -> dict:
             trainer.fail(str(e))
         raise
     except KeyboardInterrupt:
-        if started and trainer.cfg.checkpoint_every:
+        if started and trainer.cfg.checkpoint_every and not trainer.interrupt_saved:
             with contextlib.suppress(Exception):
                 trainer.save_checkpoint()
         raise

@@ -11,7 +11,7 @@ if ! python3 -c "import fla, tilelang" 2>/dev/null; then
 fi
 echo "install: $(( $(date +%s) - t0 )) s"
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-    timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_baselines_gpu.py 2>&1 | tail -40 | tee "$out/gputests.log"
+    timeout ${TEST_SECONDS:-180} python3 -m pytest -q -p no:cacheprovider ${TESTS:-tests/test_baselines_gpu.py} 2>&1 | tail -40 | tee "$out/gputests.log"
     echo "tests done: $(( $(date +%s) - t0 )) s"
 fi
 timeout 60 python3 -m elmanlab doctor ${DOCTOR_ARGS:-} 2>&1 | tee "$out/doctor.log"

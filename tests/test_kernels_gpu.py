@@ -88,6 +88,26 @@ def _elman_case(B, T, D, dtype, nl, with_h0, with_b):
     _compare(out, ref, ins, ins64, TOL[dtype], f"elman {nl} B{B} T{T} D{D} {dtype}|wx,W_h,b,h0")
 
 
+@pytest.mark.parametrize("B,T,D,dtype", [(3, 77, 2272, torch.float32), (16, 513, 2304, torch.bfloat16)])
+def test_elman_linear_wider_than_persistent_uses_chunked(B, T, D, dtype):
+    """E42 at 400M+ (d_inner > 16 x SMs): elman_scan's linear fast path is the chunked GEMM form."""
+    from elmanlab.ops.elman import elman_scan
+    from elmanlab.ops.elman.reference import elman_scan_ref
+
+    g = _seed("chunked", B, T, D)
+    wx = torch.randn(B, T, D, device="cuda", generator=g)
+    W = torch.randn(D, D, device="cuda", generator=g)
+    W = W / torch.linalg.matrix_norm(W, ord=2) * 0.98                # E42's spectral clamp
+    b = torch.randn(D, device="cuda", generator=g) * 0.1
+    h0 = torch.randn(B, D, device="cuda", generator=g) * 0.5
+    ins = [x.to(dtype).requires_grad_() for x in (wx, W, b, h0)]
+    ins64 = [x.double().requires_grad_() for x in (wx, W, b, h0)]
+    out = elman_scan(*ins, nonlinearity="linear")
+    assert out[0].shape == (B, T, D)
+    _compare(out, elman_scan_ref(*ins64, nonlinearity="linear"), ins, ins64, TOL[dtype],
+             f"chunked linear B{B} T{T} D{D} {dtype}|wx,W_h,b,h0")
+
+
 def test_elman_cudnn_stepping_stone():
     from elmanlab.ops.elman.fused import elman_scan_cudnn
     from elmanlab.ops.elman.reference import elman_scan_ref

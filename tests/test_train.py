@@ -159,6 +159,38 @@ def test_kill_and_resume_matches_uninterrupted(text_file, tmp_path):
     assert all(torch.allclose(wa[k], wb[k], rtol=1e-6, atol=1e-7) for k in wb)
 
 
+def test_sigint_saves_a_checkpoint_and_resume_matches_uninterrupted(text_file, tmp_path):
+    """SIGINT (Ctrl-C, or a study stopped at a device-call limit) without --checkpoint-every: the step in
+    flight finishes, a checkpoint is written, the exit code is 130, and --resume ends where an
+    uninterrupted run ends."""
+    args = ["train", "e1", "--dim", 32, "--depth", 2, "--data", text_file, "--steps", 600, "--seq-len", 32,
+            "--batch-size", 4, "--lr", 3e-3, "--device", "cpu", "--no-progress", "--eval-bytes", 0,
+            "--log-every", 10]
+    ref = tmp_path / "ref"
+    cli(*args, "--out", ref)
+    run = tmp_path / "stopped"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "elmanlab", *map(str, args), "--out", str(run)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").is_file() or len((run / "metrics.jsonl").read_text().splitlines()) < 3:
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be interrupted"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "saving a checkpoint" in err and "Traceback" not in err
+    assert not (run / "summary.json").exists()
+    ckpts = sorted((run / "checkpoints").iterdir())
+    assert len(ckpts) == 1 and 30 <= int(ckpts[0].name[5:]) < 600
+    r = cli("train", "--resume", run, "--no-progress", "--json")
+    resumed = json.loads(r.stdout)
+    reference = json.loads((ref / "summary.json").read_text())
+    assert resumed["status"] == "completed" and resumed["steps"] == 600
+    assert abs(resumed["final_loss"] - reference["final_loss"]) <= 1e-6 * abs(reference["final_loss"])
+    assert resumed["data_fingerprint"] == reference["data_fingerprint"]
+
+
 def test_two_gloo_processes_match_one(text_file, tmp_path):
     common = ["e88", "--dim", 32, "--depth", 2, "--n-state", 8, "--n-heads", 4, "--data", text_file,
               "--steps", 20, "--seq-len", 32, "--batch-size", 8, "--lr", 3e-3, "--device", "cpu", "--no-progress",
