@@ -15,6 +15,13 @@ A study file (YAML) names a set of training runs::
     waves:                        # optional: successive groups, queued in this order
       - {name: wave1, grid: {model: [e88], n_state: [16, 32]}}
       - {name: wave2, train: {minutes: 30}, runs: [{model: e88, params: 100M, n_state: 48}]}
+      - {name: again, train: {seed: 43}, best_of: {wave: wave1, n: 2, metric: val_bpb, baseline: true}}
+
+A ``best_of`` wave repeats the ``n`` best finished runs of an earlier wave (lower metric is better,
+ties in file order; with ``baseline: true`` also the baseline's runs of that wave) with the wave's own
+train settings on top, as ``<run id>-<wave>``. It can only be expanded once that wave has finished in
+the output folder (``load_study(..., out=DIR)``); until then it is listed in ``Study.deferred`` and
+the Runner expands it when its queue has run dry.
 
 Each job becomes ``python -m elmanlab train ... --out DIR/<job id>`` in its own process. Jobs run
 one per GPU at a time (``CUDA_VISIBLE_DEVICES`` set per job), or in sequence on CPU. The study's
@@ -725,7 +732,8 @@ def _expand_best_of(wname, where, spec, own_train, wseeds, jobs, baseline, out, 
         if want_base and not base_runs and not any(is_base(j) for j in chosen):
             lines.append(f"warning: wave {wname}: the baseline {baseline} has no finished run in wave "
                          f"{src_wave} with a {metric}; not repeated")
-    new_jobs = []
+    new_jobs, same = [], []
+    known = {json.dumps(j.identity(), sort_keys=True): j.id for j in jobs if not j.id.startswith("\0")}
     for src in chosen + base_runs:
         for s in (wseeds or [None]):
             t = _merge_train(src.train, own_train)
@@ -734,12 +742,20 @@ def _expand_best_of(wname, where, spec, own_train, wseeds, jobs, baseline, out, 
                 t["seed"] = s
                 jid += f"-s{s}"
             jid = re.sub(r"[^A-Za-z0-9_.=+,-]", "_", jid)
-            new_jobs.append(dataclasses.replace(src, id=jid, where=f"{where}: best_of {src.id}", wave=wname,
-                                                options=dict(src.options), train=t, size=dict(src.size)))
+            job = dataclasses.replace(src, id=jid, where=f"{where}: best_of {src.id}", wave=wname,
+                                      options=dict(src.options), train=t, size=dict(src.size))
+            twin = known.get(json.dumps(job.identity(), sort_keys=True))
+            if twin is not None:            # the study already has this very run (e.g. that seed)
+                same.append(f"{jid} = {twin}")
+                continue
+            known[json.dumps(job.identity(), sort_keys=True)] = jid
+            new_jobs.append(job)
+    if same:
+        lines.append(f"wave {wname}: not run twice, the study already has them: {', '.join(same)}")
     record = {"from": src_wave, "n": n, "metric": metric, "baseline": want_base,
               "ranking": [{"id": j.id, metric: v} for v, _, j in ranking],
               "chosen": [j.id for j in chosen], "baseline_runs": [j.id for j in base_runs],
-              "not_ranked": skipped, "runs": [j.id for j in new_jobs]}
+              "not_ranked": skipped, "runs": [j.id for j in new_jobs], "already_in_study": same}
     return new_jobs, record, lines
 
 

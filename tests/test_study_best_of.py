@@ -239,3 +239,19 @@ def test_best_of_end_to_end(tmp_path, monkeypatch):
     res = write_report(out, None)
     rows = res["csv"].read_text()
     assert all(j["id"] in rows for j in state2["jobs"])
+
+
+def test_copy_identical_to_a_run_of_the_study_is_not_repeated(tmp_path):
+    p = write(tmp_path, """
+        train: {steps: 3, seed: 42}
+        waves:
+          - {name: fam, grid: {model: [e1, e33], params: [200K], seed: [42, 43]}}
+          - {name: again, train: {seed: 43}, best_of: {wave: fam, n: 2}}
+        """)
+    out = tmp_path / "out"
+    for rid, v in [("e1-200K-s42", 2.0), ("e1-200K-s43", 2.1), ("e33-200K-s42", 2.2), ("e33-200K-s43", 2.3)]:
+        fake_run(out, rid, val_bpb=v)
+    st = load_study(p, out=out)
+    assert [j.id for j in st.jobs if j.wave == "again"] == []
+    assert st.best_of["again"]["already_in_study"] == ["e1-200K-s42-again = e1-200K-s43",
+                                                       "e1-200K-s43-again = e1-200K-s43"]
