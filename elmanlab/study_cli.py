@@ -11,8 +11,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "study", help="run a study file: many training runs over GPUs, resumable",
         description="Run every job of a study file (YAML: name, baseline, train defaults, runs, grid, seeds, "
-                    "waves, best_of waves; see README 'Studies and reports'). Jobs run one per GPU at a time, each in its own "
-                    "`elmanlab train` process (in sequence on CPU); a failing job is recorded and the rest go on. "
+                    "waves, best_of waves; see README 'Studies and reports'). Jobs run one per GPU at a time, "
+                    "each in its own `elmanlab train` process (in sequence on CPU); a failing job is recorded and the rest go on. "
                     "Re-running skips every job whose summary.json exists, so an interrupted study resumes. "
                     "Ends by writing the report (see `elmanlab report`).")
     p.add_argument("study", help="the study file (YAML)")

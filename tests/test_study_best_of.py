@@ -151,7 +151,8 @@ def test_bad_best_of_whole_file(tmp_path):
         ("  - {name: again, train: {seed: 3}, best_of: {wave: fam, n: 1, baseline: true}}\n",
          "needs the study's `baseline:`"),
         ("  - {name: fam, train: {seed: 3}, best_of: {wave: fam, n: 1}}\n", "two waves are named 'fam'"),
-        ("  - {name: a, train: {seed: 3}, best_of: {wave: b, n: 1}}\n  - {name: b, grid: {model: [e1], params: [400K]}}\n",
+        ("  - {name: a, train: {seed: 3}, best_of: {wave: b, n: 1}}\n"
+         "  - {name: b, grid: {model: [e1], params: [400K]}}\n",
          "must name an earlier wave, got 'b'"),
     ]:
         with pytest.raises(ElmanlabError, match=None) as e:
