@@ -15,6 +15,13 @@ A study file (YAML) names a set of training runs::
     waves:                        # optional: successive groups, queued in this order
       - {name: wave1, grid: {model: [e88], n_state: [16, 32]}}
       - {name: wave2, train: {minutes: 30}, runs: [{model: e88, params: 100M, n_state: 48}]}
+      - {name: again, train: {seed: 43}, best_of: {wave: wave1, n: 2, metric: val_bpb, baseline: true}}
+
+A ``best_of`` wave repeats the ``n`` best finished runs of an earlier wave (lower metric is better,
+ties in file order; with ``baseline: true`` also the baseline's runs of that wave) with the wave's own
+train settings on top, as ``<run id>-<wave>``. It can only be expanded once that wave has finished in
+the output folder (``load_study(..., out=DIR)``); until then it is listed in ``Study.deferred`` and
+the Runner expands it when its queue has run dry.
 
 Each job becomes ``python -m elmanlab train ... --out DIR/<job id>`` in its own process. Jobs run
 one per GPU at a time (``CUDA_VISIBLE_DEVICES`` set per job), or in sequence on CPU. The study's
@@ -48,7 +55,9 @@ LOCK_FILE = ".study.lock"
 LOG_DIR = "logs"
 
 TOP_KEYS = ("name", "description", "baseline", "train", "runs", "grid", "seeds", "waves")
-WAVE_KEYS = ("name", "description", "train", "runs", "grid", "seeds")
+WAVE_KEYS = ("name", "description", "train", "runs", "grid", "seeds", "best_of")
+BEST_OF_KEYS = ("wave", "n", "metric", "baseline")
+BEST_OF_METRICS = ("val_bpb", "loss_last100")      # lower is better
 SIZE_KEYS = ("params", "dim", "depth", "mlp_ratio", "tie_embeddings")
 ENTRY_KEYS = ("model", "name", "options") + SIZE_KEYS
 # Train settings that do not change what a run computes: left out of job ids and of the check
@@ -197,6 +206,16 @@ class Study:
     baseline: str | None
     jobs: list[Job]
     description: str = ""
+    # best_of waves: the choice made per expanded wave, and those still waiting for their source wave
+    best_of: dict = field(default_factory=dict)
+    deferred: list = field(default_factory=list)
+    messages: list = field(default_factory=list)      # one line each: expansions and warnings
+    load_args: dict = field(default_factory=dict, repr=False)
+
+    def reload(self, out) -> "Study":
+        """The same study expanded again against ``out`` (deferred best_of waves whose source wave
+        has finished there become jobs). Uses the file as read the first time."""
+        return load_study(self.path, out=out, **self.load_args)
 
     def job(self, job_id: str) -> Job:
         for j in self.jobs:
@@ -461,10 +480,15 @@ def _seeds(value, where: str) -> list | None:
 
 
 def load_study(path, data: str | None = None, val_data: str | None = None,
-               flags: dict[str, Flag] | None = None) -> Study:
-    """Read, validate and expand a study file. Raises one clear ElmanlabError per problem."""
+               flags: dict[str, Flag] | None = None, out=None, retry_failed: bool = False,
+               _raw: dict | None = None) -> Study:
+    """Read, validate and expand a study file. Raises one clear ElmanlabError per problem.
+
+    ``out``: the study's output folder, read to expand ``best_of`` waves whose source wave has
+    finished there (the others are left in ``Study.deferred``). ``retry_failed``: failed runs of a
+    source wave count as unfinished (they are about to run again)."""
     path = Path(path)
-    raw = _load_yaml(path)
+    raw = _load_yaml(path) if _raw is None else _raw
     flags = train_flags() if flags is None else flags
     _check_keys(raw, TOP_KEYS, str(path), "top-level")
     name = raw.get("name", path.stem)
@@ -504,14 +528,32 @@ def load_study(path, data: str | None = None, val_data: str | None = None,
                 raise ElmanlabError(f"{where}: a wave is a mapping with runs and/or grid, got {w!r}")
             _check_keys(w, WAVE_KEYS, where, "wave")
             wname = str(w.get("name", f"wave{i + 1}"))
-            if w.get("runs") is None and w.get("grid") is None:
-                raise ElmanlabError(f"{where} ({wname}): a wave needs runs or a grid")
+            if w.get("best_of") is not None:
+                if w.get("runs") is not None or w.get("grid") is not None:
+                    raise ElmanlabError(f"{where} ({wname}): a wave has either best_of or runs/grid, not both; "
+                                        f"put the other runs in a wave of their own")
+                earlier = [wn for wn, _, _ in waves if wn is not None]
+                _check_best_of(w["best_of"], f"{where} ({wname})", earlier)
+            elif w.get("runs") is None and w.get("grid") is None:
+                raise ElmanlabError(f"{where} ({wname}): a wave needs runs or a grid (or best_of)")
+            if wname in [wn for wn, _, _ in waves]:
+                raise ElmanlabError(f"{where}: two waves are named {wname!r}; give each wave its own name")
             waves.append((wname, w, f"{where} ({wname})"))
     if not waves:
         raise ElmanlabError(f"{path}: the study has no runs; add `runs:`, `grid:` or `waves:`")
 
     jobs: list[Job] = []
+    best_of_waves: list[tuple[str, dict, str, dict, list | None]] = []
     for wname, block, where in waves:
+        if block is not raw and block.get("best_of") is not None:
+            # expanded below, once the baseline is known; a placeholder keeps the wave's place
+            own = train_block(block, where)
+            if not own and block.get("seeds") is None:
+                raise ElmanlabError(f"{where}: a best_of wave repeats the chosen runs with other settings; "
+                                    f"give it `train:` (e.g. {{seed: 43}}) or `seeds:`")
+            best_of_waves.append((wname, block, where, own, _seeds(block.get("seeds"), f"{where}: seeds")))
+            jobs.append(Job(f"\0best_of:{wname}", where, wname, "", None, None, None, 0.0, False, {}, {}))
+            continue
         wtrain = _merge_train(study_train, train_block(block, where) if block is not raw else {})
         seeds = _seeds(block.get("seeds"), f"{where}: seeds") if block is not raw else None
         seeds = seeds if seeds is not None else top_seeds
@@ -526,8 +568,44 @@ def load_study(path, data: str | None = None, val_data: str | None = None,
             entries += _expand_grid(block["grid"], f"{where}: grid" if block is not raw else "grid")
         for w, e in entries:
             jobs += _job_from_entry(e, w, wname, wtrain, seeds, study_train, flags)
-    if not jobs:
+    real = [j for j in jobs if not j.id.startswith("\0")]
+    if not real:
         raise ElmanlabError(f"{path}: the study expands to no runs; check runs and grid")
+    baseline = raw.get("baseline")
+    if baseline is not None:
+        baseline = str(baseline)
+        from elmanlab.layers import ALIASES
+        b = ALIASES.get(baseline.lower(), baseline.lower())
+        models = sorted({j.model for j in real})
+        if b in models:
+            baseline = b
+        elif baseline not in {j.id for j in real}:
+            raise ElmanlabError(f"{path}: baseline {baseline!r} is neither a model of this study "
+                                f"({', '.join(models)}) nor a run name")
+
+    # best_of waves: copies of the best finished runs of an earlier wave, known once it has finished
+    state = read_state(out) if out is not None and Path(out).is_dir() else None
+    if state is not None and state.get("name") != name:
+        state = None
+    best_of: dict = {}
+    deferred: list = []
+    messages: list = []
+    for wname, block, where, own, wseeds in best_of_waves:
+        spec = block["best_of"]
+        exp = _expand_best_of(wname, where, spec, own, wseeds, jobs, baseline, out, state, retry_failed)
+        i = next(k for k, j in enumerate(jobs) if j.id == f"\0best_of:{wname}")
+        if exp is None:
+            deferred.append({"wave": wname, "from": spec["wave"], "n": spec["n"],
+                             "metric": spec.get("metric", "val_bpb"), "baseline": bool(spec.get("baseline")),
+                             "line": _deferred_line(wname, spec)})
+            jobs[i:i + 1] = [dataclasses.replace(jobs[i], id=f"\0deferred:{wname}")]
+            continue
+        new_jobs, record, lines = exp
+        best_of[wname] = record
+        messages += lines
+        jobs[i:i + 1] = new_jobs
+    jobs = [j for j in jobs if not j.id.startswith("\0")]
+
     for j in jobs:                      # data paths: relative to the study file; they must exist
         for key in ("data", "val_data"):
             v = j.train.get(key)
@@ -552,19 +630,133 @@ def load_study(path, data: str | None = None, val_data: str | None = None,
         seen[j.id] = j
         unique.append(j)
 
-    baseline = raw.get("baseline")
-    if baseline is not None:
-        baseline = str(baseline)
-        from elmanlab.layers import ALIASES
-        b = ALIASES.get(baseline.lower(), baseline.lower())
-        models = sorted({j.model for j in unique})
-        if b in models:
-            baseline = b
-        elif baseline not in seen:
-            raise ElmanlabError(f"{path}: baseline {baseline!r} is neither a model of this study "
-                                f"({', '.join(models)}) nor a run name")
     desc = raw.get("description") or ""
-    return Study(name, str(path.resolve()), baseline, unique, str(desc).strip())
+    return Study(name, str(path.resolve()), baseline, unique, str(desc).strip(), best_of=best_of,
+                 deferred=deferred, messages=messages,
+                 load_args={"data": data, "val_data": val_data, "flags": flags, "_raw": raw})
+
+
+def _check_best_of(spec, where: str, earlier: list[str]) -> None:
+    if not isinstance(spec, dict):
+        raise ElmanlabError(f"{where}: best_of is a mapping such as {{wave: families, n: 2, metric: val_bpb, "
+                            f"baseline: true}}, got {spec!r}")
+    _check_keys(spec, BEST_OF_KEYS, f"{where}: best_of", "best_of")
+    src = spec.get("wave")
+    if src is None or str(src) not in earlier:
+        known = ", ".join(earlier) if earlier else "none: best_of needs a named wave before it"
+        raise ElmanlabError(f"{where}: best_of.wave must name an earlier wave, got {src!r}{_suggest(str(src), earlier)}"
+                            f" (earlier waves: {known})")
+    spec["wave"] = str(src)
+    n = spec.get("n")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ElmanlabError(f"{where}: best_of.n is how many runs to take, a positive integer, got {n!r}")
+    metric = spec.get("metric", "val_bpb")
+    if metric not in BEST_OF_METRICS:
+        raise ElmanlabError(f"{where}: best_of.metric must be one of {', '.join(BEST_OF_METRICS)} (lower is "
+                            f"better), got {metric!r}")
+    if not isinstance(spec.get("baseline", False), bool):
+        raise ElmanlabError(f"{where}: best_of.baseline is true or false, got {spec.get('baseline')!r}")
+
+
+def _deferred_line(wname: str, spec: dict) -> str:
+    n, metric = spec["n"], spec.get("metric", "val_bpb")
+    what = "the best run" if n == 1 else f"the {n} best"
+    return (f"wave {wname}: {what} of wave {spec['wave']} by {metric}"
+            + (" plus the baseline" if spec.get("baseline") else "")
+            + " (decided when that wave has finished)")
+
+
+def _source_status(out, job: Job, state: dict | None, retry_failed: bool) -> tuple[str, dict | None]:
+    """completed (with its summary), failed, or pending: a source run of a best_of wave."""
+    if out is None:
+        return "pending", None
+    st, _, summ = run_status(Path(out) / job.id)
+    if st == "completed":
+        return "completed", summ
+    if st != "absent":
+        return ("pending" if retry_failed else "failed"), None
+    # a run that failed before writing its summary is known from the study's state
+    for rec in (state or {}).get("jobs", []):
+        if rec.get("id") == job.id and rec.get("status") == "failed" and rec.get("in_study_file", True) \
+                and rec.get("spec_identity") == job.identity():
+            return ("pending" if retry_failed else "failed"), None
+    return "pending", None
+
+
+def _expand_best_of(wname, where, spec, own_train, wseeds, jobs, baseline, out, state, retry_failed):
+    """(jobs, record, message lines) of a best_of wave, or None while its source wave is unfinished."""
+    src_wave, n, metric = spec["wave"], spec["n"], spec.get("metric", "val_bpb")
+    if any(j.id == f"\0deferred:{src_wave}" for j in jobs):
+        return None                         # the source is itself a best_of wave still waiting
+    sources: list[Job] = []
+    for j in jobs:
+        if j.wave == src_wave and not j.id.startswith("\0") and j.id not in {s.id for s in sources}:
+            sources.append(j)
+    want_base = bool(spec.get("baseline"))
+    if want_base and baseline is None:
+        raise ElmanlabError(f"{where}: best_of.baseline: true needs the study's `baseline:`")
+    is_base = lambda j: baseline is not None and (j.model == baseline or j.id == baseline)  # noqa: E731
+    if want_base and sources and not any(is_base(j) for j in sources) and \
+            not any(j.wave == src_wave and j.id.startswith("\0best_of") for j in jobs):
+        raise ElmanlabError(f"{where}: best_of.baseline: true, but wave {src_wave} has no run of the baseline "
+                            f"{baseline}; set baseline: false or add it to that wave")
+    status = {}
+    for j in sources:
+        st, summ = _source_status(out, j, state, retry_failed)
+        if st == "pending":
+            return None
+        status[j.id] = (st, summ)
+    ranking, skipped = [], []
+    for i, j in enumerate(sources):
+        st, summ = status[j.id]
+        v = (summ or {}).get(metric)
+        if st == "completed" and isinstance(v, (int, float)) and not isinstance(v, bool) and v == v \
+                and abs(v) != float("inf"):
+            ranking.append((float(v), i, j))
+        else:
+            skipped.append(j.id if st == "completed" else f"{j.id} (failed)")
+    ranking.sort(key=lambda t: (t[0], t[1]))          # lower is better; ties: the file's order
+    chosen = [j for _, _, j in ranking[:n]]
+    base_runs = [j for _, _, j in ranking if want_base and is_base(j) and j not in chosen]
+    lines = []
+    if skipped:
+        lines.append(f"wave {wname}: not ranked (failed or no {metric}): {', '.join(skipped)}")
+    if not ranking:
+        lines.append(f"warning: wave {wname}: no run of wave {src_wave} finished with a {metric}, "
+                     f"so the wave has no runs")
+    else:
+        vals = {j.id: v for v, _, j in ranking}
+        lines.append(f"wave {wname}: best {n} of {src_wave} by {metric}: "
+                     + ", ".join(f"{j.id} ({vals[j.id]:.4g})" for j in chosen)
+                     + ("".join(f" + baseline {j.id}" for j in base_runs)))
+        if want_base and not base_runs and not any(is_base(j) for j in chosen):
+            lines.append(f"warning: wave {wname}: the baseline {baseline} has no finished run in wave "
+                         f"{src_wave} with a {metric}; not repeated")
+    new_jobs, same = [], []
+    known = {json.dumps(j.identity(), sort_keys=True): j.id for j in jobs if not j.id.startswith("\0")}
+    for src in chosen + base_runs:
+        for s in (wseeds or [None]):
+            t = _merge_train(src.train, own_train)
+            jid = f"{src.id}-{wname}"
+            if s is not None:
+                t["seed"] = s
+                jid += f"-s{s}"
+            jid = re.sub(r"[^A-Za-z0-9_.=+,-]", "_", jid)
+            job = dataclasses.replace(src, id=jid, where=f"{where}: best_of {src.id}", wave=wname,
+                                      options=dict(src.options), train=t, size=dict(src.size))
+            twin = known.get(json.dumps(job.identity(), sort_keys=True))
+            if twin is not None:            # the study already has this very run (e.g. that seed)
+                same.append(f"{jid} = {twin}")
+                continue
+            known[json.dumps(job.identity(), sort_keys=True)] = jid
+            new_jobs.append(job)
+    if same:
+        lines.append(f"wave {wname}: not run twice, the study already has them: {', '.join(same)}")
+    record = {"from": src_wave, "n": n, "metric": metric, "baseline": want_base,
+              "ranking": [{"id": j.id, metric: v} for v, _, j in ranking],
+              "chosen": [j.id for j in chosen], "baseline_runs": [j.id for j in base_runs],
+              "not_ranked": skipped, "runs": [j.id for j in new_jobs], "already_in_study": same}
+    return new_jobs, record, lines
 
 
 # ---------------------------------------------------------------- GPUs
@@ -835,7 +1027,28 @@ class Runner:
         created = (previous or {}).get("created") or _now()
         return {"name": self.study.name, "study_file": self.study.path, "description": self.study.description,
                 "baseline": self.study.baseline, "created": created, "updated": _now(),
-                "gpus": self.gpus or "cpu", "jobs": jobs}
+                "gpus": self.gpus or "cpu", "best_of": self.study.best_of,
+                "deferred": [{k: v for k, v in d.items() if k != "line"} for d in self.study.deferred],
+                "jobs": jobs}
+
+    def _expand_deferred(self) -> deque:
+        """Expand the study again against the output folder; the newly runnable jobs (and the
+        state merged with them). Records of runs already finished in this process are kept as they are."""
+        before = {r["id"]: r for r in self.state["jobs"] if r.get("in_study_file", True)}
+        study = self.study.reload(self.out)
+        new_lines = [m for m in study.messages if m not in self.study.messages]
+        self.study = study
+        state = self.plan(self.state)
+        state["jobs"] = [before[r["id"]] if r["id"] in before and r.get("in_study_file", True)
+                         and r["status"] in ("completed", "failed") else r for r in state["jobs"]]
+        state["created"] = self.state.get("created", state["created"])
+        self.state = state
+        self.save()
+        for m in new_lines:
+            self.echo(m)
+        todo = deque(r for r in self.state["jobs"] if r.get("in_study_file", True)
+                     and r["status"] not in ("completed", "failed") and r["id"] not in before)
+        return todo
 
     # -- running
     def run(self) -> dict:
@@ -861,17 +1074,38 @@ class Runner:
                       + (f" ({n_failed_before} failed earlier, not retried: use --retry-failed)"
                          if n_failed_before else "")
                       + f", {len(todo)} to run on {where}; state in {self.out / STATE_FILE}")
+            for m in self.study.messages:
+                self.echo(m)
+            for d in self.study.deferred:
+                self.echo(d["line"])
             self.total = total
             self.bar = tqdm(total=total, initial=done0, desc=self.study.name, unit="run",
                             file=sys.stderr, dynamic_ncols=True, leave=True)
-            threads = [threading.Thread(target=self._worker, args=(slot, todo), daemon=True)
-                       for slot in slots[:max(1, len(todo))]]
+            threads: list[threading.Thread] = []
             try:
-                for t in threads:
-                    t.start()
-                while any(t.is_alive() for t in threads):
+                while True:
+                    threads = [threading.Thread(target=self._worker, args=(slot, todo), daemon=True)
+                               for slot in slots[:len(todo)]]
                     for t in threads:
-                        t.join(timeout=0.2)
+                        t.start()
+                    while any(t.is_alive() for t in threads):
+                        for t in threads:
+                            t.join(timeout=0.2)
+                    if self.stop.is_set() or not self.study.deferred:
+                        break
+                    # waves that waited for others: decided now that those have finished
+                    n_deferred = len(self.study.deferred)
+                    todo = self._expand_deferred()
+                    if not todo and self.study.deferred and len(self.study.deferred) < n_deferred:
+                        continue                # a wave decided with no runs: those after it may follow
+                    if not todo:
+                        for d in self.study.deferred:
+                            self.echo(f"{d['line']}: still waiting, run the study again")
+                        break
+                    with self.lock:
+                        self.total += len(todo)
+                        self.bar.total = self.total
+                        self.bar.refresh()
             except KeyboardInterrupt:
                 self.stop.set()
                 with self.lock:

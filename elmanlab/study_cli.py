@@ -11,8 +11,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "study", help="run a study file: many training runs over GPUs, resumable",
         description="Run every job of a study file (YAML: name, baseline, train defaults, runs, grid, seeds, "
-                    "waves; see README 'Studies and reports'). Jobs run one per GPU at a time, each in its own "
-                    "`elmanlab train` process (in sequence on CPU); a failing job is recorded and the rest go on. "
+                    "waves, best_of waves; see README 'Studies and reports'). Jobs run one per GPU at a time, "
+                    "each in its own `elmanlab train` process (in sequence on CPU); a failing job is recorded and the rest go on. "
                     "Re-running skips every job whose summary.json exists, so an interrupted study resumes. "
                     "Ends by writing the report (see `elmanlab report`).")
     p.add_argument("study", help="the study file (YAML)")
@@ -27,7 +27,8 @@ def register(sub) -> None:
                    help="print the expanded jobs with their sizes and parameter counts; run nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: print the jobs as JSON")
     p.add_argument("--retry-failed", action="store_true",
-                   help="run failed jobs again (their old folders are kept as RUN.failed-N)")
+                   help="run failed jobs again (their old folders are kept as RUN.failed-N); a best_of wave "
+                        "over their wave is decided after they have run")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.set_defaults(func=cmd_study)
 
@@ -54,15 +55,18 @@ def _table(rows: list[dict], cols: list[str]) -> str:
 def cmd_study(args) -> int:
     from elmanlab.errors import ElmanlabError
     from elmanlab.study import Runner, check_out_dir, load_study, parse_gpus, plan_table
-    study = load_study(args.study, data=args.data, val_data=args.val_data)
-    gpus = parse_gpus(args.gpus)
     out = Path(args.out)
+    study = load_study(args.study, data=args.data, val_data=args.val_data, out=out,
+                       retry_failed=args.retry_failed)
+    gpus = parse_gpus(args.gpus)
     check_out_dir(out, study)
     if args.dry_run:
         rows = plan_table(study, out if out.exists() else None)
         if args.json:
             print_json({"name": study.name, "baseline": study.baseline, "gpus": gpus or "cpu",
-                        "jobs": [{**j.to_dict(), "status": r["status"]} for j, r in zip(study.jobs, rows)]})
+                        "jobs": [{**j.to_dict(), "status": r["status"]} for j, r in zip(study.jobs, rows)],
+                        "best_of": study.best_of,
+                        "deferred": [{k: v for k, v in d.items() if k != "line"} for d in study.deferred]})
             return 0
         data = study.jobs[0].train.get("data") if study.jobs else None
         print(f"study {study.name}: {len(study.jobs)} runs, baseline {study.baseline or '-'}, "
@@ -73,6 +77,8 @@ def cmd_study(args) -> int:
         if any(r["wave"] for r in rows):
             cols.insert(2, "wave")
         print(_table(rows, cols))
+        for line in study.messages + [d["line"] for d in study.deferred]:
+            print(line)
         return 0
     try:
         state = Runner(study, out, gpus, retry_failed=args.retry_failed).run()
