@@ -100,6 +100,15 @@ class Run:
             parts.append(k if v is True else f"no {k}" if v is False else f"{k}={_num(v)}")
         return " ".join(parts)
 
+    def active_options(self) -> dict:
+        """The options that had an effect (see RecurrentLayer.inactive_options)."""
+        try:
+            from elmanlab.layers import get_family
+            off = get_family(self.model).inactive_options(self.options)
+        except ElmanlabError:
+            off = set()
+        return {k: v for k, v in self.options.items() if k not in off}
+
     def nondefault_options(self) -> dict:
         try:
             from elmanlab.config import option_fields
@@ -469,7 +478,7 @@ class Report:
         for r in self.done:
             groups[(r.model, self.group_key(r))].append(r)
         for (model, gk), rs in groups.items():
-            keys = ["dim", "depth"] + sorted({k for r in rs for k in r.options}) + \
+            keys = ["dim", "depth"] + sorted({k for r in rs for k in r.active_options()}) + \
                 sorted({k for r in rs for k in r.train if k not in NOT_CONFIG and k not in ("steps", "minutes")})
             for k in keys:
                 vals = {json.dumps(_value(r, k), default=str) for r in rs}
@@ -820,7 +829,7 @@ def _value(r: Run, k: str):
     if k == "depth":
         return r.depth
     if k in r.options:
-        return r.options[k]
+        return r.active_options().get(k)
     return r.train.get(k)
 
 

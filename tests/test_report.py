@@ -177,6 +177,27 @@ def test_best_loss_by_swept_option_and_baseline_choice(tmp_path):
     assert "## Scaling" not in md
 
 
+def test_an_option_without_effect_is_not_a_swept_setting(tmp_path):
+    """E88's gate_activation only acts with use_gate: runs without a gate are not grouped under
+    its default (silu) as if they had a silu gate."""
+    root = tmp_path / "gates"
+    root.mkdir()
+    base = {"n_state": 32, "n_heads": 4}
+    make_run(root, "none-a", "e88", 500_000, 128, 4, final=1.60, options={**base, "use_gate": False,
+                                                                         "gate_activation": "silu"})
+    make_run(root, "none-b", "e88", 500_000, 128, 4, final=1.62, seed=43,
+             options={**base, "use_gate": False, "gate_activation": "silu"})
+    make_run(root, "silu", "e88", 500_000, 128, 4, final=1.50, options={**base, "use_gate": True,
+                                                                       "gate_activation": "silu"})
+    make_run(root, "sigmoid", "e88", 500_000, 128, 4, final=1.55,
+             options={**base, "use_gate": True, "gate_activation": "sigmoid"})
+    md = Report(root).markdown([])
+    sec = md.split("### Best loss by gate_activation")[1].split("###")[0]
+    rows = {ln.split("|")[3].strip(): ln for ln in sec.splitlines() if ln.startswith("| e88")}
+    assert set(rows) == {"-", "silu", "sigmoid"}
+    assert rows["silu"].split("|")[-2].strip() == "1" and rows["-"].split("|")[-2].strip() == "2"
+
+
 def test_study_state_failures_without_summary(tmp_path):
     root = tmp_path / "st"
     root.mkdir()

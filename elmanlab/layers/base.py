@@ -47,6 +47,12 @@ class RecurrentLayer(nn.Module):
     def conv_state_size(cls, dim: int, opts) -> int:
         return 0
 
+    @classmethod
+    def inactive_options(cls, values: dict) -> set[str]:
+        """Options that change nothing given the others (e.g. a gate's activation when there is no
+        gate): reports leave them out, so runs are not grouped by a setting that had no effect."""
+        return set()
+
     @staticmethod
     def check(cond: bool, msg: str) -> None:
         if not cond:

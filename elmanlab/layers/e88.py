@@ -95,6 +95,10 @@ class E88(RecurrentLayer):
         return self.out_proj(y.reshape(B, T, H * m).to(u.dtype)), (conv_state, S)
 
     @classmethod
+    def inactive_options(cls, values: dict) -> set[str]:
+        return set() if values.get("use_gate") else {"gate_activation"}
+
+    @classmethod
     def resolve(cls, dim, opts):
         cls.check(opts.n_state in SUPPORTED_N_STATE,
                   f"n_state {opts.n_state} is not supported; use one of {', '.join(map(str, SUPPORTED_N_STATE))}")
