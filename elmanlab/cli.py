@@ -118,6 +118,8 @@ def main(argv=None) -> None:
         sys.stderr.write(f"error: {e}\n")
         sys.exit(2)
     except KeyboardInterrupt:
+        import signal
+        signal.signal(signal.SIGINT, signal.SIG_IGN)    # exiting: a repeated interrupt has nothing left to stop
         sys.stderr.write("error: interrupted\n")
         sys.exit(130)
     sys.exit(rc or 0)

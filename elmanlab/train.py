@@ -438,6 +438,7 @@ class _Trainer:
         self.nonfinite_total = 0
         self.nonfinite_run = 0
         self.stop_requested = False                         # set by the first SIGINT (see train())
+        self.stop_requested_at = 0.0
         self.interrupt_saved = False
         self.timers = {"train_s": 0.0, "warmup_s": 0.0, "checkpoint_s": 0.0, "eval_s": 0.0, "wall_s": 0.0}
         self.interval = {"loss_sum": 0.0, "loss_n": 0, "tokens": 0, "time": 0.0}
@@ -676,7 +677,7 @@ class _Trainer:
                     self.save_checkpoint()
         finally:
             bar.close()
-            if old_handler is not None:
+            if old_handler is not None and not self.stop_requested:   # else kept: it absorbs the repeat
                 signal.signal(signal.SIGINT, old_handler)
         if self.interval["time"] or self.interval["loss_n"]:
             self._log()
@@ -690,15 +691,21 @@ class _Trainer:
 
     def _catch_sigint(self):
         """The first SIGINT (Ctrl-C, or a study being stopped) ends training after the step in flight
-        and saves a checkpoint, so ``--resume`` continues exactly; a second one interrupts at once.
+        and saves a checkpoint, so ``--resume`` continues exactly; a second one (2 s or more later)
+        interrupts at once.
         Single-process runs in the main thread only (DDP ranks keep the default behaviour)."""
         if self.world > 1 or threading.current_thread() is not threading.main_thread():
             return None
 
         def handler(signum, frame):
+            # A signal to a process group (Ctrl-C, `timeout`) reaches a study and its runs at once,
+            # and the study then forwards one more: a repeat within 2 s is that same request.
             if self.stop_requested:
-                raise KeyboardInterrupt
+                if time.monotonic() - self.stop_requested_at > 2.0:
+                    raise KeyboardInterrupt
+                return
             self.stop_requested = True
+            self.stop_requested_at = time.monotonic()
             if self.is_main:
                 sys.stderr.write("\ninterrupt: stopping after this step and saving a checkpoint "
                                  "(interrupt again to stop at once)\n")

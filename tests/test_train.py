@@ -160,8 +160,8 @@ def test_kill_and_resume_matches_uninterrupted(text_file, tmp_path):
 
 
 def test_sigint_saves_a_checkpoint_and_resume_matches_uninterrupted(text_file, tmp_path):
-    """SIGINT (Ctrl-C, or a study stopped at a device-call limit) without --checkpoint-every: the step in
-    flight finishes, a checkpoint is written, the exit code is 130, and --resume ends where an
+    """SIGINT (Ctrl-C, or a study stopped at a device-call limit; twice in quick succession, as a
+    process group and then the study deliver it) without --checkpoint-every: the step in flight finishes, a checkpoint is written, the exit code is 130, and --resume ends where an
     uninterrupted run ends."""
     args = ["train", "e1", "--dim", 32, "--depth", 2, "--data", text_file, "--steps", 600, "--seq-len", 32,
             "--batch-size", 4, "--lr", 3e-3, "--device", "cpu", "--no-progress", "--eval-bytes", 0,
@@ -177,6 +177,8 @@ def test_sigint_saves_a_checkpoint_and_resume_matches_uninterrupted(text_file, t
         assert proc.poll() is None and time.time() < deadline, "the run ended before it could be interrupted"
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGINT)
+    time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)    # as under `timeout` or Ctrl-C: the group's signal, then the study's
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "saving a checkpoint" in err and "Traceback" not in err
