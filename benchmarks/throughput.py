@@ -116,7 +116,7 @@ def markdown(result: dict) -> str:
              "| model | target | params | dim x depth | batch | tokens/s | MFU | step ms | peak GB | kernel path |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        path = result["paths"].get(r["model"], {}).get("path", "?")
+        path = r.get("path") or result["paths"].get(r["model"], {}).get("path", "?")
         if r["status"] != "ok":
             lines.append(f"| {r['model']} | {r['target']} | {r.get('params', 0) / 1e6:.0f}M | {r['dim']}x{r['depth']} "
                          f"| {r['batch']} | {r['status']} | | | | {path} |")
@@ -163,11 +163,13 @@ def main(argv=None) -> int:
               "seq_len": args.seq_len, "paths": paths, "rows": rows, "notes": notes}
     done = {(r["model"], r["target"], r["batch"]) for r in rows}
     for params in args.params.split(","):
+        paths_here = family_paths(params)                 # the path can depend on the size (E42)
         for fam in models:
             for batch in (int(b) for b in args.batch.split(",")):
                 if (fam, params, batch) in done:
                     continue
                 r = run_config(fam, params, batch, args.seq_len, args.warmup, args.steps)
+                r["path"] = paths_here[fam]["path"]
                 r["matmul_tflops"], r["warmup"], r["steps"] = round(peak / 1e12, 1), args.warmup, args.steps
                 if r["status"] == "ok":
                     r["mfu"] = round(6 * r["params"] * r["tokens_per_s"] / peak, 4)

@@ -60,19 +60,19 @@ def machine_info() -> dict:
     return info
 
 
-def _default_cfg(family: str):
+def _default_cfg(family: str, params: str = "400M"):
     from elmanlab.sizing import model_config
-    return model_config(family, params="400M")
+    return model_config(family, params=params)
 
 
-def _elman_path(family: str, linear: bool) -> dict:
+def _elman_path(family: str, linear: bool, params: str = "400M") -> dict:
     import torch
     from elmanlab.ops import elman as ops_elman
     from elmanlab.sizing import report
     key = "linear" if linear else "tanh"
     if key not in ops_elman.FAST_IMPLS:
         return {"path": "reference", "reason": f"no fast Elman kernel registered for {key}"}
-    d = report(_default_cfg(family)).d_inner
+    d = report(_default_cfg(family, params)).d_inner
     fused = sys.modules.get("elmanlab.ops.elman.fused")
     probe = getattr(fused, "persistent_supported", None)
     if probe is None:
@@ -86,12 +86,12 @@ def _elman_path(family: str, linear: bool) -> dict:
             "reason": f"persistent kernel not usable at d_inner {d}"}
 
 
-def _e88_path() -> dict:
+def _e88_path(params: str = "400M") -> dict:
     import torch
     from elmanlab.ops import e88 as ops_e88
     if "default" not in ops_e88.FAST_IMPLS:
         return {"path": "reference", "reason": "no fast E88 kernel registered"}
-    cfg = _default_cfg("e88")
+    cfg = _default_cfg("e88", params)
     n = cfg.options.n_state
     m = int(round(n * getattr(cfg.options, "expansion", 1.0)))
     fused = sys.modules.get("elmanlab.ops.e88.fused")
@@ -105,8 +105,8 @@ def _e88_path() -> dict:
     return {"path": "reference", "reason": f"E88 kernel does not support n {n}, m {m} here"}
 
 
-def family_paths() -> dict:
-    """family -> {'op', 'path', 'reason'} on this machine."""
+def family_paths(params: str = "400M") -> dict:
+    """family -> {'op', 'path', 'reason'} on this machine, at the family's sizes for ``params``."""
     import torch
     from elmanlab.ops import reference_forced
     out = {}
@@ -119,9 +119,9 @@ def family_paths() -> dict:
             continue
         try:
             if fam in ("e1", "e33", "e42"):
-                r = _elman_path(fam, fam == "e42")
+                r = _elman_path(fam, fam == "e42", params)
             elif fam == "e88":
-                r = _e88_path()
+                r = _e88_path(params)
             elif fam == "mamba2":
                 from elmanlab.ops.ssd import fast
                 r = fast.backend_info()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run (or resume) issue 7's study inside one device call, then pack its results (no checkpoints) into
-# OUTDIR/first-results.tar.gz. The study is stopped with SIGINT after SECONDS: the run in flight saves
+# OUTDIR/first-results.tar.gz (no weights, no checkpoints: a call returns at most 16 MiB a file). The
+# study is stopped with SIGINT after SECONDS (keep it 60 s under the call limit): the run in flight saves
 # a checkpoint and the next call resumes it (the machine keeps RUNS_DIR while it stays warm).
 #   usage: scripts/device-first-results.sh DATA_DIR RUNS_DIR OUTDIR SECONDS
 set -o pipefail
@@ -14,8 +15,8 @@ if [ ! -d "$runs" ] && [ -f .carry/first-results.tar.gz ]; then      # continue 
     mkdir -p "$(dirname "$runs")" && tar -C "$(dirname "$runs")" -xzf .carry/first-results.tar.gz
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-timeout -s INT -k 120 "$secs" python3 -m elmanlab study studies/first-results-100m.yaml \
+timeout -s INT -k 60 "$secs" python3 -m elmanlab study studies/first-results-100m.yaml \
     --data "$data/corpus-train.txt.zst" --val-data "$data/corpus-val.txt.zst" --out "$runs" --gpus 0
 echo "study exit code $?"
-tar -C "$(dirname "$runs")" -czf "$out/first-results.tar.gz" --exclude=checkpoints "$(basename "$runs")"
+tar -C "$(dirname "$runs")" -czf "$out/first-results.tar.gz" --exclude=checkpoints --exclude="*.safetensors" "$(basename "$runs")"
 ls -la "$out"
