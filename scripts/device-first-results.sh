@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run (or resume) issue 7's study inside one device call, then pack its results (no checkpoints) into
+# Run (or resume) issue 7's study inside one device call, then pack its results into
 # OUTDIR/first-results.tar.gz (no weights, no checkpoints: a call returns at most 16 MiB a file). The
 # study is stopped with SIGINT after SECONDS (keep it 60 s under the call limit): the run in flight saves
 # a checkpoint and the next call resumes it (the machine keeps RUNS_DIR while it stays warm).
