@@ -161,6 +161,34 @@ def test_elman_linear_chunked_equals_reference(T, chunk):
             assert rel_err(a, r) < 1e-9
 
 
+def test_elman_linear_chunked_bf16_within_training_tolerance():
+    """bf16 inputs (the training precision): powers of M are cast to bf16 for the within-chunk
+    GEMMs; output, state and every gradient stay within 1e-2 relative RMS of float64, at a width
+    and spectral radius like E42's."""
+    from elmanlab.ops.elman.chunked import elman_linear_chunked
+    from elmanlab.ops.elman.reference import elman_scan_ref
+    from conftest import rel_err
+
+    g = torch.Generator().manual_seed(5)
+    B, T, D = 2, 77, 192
+    W = torch.randn(D, D, generator=g, dtype=torch.float64)
+    W = W * (0.99 / torch.linalg.matrix_norm(W, ord=2))
+    wx, b, h0 = (torch.randn(B, T, D, generator=g, dtype=torch.float64),
+                 0.1 * torch.randn(D, generator=g, dtype=torch.float64),
+                 0.5 * torch.randn(B, D, generator=g, dtype=torch.float64))
+    ins = [x.to(torch.bfloat16).requires_grad_() for x in (wx, W, b, h0)]
+    ref_ins = [x.clone().requires_grad_() for x in (wx, W, b, h0)]
+    h, hT = elman_linear_chunked(*ins)
+    hr, hTr = elman_scan_ref(*ref_ins, nonlinearity="linear")
+    assert h.dtype == torch.bfloat16 and hT.dtype == torch.float32
+    assert rel_err(h, hr) < 1e-2 and rel_err(hT, hTr) < 1e-2
+    w1 = torch.randn(h.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad((h.double() * w1).sum(), ins)
+    want = torch.autograd.grad((hr * w1).sum(), ref_ins)
+    for name, a, r in zip(("wx", "W_h", "b", "h0"), got, want):
+        assert torch.isfinite(a).all() and rel_err(a, r) < 1e-2, name
+
+
 def test_fast_linear_falls_back_to_chunked_when_kernel_cannot_run(monkeypatch):
     """Where the persistent kernel cannot hold W (or on CPU), fast_linear uses the chunked form."""
     import elmanlab.ops.elman.fused as fused
