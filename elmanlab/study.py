@@ -53,6 +53,7 @@ from elmanlab.errors import ElmanlabError
 STATE_FILE = "study.json"
 LOCK_FILE = ".study.lock"
 LOG_DIR = "logs"
+INTERRUPT_GRACE_S = 300      # how long a stopped study waits for its runs to write their checkpoints
 
 TOP_KEYS = ("name", "description", "baseline", "train", "runs", "grid", "seeds", "waves")
 WAVE_KEYS = ("name", "description", "train", "runs", "grid", "seeds", "best_of")
@@ -1113,7 +1114,10 @@ class Runner:
                 for p in procs:                 # SIGINT first: train saves a checkpoint when it can
                     if p.poll() is None:
                         p.send_signal(signal.SIGINT)
-                deadline = time.time() + 60
+                if any(p.poll() is None for p in procs):
+                    self.echo(f"interrupted: waiting up to {INTERRUPT_GRACE_S} s for the runs in flight to save "
+                              f"a checkpoint (interrupt again to stop at once)")
+                deadline = time.time() + INTERRUPT_GRACE_S
                 for p in procs:
                     try:
                         p.wait(timeout=max(0.1, deadline - time.time()))

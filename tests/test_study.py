@@ -276,6 +276,47 @@ def test_tiny_study_end_to_end(tmp_path):
 
 
 @needs_train
+def test_interrupted_study_resumes_the_run_in_flight(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal or `timeout` sends it; the study then
+    forwards one more): the run in flight finishes its step and saves a checkpoint, the study records
+    it as interrupted, and the next invocation resumes it with `train --resume` to the full budget."""
+    import os
+    import signal
+    import time
+    data = tmp_path / "text.txt"
+    data.write_bytes((REPO / "README.md").read_bytes() * 20)
+    p = write(tmp_path, f"""
+        name: stop
+        train: {{steps: 4000, batch_size: 2, seq_len: 32, lr: 1e-3, seed: 1, eval_bytes: 0, log_every: 10,
+                 data: {data}}}
+        runs:
+          - {{model: e1, dim: 32, depth: 2, name: long}}
+        """)
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "elmanlab", "study", str(p), "--out", str(out), "--gpus", "cpu",
+                             "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    metrics = out / "long" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    st = json.loads((out / "study.json").read_text())
+    assert [j["status"] for j in st["jobs"]] == ["interrupted"]
+    ckpts = list((out / "long" / "checkpoints").iterdir())
+    assert len(ckpts) == 1 and 30 <= int(ckpts[0].name[5:]) < 4000
+    r = _study_cli(p, "--out", out, "--gpus", "cpu", "--no-report")
+    assert r.returncode == 0, r.stderr[-2000:]
+    summ = json.loads((out / "long" / "summary.json").read_text())
+    assert summ["status"] == "completed" and summ["steps"] == 4000
+    assert "train --resume" in (out / "logs" / "long.log").read_text()
+
+
+@needs_train
 @pytest.mark.slow
 def test_tiny_cpu_study_file(tmp_path):
     """The done-when check: studies/tiny-cpu.yaml (3 models x 2 sizes) runs, re-runs at once, reports."""
