@@ -55,6 +55,7 @@ class Run:
     scale: str = "-"
     scale_n: float = 0.0
     _metrics: list | None = None
+    metric: str = "loss_last100"          # what ``loss`` ranks by (set by Report)
 
     # summary values
     def get(self, key):
@@ -63,7 +64,8 @@ class Run:
 
     @property
     def loss(self):
-        return self.get("loss_last100")
+        """The ranking metric: last-100 training loss, or val bits/byte with ``--metric val_bpb``."""
+        return self.get(self.metric)
 
     @property
     def seed(self):
@@ -352,13 +354,29 @@ def loss_at(metrics: list[dict], key: str, limit: float, window: int = WINDOW) -
 
 # ---------------------------------------------------------------- the report
 
+# the metrics runs can be ranked by: (column label, unit); lower is better
+METRICS = {"loss_last100": ("loss last-100", "nats/byte", "loss"), "val_bpb": ("val bpb", "bits/byte", "val bpb")}
+
+
 class Report:
-    def __init__(self, root, baseline: str | None = None):
+    def __init__(self, root, baseline: str | None = None, metric: str = "loss_last100"):
         self.root = Path(root)
+        if metric not in METRICS:
+            raise ElmanlabError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        self.metric = metric
+        self.mlabel, self.munit, self.mshort = METRICS[metric]
         self.runs, self.state = collect_runs(self.root)
         if not self.runs:
             raise ElmanlabError(f"{self.root} holds no runs (no summary.json and no {STATE_FILE}); "
                                 f"give a study's --out folder")
+        for r in self.runs:
+            r.metric = metric
+        if metric != "loss_last100":
+            missing = [r.id for r in self.runs if r.status == "completed" and r.loss is None]
+            if missing:
+                raise ElmanlabError(f"{len(missing)} completed run(s) have no {metric} ({', '.join(missing[:5])}"
+                                    f"{', ...' if len(missing) > 5 else ''}): score them with `elmanlab eval RUN`, "
+                                    f"or rank by --metric loss_last100")
         self.done = [r for r in self.runs if r.status == "completed" and r.loss is not None]
         self.notok = [r for r in self.runs if r not in self.done]
         self.models = list(dict.fromkeys([r.model for r in self.runs]))
@@ -422,17 +440,20 @@ class Report:
     def section_ranked(self) -> str:
         bl = self.baseline or "baseline"
         has_val = any(r.get("val_bpb") is not None for r in self.done)
-        head = ["rank", "run", "model", "params", "config", "loss last-100"] + (["val bpb"] if has_val else []) + \
+        cols = [k for k in METRICS if k == self.metric] + [k for k in METRICS if k != self.metric
+                                                           and (k != "val_bpb" or has_val)]
+        head = ["rank", "run", "model", "params", "config"] + [METRICS[k][0] for k in cols] + \
                ["tok/s", "peak mem (GB)", "steps", "tokens", f"gap to {bl}"]
         rows = []
         for i, r in enumerate(self.ranked(), 1):
-            rows.append([i, r.id, r.model, _count(r.params), r.label(), _f(r.loss)]
-                        + ([_f(r.get("val_bpb"))] if has_val else [])
+            rows.append([i, r.id, r.model, _count(r.params), r.label()] + [_f(r.get(k)) for k in cols]
                         + [_int(r.get("tokens_per_s")), _f(r.get("peak_memory_gb"), 2), _int(r.get("steps")),
                            _count(r.get("tokens")), self._gap_str(r)])
-        note = (f"Lower is better. Gap = loss minus the mean loss of {bl} at the same scale"
-                + (" and budget" if len(self.budgets) > 1 else "") + " (nats/byte, and in %)."
-                if self.baseline else "No baseline model among the runs: no gap column values.")
+        note = (f"Ranked by {self.mlabel}; lower is better. Gap = {self.mlabel} minus the mean {self.mlabel} of "
+                f"{bl} at the same scale" + (" and budget" if len(self.budgets) > 1 else "")
+                + f" ({self.munit}, and in %)."
+                if self.baseline else f"Ranked by {self.mlabel}; lower is better. No baseline model among the "
+                                      f"runs: no gap column values.")
         return "## Ranked runs\n\n" + note + "\n\n" + md_table(head, rows)
 
     def _scale_rows(self):
@@ -445,7 +466,8 @@ class Report:
         models = [m for m in self.models if any(r.model == m for r in self.done)]
         out = []
         for title, getter, fmt in (
-                ("Scaling: loss last-100 (nats/byte; mean ± sd over seeds)", lambda r: r.loss, lambda v: _ms(v)),
+                (f"Scaling: {self.mlabel} ({self.munit}; mean ± sd over seeds)", lambda r: r.loss,
+                 lambda v: _ms(v)),
                 ("Scaling: throughput (tokens/s)", lambda r: r.get("tokens_per_s"),
                  lambda v: f"{statistics.fmean(v):,.0f}" if v else "-")):
             rows = []
@@ -469,7 +491,7 @@ class Report:
                          f"{second.model} {_f(second.loss)} ({second.loss - best.loss:+.4f})" if second else "-",
                          self._gap_str(best)])
         return "## Best model per scale\n\n" + md_table(
-            ["scale", "best model", "run", "loss last-100", "next other model", f"gap to {self.baseline or '-'}"], rows)
+            ["scale", "best model", "run", self.mlabel, "next other model", f"gap to {self.baseline or '-'}"], rows)
 
     def swept_keys(self) -> list[tuple[str, str, tuple]]:
         """(key, model, group) for every setting that takes several values within one model and group."""
@@ -506,9 +528,9 @@ class Report:
                     best = min(sel, key=lambda r: r.loss)
                     rows.append([m, self.group_name(gk), _num(json.loads(vj)) if vj != "null" else "-",
                                  _f(best.loss), best.id, _ms([r.loss for r in sel]), len(sel)])
-            out.append(f"### Best loss by {k}\n\n" + md_table(
-                ["model", "scale", k, "best loss", "best run", "mean ± sd", "runs"], rows))
-        return "## Best loss by swept setting\n\n" + "\n\n".join(out)
+            out.append(f"### Best {self.mshort} by {k}\n\n" + md_table(
+                ["model", "scale", k, f"best {self.mshort}", "best run", "mean ± sd", "runs"], rows))
+        return f"## Best {self.mshort} by swept setting\n\n" + "\n\n".join(out)
 
     def section_seeds(self) -> str:
         groups = defaultdict(list)
@@ -521,14 +543,15 @@ class Report:
         for g in sorted(multi, key=lambda g: statistics.fmean(r.loss for r in g)):
             losses = [r.loss for r in g]
             m, sd = _mean_sd(losses)
-            vb = [r.get("val_bpb") for r in g if r.get("val_bpb") is not None]
+            other = "val_bpb" if self.metric != "val_bpb" else "loss_last100"
+            vb = [r.get(other) for r in g if r.get(other) is not None]
             r0 = g[0]
             rows.append([r0.model, _count(r0.params), r0.label(), len(g), ", ".join(str(r.seed) for r in g),
                          _f(m), _f(sd), f"{min(losses):.4f} - {max(losses):.4f}", _ms(vb) if vb else "-"])
         return ("## Mean and spread over seeds\n\nSame configuration, different seeds: sd is the sample "
                 "standard deviation; compare it with the gaps above.\n\n"
-                + md_table(["model", "params", "config", "runs", "seeds", "mean loss", "sd", "range",
-                            "val bpb"], rows))
+                + md_table(["model", "params", "config", "runs", "seeds", f"mean {self.mshort}", "sd", "range",
+                            METRICS["val_bpb" if self.metric != "val_bpb" else "loss_last100"][0]], rows))
 
     def iso_tables(self) -> list[dict]:
         """Per group: the loss of each run at the token count / wall-clock the shortest run reached."""
@@ -690,7 +713,7 @@ class Report:
             written.append(_save(fig, outdir / f"{name}.png"))
         # loss and throughput vs parameters, one line per model (mean over seeds, bars = sd)
         for name, getter, ylabel, logy in (
-                ("loss_vs_params", lambda r: r.loss, "loss last-100 (nats/byte)", False),
+                ("loss_vs_params", lambda r: r.loss, f"{self.mlabel} ({self.munit})", False),
                 ("tokens_per_s_vs_params", lambda r: r.get("tokens_per_s"), "throughput (tokens/s)", True)):
             fig, ax = plt.subplots(figsize=(8, 6))
             mcolors = _colors(len(self.models))
@@ -817,8 +840,8 @@ class Report:
                 "markdown": md}
 
 
-def write_report(root, baseline: str | None = None) -> dict:
-    return Report(root, baseline).write()
+def write_report(root, baseline: str | None = None, metric: str = "loss_last100") -> dict:
+    return Report(root, baseline, metric).write()
 
 
 # ---------------------------------------------------------------- small helpers

@@ -41,6 +41,9 @@ def register(sub) -> None:
     p.add_argument("dir", help="a study's --out folder (or any folder holding run folders)")
     p.add_argument("--baseline", help="model (or run name) to measure gaps against (default: the study's "
                                       "baseline, else mamba2 or gdn when present)")
+    p.add_argument("--metric", default="loss_last100", choices=("loss_last100", "val_bpb"),
+                   help="what runs are ranked and compared by, lower is better: the last-100 training loss "
+                        "(nats/byte, the seeds' measure; default) or the held-out bits per byte (val_bpb)")
     p.add_argument("--quiet", action="store_true", help="print only the paths written")
     p.set_defaults(func=cmd_report)
 
@@ -104,7 +107,7 @@ def cmd_study(args) -> int:
 
 def cmd_report(args) -> int:
     from elmanlab.report import Report
-    rep = Report(args.dir, args.baseline)
+    rep = Report(args.dir, args.baseline, args.metric)
     res = rep.write()
     if not args.quiet and rep.done:
         print(rep.section_ranked())

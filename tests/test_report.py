@@ -198,6 +198,35 @@ def test_an_option_without_effect_is_not_a_swept_setting(tmp_path):
     assert rows["silu"].split("|")[-2].strip() == "1" and rows["-"].split("|")[-2].strip() == "2"
 
 
+def test_rank_by_held_out_bits_per_byte(tmp_path):
+    """--metric val_bpb: ranking, gaps, best per scale and the seed table use val bpb, which may order
+    runs differently from the training loss; a completed run without val_bpb is a clear error."""
+    root = tmp_path / "val"
+    root.mkdir()
+    make_run(root, "m-a", "mamba2", 500_000, 64, 4, final=1.20, val_bpb=1.80)
+    make_run(root, "m-b", "mamba2", 500_000, 64, 4, final=1.22, val_bpb=1.76, seed=43)
+    make_run(root, "e-a", "e88", 500_000, 64, 4, final=1.25, val_bpb=1.70, options={"n_state": 16, "n_heads": 4})
+    by_loss = Report(root).ranked()
+    assert [r.id for r in by_loss] == ["m-a", "m-b", "e-a"]
+    rep = Report(root, metric="val_bpb")
+    assert [r.id for r in rep.ranked()] == ["e-a", "m-b", "m-a"]
+    assert rep.gap(rep.ranked()[0])[0] == pytest.approx(1.70 - (1.80 + 1.76) / 2)
+    md = rep.markdown([])
+    ranked = md.split("## Ranked runs")[1].split("##")[0]
+    assert "Ranked by val bpb" in ranked and "| rank | run | model | params | config | val bpb | loss last-100 |" in ranked
+    assert "e88 | e-a | 1.7000" in md.split("## Best model per scale")[1]
+    assert "mean val bpb" in md
+    r = subprocess.run([sys.executable, "-m", "elmanlab", "report", str(root), "--metric", "val_bpb", "--quiet"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    make_run(root, "no-val", "e1", 500_000, 64, 4, final=1.3)
+    with pytest.raises(Exception, match="no val_bpb .*no-val.*elmanlab eval"):
+        Report(root, metric="val_bpb")
+    r = subprocess.run([sys.executable, "-m", "elmanlab", "report", str(root), "--metric", "bpb"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
 def test_study_state_failures_without_summary(tmp_path):
     root = tmp_path / "st"
     root.mkdir()
