@@ -437,8 +437,7 @@ class _Trainer:
         self.final_loss = None
         self.nonfinite_total = 0
         self.nonfinite_run = 0
-        self.stop_requested = False                         # set by the first SIGINT (see train())
-        self.stop_requested_at = 0.0
+        self.stop = {"requested": False, "at": 0.0}         # set by the first SIGINT (see _catch_sigint)
         self.interrupt_saved = False
         self.timers = {"train_s": 0.0, "warmup_s": 0.0, "checkpoint_s": 0.0, "eval_s": 0.0, "wall_s": 0.0}
         self.interval = {"loss_sum": 0.0, "loss_n": 0, "tokens": 0, "time": 0.0}
@@ -639,7 +638,7 @@ class _Trainer:
         old_handler = self._catch_sigint()
         try:
             while not self._stop_flag():
-                if self.stop_requested:
+                if self.stop["requested"]:
                     status = "interrupted"
                     break
                 t0 = time.perf_counter()
@@ -677,7 +676,7 @@ class _Trainer:
                     self.save_checkpoint()
         finally:
             bar.close()
-            if old_handler is not None and not self.stop_requested:   # else kept: it absorbs the repeat
+            if old_handler is not None and not self.stop["requested"]:   # else kept: it absorbs the repeat
                 signal.signal(signal.SIGINT, old_handler)
         if self.interval["time"] or self.interval["loss_n"]:
             self._log()
@@ -697,18 +696,18 @@ class _Trainer:
         if self.world > 1 or threading.current_thread() is not threading.main_thread():
             return None
 
+        stop = self.stop        # the handler may outlive the trainer: it holds this dict, not the model
+
         def handler(signum, frame):
             # A signal to a process group (Ctrl-C, `timeout`) reaches a study and its runs at once,
             # and the study then forwards one more: a repeat within 2 s is that same request.
-            if self.stop_requested:
-                if time.monotonic() - self.stop_requested_at > 2.0:
+            if stop["requested"]:
+                if time.monotonic() - stop["at"] > 2.0:
                     raise KeyboardInterrupt
                 return
-            self.stop_requested = True
-            self.stop_requested_at = time.monotonic()
-            if self.is_main:
-                sys.stderr.write("\ninterrupt: stopping after this step and saving a checkpoint "
-                                 "(interrupt again to stop at once)\n")
+            stop.update(requested=True, at=time.monotonic())
+            sys.stderr.write("\ninterrupt: stopping after this step and saving a checkpoint "
+                             "(interrupt again to stop at once)\n")
         return signal.signal(signal.SIGINT, handler)
 
     def _postfix(self, loss_v: float) -> str:
