@@ -596,31 +596,31 @@ class Report:
                 out.append(f"### Equal tokens: {gname}\n\nAll runs trained on the same number of tokens "
                            f"({_count(min(toks))}): the ranking above is the equal-token comparison.")
             else:
-                out.append(self._iso_tokens_table(tab, gname))
+                out.append(self._iso_table(tab, gname, "tokens"))
             if tab["time"] is not None and max(times) <= 1.02 * min(times):
                 out.append(f"### Equal time: {gname}\n\nAll runs trained for the same time "
                            f"({_dur(min(times))}): the ranking above is the equal-time comparison.")
             elif tab["time"] is not None:
-                out.append(self._iso_time_table(tab, gname))
+                out.append(self._iso_table(tab, gname, "time"))
         return "\n\n".join(out)
 
     @staticmethod
-    def _iso_tokens_table(tab, gname) -> str:
-        rows = sorted(tab["rows"], key=lambda x: (x["loss_at_tokens"] is None, x["loss_at_tokens"] or 0))
-        return (f"### Equal tokens: {gname}, at {_count(tab['tokens'])} tokens "
-                f"(reached by all; fewest: {tab['shortest_tokens']})\n\n" + md_table(
-                    ["rank", "run", "model", "params", "loss at equal tokens", "final loss", "tokens"],
-                    [[i, x["run"], x["model"], _count(x["params"]), _f(x["loss_at_tokens"]),
-                      _f(x["final"]), _count(x["tokens"])] for i, x in enumerate(rows, 1)]))
-
-    @staticmethod
-    def _iso_time_table(tab, gname) -> str:
-        rows = sorted(tab["rows"], key=lambda x: (x["loss_at_time"] is None, x["loss_at_time"] or 0))
-        return (f"### Equal time: {gname}, at {_dur(tab['time'])} of training "
-                f"(reached by all; shortest: {tab['shortest_time']})\n\n" + md_table(
-                    ["rank", "run", "model", "params", "loss at equal time", "final loss", "run time"],
-                    [[i, x["run"], x["model"], _count(x["params"]), _f(x["loss_at_time"]),
-                      _f(x["final"]), _dur(x["elapsed"])] for i, x in enumerate(rows, 1)]))
+    def _iso_table(tab, gname, what: str) -> str:
+        """The equal-tokens (``what`` = "tokens") or equal-time ("time") ranking of one group."""
+        key = "loss_at_tokens" if what == "tokens" else "loss_at_time"
+        rows = sorted(tab["rows"], key=lambda x: (x[key] is None, x[key] or 0))
+        if what == "tokens":
+            title = (f"### Equal tokens: {gname}, at {_count(tab['tokens'])} tokens "
+                     f"(reached by all; fewest: {tab['shortest_tokens']})")
+            last, amount = "tokens", lambda x: _count(x["tokens"])
+        else:
+            title = (f"### Equal time: {gname}, at {_dur(tab['time'])} of training "
+                     f"(reached by all; shortest: {tab['shortest_time']})")
+            last, amount = "run time", lambda x: _dur(x["elapsed"])
+        return title + "\n\n" + md_table(
+            ["rank", "run", "model", "params", f"loss at equal {what}", "final loss", last],
+            [[i, x["run"], x["model"], _count(x["params"]), _f(x[key]), _f(x["final"]), amount(x)]
+             for i, x in enumerate(rows, 1)])
 
     def section_failed(self) -> str:
         if not self.notok:
