@@ -574,7 +574,7 @@ class Report:
                 lt = loss_at(r.metrics(), "tokens", T)
                 le = loss_at(r.metrics(), "elapsed", t) if t is not None else None
                 rows.append({"run": r.id, "model": r.model, "params": r.params, "loss_at_tokens": lt,
-                             "loss_at_time": le, "final": r.loss, "tokens": r.metrics()[-1]["tokens"],
+                             "loss_at_time": le, "final": r.get("loss_last100"), "tokens": r.metrics()[-1]["tokens"],
                              "elapsed": r.metrics()[-1].get("elapsed")})
             out.append({"group": gk, "tokens": T, "time": t, "shortest_tokens": shortest_T,
                         "shortest_time": shortest_t, "rows": rows})
@@ -678,7 +678,7 @@ class Report:
                 ys = _smooth([m["loss"] for m in r.metrics()], steps,
                              window=max(1, min(WINDOW, steps[-1] // 20)))
                 if r.id in colors:
-                    ax.plot(xs, ys, color=colors[r.id], lw=1.4, label=f"{r.id} ({_f(r.loss, 3)})", zorder=3)
+                    ax.plot(xs, ys, color=colors[r.id], lw=1.4, label=f"{r.id} ({_f(r.get('loss_last100'), 3)})", zorder=3)
                 else:
                     others += 1
                     ax.plot(xs, ys, color="0.6", lw=0.7, alpha=0.6, zorder=2,
@@ -761,7 +761,7 @@ class Report:
                 ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 3, 5)))
                 ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: _count(v)))
                 ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            if not logy:
+            if not logy and self.metric == "loss_last100":      # nats -> bits; val bpb is in bits already
                 sec = ax.secondary_yaxis("right", functions=(lambda x: x / LN2, lambda x: x * LN2))
                 sec.set_ylabel("bits/byte")
             ax.grid(True, which="both", alpha=0.3)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from elmanlab.errors import ElmanlabError
 from elmanlab.report import Report, loss_at, write_report
 
 
@@ -216,11 +217,15 @@ def test_rank_by_held_out_bits_per_byte(tmp_path):
     assert "Ranked by val bpb" in ranked and "| rank | run | model | params | config | val bpb | loss last-100 |" in ranked
     assert "e88 | e-a | 1.7000" in md.split("## Best model per scale")[1]
     assert "mean val bpb" in md
+    # the training-curve tables keep training loss (nats/byte), whatever the ranking metric
+    for tab in rep.iso_tables():
+        assert all(x["final"] == pytest.approx(next(r for r in rep.runs if r.id == x["run"]).get("loss_last100"))
+                   for x in tab["rows"])
     r = subprocess.run([sys.executable, "-m", "elmanlab", "report", str(root), "--metric", "val_bpb", "--quiet"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     make_run(root, "no-val", "e1", 500_000, 64, 4, final=1.3)
-    with pytest.raises(Exception, match="no val_bpb .*no-val.*elmanlab eval"):
+    with pytest.raises(ElmanlabError, match="no val_bpb .*no-val.*elmanlab eval"):
         Report(root, metric="val_bpb")
     r = subprocess.run([sys.executable, "-m", "elmanlab", "report", str(root), "--metric", "bpb"],
                        capture_output=True, text=True)
