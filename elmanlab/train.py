@@ -439,6 +439,7 @@ class _Trainer:
         self.nonfinite_run = 0
         self.stop = {"requested": False, "at": 0.0}         # set by the first SIGINT (see _catch_sigint)
         self.interrupt_saved = False
+        self.between_steps = True                           # False while a step is half applied
         self.timers = {"train_s": 0.0, "warmup_s": 0.0, "checkpoint_s": 0.0, "eval_s": 0.0, "wall_s": 0.0}
         self.interval = {"loss_sum": 0.0, "loss_n": 0, "tokens": 0, "time": 0.0}
         self.last_grad_norm = None
@@ -601,7 +602,10 @@ class _Trainer:
         loss_v, gn_v = stats.tolist()
         if math.isfinite(loss_v) and math.isfinite(gn_v):
             if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+                if hasattr(torch.nn.utils, "clip_grads_with_norm_"):       # the norm is already known
+                    torch.nn.utils.clip_grads_with_norm_(self.params, cfg.grad_clip, gn)
+                else:
+                    torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
             self.optimizer.step()
             self.nonfinite_run = 0
         else:
@@ -642,6 +646,7 @@ class _Trainer:
                     status = "interrupted"
                     break
                 t0 = time.perf_counter()
+                self.between_steps = False
                 loss_v, gn_v = self._train_step()
                 if first and self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
@@ -662,6 +667,7 @@ class _Trainer:
                     self.timers["train_s"] += dt
                     self.interval["tokens"] += tokens_per_step
                     self.interval["time"] += dt
+                self.between_steps = True
                 bar.set_postfix_str(self._postfix(loss_v), refresh=False)
                 bar.update(1 if cfg.steps is not None else round(self.timers["train_s"]) - bar.n)
                 done_now = self._budget_done()
@@ -801,7 +807,7 @@ def _run(trainer: _Trainer) -> dict:
             trainer.fail(str(e))
         raise
     except KeyboardInterrupt:
-        if started and trainer.cfg.checkpoint_every and not trainer.interrupt_saved:
+        if started and trainer.cfg.checkpoint_every and not trainer.interrupt_saved and trainer.between_steps:
             with contextlib.suppress(Exception):
                 trainer.save_checkpoint()
         raise
@@ -849,12 +855,10 @@ def resume_training(run_dir: str | os.PathLike, steps: int | None = None, minute
     if checkpoint_every is not None:
         tc["checkpoint_every"] = checkpoint_every
     cfg = TrainConfig.from_dict(tc)
-    ckpts = list_checkpoints(run_dir)
-    if ckpts and (run_dir / "summary.json").is_file():
+    if (run_dir / "summary.json").is_file():
         done = read_json(run_dir / "summary.json")
-        last = int(ckpts[-1].name[5:])
-        if done.get("status") == "completed" and last == done.get("steps") and (
-                (cfg.steps is not None and last >= cfg.steps)
+        if done.get("status") == "completed" and (
+                (cfg.steps is not None and done.get("steps", 0) >= cfg.steps)
                 or (cfg.minutes is not None and steps is None and minutes is None)):
             return done                                    # nothing left to do
     trainer = _Trainer(cfg, resume_dir=run_dir)

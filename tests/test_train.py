@@ -191,6 +191,32 @@ def test_sigint_saves_a_checkpoint_and_resume_matches_uninterrupted(text_file, t
     assert resumed["status"] == "completed" and resumed["steps"] == 600
     assert abs(resumed["final_loss"] - reference["final_loss"]) <= 1e-6 * abs(reference["final_loss"])
     assert resumed["data_fingerprint"] == reference["data_fingerprint"]
+    # resuming the finished run again does nothing (its only checkpoint is the interrupt's)
+    before = (run / "metrics.jsonl").read_bytes()
+    again = json.loads(cli("train", "--resume", run, "--no-progress", "--json").stdout)
+    assert again["steps"] == 600 and (run / "metrics.jsonl").read_bytes() == before
+
+
+def test_interrupt_inside_a_step_saves_no_half_applied_checkpoint(text_file, tmp_path, monkeypatch):
+    """A KeyboardInterrupt that lands inside a step (after the optimizer update, before the step is
+    counted) must not checkpoint that half-applied state: resume starts from the last consistent one."""
+    import schedulefree
+    ref = run_training(cfg(text_file, tmp_path / "ref", steps=20, eval_bytes=0, checkpoint_every=5))
+    orig, calls = schedulefree.AdamWScheduleFree.step, {"n": 0}
+
+    def step(self, *a, **k):
+        r = orig(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return r
+    monkeypatch.setattr(schedulefree.AdamWScheduleFree, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg(text_file, tmp_path / "cut", steps=20, eval_bytes=0, checkpoint_every=5))
+    monkeypatch.setattr(schedulefree.AdamWScheduleFree, "step", orig)
+    assert sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()) == ["step_00000005"]
+    res = resume_training(tmp_path / "cut")
+    assert res["final_loss"] == ref["final_loss"] and res["data_fingerprint"] == ref["data_fingerprint"]
 
 
 def test_two_gloo_processes_match_one(text_file, tmp_path):
