@@ -593,7 +593,8 @@ def load_study(path, data: str | None = None, val_data: str | None = None,
     messages: list = []
     for wname, block, where, own, wseeds in best_of_waves:
         spec = block["best_of"]
-        exp = _expand_best_of(wname, where, spec, own, wseeds, jobs, baseline, out, state, retry_failed)
+        exp = _expand_best_of(wname, where, spec, own, wseeds, jobs, baseline, out, state, retry_failed,
+                              {b[0] for b in best_of_waves})
         i = next(k for k, j in enumerate(jobs) if j.id == f"\0best_of:{wname}")
         if exp is None:
             deferred.append({"wave": wname, "from": spec["wave"], "n": spec["n"],
@@ -684,7 +685,8 @@ def _source_status(out, job: Job, state: dict | None, retry_failed: bool) -> tup
     return "pending", None
 
 
-def _expand_best_of(wname, where, spec, own_train, wseeds, jobs, baseline, out, state, retry_failed):
+def _expand_best_of(wname, where, spec, own_train, wseeds, jobs, baseline, out, state, retry_failed,
+                    best_of_names=frozenset()):
     """(jobs, record, message lines) of a best_of wave, or None while its source wave is unfinished."""
     src_wave, n, metric = spec["wave"], spec["n"], spec.get("metric", "val_bpb")
     if any(j.id == f"\0deferred:{src_wave}" for j in jobs):
@@ -697,8 +699,8 @@ def _expand_best_of(wname, where, spec, own_train, wseeds, jobs, baseline, out, 
     if want_base and baseline is None:
         raise ElmanlabError(f"{where}: best_of.baseline: true needs the study's `baseline:`")
     is_base = lambda j: baseline is not None and (j.model == baseline or j.id == baseline)  # noqa: E731
-    if want_base and sources and not any(is_base(j) for j in sources) and \
-            not any(j.wave == src_wave and j.id.startswith("\0best_of") for j in jobs):
+    # (a best_of source wave holds whichever runs won: no baseline there is a warning below, not an error)
+    if want_base and sources and not any(is_base(j) for j in sources) and src_wave not in best_of_names:
         raise ElmanlabError(f"{where}: best_of.baseline: true, but wave {src_wave} has no run of the baseline "
                             f"{baseline}; set baseline: false or add it to that wave")
     status = {}
@@ -1041,8 +1043,7 @@ class Runner:
         self.study = study
         state = self.plan(self.state)
         state["jobs"] = [before[r["id"]] if r["id"] in before and r.get("in_study_file", True)
-                         and r["status"] in ("completed", "failed") else r for r in state["jobs"]]
-        state["created"] = self.state.get("created", state["created"])
+                         and before[r["id"]]["status"] in ("completed", "failed") else r for r in state["jobs"]]
         self.state = state
         self.save()
         for m in new_lines:
@@ -1095,10 +1096,7 @@ class Runner:
                     if self.stop.is_set() or not self.study.deferred:
                         break
                     # waves that waited for others: decided now that those have finished
-                    n_deferred = len(self.study.deferred)
                     todo = self._expand_deferred()
-                    if not todo and self.study.deferred and len(self.study.deferred) < n_deferred:
-                        continue                # a wave decided with no runs: those after it may follow
                     if not todo:
                         for d in self.study.deferred:
                             self.echo(f"{d['line']}: still waiting, run the study again")

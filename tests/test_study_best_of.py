@@ -256,3 +256,57 @@ def test_copy_identical_to_a_run_of_the_study_is_not_repeated(tmp_path):
     assert [j.id for j in st.jobs if j.wave == "again"] == []
     assert st.best_of["again"]["already_in_study"] == ["e1-200K-s42-again = e1-200K-s43",
                                                        "e1-200K-s43-again = e1-200K-s43"]
+
+
+def test_chained_best_of_without_the_baseline_in_its_source_is_a_warning(tmp_path):
+    """Which runs a best_of wave holds depends on the results: a later wave asking for the baseline
+    from it gets a warning when the baseline did not win, not an error after hours of runs."""
+    p = write(tmp_path, """
+        name: c
+        baseline: mamba2
+        train: {steps: 3, seed: 42}
+        waves:
+          - {name: fam, grid: {model: [mamba2, e1, e33], params: [200K]}}
+          - {name: a, train: {seed: 43}, best_of: {wave: fam, n: 1}}
+          - {name: b, train: {seed: 44}, best_of: {wave: a, n: 1, baseline: true}}
+        """)
+    out = tmp_path / "out"
+    for rid, v in (("mamba2-200K-s42", 2.5), ("e1-200K-s42", 2.0), ("e33-200K-s42", 2.2)):
+        fake_run(out, rid, val_bpb=v)
+    assert [d["wave"] for d in load_study(p, out=out).deferred] == ["b"]
+    fake_run(out, "e1-200K-s42-a", val_bpb=2.0)
+    st = load_study(p, out=out)
+    assert [j.id for j in st.jobs if j.wave == "b"] == ["e1-200K-s42-a-b"]
+    assert any(m.startswith("warning:") and "baseline mamba2" in m for m in st.messages)
+
+
+def test_retry_failed_keeps_a_run_that_failed_again_recorded_as_failed(tmp_path):
+    """--retry-failed with a best_of wave: a run that fails in this invocation stays `failed` in
+    study.json after the wave is expanded (not `pending`), so the study reports the failure."""
+    fake = tmp_path / "fakepy.py"
+    fake.write_text(f"#!{sys.executable}\n" + textwrap.dedent('''\
+        import json, os, sys
+        argv = sys.argv[1:]
+        out = argv[argv.index("--out") + 1]
+        os.makedirs(out, exist_ok=True)
+        name = os.path.basename(out)
+        failed = name.startswith("e1-") and "again" not in name
+        json.dump({"status": "failed" if failed else "completed", "val_bpb": 2.0 + len(name) / 100,
+                   "loss_last100": 1.0, "error": "boom" if failed else None},
+                  open(os.path.join(out, "summary.json"), "w"))
+        sys.exit(1 if failed else 0)
+        '''))
+    fake.chmod(0o755)
+    p = write(tmp_path, """
+        name: r
+        train: {steps: 3, seed: 42}
+        waves:
+          - {name: fam, grid: {model: [e1, e33], params: [200K]}}
+          - {name: again, train: {seed: 43}, best_of: {wave: fam, n: 1}}
+        """)
+    out = tmp_path / "out"
+    st = load_study(p, out=out, retry_failed=True)
+    runner = Runner(st, out, None, retry_failed=True, echo=lambda m: None, python=str(fake))
+    runner.run()
+    saved = {j["id"]: j["status"] for j in json.loads((out / "study.json").read_text())["jobs"]}
+    assert saved == {"e1-200K-s42": "failed", "e33-200K-s42": "completed", "e33-200K-s42-again": "completed"}
