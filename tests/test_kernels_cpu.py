@@ -205,3 +205,25 @@ def test_fast_linear_falls_back_to_chunked_when_kernel_cannot_run(monkeypatch):
     h, hT = fused.fast_linear(wx, W, None, None)
     hr, _ = elman_scan_ref(wx, W, None, None, "linear")
     assert calls and rel_err(h, hr) < 1e-5
+
+
+def test_a_failed_kernel_build_is_not_retried_on_every_call(monkeypatch, tmp_path):
+    """Where nvcc fails, the layers fall back to another path on every call: the build must be tried
+    once per process, not once per layer call."""
+    import torch
+    import elmanlab.ops.elman._build as build
+
+    calls = []
+
+    def no_nvcc():
+        calls.append(1)
+        raise build.KernelBuildError("nvcc not found")
+    monkeypatch.setattr(build, "find_nvcc", no_nvcc)
+    monkeypatch.setattr(build, "_FAILED", {})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: (9, 0))
+    src = tmp_path / "k.cu"
+    src.write_text("// kernel")
+    for _ in range(3):
+        with pytest.raises(build.KernelBuildError, match="nvcc not found"):
+            build.load_library(src, 0)
+    assert len(calls) == 1

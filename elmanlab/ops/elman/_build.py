@@ -18,6 +18,7 @@ from pathlib import Path
 
 _LOCK = threading.Lock()
 _LIBS: dict = {}
+_FAILED: dict = {}      # a build that failed is not tried again on every call (the layers fall back)
 
 
 class KernelBuildError(RuntimeError):
@@ -47,31 +48,42 @@ def load_library(source: Path, device_index: int) -> ctypes.CDLL:
     with _LOCK:
         if key_src in _LIBS:
             return _LIBS[key_src]
-        nvcc = find_nvcc()
-        text = source.read_bytes()
-        ver = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
-        digest = hashlib.sha256(text + arch.encode() + ver.encode()).hexdigest()[:16]
-        out_dir = cache_dir()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        lib_path = out_dir / f"{source.stem}-sm{arch}-{digest}.so"
-        if not lib_path.exists():
-            fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".so.tmp")
-            os.close(fd)
-            cmd = [nvcc, "-O3", "-std=c++17", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-shared",
-                   "-Xcompiler", "-fPIC", "-o", tmp, str(source)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                os.unlink(tmp)
-                raise KernelBuildError(f"nvcc failed on {source.name}:\n{proc.stderr[-4000:]}")
-            os.replace(tmp, lib_path)
+        if key_src in _FAILED:
+            raise _FAILED[key_src]
         try:
-            lib = ctypes.CDLL(str(lib_path))
-        except OSError as exc:
-            raise KernelBuildError(f"cannot load {lib_path}: {exc}") from exc
-        lib.elk_error_string.restype = ctypes.c_char_p
-        lib.elk_error_string.argtypes = [ctypes.c_int]
+            lib = _build_and_load(source, arch)
+        except KernelBuildError as exc:
+            _FAILED[key_src] = exc
+            raise
         _LIBS[key_src] = lib
         return lib
+
+
+def _build_and_load(source: Path, arch: str) -> ctypes.CDLL:
+    nvcc = find_nvcc()
+    text = source.read_bytes()
+    ver = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    digest = hashlib.sha256(text + arch.encode() + ver.encode()).hexdigest()[:16]
+    out_dir = cache_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lib_path = out_dir / f"{source.stem}-sm{arch}-{digest}.so"
+    if not lib_path.exists():
+        fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".so.tmp")
+        os.close(fd)
+        cmd = [nvcc, "-O3", "-std=c++17", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-shared",
+               "-Xcompiler", "-fPIC", "-o", tmp, str(source)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            os.unlink(tmp)
+            raise KernelBuildError(f"nvcc failed on {source.name}:\n{proc.stderr[-4000:]}")
+        os.replace(tmp, lib_path)
+    try:
+        lib = ctypes.CDLL(str(lib_path))
+    except OSError as exc:
+        raise KernelBuildError(f"cannot load {lib_path}: {exc}") from exc
+    lib.elk_error_string.restype = ctypes.c_char_p
+    lib.elk_error_string.argtypes = [ctypes.c_int]
+    return lib
 
 
 def check(lib: ctypes.CDLL, code: int, what: str) -> None:
