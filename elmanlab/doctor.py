@@ -77,6 +77,8 @@ def _elman_path(family: str, linear: bool, params: str = "400M") -> dict:
     probe = getattr(fused, "persistent_supported", None)
     if probe is None:
         return {"path": f"registered {ops_elman.FAST_IMPLS[key].__name__}", "reason": "no capability probe"}
+    if not linear and fused._impl_choice() == "cudnn":
+        return {"path": "cuDNN tanh RNN", "reason": "ELMANLAB_ELMAN_IMPL=cudnn"}
     wx = torch.empty(1, 1, d, device="cuda", dtype=torch.bfloat16)
     if probe(wx):
         return {"path": f"elmanlab persistent Elman CUDA kernel ({key})", "reason": f"d_inner {d} fits"}

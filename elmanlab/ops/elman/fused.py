@@ -248,7 +248,9 @@ def persistent_supported(wx) -> bool:
 def _impl_choice() -> str:
     choice = os.environ.get("ELMANLAB_ELMAN_IMPL", "auto")
     if choice not in ("auto", "persistent", "cudnn"):
-        raise ValueError(f"ELMANLAB_ELMAN_IMPL must be auto, persistent or cudnn, got {choice!r}")
+        from elmanlab.errors import ElmanlabError
+        raise ElmanlabError(f"ELMANLAB_ELMAN_IMPL must be auto, persistent or cudnn, got {choice!r}; "
+                            f"set one of those or unset it")
     return choice
 
 
