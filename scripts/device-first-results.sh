@@ -15,6 +15,7 @@ if [ ! -d "$runs" ] && [ -f .carry/first-results.tar.gz ]; then      # continue 
     mkdir -p "$(dirname "$runs")" && tar -C "$(dirname "$runs")" -xzf .carry/first-results.tar.gz
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+# -k 60: within a 600 s call the runs get 60 s (not the study's 300 s) to save their checkpoints
 timeout -s INT -k 60 "$secs" python3 -m elmanlab study studies/first-results-100m.yaml \
     --data "$data/corpus-train.txt.zst" --val-data "$data/corpus-val.txt.zst" --out "$runs" --gpus 0
 echo "study exit code $?"

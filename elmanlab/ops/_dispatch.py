@@ -7,7 +7,7 @@ import os
 import torch
 
 # Keep Triton autotune results on disk (read when a kernel module is imported), so that every
-# training process of a study does not tune mamba_ssm's, fla's and our Triton kernels again (about
+# training process of a study does not tune mamba_ssm's and fla's Triton kernels again (about
 # 2 minutes per process at 400M). TRITON_CACHE_AUTOTUNING=0 turns it off.
 os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
 
