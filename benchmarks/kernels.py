@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -230,10 +229,9 @@ def main(argv=None):
         payload = dict(gpu=gpu, torch=torch.__version__, T=T, dtype="bfloat16", reps=args.reps,
                        loop_reps=args.loop_reps, time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        rows=rows)
-        for path, text in ((out, json.dumps(payload, indent=1)), (out.with_suffix(".md"), table + "\n")):
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+        from elmanlab.study import atomic_write_text
+        atomic_write_text(out, json.dumps(payload, indent=1))
+        atomic_write_text(out.with_suffix(".md"), table + "\n")
         print(f"\nwrote {out} and {out.with_suffix('.md')}")
     return 0
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -94,7 +95,10 @@ def scaling(a, out: Path) -> list[dict]:
         for name, batch, nproc in ((f"1gpu-b{a.batch}", a.batch, 1), (f"{a.nproc}gpu-b{big}", big, a.nproc),
                                    (f"1gpu-b{big}", big, 1)):
             d = out / f"{model}-{name}"
+            if (d / "summary.json").exists() and summary(d).get("status") != "completed":
+                shutil.rmtree(d)                            # a failed or cut run: measure it again
             if not (d / "summary.json").exists():
+                shutil.rmtree(d, ignore_errors=True)        # a folder without a summary: train refuses it
                 print(f"  {model} {name} ...", flush=True)
                 env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, range(nproc)))} if a.device != "cpu" else {}
                 run(train_cmd(a, model, batch, d, nproc), out / f"{model}-{name}.log", env)
@@ -129,6 +133,7 @@ def study(a, out: Path) -> dict:
     res = {}
     for gpus in (",".join(map(str, range(a.nproc))), "0"):
         d = out / f"study-gpus-{gpus.replace(',', '')}"
+        shutil.rmtree(d, ignore_errors=True)                # timed from empty: a finished study returns at once
         cmd = [sys.executable, "-m", "elmanlab", "study", str(f), "--out", str(d), "--gpus", gpus, "--no-report"]
         if a.data:
             cmd += ["--data", a.data]
@@ -176,6 +181,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", help="training data (default: the embedded corpus)")
     p.add_argument("--skip-study", action="store_true", help="only the data-parallel part")
     a = p.parse_args(argv)
+    if a.nproc < 2:
+        p.error("--nproc must be at least 2 (it is compared with one process)")
     if a.device == "cuda":
         import torch
         if torch.cuda.device_count() < a.nproc:
@@ -184,15 +191,18 @@ def main(argv=None) -> int:
             return 2
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = scaling(a, out)
-    st = None if a.skip_study or a.device == "cpu" else study(a, out)
+    try:
+        rows = scaling(a, out)
+        st = None if a.skip_study or a.device == "cpu" else study(a, out)
+    except RuntimeError as e:                   # a run failed: its log tail, in one message
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     dev = device_name(a.device)
     text = table(rows, st, dev, a.batch, a.nproc)
     result = {"device": dev, "args": vars(a), "scaling": rows, "study": st}
-    tmp = out / "multigpu.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out / "multigpu.json")
-    (out / "multigpu.md").write_text(text + "\n")
+    from elmanlab.study import atomic_write_text
+    atomic_write_text(out / "multigpu.json", json.dumps(result, indent=2))
+    atomic_write_text(out / "multigpu.md", text + "\n")
     print(text)
     return 0
 

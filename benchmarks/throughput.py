@@ -93,12 +93,6 @@ def run_config(model: str, params: str, batch: int, seq_len: int, warmup: int, s
     return row
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def fmt_k(x):
     return f"{x / 1e3:.1f}K"
 
@@ -139,10 +133,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="output stem (default benchmarks/results/throughput-<gpu>)")
     ap.add_argument("--resume", action="store_true", help="keep the rows already in the JSON, run the rest")
     args = ap.parse_args(argv)
+    unknown = [m for m in args.models.split(",") if m and m not in ALL]
+    if unknown:
+        print(f"error: unknown --models {','.join(unknown)}; choose from {','.join(ALL)}", file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print("error: the throughput benchmark needs a CUDA GPU", file=sys.stderr)
         return 2
     from elmanlab.doctor import family_paths, machine_info
+    from elmanlab.study import atomic_write_text
     models = [m for m in args.models.split(",") if m]
     machine = machine_info()
     gpu_tag = machine["gpu"]["name"].split()[1].lower() if len(machine["gpu"]["name"].split()) > 1 else "gpu"
@@ -178,8 +177,8 @@ def main(argv=None) -> int:
                     f"{r['tokens_per_s'] / 1e3:8.1f}K tok/s  MFU {100 * r['mfu']:5.1f}%  {r['step_ms']:7.1f} ms  "
                     f"{r['peak_memory_gb']:6.1f} GB  (warm-up {r['warmup_s']} s)" if r["status"] == "ok" else r["status"]),
                     flush=True)
-                write_atomic(jpath, json.dumps(result, indent=1))
-                write_atomic(mpath, markdown(result))
+                atomic_write_text(jpath, json.dumps(result, indent=1))
+                atomic_write_text(mpath, markdown(result))
     print(markdown(result))
     return 0
 
