@@ -342,7 +342,11 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
         state = load_file(str(path))
     except Exception as e:  # noqa: BLE001 - corrupt or foreign file
         raise ElmanlabError(f"cannot read weights {path}: {e}") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:                              # a tensor of another shape
+        raise ElmanlabError(f"weights {path} do not match the model in config.json: "
+                            f"{str(e).splitlines()[-1].strip()}") from None
     if missing or unexpected:
         raise ElmanlabError(f"weights {path} do not match the model in config.json "
                             f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
@@ -512,18 +516,22 @@ class _Trainer:
             st = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001
             raise ElmanlabError(f"cannot read checkpoint {path}: {e}") from None
-        self.optimizer.load_state_dict(st["optimizer"])
-        with torch.no_grad():
-            own = self.model.state_dict()
-            for k, v in st["model_train"].items():
-                own[k].copy_(v)
-        self.step, self.tokens, self.fingerprint = st["step"], st["tokens"], st["fingerprint"]
-        self.losses.extend(st["losses"])
-        self.final_loss = st["final_loss"]
-        self.nonfinite_total, self.nonfinite_run = st["nonfinite_total"], st["nonfinite_run"]
-        self.warm_steps = st["warm_steps"]
-        self.timers.update(st["timers"])
-        self.interval.update(st["interval"])
+        try:
+            self.optimizer.load_state_dict(st["optimizer"])
+            with torch.no_grad():
+                own = self.model.state_dict()
+                for k, v in st["model_train"].items():
+                    own[k].copy_(v)
+            self.step, self.tokens, self.fingerprint = st["step"], st["tokens"], st["fingerprint"]
+            self.losses.extend(st["losses"])
+            self.final_loss = st["final_loss"]
+            self.nonfinite_total, self.nonfinite_run = st["nonfinite_total"], st["nonfinite_run"]
+            self.warm_steps = st["warm_steps"]
+            self.timers.update(st["timers"])
+            self.interval.update(st["interval"])
+        except (RuntimeError, KeyError, ValueError) as e:  # edited config.json, or a foreign state.pt
+            raise ElmanlabError(f"checkpoint {path} does not match the run's config.json "
+                                f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
         self.prior_wall = self.timers["wall_s"]
         torch.set_rng_state(st["rng_cpu"])
         if self.device.type == "cuda" and st["rng_cuda"]:

@@ -173,3 +173,17 @@ def test_train_help_explains_every_flag(capsys):
                  "--weight-decay", "--warmup-steps", "--grad-clip", "--seed", "--device", "--checkpoint-every",
                  "--resume", "--out", "--eval-bytes", "--compile"):
         assert flag in out
+
+
+def test_config_edited_after_training_is_one_line(text_file, tmp_path, capsys):
+    out = tmp_path / "edited"
+    code, _, _ = run(["train", "e1", *TINY, "--data", text_file, "--steps", "10", "--eval-bytes", "0",
+                      "--checkpoint-every", "5", "--out", out], capsys)
+    assert code == 0
+    conf = json.loads((out / "config.json").read_text())
+    conf["model"]["dim"] = 40
+    (out / "config.json").write_text(json.dumps(conf))
+    code, _, err = run(["eval", out, "--device", "cpu"], capsys)
+    assert code == 2 and "do not match the model in config.json" in err and "Traceback" not in err
+    code, _, err = run(["train", "--resume", out, "--steps", "15"], capsys)
+    assert code == 2 and "does not match the run's config.json" in err and "Traceback" not in err
