@@ -229,7 +229,7 @@ def main(argv=None):
         payload = dict(gpu=gpu, torch=torch.__version__, T=T, dtype="bfloat16", reps=args.reps,
                        loop_reps=args.loop_reps, time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        rows=rows)
-        from elmanlab.study import atomic_write_text
+        from elmanlab.fsutil import atomic_write_text
         atomic_write_text(out, json.dumps(payload, indent=1))
         atomic_write_text(out.with_suffix(".md"), table + "\n")
         print(f"\nwrote {out} and {out.with_suffix('.md')}")

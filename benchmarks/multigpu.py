@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     dev = device_name(a.device)
     text = table(rows, st, dev, a.batch, a.nproc)
     result = {"device": dev, "args": vars(a), "scaling": rows, "study": st}
-    from elmanlab.study import atomic_write_text
+    from elmanlab.fsutil import atomic_write_text
     atomic_write_text(out / "multigpu.json", json.dumps(result, indent=2))
     atomic_write_text(out / "multigpu.md", text + "\n")
     print(text)

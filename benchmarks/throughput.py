@@ -141,7 +141,7 @@ def main(argv=None) -> int:
         print("error: the throughput benchmark needs a CUDA GPU", file=sys.stderr)
         return 2
     from elmanlab.doctor import family_paths, machine_info
-    from elmanlab.study import atomic_write_text
+    from elmanlab.fsutil import atomic_write_text
     models = [m for m in args.models.split(",") if m]
     machine = machine_info()
     gpu_tag = machine["gpu"]["name"].split()[1].lower() if len(machine["gpu"]["name"].split()) > 1 else "gpu"

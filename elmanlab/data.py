@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from elmanlab.errors import ElmanlabError
+from elmanlab.fsutil import make_public
 
 EMBEDDED_CORPUS = "shakespeare.txt.zst"
 MAX_VAL_TAIL = 8 << 20          # the held-out tail is 10% of the file, at most 8 MiB
@@ -104,9 +105,7 @@ def decompressed_path(path: str | os.PathLike, progress: bool = True) -> Path:
             return target
         from tqdm import tqdm
         fd, tmp = tempfile.mkstemp(dir=cdir, prefix=f".{target.name}.", suffix=".tmp")
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        make_public(tmp)
         try:
             with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
                 try:

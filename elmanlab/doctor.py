@@ -173,7 +173,7 @@ def cmd_doctor(args) -> int:
     print("machine")
     print(f"  python        {info['python']}")
     print(f"  torch         {info['torch']} (CUDA {info['cuda'] or '-'})")
-    print(f"  GPU           " + (f"{g['name']} x{g['count']} ({g['capability']}, {g['sms']} SMs, "
+    print("  GPU           " + (f"{g['name']} x{g['count']} ({g['capability']}, {g['sms']} SMs, "
                                  f"{g['memory_gib']} GiB)" if g else "none"))
     for k, label in (("triton", "triton"), ("fla", "fla"), ("mamba_ssm", "mamba_ssm"), ("tilelang", "TileLang"),
                      ("schedulefree", "schedulefree"), ("nvcc", "nvcc")):

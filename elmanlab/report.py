@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from elmanlab.errors import ElmanlabError
-from elmanlab.study import LOG_DIR, STATE_FILE, atomic_write_text, read_json
+from elmanlab.fsutil import atomic_write_text
+from elmanlab.study import LOG_DIR, STATE_FILE, read_json_or_none
 
 LN2 = math.log(2.0)
 WINDOW = 100                       # steps averaged for the "last-100" style losses
@@ -223,7 +224,7 @@ def collect_runs(root) -> tuple[list[Run], dict | None]:
     root = Path(root)
     if not root.is_dir():
         raise ElmanlabError(f"{root} is not a folder; give the study's --out folder (or a folder of runs)")
-    state = read_json(root / STATE_FILE)
+    state = read_json_or_none(root / STATE_FILE)
     state = state if isinstance(state, dict) and isinstance(state.get("jobs"), list) else None
     jobs = {j.get("run_dir") or j.get("id"): j for j in (state or {}).get("jobs", []) if isinstance(j, dict)}
     runs: list[Run] = []
@@ -234,10 +235,10 @@ def collect_runs(root) -> tuple[list[Run], dict | None]:
         if any(ASIDE.search(part) for part in rdir.relative_to(root).parts) or \
                 rel.split("/")[0] in (LOG_DIR, "plots"):
             continue
-        summ = read_json(sp)
+        summ = read_json_or_none(sp)
         if not isinstance(summ, dict):
             continue
-        cfg = read_json(rdir / "config.json") or {}
+        cfg = read_json_or_none(rdir / "config.json") or {}
         cfg = cfg if isinstance(cfg, dict) else {}
         job = jobs.get(rel)
         model, dim, depth, options = _model_fields(summ, cfg)

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from elmanlab.errors import ElmanlabError
+from elmanlab.fsutil import atomic_write_json
 
 STATE_FILE = "study.json"
 LOCK_FILE = ".study.lock"
@@ -807,21 +808,7 @@ def parse_gpus(text: str | None, count: int | None = None) -> list[str] | None:
 
 # ---------------------------------------------------------------- files
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def read_json(path: Path):
+def read_json_or_none(path: Path):
     try:
         with open(path) as f:
             return json.load(f)
@@ -837,7 +824,7 @@ def read_state(out: Path) -> dict | None:
     p = Path(out) / STATE_FILE
     if not p.exists():
         return None
-    st = read_json(p)
+    st = read_json_or_none(p)
     if not isinstance(st, dict) or "jobs" not in st:
         raise ElmanlabError(f"{p} is not a study state file (unreadable JSON); move it away or use another --out")
     return st
@@ -911,7 +898,7 @@ class StudyLock:
 
 def run_status(run_dir: Path) -> tuple[str, str | None, dict | None]:
     """(status, reason, summary) of a run folder: completed, failed, stopped_nonfinite, or absent."""
-    s = read_json(Path(run_dir) / "summary.json")
+    s = read_json_or_none(Path(run_dir) / "summary.json")
     if not isinstance(s, dict):
         return "absent", None, None
     st = s.get("status") or "completed"

@@ -53,6 +53,8 @@ import torch
 from elmanlab.config import ModelConfig
 from elmanlab.data import fingerprint_update
 from elmanlab.errors import ElmanlabError
+from elmanlab.fsutil import atomic_write_json as write_json_atomic
+from elmanlab.fsutil import make_public as _public
 
 RUN_FORMAT = "elmanlab-run-v1"
 CHECKPOINT_DIR = "checkpoints"
@@ -138,32 +140,6 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------- small helpers
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def _public(path) -> None:
-    """mkstemp makes 0600 files; give results the usual permissions (0666 minus the umask)."""
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o666 & ~_UMASK)
-
-
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    _public(tmp)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
 
 def read_json(path: Path) -> dict:
     try:
@@ -478,8 +454,7 @@ class _Trainer:
         if final.exists():
             return
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
-        with contextlib.suppress(OSError):
-            os.chmod(tmp, 0o777 & ~_UMASK)
+        _public(tmp, directory=True)
         try:
             state = {
                 "format": RUN_FORMAT, "step": self.step, "tokens": self.tokens, "fingerprint": self.fingerprint,

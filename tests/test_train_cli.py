@@ -1,7 +1,6 @@
 """The train / eval / generate commands: output, and one clear line for each kind of bad input."""
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest

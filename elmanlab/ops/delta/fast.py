@@ -57,7 +57,7 @@ def backward_backend() -> tuple[bool, str]:
     try:
         from fla.ops.common.backends.tilelang import CommonTileLangBackend
         tl_ok = CommonTileLangBackend.is_available() and CommonTileLangBackend().is_enabled()
-    except Exception as e:  # fla's backend module itself failed to import
+    except Exception:  # fla's backend module itself failed to import
         tl_ok = False
     if tl_ok:
         import importlib.metadata as md

@@ -1,8 +1,6 @@
 """E88 matrix-state scan (delta rule, decay, tanh or linear state, optional output gate)."""
 from __future__ import annotations
 
-import torch
-
 from elmanlab.ops._dispatch import fast_path_enabled
 from elmanlab.ops.e88.reference import apply_gate, e88_scan_ref
 
