@@ -43,22 +43,13 @@ def stream_bytes(model, prompt: bytes, max_bytes: int, temperature: float = 0.8,
     gen.manual_seed(0 if seed is None else int(seed))
     model.eval()
     ctx = torch.tensor(list(prompt or b"\n"), dtype=torch.long, device=device)[None]
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
-    with amp:
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits, _, states = model(ctx, return_states=True)
         logits = logits[:, -1]
         for _ in range(max_bytes):
             b = _sample(logits, temperature, top_k, gen)
             yield b
             logits, states = model.step(torch.tensor([b], device=device), states)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def generate(model, prompt: bytes, max_bytes: int = 500, temperature: float = 0.8, top_k: int | None = None,

@@ -569,10 +569,7 @@ class _Trainer:
         win, offsets = self.sampler.batch(self.split.train, self.step, self.rows)
         x = torch.from_numpy(win).to(self.device, non_blocking=True).long()
         inp, tgt = x[:, :-1], x[:, 1:]
-        if self.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                _, loss = self.fwd(inp, tgt)
-        else:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             _, loss = self.fwd(inp, tgt)
         loss.backward()
         gn = _grad_norm(self.params).to(loss.device)
