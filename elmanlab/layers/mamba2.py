@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from elmanlab.layers.base import RecurrentLayer
-from elmanlab.layers.common import up, GatedRMSNorm, ShortConv, init_A_log, init_dt_bias
+from elmanlab.layers.common import up, GatedRMSNorm, ShortConv, init_A_log, init_dt_bias, fused_linear
 from elmanlab.ops._dispatch import fast_path_enabled
 from elmanlab.ops.ssd import ssd
 
@@ -43,7 +43,8 @@ class Mamba2Options:
     headdim: int = field(default=64, metadata={"help": "head dim P (n_heads = d_inner / headdim)"})
     ngroups: int = field(default=1, metadata={"help": "groups sharing B and C"})
     d_conv: int = field(default=4, metadata={"help": "causal conv kernel size"})
-    chunk_size: int = field(default=64, metadata={"help": "SSD chunk length"})
+    chunk_size: int = field(default=256, metadata={"help": "SSD chunk length (speed only: the result does not "
+                                                       "depend on it; mamba_ssm's Mamba2 default)"})
 
 
 class Mamba2(RecurrentLayer):
@@ -70,7 +71,7 @@ class Mamba2(RecurrentLayer):
     def forward(self, u, state=None):
         B, T, _ = u.shape
         conv_state, S0 = (None, None) if state is None else state
-        z, xBC, dt = self.in_proj(u).split([self.di, self.conv_dim, self.H], dim=-1)
+        z, xBC, dt = fused_linear(u, [self.in_proj.weight]).split([self.di, self.conv_dim, self.H], dim=-1)
         fast = fast_short_conv(self.conv, xBC, conv_state, "silu")
         if fast is None:
             xBC, conv_state = self.conv(xBC, conv_state)
@@ -78,10 +79,11 @@ class Mamba2(RecurrentLayer):
         else:
             xBC, conv_state = fast
         x, Bm, Cm = xBC.split([self.di, self.G * self.N, self.G * self.N], dim=-1)
-        dt = F.softplus(up(dt) + up(self.dt_bias))
         A = -torch.exp(up(self.A_log))
+        # step size softplus(dt + dt_bias), applied inside the SSD (in mamba_ssm's kernel on CUDA)
         y, S = ssd(x.reshape(B, T, self.H, self.P), dt, A, Bm.reshape(B, T, self.G, self.N),
-                   Cm.reshape(B, T, self.G, self.N), up(self.D), S0, self.opts.chunk_size)
+                   Cm.reshape(B, T, self.G, self.N), up(self.D), S0, self.opts.chunk_size,
+                   dt_bias=up(self.dt_bias), dt_softplus=True)
         y = y.reshape(B, T, self.di)
         yn = None
         if fast_path_enabled(y):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from elmanlab.ops._dispatch import fast_path_enabled
-from elmanlab.ops.ssd.reference import ssd_chunked, ssd_sequential
+from elmanlab.ops.ssd.reference import ssd_chunked, ssd_sequential, step_size
 
 from elmanlab.ops.ssd import fast as _fast
 
@@ -10,12 +10,17 @@ from elmanlab.ops.ssd import fast as _fast
 FAST_IMPLS: dict = {"default": _fast.ssd_fast}
 
 
-def ssd(x, dt, A, Bm, Cm, D=None, initial_state=None, chunk_size: int = 64):
-    """x [B,T,H,P], dt [B,T,H] (positive), A [H], Bm/Cm [B,T,G,N], D [H] -> (y, final_state [B,H,P,N])."""
+def ssd(x, dt, A, Bm, Cm, D=None, initial_state=None, chunk_size: int = 64, dt_bias=None,
+        dt_softplus: bool = False):
+    """x [B,T,H,P], dt [B,T,H], A [H], Bm/Cm [B,T,G,N], D [H] -> (y, final_state [B,H,P,N]).
+
+    The step size is softplus(dt + dt_bias) with ``dt_softplus`` (dt_bias [H] optional), else dt
+    itself (positive); the fast kernel applies the bias and softplus in its own float32 pass.
+    """
     impl = FAST_IMPLS.get("default")
     if impl is not None and fast_path_enabled(x):
-        return impl(x, dt, A, Bm, Cm, D, initial_state, chunk_size)
-    return ssd_chunked(x, dt, A, Bm, Cm, D, initial_state, chunk_size)
+        return impl(x, dt, A, Bm, Cm, D, initial_state, chunk_size, dt_bias, dt_softplus)
+    return ssd_chunked(x, step_size(dt, dt_bias, dt_softplus), A, Bm, Cm, D, initial_state, chunk_size)
 
 
-__all__ = ["ssd", "ssd_chunked", "ssd_sequential", "FAST_IMPLS"]
+__all__ = ["ssd", "ssd_chunked", "ssd_sequential", "step_size", "FAST_IMPLS"]

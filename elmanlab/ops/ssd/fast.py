@@ -60,16 +60,15 @@ def backend_info() -> dict:
     return {"path": NAME, "reason": "mamba_ssm Triton SSD importable"}
 
 
-def ssd_fast(x, dt, A, Bm, Cm, D=None, initial_state=None, chunk_size: int = 64):
+def ssd_fast(x, dt, A, Bm, Cm, D=None, initial_state=None, chunk_size: int = 64, dt_bias=None,
+             dt_softplus: bool = False):
     mods = _load()
-    if mods is None:
-        from elmanlab.ops.ssd.reference import ssd_chunked
-        return ssd_chunked(x, dt, A, Bm, Cm, D, initial_state, chunk_size)
-    if x.shape[1] == 0:
-        from elmanlab.ops.ssd.reference import ssd_chunked
-        return ssd_chunked(x, dt, A, Bm, Cm, D, initial_state, chunk_size)
+    if mods is None or x.shape[1] == 0:
+        from elmanlab.ops.ssd.reference import ssd_chunked, step_size
+        return ssd_chunked(x, step_size(dt, dt_bias, dt_softplus), A, Bm, Cm, D, initial_state, chunk_size)
     y, final = mods["ssd_combined"].mamba_chunk_scan_combined(
-        x, dt, A, Bm, Cm, chunk_size, D=D, initial_states=initial_state, return_final_states=True)
+        x, dt, A, Bm, Cm, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
+        initial_states=initial_state, return_final_states=True)
     return y, final
 
 

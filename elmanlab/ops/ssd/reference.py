@@ -24,6 +24,16 @@ def _expand_groups(M: torch.Tensor, H: int) -> torch.Tensor:
     return M.repeat_interleave(H // G, dim=2) if G != H else M
 
 
+def step_size(dt, dt_bias=None, softplus: bool = False):
+    """softplus(dt + dt_bias) in at least float32 (mamba_ssm's dt_softplus), or dt unchanged."""
+    if dt_bias is None and not softplus:
+        return dt
+    dt = dt if dt.dtype in (torch.float32, torch.float64) else dt.float()
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(dt.dtype)
+    return F.softplus(dt) if softplus else dt
+
+
 def ssd_sequential(x, dt, A, Bm, Cm, D=None, initial_state=None):
     Bsz, T, H, P = x.shape
     N = Bm.shape[-1]
