@@ -17,10 +17,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from elmanlab.layers.base import RecurrentLayer
-from elmanlab.layers.common import up, GatedRMSNorm, ShortConv, init_A_log, init_dt_bias
-from elmanlab.layers.mamba2 import fast_short_conv
+from elmanlab.layers.common import GatedRMSNorm, ShortConv, fused_linear, init_A_log, init_dt_bias
+from elmanlab.layers.mamba2 import conv_state_of
 from elmanlab.ops._dispatch import fast_path_enabled
-from elmanlab.ops.delta import gated_delta_rule
+from elmanlab.ops.delta import gdn
 
 
 @dataclass
@@ -62,35 +62,44 @@ class GDN(RecurrentLayer):
 
     def forward(self, u, state=None):
         B, T, _ = u.shape
+        H, dk, dv = self.H, self.dk, self.dv
+        K, V = H * dk, H * dv
         cq, ck, cv, S0 = (None, None, None, None) if state is None else state
-        q, k, v = self.q_proj(u), self.k_proj(u), self.v_proj(u)
-        if self.opts.use_short_conv:
-            fq = fast_short_conv(self.q_conv, q, cq, "silu")
-            if fq is not None:
-                (q, cq), (k, ck), (v, cv) = fq, fast_short_conv(self.k_conv, k, ck, "silu"), \
-                    fast_short_conv(self.v_conv, v, cv, "silu")
-            else:
+        fast = fast_path_enabled(u)
+        # the six input projections as one GEMM (q, k, v first: on CUDA their convs then run as one)
+        ws = [self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.a_proj.weight, self.b_proj.weight]
+        if self.g_proj is not None:
+            ws.append(self.g_proj.weight)
+        proj = fused_linear(u, ws)
+        qkv, a, b, gate = proj.split([2 * K + V, H, H, V if self.g_proj is not None else 0], dim=-1)
+        q, k, v = qkv.split([K, K, V], dim=-1)
+        y = None
+        if self.opts.use_short_conv and fast and state is None:     # fla's conv + SiLU, one call
+            from elmanlab.ops.delta.fast import short_conv_fast
+            y = short_conv_fast(qkv, torch.cat([self.q_conv.weight, self.k_conv.weight, self.v_conv.weight]),
+                                None, "silu")
+        if y is not None:
+            cq, ck, cv = (conv_state_of(t, self.opts.conv_size) for t in (q, k, v))
+            q, k, v = y.split([K, K, V], dim=-1)
+        else:
+            if self.opts.use_short_conv:
                 q, cq = self.q_conv(q, cq)
                 k, ck = self.k_conv(k, ck)
                 v, cv = self.v_conv(v, cv)
-                q, k, v = F.silu(q), F.silu(k), F.silu(v)
-        else:
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
-        q = F.normalize(q.reshape(B, T, self.H, self.dk), dim=-1)
-        k = F.normalize(k.reshape(B, T, self.H, self.dk), dim=-1)
-        v = v.reshape(B, T, self.H, self.dv)
-        beta = torch.sigmoid(up(self.b_proj(u)))
-        g = -torch.exp(up(self.A_log)) * F.softplus(up(self.a_proj(u)) + up(self.dt_bias))
-        o, S = gated_delta_rule(q, k, v, g, beta, self.dk ** -0.5, S0)
-        o = o.to(u.dtype)
-        gate = None if self.g_proj is None else self.g_proj(u).reshape(B, T, self.H, self.dv)
-        on = None
-        if gate is not None and fast_path_enabled(o):
-            from elmanlab.ops.delta.fast import rms_norm_gated_fast
-            on = rms_norm_gated_fast(o.reshape(-1, self.dv), gate.reshape(-1, self.dv),
-                                     self.o_norm.weight, self.o_norm.eps)
-        o = self.o_norm(o, gate, gate_after=True) if on is None else on.reshape(B, T, self.H, self.dv)
-        return self.o_proj(o.reshape(B, T, self.H * self.dv)), (cq, ck, cv, S)
+        o, S = gdn(q.reshape(B, T, H, dk), k.reshape(B, T, H, dk), v.reshape(B, T, H, dv), a, b,
+                   self.A_log, self.dt_bias, dk ** -0.5, S0)
+        if self.g_proj is None:
+            o = self.o_norm(o)
+        else:
+            gate = gate.reshape(B, T, H, dv)
+            on = None
+            if fast:
+                from elmanlab.ops.delta.fast import rms_norm_gated_fast
+                on = rms_norm_gated_fast(o.reshape(-1, dv), gate.reshape(-1, dv), self.o_norm.weight,
+                                         self.o_norm.eps)
+            o = self.o_norm(o.to(gate.dtype), gate, gate_after=True) if on is None else on.reshape(B, T, H, dv)
+        return self.o_proj(o.reshape(B, T, V)), (cq, ck, cv, S)
 
     @classmethod
     def resolve(cls, dim, opts):

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from elmanlab.ops._dispatch import fast_path_enabled
-from elmanlab.ops.delta.reference import gated_delta_rule_chunked, gated_delta_rule_recurrent
+from elmanlab.ops.delta.reference import gated_delta_rule_chunked, gated_delta_rule_recurrent, gdn_inputs
 
 from elmanlab.ops.delta import fast as _fast
 
 # CUDA fast path; it imports its kernel library on the first CUDA call (see fast.py).
-FAST_IMPLS: dict = {"default": _fast.gated_delta_rule_fast}
+FAST_IMPLS: dict = {"default": _fast.gated_delta_rule_fast, "gdn": _fast.gdn_fast}
 
 
 def gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None):
@@ -18,4 +18,17 @@ def gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None):
     return gated_delta_rule_chunked(q, k, v, g, beta, scale, initial_state)
 
 
-__all__ = ["gated_delta_rule", "gated_delta_rule_chunked", "gated_delta_rule_recurrent", "FAST_IMPLS"]
+def gdn(q, k, v, a, b, A_log, dt_bias, scale=None, initial_state=None):
+    """The gated delta rule from Gated DeltaNet's raw layer outputs (see ``gdn_inputs``): q, k
+    [B,T,H,K] before L2 normalisation, v [B,T,H,V], a (decay logits) and b (beta logits) [B,T,H],
+    A_log, dt_bias [H] -> (o [B,T,H,V], state [B,H,K,V]). On CUDA fla applies the normalisation, the
+    decay and the sigmoid inside its kernels."""
+    impl = FAST_IMPLS.get("gdn")
+    if impl is not None and fast_path_enabled(q):
+        return impl(q, k, v, a, b, A_log, dt_bias, scale, initial_state)
+    qn, kn, g, beta = gdn_inputs(q, k, a, b, A_log, dt_bias)
+    return gated_delta_rule_chunked(qn, kn, v, g, beta, scale, initial_state)
+
+
+__all__ = ["gated_delta_rule", "gated_delta_rule_chunked", "gated_delta_rule_recurrent", "gdn", "gdn_inputs",
+           "FAST_IMPLS"]

@@ -104,6 +104,38 @@ def gated_delta_rule_fast(q, k, v, g, beta, scale=None, initial_state=None):
     return o, S
 
 
+def _fused_inputs_supported(fn) -> bool:
+    """fla >= 0.6's chunk_gated_delta_rule takes the decay / beta transforms (earlier ones would
+    swallow the keywords); the L2 normalisation in the kernel is older."""
+    import inspect
+    return "use_beta_sigmoid_in_kernel" in inspect.signature(fn).parameters
+
+
+def gdn_fast(q, k, v, a, b, A_log, dt_bias, scale=None, initial_state=None):
+    """Gated DeltaNet's rule from raw inputs (ops.delta.gdn) through fla, transforms in its kernels."""
+    from elmanlab.ops.delta.reference import gated_delta_rule_chunked, gdn_inputs
+    fla = _load()
+    if fla is None or q.shape[1] == 0:
+        qn, kn, g, beta = gdn_inputs(q, k, a, b, A_log, dt_bias)
+        return gated_delta_rule_chunked(qn, kn, v, g, beta, scale, initial_state)
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, a, b, A_log, dt_bias, initial_state))
+    if needs_grad:
+        ok, what = backward_backend()
+        if not ok:
+            raise ElmanlabError(f"Gated DeltaNet cannot train on this machine: {what}")
+    dt = next((t.dtype for t in (v, q, k) if t.dtype in (torch.bfloat16, torch.float16)), q.dtype)
+    q, k, v = q.to(dt), k.to(dt), v.to(dt)
+    fn = fla["chunk_gated_delta_rule"]
+    if fla.setdefault("fused_inputs", _fused_inputs_supported(fn)):
+        return fn(q, k, v, a, b, scale=scale, initial_state=initial_state, output_final_state=True,
+                  use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, A_log=A_log, dt_bias=dt_bias,
+                  use_beta_sigmoid_in_kernel=True)
+    _, _, g, beta = gdn_inputs(q[..., :1], k[..., :1], a, b, A_log, dt_bias)
+    return fn(q, k, v, g.float(), beta.to(dt), scale=scale, initial_state=initial_state,
+              output_final_state=True, use_qk_l2norm_in_kernel=True)
+
+
 def short_conv_fast(x, weight, bias, activation: str | None):
     """Causal depthwise conv (weight [C, 1, K]) on x [B, T, C] with optional SiLU, fla's Triton
     kernel; no initial state (training / prefill). None when fla is not usable."""
