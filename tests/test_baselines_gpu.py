@@ -23,14 +23,24 @@ def _leaf(t, dtype):
     return t.detach().to(dtype).requires_grad_(True)
 
 
-def _check(rel, name, outs, refs, tol=TOL):
+# Gradients of the per-head scalars (A_log, dt_bias) of a whole layer are sums over batch, time and
+# channels with heavy cancellation, so their relative error is several times that of the other
+# gradients. Measured on an H200 (2026-11-25): GDN float32 1.5-1.9e-2 (decay computed inside fla's
+# kernel; every other gradient about 1e-3), Mamba2 bf16 2.2-3.6e-2 (others 5e-3 to 1.2e-2).
+PER_HEAD = {"A_log": 6e-2, "dt_bias": 6e-2}
+
+
+def _check(rel, name, outs, refs, tol=TOL, loose=None):
     errs = {}
     for key, o in outs.items():
         r = refs[key]
         assert o is not None and r is not None, f"{name}: missing {key}"
         assert torch.isfinite(o.float()).all(), f"{name}: {key} has non-finite values"
         errs[key] = rel(o, r)
-    bad = {k: f"{v:.2e}" for k, v in errs.items() if not v <= tol}
+
+    def limit(key):
+        return next((t for part, t in (loose or {}).items() if key.endswith(part)), tol)
+    bad = {k: f"{v:.2e}" for k, v in errs.items() if not v <= limit(k)}
     assert not bad, f"{name}: relative RMS error above {tol}: {bad} (all: { {k: f'{v:.1e}' for k, v in errs.items()} })"
     return errs
 
@@ -50,9 +60,11 @@ def _run(fn, inputs, names, dtype, grads_out):
 
 # ------------------------------------------------------------------ SSD (mamba_ssm)
 
-@pytest.mark.parametrize("T,H,G,with_state", [(100, 6, 1, False), (77, 4, 2, True)])
-def test_ssd_fast_matches_reference(rel, T, H, G, with_state):
-    from elmanlab.ops.ssd import fast, ssd_chunked
+@pytest.mark.parametrize("T,H,G,with_state,raw_dt", [(100, 6, 1, False, False), (77, 4, 2, True, False),
+                                                      (130, 5, 1, False, True)])
+def test_ssd_fast_matches_reference(rel, T, H, G, with_state, raw_dt):
+    """raw_dt: the step size softplus(dt + dt_bias) computed inside the kernel (the layer's call)."""
+    from elmanlab.ops.ssd import fast, ssd_chunked, step_size
     info = fast.backend_info()
     assert info["path"] != "reference", info["reason"]
     torch.manual_seed(T)
@@ -65,20 +77,25 @@ def test_ssd_fast_matches_reference(rel, T, H, G, with_state):
     S0 = torch.randn(B, H, P, N, device=DEV) if with_state else None
     cot = (torch.randn(B, T, H, P, device=DEV, dtype=torch.float64),
            torch.randn(B, H, P, N, device=DEV, dtype=torch.float64))
-    names = ["x", "dt", "A", "B", "C", "D", "S0"]
+    names = ["x", "dt", "A", "B", "C", "D", "S0", "dt_bias"]
+    dt_bias = torch.randn(H, device=DEV) - 2 if raw_dt else None
+    if raw_dt:
+        dt = torch.randn(B, T, H, device=DEV)          # raw: bf16 like the in_proj output
     # bf16 activations (x, B, C) as in training; dt, A, D, state float32 as the layer passes them
-    def fast_fn(x, dt, A, Bm, Cm, D, S0):
-        return fast.ssd_fast(x, dt, A, Bm, Cm, D, S0, 64)
-    leaves_dtypes = [torch.bfloat16, torch.float32, torch.float32, torch.bfloat16, torch.bfloat16,
-                     torch.float32, torch.float32]
-    leaves = [None if t is None else _leaf(t.to(dtp), dtp) for t, dtp in zip((x, dt, A, Bm, Cm, D, S0), leaves_dtypes)]
+    def fast_fn(x, dt, A, Bm, Cm, D, S0, dt_bias):
+        return fast.ssd_fast(x, dt, A, Bm, Cm, D, S0, 64, dt_bias=dt_bias, dt_softplus=raw_dt)
+    leaves_dtypes = [torch.bfloat16, torch.bfloat16 if raw_dt else torch.float32, torch.float32, torch.bfloat16,
+                     torch.bfloat16, torch.float32, torch.float32, torch.float32]
+    leaves = [None if t is None else _leaf(t.to(dtp), dtp)
+              for t, dtp in zip((x, dt, A, Bm, Cm, D, S0, dt_bias), leaves_dtypes)]
     out, state = fast_fn(*leaves)
     ((out.double() * cot[0]).sum() + (state.double() * cot[1]).sum()).backward()
     got = {"out": out.detach(), "state": state.detach()}
     got.update({"d" + n: l.grad for n, l in zip(names, leaves) if l is not None})
     # reference in float64 on the same rounded inputs
-    ref = _run(lambda *a: ssd_chunked(*a, chunk_size=64),
-               [None if l is None else l.detach().double() for l in leaves], names, torch.float64, cot)
+    def ref_fn(x, dt, A, Bm, Cm, D, S0, dt_bias):
+        return ssd_chunked(x, step_size(dt, dt_bias, raw_dt), A, Bm, Cm, D, S0, chunk_size=64)
+    ref = _run(ref_fn, [None if l is None else l.detach().double() for l in leaves], names, torch.float64, cot)
     _check(rel, "ssd", got, ref)
 
 
@@ -112,6 +129,35 @@ def test_gated_delta_rule_fast_matches_reference(rel, T, H, K, V, with_state):
     ref = _run(lambda q, k, v, g, b, s: gated_delta_rule_recurrent(q, k, v, g, b, K ** -0.5, s),
                [None if l is None else l.detach().double() for l in leaves], names, torch.float64, cot)
     _check(rel, "gated_delta_rule", got, ref)
+
+
+@pytest.mark.parametrize("T,H,with_state", [(77, 2, False), (130, 1, True)])
+def test_gdn_raw_inputs_fast_matches_reference(rel, T, H, with_state):
+    """The layer's call: q, k before L2 normalisation, decay and beta logits, A_log and dt_bias, all
+    transformed inside fla's kernels; every gradient including A_log's and dt_bias's."""
+    from elmanlab.ops.delta import fast, gated_delta_rule_recurrent, gdn_inputs
+    torch.manual_seed(T + 7)
+    B, K, V = 2, 256, 512
+    q, k = torch.randn(B, T, H, K, device=DEV), torch.randn(B, T, H, K, device=DEV)
+    v = torch.randn(B, T, H, V, device=DEV)
+    a, b = torch.randn(B, T, H, device=DEV), torch.randn(B, T, H, device=DEV)
+    A_log, dt_bias = torch.rand(H, device=DEV) * 2, torch.randn(H, device=DEV) - 3
+    S0 = torch.randn(B, H, K, V, device=DEV) * 0.1 if with_state else None
+    cot = (torch.randn(B, T, H, V, device=DEV, dtype=torch.float64),
+           torch.randn(B, H, K, V, device=DEV, dtype=torch.float64))
+    names = ["q", "k", "v", "a", "b", "A_log", "dt_bias", "S0"]
+    dtypes = [torch.bfloat16] * 5 + [torch.float32] * 3
+    leaves = [None if t is None else _leaf(t.to(d), d) for t, d in zip((q, k, v, a, b, A_log, dt_bias, S0), dtypes)]
+    out, state = fast.gdn_fast(*leaves[:7], K ** -0.5, leaves[7])
+    ((out.double() * cot[0]).sum() + (state.double() * cot[1]).sum()).backward()
+    got = {"out": out.detach(), "state": state.detach()}
+    got.update({"d" + n: l.grad for n, l in zip(names, leaves) if l is not None})
+
+    def ref_fn(q, k, v, a, b, A_log, dt_bias, S0):
+        qn, kn, g, beta = gdn_inputs(q, k, a, b, A_log, dt_bias)
+        return gated_delta_rule_recurrent(qn, kn, v, g, beta, K ** -0.5, S0)
+    ref = _run(ref_fn, [None if l is None else l.detach().double() for l in leaves], names, torch.float64, cot)
+    _check(rel, "gdn (raw inputs)", got, ref)
 
 
 # ------------------------------------------------------------------ Scan (elmanlab Triton)
@@ -184,7 +230,31 @@ def test_layer_fast_path_matches_reference(rel, model, dim, opts):
         if pr.grad is not None:
             got["d" + n], ref["d" + n] = pf.grad, pr.grad
     # float32 throughout; the kernels' dots run in tf32 -> errors near 1e-3
-    _check(rel, model, got, ref, tol=TOL)
+    _check(rel, model, got, ref, tol=TOL, loose=PER_HEAD)
+
+
+@pytest.mark.parametrize("model,dim,opts", LAYERS)
+def test_layer_fast_path_bf16_matches_float64_reference(rel, model, dim, opts):
+    """The training precision: the fast path under bf16 autocast against the same model's reference
+    path in float64 on the CPU; loss and every parameter gradient within bf16's error (3e-2)."""
+    from elmanlab.config import ModelConfig
+    from elmanlab.lm import LM
+    torch.manual_seed(3)
+    fast_model = LM(ModelConfig(model, dim=dim, depth=2, options=opts)).to(DEV)
+    ref_model = copy.deepcopy(fast_model).to("cpu", torch.float64)
+    x = torch.randint(0, 256, (2, 131), device=DEV)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        _, loss_f = fast_model(x[:, :-1], x[:, 1:])
+    loss_f.backward()
+    xc = x.cpu()
+    _, loss_r = ref_model(xc[:, :-1], xc[:, 1:])
+    loss_r.backward()
+    got = {"loss": loss_f.detach().reshape(1).cpu().double()}
+    ref = {"loss": loss_r.detach().reshape(1)}
+    for (n, pf), (_, pr) in zip(fast_model.named_parameters(), ref_model.named_parameters()):
+        if pr.grad is not None:
+            got["d" + n], ref["d" + n] = pf.grad.cpu().double(), pr.grad
+    _check(rel, model + " bf16", got, ref, tol=3e-2, loose=PER_HEAD)
 
 
 @pytest.mark.parametrize("model", ["mamba2", "gdn", "mingru", "minlstm"])
