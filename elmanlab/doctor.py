@@ -139,8 +139,9 @@ def family_paths(params: str = "400M") -> dict:
     return out
 
 
-def probe_families() -> dict:
-    """One small bf16 forward+backward of each family's layer on the GPU: 'ok' or the error."""
+def probe_families(report=None) -> dict:
+    """One small bf16 forward+backward of each family's layer on the GPU: 'ok' or the error.
+    ``report(family, result)`` is called as each one finishes."""
     import torch
     from elmanlab.config import ModelConfig
     from elmanlab.lm import LM
@@ -159,14 +160,16 @@ def probe_families() -> dict:
             out[fam] = "ok" if torch.isfinite(loss) and not bad else f"non-finite ({', '.join(bad[:3])})"
         except Exception as e:
             out[fam] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+        if report is not None:
+            report(fam, out[fam])
     return out
 
 
 def cmd_doctor(args) -> int:
     info = machine_info()
     paths = family_paths()
-    probe = probe_families() if args.probe and info["gpu"] else None
     if args.json:
+        probe = probe_families() if args.probe and info["gpu"] else None
         print(json.dumps({"machine": info, "families": paths, "probe": probe}, indent=2))
         return 0
     g = info["gpu"]
@@ -184,8 +187,10 @@ def cmd_doctor(args) -> int:
         if r["path"] == "reference" or "refused" in r["path"] or r["path"] == "unknown":
             line += f"  [{r['reason']}]"
         print(line)
-    if probe is not None:
-        print("probe (bf16 forward+backward, one small layer)")
-        for fam, r in probe.items():
-            print(f"  {fam:<8} {r}")
+    if args.probe and info["gpu"]:
+        print("probe (bf16 forward+backward, one small layer; a fresh machine tunes the Triton kernels "
+              "of mamba2 and gdn first, minutes)", flush=True)
+        probe_families(lambda fam, r: print(f"  {fam:<8} {r}", flush=True))
+    elif args.probe:
+        print("probe: skipped, no GPU")
     return 0
