@@ -210,8 +210,18 @@ LAYERS = [("mamba2", 128, {}), ("gdn", 256, {"n_heads": 1}), ("mingru", 96, {}),
           ("minlstm", 96, {"expansion": 1.5})]
 
 
+def _assert_fast(model):
+    """A layer test compares the fast path with the reference: it proves nothing if the fast path
+    itself fell back to the reference (a library missing), so that fails here."""
+    import importlib
+    op = {"mamba2": "ssd", "gdn": "delta", "mingru": "scan", "minlstm": "scan"}[model]
+    info = importlib.import_module(f"elmanlab.ops.{op}.fast").backend_info()
+    assert info["path"] != "reference" and "refused" not in info["path"], f"{model}: {info}"
+
+
 @pytest.mark.parametrize("model,dim,opts", LAYERS)
 def test_layer_fast_path_matches_reference(rel, model, dim, opts):
+    _assert_fast(model)
     from elmanlab.config import ModelConfig
     from elmanlab.lm import LM
     torch.manual_seed(1)
@@ -237,6 +247,7 @@ def test_layer_fast_path_matches_reference(rel, model, dim, opts):
 def test_layer_fast_path_bf16_matches_float64_reference(rel, model, dim, opts):
     """The training precision: the fast path under bf16 autocast against the same model's reference
     path in float64 on the CPU; loss and every parameter gradient within bf16's error (3e-2)."""
+    _assert_fast(model)
     from elmanlab.config import ModelConfig
     from elmanlab.lm import LM
     torch.manual_seed(3)

@@ -113,3 +113,48 @@ def test_spectral_norm_bounds_e42_weight():
     for _ in range(30):
         W = layer.W()
     assert torch.linalg.matrix_norm(W.detach(), ord=2) <= 0.5 + 1e-3
+
+
+@pytest.mark.parametrize("align", [1, 8, 64])
+def test_fused_linear_equals_separate_products(align):
+    """One padded GEMM == the separate products, output and every gradient (the CUDA padding is
+    exercised here on CPU through ``align``)."""
+    from elmanlab.layers.common import fused_linear
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 12, dtype=torch.float64, requires_grad=True)
+    ws = [torch.randn(n, 12, dtype=torch.float64, requires_grad=True) for n in (7, 3, 1)]
+    y = fused_linear(x, ws, align=align)
+    assert y.shape == (2, 5, 11)
+    ref = torch.cat([x @ w.T for w in ws], dim=-1)
+    torch.testing.assert_close(y, ref)
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad(y, [x, *ws], g)
+    want = torch.autograd.grad(ref, [x, *ws], g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+def test_gdn_layer_equals_its_definition():
+    """The layer (one fused projection, the op's in-kernel transforms on CUDA) against GDN written
+    out step by step from its parameters: separate projections and convs, F.normalize, the decay and
+    beta, and the recurrent rule."""
+    import torch.nn.functional as F
+    from elmanlab.config import make_options
+    from elmanlab.layers import GDN
+    from elmanlab.ops.delta import gated_delta_rule_recurrent
+    torch.manual_seed(0)
+    layer = GDN(32, GDN.resolve(32, make_options("gdn", {"head_dim": 8, "n_heads": 2}))).double()
+    u = torch.randn(2, 19, 32, dtype=torch.float64)
+    out, _ = layer(u)
+    L, H = layer, 2
+    q, _ = L.q_conv(L.q_proj(u))
+    k, _ = L.k_conv(L.k_proj(u))
+    v, _ = L.v_conv(L.v_proj(u))
+    q, k, v = (F.silu(t).reshape(2, 19, H, -1) for t in (q, k, v))
+    q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    g = -torch.exp(L.A_log) * F.softplus(L.a_proj(u) + L.dt_bias)
+    beta = torch.sigmoid(L.b_proj(u))
+    o, _ = gated_delta_rule_recurrent(q, k, v, g, beta, 8 ** -0.5)
+    gate = L.g_proj(u).reshape(2, 19, H, -1)
+    on = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + L.o_norm.eps) * L.o_norm.weight * F.silu(gate)
+    torch.testing.assert_close(out, L.o_proj(on.reshape(2, 19, -1)))

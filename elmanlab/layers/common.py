@@ -14,7 +14,7 @@ def up(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def fused_linear(x: torch.Tensor, weights) -> torch.Tensor:
+def fused_linear(x: torch.Tensor, weights, align: int | None = None) -> torch.Tensor:
     """``torch.cat([F.linear(x, w) for w in weights], -1)`` as one GEMM whose output width is padded to
     a multiple of 8 on CUDA (no bias).
 
@@ -22,11 +22,12 @@ def fused_linear(x: torch.Tensor, weights) -> torch.Tensor:
     whose output width (in the backward, reduction width) is not a multiple of 8 bf16 elements on
     slow unaligned kernels. Mamba2's in_proj at 400M (width 7222) took 3.5x the time of the aligned
     product on an H200. Zero rows are appended to the concatenated weight and the extra outputs
-    sliced off, so the result and every gradient are those of the separate products.
+    sliced off, so the result and every gradient are those of the separate products. ``align``:
+    the multiple (default 8 on CUDA, 1 elsewhere).
     """
     weights = list(weights)
     n = sum(w.shape[0] for w in weights)
-    pad = (-n) % 8 if x.is_cuda else 0
+    pad = (-n) % (align or (8 if x.is_cuda else 1))
     if pad:
         weights.append(weights[0].new_zeros(pad, weights[0].shape[1]))
     w = weights[0] if len(weights) == 1 else torch.cat(weights)
