@@ -54,6 +54,10 @@ def register(sub) -> None:
                    help="held-out bytes scored at the end (default 262144; 0: skip)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
+    # settings a resumed run takes from its config.json: giving one with --resume is an error
+    _RUN_SETTINGS.update({d: p.get_default(d) for d in (
+        "batch_size", "seq_len", "lr", "weight_decay", "warmup_steps", "grad_clip", "max_nonfinite", "seed",
+        "compile", "out", "log_every", "eval_bytes")})
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="held-out loss of a run in nats/byte and bits/byte",
@@ -84,8 +88,12 @@ def register(sub) -> None:
 
 # ---------------------------------------------------------------- train
 
+_RUN_SETTINGS: dict = {}      # dest -> parser default, filled by register()
+
+
 def _given_model_flags(args) -> list[str]:
     given = [k for k in ("params", "dim", "depth", "data", "val_data") if getattr(args, k) is not None]
+    given += [k for k, default in _RUN_SETTINGS.items() if getattr(args, k, default) != default]
     given += [k[4:] for k, v in vars(args).items() if k.startswith("opt_") and v is not None]
     if args.mlp_ratio:
         given.append("mlp_ratio")

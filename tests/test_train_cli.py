@@ -140,6 +140,9 @@ def test_resume_without_checkpoints_and_with_model_flags(run_dir, capsys):
     assert_one_line_error(code, err, "no complete checkpoint", "--checkpoint-every")
     code, _, err = run(["train", "e1", "--resume", run_dir], capsys)
     assert_one_line_error(code, err, "drop MODEL")
+    # training settings come from the run's config.json too: a new --lr is refused, not ignored
+    code, _, err = run(["train", "--resume", run_dir, "--lr", "0.01", "--seq-len", 64], capsys)
+    assert_one_line_error(code, err, "drop --seq-len, --lr")
     assert (run_dir / "summary.json").read_bytes() == before
 
 
