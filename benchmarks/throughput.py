@@ -122,6 +122,14 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def refuse_existing(jpath: Path, args) -> bool:
+    if jpath.exists() and not (args.resume or args.overwrite):
+        print(f"error: {jpath} exists (committed results?): --resume to add the missing rows to it, --out STEM "
+              f"to write elsewhere, or --overwrite to replace it", file=sys.stderr)
+        return True
+    return False
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(ALL), help="comma-separated families (default: all 8)")
@@ -132,10 +140,13 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10, help="timed steps")
     ap.add_argument("--out", default=None, help="output stem (default benchmarks/results/throughput-<gpu>)")
     ap.add_argument("--resume", action="store_true", help="keep the rows already in the JSON, run the rest")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing JSON / table (default: refuse)")
     args = ap.parse_args(argv)
     unknown = [m for m in args.models.split(",") if m and m not in ALL]
     if unknown:
         print(f"error: unknown --models {','.join(unknown)}; choose from {','.join(ALL)}", file=sys.stderr)
+        return 2
+    if args.out and refuse_existing(Path(args.out).with_suffix(".json"), args):
         return 2
     if not torch.cuda.is_available():
         print("error: the throughput benchmark needs a CUDA GPU", file=sys.stderr)
@@ -148,6 +159,8 @@ def main(argv=None) -> int:
     stem = Path(args.out or Path(__file__).parent / "results" / f"throughput-{gpu_tag}")
     stem.parent.mkdir(parents=True, exist_ok=True)
     jpath, mpath = stem.with_suffix(".json"), stem.with_suffix(".md")
+    if refuse_existing(jpath, args):
+        return 2
     rows = []
     notes = []
     if args.resume and jpath.exists():

@@ -1,0 +1,36 @@
+"""CPU checks of the benchmark scripts' own logic (the measurements themselves need a GPU)."""
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+
+def test_throughput_refuses_to_overwrite_results(tmp_path):
+    stem = tmp_path / "tp"
+    (tmp_path / "tp.json").write_text("{}")
+    r = subprocess.run([sys.executable, str(BENCH / "throughput.py"), "--out", str(stem)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "exists" in r.stderr and "--resume" in r.stderr and "--overwrite" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "tp.json").read_text() == "{}"
+
+
+def test_profile_summary_busy_time_and_kinds():
+    import profile_step as ps
+    assert ps.busy_time([(0, 10), (5, 15), (30, 35), (31, 32)]) == 20
+    ev = [{"cat": "kernel", "name": "nvjet_sm90_tst_192x192", "ts": 0, "dur": 10},
+          {"cat": "kernel", "name": "_chunk_scan_fwd_kernel", "ts": 5, "dur": 10},
+          {"cat": "kernel", "name": "void at::native::vectorized_elementwise_kernel<4>", "ts": 30, "dur": 4},
+          {"cat": "kernel", "name": "_chunk_scan_fwd_kernel", "ts": 40, "dur": 10},
+          {"cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 100}]
+    s = ps.summarize(ev, steps=2, wall_s=0.2)
+    assert abs(s["gpu_busy_ms_per_step"] - 0.0145) < 1e-12      # union (0,15) + (30,34) + (40,50) = 29 us / 2 steps
+    assert s["kernel_launches_per_step"] == 2
+    assert s["kernels"][0]["kernel"] == "_chunk_scan_fwd_kernel" and s["kernels"][0]["launches_per_step"] == 1
+    kinds = s["by_kind_ms_per_step"]
+    assert abs(kinds["matmul"] - 0.005) < 1e-12 and abs(kinds["elementwise/reduce"] - 0.002) < 1e-12
+    assert abs(kinds["other (Triton / custom CUDA)"] - 0.01) < 1e-12
+    assert "| `_chunk_scan_fwd_kernel` |" in ps.markdown("t", s)
