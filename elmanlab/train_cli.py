@@ -200,10 +200,9 @@ def cmd_eval(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from elmanlab.generate import generate, print_stream
+    from elmanlab.generate import check_sampling, generate, print_stream
     from elmanlab.train import load_model
-    if args.max_bytes < 0:
-        raise ElmanlabError(f"--max-bytes must be >= 0, got {args.max_bytes}")
+    check_sampling(args.max_bytes, args.temperature, args.top_k)
     model, _ = load_model(args.run_dir, args.device)
     prompt = args.prompt.encode("utf-8", errors="surrogateescape")
     try:

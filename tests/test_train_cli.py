@@ -83,6 +83,11 @@ def test_generate_prints_prompt_and_continuation(run_dir, capsys):
     # a prompt that is not valid UTF-8 (raw bytes from the shell arrive as surrogate escapes)
     code, out4, _ = run(["generate", run_dir, "--prompt", "\udcffROMEO", "--max-bytes", 5, "--device", "cpu"], capsys)
     assert code == 0 and out4.startswith("\ufffdROMEO")
+    # a bad option is one error line and nothing on stdout (the prompt is not echoed first)
+    for flag, val in (("--top-k", 0), ("--temperature", -1), ("--max-bytes", -2)):
+        code, out5, err = run(["generate", run_dir, "--prompt", "ROMEO:", flag, val, "--device", "cpu"], capsys)
+        assert_one_line_error(code, err, flag)
+        assert out5 == ""
 
 
 @pytest.mark.parametrize("content,words", [
