@@ -162,9 +162,10 @@ def test_elman_linear_chunked_equals_reference(T, chunk):
 
 
 def test_elman_linear_chunked_bf16_within_training_tolerance():
-    """bf16 inputs (the training precision): powers of M are cast to bf16 for the within-chunk
-    GEMMs; output, state and every gradient stay within 1e-2 relative RMS of float64, at a width
-    and spectral radius like E42's."""
+    """bf16 inputs (the training precision): the sequential GEMMs take bf16 inputs and accumulate
+    into float32 states; output, state and every gradient stay within 1e-2 relative RMS of float64,
+    at a spectral radius like E42's. (At E42's 400M width, D 2272, T 512: 2.9e-3 output, 3.0-6.8e-3
+    gradients, measured on CPU.)"""
     from elmanlab.ops.elman.chunked import elman_linear_chunked
     from elmanlab.ops.elman.reference import elman_scan_ref
     from conftest import rel_err
