@@ -97,3 +97,53 @@ def test_install_script_refuses_missing_wheelhouse(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "install-gpu.sh"
     r = subprocess.run(["bash", str(script), str(tmp_path / "none")], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error:") and "build-wheelhouse" in r.stderr
+
+
+@pytest.mark.parametrize("fla_version", ["0.6 (gates in kernel)", "older (l2norm only)"])
+def test_gdn_fast_glue_with_a_stand_in_fla(monkeypatch, fla_version):
+    """gdn_fast's call into fla, with a float64 stand-in for fla's chunk_gated_delta_rule that does
+    what fla's flags say: the result and every gradient equal the reference path, with fla >= 0.6's
+    in-kernel gates and with an older signature (no gate keywords: gates computed here)."""
+    import torch.nn.functional as F
+    import elmanlab.ops.delta.fast as fast
+    from elmanlab.ops.delta.reference import gated_delta_rule_chunked, gdn_inputs
+    from conftest import rel_err
+
+    seen = {}
+
+    def new_fla(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
+                use_qk_l2norm_in_kernel=False, use_beta_sigmoid_in_kernel=False, **kw):
+        seen.update(kw, l2=use_qk_l2norm_in_kernel, sigmoid=use_beta_sigmoid_in_kernel)
+        if use_qk_l2norm_in_kernel:
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        if kw.get("use_gate_in_kernel"):
+            g = -torch.exp(kw["A_log"]) * F.softplus(g + kw["dt_bias"])
+        if use_beta_sigmoid_in_kernel:
+            beta = torch.sigmoid(beta)
+        return gated_delta_rule_chunked(q, k, v, g, beta, scale, initial_state)
+
+    def old_fla(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
+                use_qk_l2norm_in_kernel=False):
+        return new_fla(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel)
+
+    fn = new_fla if fla_version.startswith("0.6") else old_fla
+    monkeypatch.setattr(fast, "_FLA", {"chunk_gated_delta_rule": fn})
+    monkeypatch.setattr(fast, "_BWD", (True, "stand-in"))
+    g = torch.Generator().manual_seed(0)
+    B, T, H, K, V = 2, 9, 2, 4, 6
+    ins = [torch.randn(*s, generator=g, dtype=torch.float64) for s in
+           ((B, T, H, K), (B, T, H, K), (B, T, H, V), (B, T, H), (B, T, H), (H,), (H,), (B, H, K, V))]
+    a1 = [x.clone().requires_grad_() for x in ins]
+    a2 = [x.clone().requires_grad_() for x in ins]
+    o1, s1 = fast.gdn_fast(*a1[:7], 0.5, a1[7])
+    qn, kn, gg, beta = gdn_inputs(*a2[:2], *a2[3:7])
+    o2, s2 = gated_delta_rule_chunked(qn, kn, a2[2], gg, beta, 0.5, a2[7])
+    # 1e-5: the older path hands fla the decay in float32, as fla wants it
+    assert rel_err(o1, o2) < 1e-5 and rel_err(s1, s2) < 1e-5
+    w = torch.randn(o1.shape, generator=g, dtype=torch.float64)
+    for x1, x2 in zip(torch.autograd.grad((o1 * w).sum() + s1.sum(), a1),
+                      torch.autograd.grad((o2 * w).sum() + s2.sum(), a2)):
+        assert rel_err(x1, x2) < 1e-5
+    assert seen["l2"] is True
+    assert seen.get("use_gate_in_kernel", False) is fn.__name__.startswith("new")
+    assert seen["sigmoid"] is fn.__name__.startswith("new")

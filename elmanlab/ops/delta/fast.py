@@ -89,19 +89,22 @@ def gated_delta_rule_fast(q, k, v, g, beta, scale=None, initial_state=None):
     if fla is None or q.shape[1] == 0:
         from elmanlab.ops.delta.reference import gated_delta_rule_chunked
         return gated_delta_rule_chunked(q, k, v, g, beta, scale, initial_state)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, v, g, beta, initial_state))
-    if needs_grad:
+    q, k, v = _guard_and_cast(q, k, v, g, beta, initial_state)
+    o, S = fla["chunk_gated_delta_rule"](
+        q, k, v, g.float(), beta.to(q.dtype), scale=scale, initial_state=initial_state,
+        output_final_state=True)
+    return o, S
+
+
+def _guard_and_cast(q, k, v, *others):
+    """Refuse a step that needs fla's backward where that backward is wrong here (one-line error
+    naming the fix); return q, k, v in one 16-bit dtype (q, k may come out of F.normalize in float32)."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, *others)):
         ok, what = backward_backend()
         if not ok:
             raise ElmanlabError(f"Gated DeltaNet cannot train on this machine: {what}")
-    # one 16-bit dtype for q, k, v (the layer's q, k may come out of F.normalize in float32)
     dt = next((t.dtype for t in (v, q, k) if t.dtype in (torch.bfloat16, torch.float16)), q.dtype)
-    q, k, v = q.to(dt), k.to(dt), v.to(dt)
-    o, S = fla["chunk_gated_delta_rule"](
-        q, k, v, g.float(), beta.to(dt), scale=scale, initial_state=initial_state,
-        output_final_state=True)
-    return o, S
+    return q.to(dt), k.to(dt), v.to(dt)
 
 
 def _fused_inputs_supported(fn) -> bool:
@@ -113,26 +116,19 @@ def _fused_inputs_supported(fn) -> bool:
 
 def gdn_fast(q, k, v, a, b, A_log, dt_bias, scale=None, initial_state=None):
     """Gated DeltaNet's rule from raw inputs (ops.delta.gdn) through fla, transforms in its kernels."""
-    from elmanlab.ops.delta.reference import gated_delta_rule_chunked, gdn_inputs
+    from elmanlab.ops.delta.reference import gated_delta_rule_chunked, gdn_gates, gdn_inputs
     fla = _load()
     if fla is None or q.shape[1] == 0:
         qn, kn, g, beta = gdn_inputs(q, k, a, b, A_log, dt_bias)
         return gated_delta_rule_chunked(qn, kn, v, g, beta, scale, initial_state)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, v, a, b, A_log, dt_bias, initial_state))
-    if needs_grad:
-        ok, what = backward_backend()
-        if not ok:
-            raise ElmanlabError(f"Gated DeltaNet cannot train on this machine: {what}")
-    dt = next((t.dtype for t in (v, q, k) if t.dtype in (torch.bfloat16, torch.float16)), q.dtype)
-    q, k, v = q.to(dt), k.to(dt), v.to(dt)
+    q, k, v = _guard_and_cast(q, k, v, a, b, A_log, dt_bias, initial_state)
     fn = fla["chunk_gated_delta_rule"]
     if fla.setdefault("fused_inputs", _fused_inputs_supported(fn)):
         return fn(q, k, v, a, b, scale=scale, initial_state=initial_state, output_final_state=True,
                   use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, A_log=A_log, dt_bias=dt_bias,
                   use_beta_sigmoid_in_kernel=True)
-    _, _, g, beta = gdn_inputs(q[..., :1], k[..., :1], a, b, A_log, dt_bias)
-    return fn(q, k, v, g.float(), beta.to(dt), scale=scale, initial_state=initial_state,
+    g, beta = gdn_gates(a, b, A_log, dt_bias)
+    return fn(q, k, v, g.float(), beta.to(q.dtype), scale=scale, initial_state=initial_state,
               output_final_state=True, use_qk_l2norm_in_kernel=True)
 
 

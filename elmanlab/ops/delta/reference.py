@@ -18,13 +18,18 @@ import torch
 import torch.nn.functional as F
 
 
-def gdn_inputs(q, k, a, b, A_log, dt_bias):
-    """Gated DeltaNet's transforms of raw layer outputs: q, k L2-normalised per head (last dim),
-    g = -exp(A_log) softplus(a + dt_bias) and beta = sigmoid(b), g and beta in at least float32."""
+def gdn_gates(a, b, A_log, dt_bias):
+    """Gated DeltaNet's log decay g = -exp(A_log) softplus(a + dt_bias) and beta = sigmoid(b), in at
+    least float32."""
     def up(t):
         return t if t.dtype in (torch.float32, torch.float64) else t.float()
-    g = -torch.exp(up(A_log)) * F.softplus(up(a) + up(dt_bias))
-    return F.normalize(q, dim=-1), F.normalize(k, dim=-1), g, torch.sigmoid(up(b))
+    return -torch.exp(up(A_log)) * F.softplus(up(a) + up(dt_bias)), torch.sigmoid(up(b))
+
+
+def gdn_inputs(q, k, a, b, A_log, dt_bias):
+    """Gated DeltaNet's transforms of raw layer outputs: q, k L2-normalised per head (last dim),
+    and the gates of ``gdn_gates``: (q, k, g, beta)."""
+    return (F.normalize(q, dim=-1), F.normalize(k, dim=-1)) + gdn_gates(a, b, A_log, dt_bias)
 
 
 def gated_delta_rule_recurrent(q, k, v, g, beta, scale=None, initial_state=None):
