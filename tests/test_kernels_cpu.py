@@ -228,3 +228,15 @@ def test_a_failed_kernel_build_is_not_retried_on_every_call(monkeypatch, tmp_pat
         with pytest.raises(build.KernelBuildError, match="nvcc not found"):
             build.load_library(src, 0)
     assert len(calls) == 1
+
+
+def test_kernel_cache_key_covers_source_arch_compiler_and_flags():
+    """A cached library is reused only for the same source, GPU architecture, nvcc and nvcc flags."""
+    from elmanlab.ops.elman._build import library_digest, nvcc_flags
+    base = library_digest(b"src", "90", "nvcc 13.0", nvcc_flags("90"))
+    assert base == library_digest(b"src", "90", "nvcc 13.0", nvcc_flags("90"))
+    assert len({base,
+                library_digest(b"src2", "90", "nvcc 13.0", nvcc_flags("90")),
+                library_digest(b"src", "80", "nvcc 13.0", nvcc_flags("80")),
+                library_digest(b"src", "90", "nvcc 12.8", nvcc_flags("90")),
+                library_digest(b"src", "90", "nvcc 13.0", nvcc_flags("90") + ["-lineinfo"])}) == 5

@@ -2,7 +2,7 @@
 
 The kernels need no PyTorch headers: ``nvcc -shared`` builds them in a second or two, the result
 is cached under ``$ELMANLAB_CACHE`` (default ``~/.cache/elmanlab/kernels``) keyed by a hash of
-the source, the GPU architecture and the compiler, and Python calls the ``extern "C"`` launchers
+the source, the GPU architecture, the compiler and its flags, and Python calls the ``extern "C"`` launchers
 through ctypes with raw pointers and PyTorch's current stream. Nothing here runs at import time.
 """
 from __future__ import annotations
@@ -59,19 +59,32 @@ def load_library(source: Path, device_index: int) -> ctypes.CDLL:
         return lib
 
 
+def nvcc_flags(arch: str) -> list[str]:
+    return ["-O3", "-std=c++17", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-shared", "-Xcompiler", "-fPIC"]
+
+
+def library_digest(source_text: bytes, arch: str, nvcc_version: str, flags: list[str]) -> str:
+    """The cache key of a built library: source, architecture, compiler and its flags (a change of
+    any of them builds anew instead of loading a stale library)."""
+    h = hashlib.sha256(source_text)
+    for part in (arch, nvcc_version, "\0".join(flags)):
+        h.update(b"\0" + part.encode())
+    return h.hexdigest()[:16]
+
+
 def _build_and_load(source: Path, arch: str) -> ctypes.CDLL:
     nvcc = find_nvcc()
     text = source.read_bytes()
     ver = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
-    digest = hashlib.sha256(text + arch.encode() + ver.encode()).hexdigest()[:16]
+    flags = nvcc_flags(arch)
+    digest = library_digest(text, arch, ver, flags)
     out_dir = cache_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     lib_path = out_dir / f"{source.stem}-sm{arch}-{digest}.so"
     if not lib_path.exists():
         fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".so.tmp")
         os.close(fd)
-        cmd = [nvcc, "-O3", "-std=c++17", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-shared",
-               "-Xcompiler", "-fPIC", "-o", tmp, str(source)]
+        cmd = [nvcc, *flags, "-o", tmp, str(source)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             os.unlink(tmp)
