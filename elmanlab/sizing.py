@@ -88,29 +88,14 @@ class SizeReport:
         return dataclasses.asdict(self)
 
 
-def _d_inner(cfg: ModelConfig) -> int | None:
-    o = cfg.options
-    if cfg.model == "mamba2":
-        return o.expand * cfg.dim
-    if cfg.model == "e88":
-        return o.n_heads * int(round(o.n_state * o.expansion))
-    if cfg.model == "gdn":
-        return o.n_heads * int(o.head_dim * o.expand_v)
-    if hasattr(o, "expansion"):
-        return max(1, int(round(cfg.dim * o.expansion)))
-    return None
-
-
 def report(cfg: ModelConfig, target: int | None = None) -> SizeReport:
     fam = cfg.family
     p = count_params(cfg)
     st = fam.state_size(cfg.dim, cfg.options)
-    heads = getattr(cfg.options, "n_heads", None)
-    if cfg.model == "mamba2":
-        heads = cfg.options.expand * cfg.dim // cfg.options.headdim
     return SizeReport(
         model=cfg.model, params=p, non_embedding_params=non_embedding_params(cfg), dim=cfg.dim,
-        depth=cfg.depth, d_inner=_d_inner(cfg), n_heads=heads, state_per_layer=st,
+        depth=cfg.depth, d_inner=fam.d_inner(cfg.dim, cfg.options), n_heads=fam.n_heads(cfg.dim, cfg.options),
+        state_per_layer=st,
         conv_state_per_layer=fam.conv_state_size(cfg.dim, cfg.options), state_total=st * cfg.depth,
         options=dataclasses.asdict(cfg.options), target=target,
         error_pct=None if target is None else 100.0 * (p - target) / target)

@@ -48,6 +48,16 @@ class RecurrentLayer(nn.Module):
         return 0
 
     @classmethod
+    def d_inner(cls, dim: int, opts) -> int | None:
+        """Width of the recurrence (reported by ``elmanlab size``); default ``dim * expansion``."""
+        return d_inner_of(dim, opts.expansion) if hasattr(opts, "expansion") else None
+
+    @classmethod
+    def n_heads(cls, dim: int, opts) -> int | None:
+        """Heads of a multi-head recurrence (resolved options), else None."""
+        return getattr(opts, "n_heads", None)
+
+    @classmethod
     def inactive_options(cls, values: dict) -> set[str]:
         """Options that change nothing given the others (e.g. a gate's activation when there is no
         gate): reports leave them out, so runs are not grouped by a setting that had no effect."""

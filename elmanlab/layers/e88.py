@@ -127,6 +127,10 @@ class E88(RecurrentLayer):
         return p
 
     @classmethod
+    def d_inner(cls, dim, opts):
+        return opts.n_heads * _value_dim(opts)
+
+    @classmethod
     def state_size(cls, dim, opts):
         return opts.n_heads * opts.n_state * _value_dim(opts)
 

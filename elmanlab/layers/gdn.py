@@ -126,6 +126,10 @@ class GDN(RecurrentLayer):
         return p
 
     @classmethod
+    def d_inner(cls, dim, opts):
+        return opts.n_heads * int(opts.head_dim * opts.expand_v)
+
+    @classmethod
     def state_size(cls, dim, opts):
         return opts.n_heads * opts.head_dim * int(opts.head_dim * opts.expand_v)
 

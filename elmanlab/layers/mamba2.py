@@ -117,5 +117,13 @@ class Mamba2(RecurrentLayer):
         return opts.expand * dim * opts.d_state
 
     @classmethod
+    def d_inner(cls, dim, opts):
+        return opts.expand * dim
+
+    @classmethod
+    def n_heads(cls, dim, opts):
+        return opts.expand * dim // opts.headdim
+
+    @classmethod
     def conv_state_size(cls, dim, opts):
         return (opts.d_conv - 1) * (opts.expand * dim + 2 * opts.ngroups * opts.d_state)
