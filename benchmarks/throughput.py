@@ -31,25 +31,6 @@ import torch
 ALL = ["e1", "e33", "e42", "e88", "mamba2", "gdn", "mingru", "minlstm"]
 
 
-def measure_matmul_flops(n: int = 8192, reps: int = 10) -> float:
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(5):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(reps):
-            a @ b
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e) / 1e3 / reps)
-    del a, b
-    torch.cuda.empty_cache()
-    return 2 * n ** 3 / statistics.median(times)
-
-
 def run_config(model: str, params: str, batch: int, seq_len: int, warmup: int, steps: int) -> dict:
     from elmanlab.sizing import model_config
     from elmanlab.train import TrainConfig, _Trainer
@@ -166,7 +147,8 @@ def main(argv=None) -> int:
     if args.resume and jpath.exists():
         old = json.loads(jpath.read_text())
         rows, notes = old["rows"], old.get("notes", [])
-    peak = measure_matmul_flops()
+    from elmanlab.train import measure_bf16_matmul_flops
+    peak = measure_bf16_matmul_flops(torch.device("cuda"))
     print(f"{machine['gpu']['name']}: bf16 matmul {peak / 1e12:.0f} TFLOP/s", flush=True)
     paths = family_paths()
     for fam in models:

@@ -190,6 +190,28 @@ def versions(device: torch.device) -> dict:
 _MEASURED_PEAK: dict = {}
 
 
+def measure_bf16_matmul_flops(device: torch.device, n: int = 8192, reps: int = 10) -> float:
+    """bf16 FLOP/s of an n x n x n matmul on this GPU: the median of 5 timed groups of ``reps``
+    products (CUDA events), after 3 untimed ones."""
+    import statistics
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(5):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(reps):
+            a @ b
+        e.record()
+        torch.cuda.synchronize(device)
+        times.append(s.elapsed_time(e) / 1e3 / reps)
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * n ** 3 / statistics.median(times)
+
+
 def peak_bf16_flops(device: torch.device) -> float | None:
     """bf16 matmul FLOP/s of this GPU: the measured table, else a one-off measurement."""
     if device.type != "cuda":
@@ -199,21 +221,8 @@ def peak_bf16_flops(device: torch.device) -> float | None:
         if key.lower() in name.lower():
             return flops
     if name not in _MEASURED_PEAK:
-        n = 8192
-        a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-        b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-        for _ in range(3):
-            a @ b
-        torch.cuda.synchronize(device)
-        best = float("inf")
-        for _ in range(5):
-            t = time.perf_counter()
-            for _ in range(10):
-                a @ b
-            torch.cuda.synchronize(device)
-            best = min(best, (time.perf_counter() - t) / 10)
-        _MEASURED_PEAK[name] = 2 * n ** 3 / best
-        del a, b
+        with torch.cuda.device(device):
+            _MEASURED_PEAK[name] = measure_bf16_matmul_flops(device)
     return _MEASURED_PEAK[name]
 
 
