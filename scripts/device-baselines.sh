@@ -13,8 +13,11 @@ set -o pipefail
 out=${1:?OUTDIR}; secs=${2:?BENCH_SECONDS}; shift 2
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p "$out"
+out=$(realpath -m "$out")
 t0=$(date +%s)
+status=0
 stamp() { while IFS= read -r l; do echo "$(date +%T) $l"; done; }
+quiet() { grep --line-buffered -v "TileLang:tilelang.jit.kernel:INFO"; }   # TileLang's per-kernel JIT chatter
 save_autotune() { (cd ~ && find .triton/cache -name '*.autotune.json' 2>/dev/null | tar czf "$out/triton-autotune.tgz" -T -); }
 autotune=${AUTOTUNE:-.carry/triton-autotune.tgz}
 [ -f "$autotune" ] && tar -C ~ -xzf "$autotune" && echo "restored $(tar tzf "$autotune" | wc -l) autotune results"
@@ -25,16 +28,20 @@ fi
 echo "install: $(( $(date +%s) - t0 )) s"
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
     timeout "${TEST_SECONDS:-300}" python3 -m pytest -v -rf --tb=line -W ignore -p no:cacheprovider \
-        ${TESTS:-tests/test_baselines_gpu.py tests/test_kernels_gpu.py} 2>&1 | grep -v "TileLang" | stamp > "$out/gputests.log"
+        ${TESTS:-tests/test_baselines_gpu.py tests/test_kernels_gpu.py} 2>&1 | quiet | stamp > "$out/gputests.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
     grep -E "FAILED|ERROR|passed|failed|^[0-9:]+ E " "$out/gputests.log" | tail -30
     echo "tests: $(grep -c PASSED "$out/gputests.log") passed so far, $(( $(date +%s) - t0 )) s"
     save_autotune
 fi
-timeout 300 python3 -m elmanlab doctor ${DOCTOR_ARGS---probe} 2>&1 | grep -v "TileLang" | stamp > "$out/doctor.log"
+timeout 300 python3 -m elmanlab doctor ${DOCTOR_ARGS---probe} 2>&1 | quiet | stamp > "$out/doctor.log"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
 cat "$out/doctor.log"
 echo "doctor: $(( $(date +%s) - t0 )) s"
-case " $* " in *" --out "*) ;; *) set -- "$@" --out "$out/throughput" ;; esac
-timeout "$secs" python3 benchmarks/throughput.py "$@" 2>&1 | grep -v "TileLang" | stamp > "$out/bench.log"
+case " $* " in *" --out "* | *" --out="*) ;; *) set -- "$@" --out "$out/throughput" ;; esac
+timeout "$secs" python3 benchmarks/throughput.py "$@" 2>&1 | quiet | stamp > "$out/bench.log"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
 tail -25 "$out/bench.log"
 save_autotune
-echo "all done: $(( $(date +%s) - t0 )) s"
+echo "all done: $(( $(date +%s) - t0 )) s (exit $status: nonzero when tests, doctor or the benchmark failed)"
+exit $status
