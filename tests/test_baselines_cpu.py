@@ -25,7 +25,7 @@ def test_cpu_dispatch_uses_reference(monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError("fast path called on CPU")
-    for mod, key in ((ssd, "default"), (delta, "default"), (scan, "default"), (scan, "minrnn")):
+    for mod, key in ((ssd, "default"), (delta, "default"), (delta, "gdn"), (scan, "default"), (scan, "minrnn")):
         monkeypatch.setitem(mod.FAST_IMPLS, key, boom)
     torch.manual_seed(0)
     B, T, H, P, N = 1, 5, 2, 4, 3
@@ -34,6 +34,9 @@ def test_cpu_dispatch_uses_reference(monkeypatch):
     assert y.shape == (B, T, H, P)
     q = torch.nn.functional.normalize(torch.randn(B, T, H, 4), dim=-1)
     o, _ = delta.gated_delta_rule(q, q, torch.randn(B, T, H, 6), -torch.rand(B, T, H), torch.rand(B, T, H))
+    assert o.shape == (B, T, H, 6)
+    o, _ = delta.gdn(q, q, torch.randn(B, T, H, 6), torch.randn(B, T, H), torch.randn(B, T, H), torch.rand(H),
+                     torch.randn(H))
     assert o.shape == (B, T, H, 6)
     h, _ = scan.minrnn_scan(torch.randn(B, T, 6), "mingru")
     assert h.shape == (B, T, 3)

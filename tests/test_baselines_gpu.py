@@ -26,8 +26,11 @@ def _leaf(t, dtype):
 # Gradients of the per-head scalars (A_log, dt_bias) of a whole layer are sums over batch, time and
 # channels with heavy cancellation, so their relative error is several times that of the other
 # gradients. Measured on an H200 (2026-11-25): GDN float32 1.5-1.9e-2 (decay computed inside fla's
-# kernel; every other gradient about 1e-3), Mamba2 bf16 2.2-3.6e-2 (others 5e-3 to 1.2e-2).
+# kernel; every other gradient about 1e-3), Mamba2 bf16 2.2-3.6e-2 (others 5e-3 to 1.2e-2). Loosened
+# only where measured so; the op-level tests hold dA_log / ddt_bias to 1e-2.
 PER_HEAD = {"A_log": 6e-2, "dt_bias": 6e-2}
+LOOSE_FP32 = {"gdn": PER_HEAD}
+LOOSE_BF16 = {"mamba2": PER_HEAD}
 
 
 def _check(rel, name, outs, refs, tol=TOL, loose=None):
@@ -149,6 +152,7 @@ def test_gdn_raw_inputs_fast_matches_reference(rel, T, H, with_state):
     dtypes = [torch.bfloat16] * 5 + [torch.float32] * 3
     leaves = [None if t is None else _leaf(t.to(d), d) for t, d in zip((q, k, v, a, b, A_log, dt_bias, S0), dtypes)]
     out, state = fast.gdn_fast(*leaves[:7], K ** -0.5, leaves[7])
+    assert fast._load()["fused_inputs"], "fla took the older path (gates computed in PyTorch)"
     ((out.double() * cot[0]).sum() + (state.double() * cot[1]).sum()).backward()
     got = {"out": out.detach(), "state": state.detach()}
     got.update({"d" + n: l.grad for n, l in zip(names, leaves) if l is not None})
@@ -240,7 +244,7 @@ def test_layer_fast_path_matches_reference(rel, model, dim, opts):
         if pr.grad is not None:
             got["d" + n], ref["d" + n] = pf.grad, pr.grad
     # float32 throughout; the kernels' dots run in tf32 -> errors near 1e-3
-    _check(rel, model, got, ref, tol=TOL, loose=PER_HEAD)
+    _check(rel, model, got, ref, tol=TOL, loose=LOOSE_FP32.get(model))
 
 
 @pytest.mark.parametrize("model,dim,opts", LAYERS)
@@ -265,7 +269,7 @@ def test_layer_fast_path_bf16_matches_float64_reference(rel, model, dim, opts):
     for (n, pf), (_, pr) in zip(fast_model.named_parameters(), ref_model.named_parameters()):
         if pr.grad is not None:
             got["d" + n], ref["d" + n] = pf.grad.cpu().double(), pr.grad
-    _check(rel, model + " bf16", got, ref, tol=3e-2, loose=PER_HEAD)
+    _check(rel, model + " bf16", got, ref, tol=3e-2, loose=LOOSE_BF16.get(model))
 
 
 @pytest.mark.parametrize("model", ["mamba2", "gdn", "mingru", "minlstm"])

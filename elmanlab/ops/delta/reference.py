@@ -28,7 +28,9 @@ def gdn_gates(a, b, A_log, dt_bias):
 
 def gdn_inputs(q, k, a, b, A_log, dt_bias):
     """Gated DeltaNet's transforms of raw layer outputs: q, k L2-normalised per head (last dim),
-    and the gates of ``gdn_gates``: (q, k, g, beta)."""
+    and the gates of ``gdn_gates``: (q, k, g, beta). fla's in-kernel versions differ in rounding only:
+    its L2 norm is x rsqrt(sum x^2 + 1e-6) (F.normalize clamps the norm at 1e-12), its softplus an
+    exp2/log2 approximation (about 2e-7 absolute)."""
     return (F.normalize(q, dim=-1), F.normalize(k, dim=-1)) + gdn_gates(a, b, A_log, dt_bias)
 
 

@@ -70,7 +70,7 @@ def ssd_chunked(x, dt, A, Bm, Cm, D=None, initial_state=None, chunk_size: int = 
     Bh, Ch = _expand_groups(Bm, H).to(x.dtype), _expand_groups(Cm, H).to(x.dtype)
     X = x * dt.unsqueeze(-1)
     Ad = dt * A                                                     # [B, T, H]
-    L = chunk_size
+    L = min(chunk_size, T)             # a short sequence (generation: T = 1) is not padded to a whole chunk
     pad = (-T) % L
     if pad:  # padded steps: no input (X = 0, B = 0) and no decay (Ad = 0): state unchanged
         X = F.pad(X, (0, 0, 0, 0, 0, pad))
