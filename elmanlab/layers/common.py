@@ -8,10 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def up(x: torch.Tensor) -> torch.Tensor:
-    """At least float32 (float64 stays float64): recurrent math never runs in half precision."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+from elmanlab.ops._dispatch import up
 
 
 def fused_linear(x: torch.Tensor, weights, align: int | None = None) -> torch.Tensor:

@@ -14,6 +14,11 @@ os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
 _FORCE_REFERENCE = os.environ.get("ELMANLAB_REFERENCE", "") not in ("", "0", "false", "False")
 
 
+def up(x: torch.Tensor) -> torch.Tensor:
+    """At least float32 (float64 stays float64): recurrent math never runs in half precision."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def reference_forced() -> bool:
     return _FORCE_REFERENCE
 

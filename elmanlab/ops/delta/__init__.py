@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from elmanlab.ops._dispatch import fast_path_enabled
-from elmanlab.ops.delta.reference import gated_delta_rule_chunked, gated_delta_rule_recurrent, gdn_inputs
+from elmanlab.ops.delta.reference import (gated_delta_rule_chunked, gated_delta_rule_recurrent, gdn_chunked,
+                                          gdn_inputs)
 
 from elmanlab.ops.delta import fast as _fast
 
@@ -26,9 +27,8 @@ def gdn(q, k, v, a, b, A_log, dt_bias, scale=None, initial_state=None):
     impl = FAST_IMPLS.get("gdn")
     if impl is not None and fast_path_enabled(q):
         return impl(q, k, v, a, b, A_log, dt_bias, scale, initial_state)
-    qn, kn, g, beta = gdn_inputs(q, k, a, b, A_log, dt_bias)
-    return gated_delta_rule_chunked(qn, kn, v, g, beta, scale, initial_state)
+    return gdn_chunked(q, k, v, a, b, A_log, dt_bias, scale, initial_state)
 
 
-__all__ = ["gated_delta_rule", "gated_delta_rule_chunked", "gated_delta_rule_recurrent", "gdn", "gdn_inputs",
+__all__ = ["gated_delta_rule", "gated_delta_rule_chunked", "gated_delta_rule_recurrent", "gdn", "gdn_chunked", "gdn_inputs",
            "FAST_IMPLS"]

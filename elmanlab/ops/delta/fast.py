@@ -116,14 +116,15 @@ def _fused_inputs_supported(fn) -> bool:
 
 def gdn_fast(q, k, v, a, b, A_log, dt_bias, scale=None, initial_state=None):
     """Gated DeltaNet's rule from raw inputs (ops.delta.gdn) through fla, transforms in its kernels."""
-    from elmanlab.ops.delta.reference import gated_delta_rule_chunked, gdn_gates, gdn_inputs
+    from elmanlab.ops.delta.reference import gdn_chunked, gdn_gates
     fla = _load()
     if fla is None or q.shape[1] == 0:
-        qn, kn, g, beta = gdn_inputs(q, k, a, b, A_log, dt_bias)
-        return gated_delta_rule_chunked(qn, kn, v, g, beta, scale, initial_state)
+        return gdn_chunked(q, k, v, a, b, A_log, dt_bias, scale, initial_state)
     q, k, v = _guard_and_cast(q, k, v, a, b, A_log, dt_bias, initial_state)
     fn = fla["chunk_gated_delta_rule"]
-    if fla.setdefault("fused_inputs", _fused_inputs_supported(fn)):
+    if "fused_inputs" not in fla:                  # inspect once, not on every layer call
+        fla["fused_inputs"] = _fused_inputs_supported(fn)
+    if fla["fused_inputs"]:
         return fn(q, k, v, a, b, scale=scale, initial_state=initial_state, output_final_state=True,
                   use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, A_log=A_log, dt_bias=dt_bias,
                   use_beta_sigmoid_in_kernel=True)

@@ -17,12 +17,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from elmanlab.ops._dispatch import up
+
 
 def gdn_gates(a, b, A_log, dt_bias):
     """Gated DeltaNet's log decay g = -exp(A_log) softplus(a + dt_bias) and beta = sigmoid(b), in at
     least float32."""
-    def up(t):
-        return t if t.dtype in (torch.float32, torch.float64) else t.float()
     return -torch.exp(up(A_log)) * F.softplus(up(a) + up(dt_bias)), torch.sigmoid(up(b))
 
 
@@ -32,6 +32,12 @@ def gdn_inputs(q, k, a, b, A_log, dt_bias):
     its L2 norm is x rsqrt(sum x^2 + 1e-6) (F.normalize clamps the norm at 1e-12), its softplus an
     exp2/log2 approximation (about 2e-7 absolute)."""
     return (F.normalize(q, dim=-1), F.normalize(k, dim=-1)) + gdn_gates(a, b, A_log, dt_bias)
+
+
+def gdn_chunked(q, k, v, a, b, A_log, dt_bias, scale=None, initial_state=None):
+    """Gated DeltaNet's rule from raw layer outputs (``gdn_inputs``), chunked form."""
+    qn, kn, g, beta = gdn_inputs(q, k, a, b, A_log, dt_bias)
+    return gated_delta_rule_chunked(qn, kn, v, g, beta, scale, initial_state)
 
 
 def gated_delta_rule_recurrent(q, k, v, g, beta, scale=None, initial_state=None):

@@ -9,9 +9,7 @@ Two entry points:
 """
 from __future__ import annotations
 
-import torch
-
-from elmanlab.ops._dispatch import fast_path_enabled
+from elmanlab.ops._dispatch import fast_path_enabled, up
 from elmanlab.ops.scan.reference import linear_scan_parallel, linear_scan_sequential, minrnn_coefficients
 from elmanlab.ops.scan import fast as _fast
 
@@ -35,7 +33,7 @@ def minrnn_scan(p, kind: str, h0=None):
     impl = FAST_IMPLS.get("minrnn")
     if impl is not None and fast_path_enabled(p):
         return impl(p, kind, h0)
-    pf = p if p.dtype in (torch.float32, torch.float64) else p.float()
+    pf = up(p)
     a, b = minrnn_coefficients(pf, kind)
     return linear_scan(a, b, h0)
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from elmanlab.ops._dispatch import up
+
 
 def _expand_groups(M: torch.Tensor, H: int) -> torch.Tensor:
     G = M.shape[2]
@@ -28,7 +30,7 @@ def step_size(dt, dt_bias=None, softplus: bool = False):
     """softplus(dt + dt_bias) in at least float32 (mamba_ssm's dt_softplus), or dt unchanged."""
     if dt_bias is None and not softplus:
         return dt
-    dt = dt if dt.dtype in (torch.float32, torch.float64) else dt.float()
+    dt = up(dt)
     if dt_bias is not None:
         dt = dt + dt_bias.to(dt.dtype)
     return F.softplus(dt) if softplus else dt
