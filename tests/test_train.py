@@ -125,20 +125,31 @@ def test_resume_in_process_extends_exactly(text_file, tmp_path):
     assert again["steps"] == 30 and again["final_loss"] == full["final_loss"]
 
 
+def _reference_and_background_run(args, tmp_path, name, stderr):
+    """Train `args` to completion in-process into tmp_path/ref, then start the same run in a
+    background process into tmp_path/name (one OpenMP thread: the test machine has two cores)."""
+    ref = tmp_path / "ref"
+    cli(*args, "--out", ref)
+    run = tmp_path / name
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "elmanlab", *map(str, args), "--out", str(run)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+    return ref, run, proc
+
+
+def _wait_while_running(proc, ready, what, timeout=120):
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None and time.time() < deadline, f"the run ended before it could be {what}"
+        time.sleep(0.01)
+
+
 def test_kill_and_resume_matches_uninterrupted(text_file, tmp_path):
     args = ["train", "e1", "--dim", 32, "--depth", 2, "--data", text_file, "--steps", 1500, "--seq-len", 32,
             "--batch-size", 4, "--lr", 3e-3, "--checkpoint-every", 100, "--device", "cpu", "--no-progress",
             "--eval-bytes", 4096]
-    ref = tmp_path / "ref"
-    cli(*args, "--out", ref)
-    run = tmp_path / "killed"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "elmanlab", *map(str, args), "--out", str(run)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "step_00000200").is_dir():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.01)
+    ref, run, proc = _reference_and_background_run(args, tmp_path, "killed", stderr=subprocess.DEVNULL)
+    _wait_while_running(proc, lambda: (run / "checkpoints" / "step_00000200").is_dir(), "killed")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run / "summary.json").exists()
@@ -166,16 +177,9 @@ def test_sigint_saves_a_checkpoint_and_resume_matches_uninterrupted(text_file, t
     args = ["train", "e1", "--dim", 32, "--depth", 2, "--data", text_file, "--steps", 600, "--seq-len", 32,
             "--batch-size", 4, "--lr", 3e-3, "--device", "cpu", "--no-progress", "--eval-bytes", 0,
             "--log-every", 10]
-    ref = tmp_path / "ref"
-    cli(*args, "--out", ref)
-    run = tmp_path / "stopped"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "elmanlab", *map(str, args), "--out", str(run)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (run / "metrics.jsonl").is_file() or len((run / "metrics.jsonl").read_text().splitlines()) < 3:
-        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be interrupted"
-        time.sleep(0.01)
+    ref, run, proc = _reference_and_background_run(args, tmp_path, "stopped", stderr=subprocess.PIPE)
+    _wait_while_running(proc, lambda: (run / "metrics.jsonl").is_file()
+                        and len((run / "metrics.jsonl").read_text().splitlines()) >= 3, "interrupted")
     os.kill(proc.pid, signal.SIGINT)
     time.sleep(0.05)
     os.kill(proc.pid, signal.SIGINT)    # as under `timeout` or Ctrl-C: the group's signal, then the study's
