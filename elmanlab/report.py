@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from elmanlab.errors import ElmanlabError
-from elmanlab.fsutil import atomic_write_text
-from elmanlab.study import LOG_DIR, STATE_FILE, read_json_or_none
+from elmanlab.fsutil import atomic_write_text, read_json_or_none
+from elmanlab.study import LOG_DIR, STATE_FILE
 
 LN2 = math.log(2.0)
 WINDOW = 100                       # steps averaged for the "last-100" style losses
@@ -355,7 +355,7 @@ def loss_at(metrics: list[dict], key: str, limit: float, window: int = WINDOW) -
 
 # ---------------------------------------------------------------- the report
 
-# the metrics runs can be ranked by: (column label, unit); lower is better
+# the metrics runs can be ranked by (the same as a best_of wave's): (column label, unit, short name); lower is better
 METRICS = {"loss_last100": ("loss last-100", "nats/byte", "loss"), "val_bpb": ("val bpb", "bits/byte", "val bpb")}
 
 
@@ -441,8 +441,7 @@ class Report:
     def section_ranked(self) -> str:
         bl = self.baseline or "baseline"
         has_val = any(r.get("val_bpb") is not None for r in self.done)
-        cols = [k for k in METRICS if k == self.metric] + [k for k in METRICS if k != self.metric
-                                                           and (k != "val_bpb" or has_val)]
+        cols = [self.metric] + [k for k in METRICS if k != self.metric and (k != "val_bpb" or has_val)]
         head = ["rank", "run", "model", "params", "config"] + [METRICS[k][0] for k in cols] + \
                ["tok/s", "peak mem (GB)", "steps", "tokens", f"gap to {bl}"]
         rows = []
@@ -541,10 +540,10 @@ class Report:
         if not multi:
             return ""
         rows = []
+        other = "val_bpb" if self.metric != "val_bpb" else "loss_last100"     # the metric not ranked by
         for g in sorted(multi, key=lambda g: statistics.fmean(r.loss for r in g)):
             losses = [r.loss for r in g]
             m, sd = _mean_sd(losses)
-            other = "val_bpb" if self.metric != "val_bpb" else "loss_last100"
             vb = [r.get(other) for r in g if r.get(other) is not None]
             r0 = g[0]
             rows.append([r0.model, _count(r0.params), r0.label(), len(g), ", ".join(str(r.seed) for r in g),
@@ -552,7 +551,7 @@ class Report:
         return ("## Mean and spread over seeds\n\nSame configuration, different seeds: sd is the sample "
                 "standard deviation; compare it with the gaps above.\n\n"
                 + md_table(["model", "params", "config", "runs", "seeds", f"mean {self.mshort}", "sd", "range",
-                            METRICS["val_bpb" if self.metric != "val_bpb" else "loss_last100"][0]], rows))
+                            METRICS[other][0]], rows))
 
     def iso_tables(self) -> list[dict]:
         """Per group: the loss of each run at the token count / wall-clock the shortest run reached."""

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from elmanlab.errors import ElmanlabError
-from elmanlab.fsutil import atomic_write_json
+from elmanlab.fsutil import atomic_write_json, read_json_or_none
 
 STATE_FILE = "study.json"
 LOCK_FILE = ".study.lock"
@@ -213,6 +213,10 @@ class Study:
     deferred: list = field(default_factory=list)
     messages: list = field(default_factory=list)      # one line each: expansions and warnings
     load_args: dict = field(default_factory=dict, repr=False)
+
+    def deferred_records(self) -> list[dict]:
+        """The deferred best_of waves as recorded in JSON (without their display line)."""
+        return [{k: v for k, v in d.items() if k != "line"} for d in self.deferred]
 
     def reload(self, out) -> "Study":
         """The same study expanded again against ``out`` (deferred best_of waves whose source wave
@@ -584,6 +588,9 @@ def load_study(path, data: str | None = None, val_data: str | None = None,
         elif baseline not in {j.id for j in real}:
             raise ElmanlabError(f"{path}: baseline {baseline!r} is neither a model of this study "
                                 f"({', '.join(models)}) nor a run name")
+    for _, block, where, _, _ in best_of_waves:     # at load, not when a chained wave expands hours later
+        if block["best_of"]["baseline"] and baseline is None:
+            raise ElmanlabError(f"{where}: best_of.baseline: true needs the study's `baseline:`")
 
     # best_of waves: copies of the best finished runs of an earlier wave, known once it has finished
     state = read_state(out) if out is not None and Path(out).is_dir() else None
@@ -599,7 +606,7 @@ def load_study(path, data: str | None = None, val_data: str | None = None,
         i = next(k for k, j in enumerate(jobs) if j.id == f"\0best_of:{wname}")
         if exp is None:
             deferred.append({"wave": wname, "from": spec["wave"], "n": spec["n"],
-                             "metric": spec.get("metric", "val_bpb"), "baseline": bool(spec.get("baseline")),
+                             "metric": spec["metric"], "baseline": spec["baseline"],
                              "line": _deferred_line(wname, spec)})
             jobs[i:i + 1] = [dataclasses.replace(jobs[i], id=f"\0deferred:{wname}")]
             continue
@@ -659,13 +666,14 @@ def _check_best_of(spec, where: str, earlier: list[str]) -> None:
                             f"better), got {metric!r}")
     if not isinstance(spec.get("baseline", False), bool):
         raise ElmanlabError(f"{where}: best_of.baseline is true or false, got {spec.get('baseline')!r}")
+    spec["metric"], spec["baseline"] = metric, spec.get("baseline", False)     # defaults filled in once
 
 
 def _deferred_line(wname: str, spec: dict) -> str:
-    n, metric = spec["n"], spec.get("metric", "val_bpb")
+    n, metric = spec["n"], spec["metric"]
     what = "the best run" if n == 1 else f"the {n} best"
     return (f"wave {wname}: {what} of wave {spec['wave']} by {metric}"
-            + (" plus the baseline" if spec.get("baseline") else "")
+            + (" plus the baseline" if spec["baseline"] else "")
             + " (decided when that wave has finished)")
 
 
@@ -689,16 +697,16 @@ def _source_status(out, job: Job, state: dict | None, retry_failed: bool) -> tup
 def _expand_best_of(wname, where, spec, own_train, wseeds, jobs, baseline, out, state, retry_failed,
                     best_of_names=frozenset()):
     """(jobs, record, message lines) of a best_of wave, or None while its source wave is unfinished."""
-    src_wave, n, metric = spec["wave"], spec["n"], spec.get("metric", "val_bpb")
+    src_wave, n, metric = spec["wave"], spec["n"], spec["metric"]
     if any(j.id == f"\0deferred:{src_wave}" for j in jobs):
         return None                         # the source is itself a best_of wave still waiting
     sources: list[Job] = []
+    seen_ids: set[str] = set()
     for j in jobs:
-        if j.wave == src_wave and not j.id.startswith("\0") and j.id not in {s.id for s in sources}:
+        if j.wave == src_wave and not j.id.startswith("\0") and j.id not in seen_ids:
             sources.append(j)
-    want_base = bool(spec.get("baseline"))
-    if want_base and baseline is None:
-        raise ElmanlabError(f"{where}: best_of.baseline: true needs the study's `baseline:`")
+            seen_ids.add(j.id)
+    want_base = spec["baseline"]
     is_base = lambda j: baseline is not None and (j.model == baseline or j.id == baseline)  # noqa: E731
     # (a best_of source wave holds whichever runs won: no baseline there is a warning below, not an error)
     if want_base and sources and not any(is_base(j) for j in sources) and src_wave not in best_of_names:
@@ -748,11 +756,12 @@ def _expand_best_of(wname, where, spec, own_train, wseeds, jobs, baseline, out, 
             jid = re.sub(r"[^A-Za-z0-9_.=+,-]", "_", jid)
             job = dataclasses.replace(src, id=jid, where=f"{where}: best_of {src.id}", wave=wname,
                                       options=dict(src.options), train=t, size=dict(src.size))
-            twin = known.get(json.dumps(job.identity(), sort_keys=True))
+            key = json.dumps(job.identity(), sort_keys=True)
+            twin = known.get(key)
             if twin is not None:            # the study already has this very run (e.g. that seed)
                 same.append(f"{jid} = {twin}")
                 continue
-            known[json.dumps(job.identity(), sort_keys=True)] = jid
+            known[key] = jid
             new_jobs.append(job)
     if same:
         lines.append(f"wave {wname}: not run twice, the study already has them: {', '.join(same)}")
@@ -808,12 +817,9 @@ def parse_gpus(text: str | None, count: int | None = None) -> list[str] | None:
 
 # ---------------------------------------------------------------- files
 
-def read_json_or_none(path: Path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+def _to_run(rec: dict) -> bool:
+    """A state record still to run: in the study file, neither completed nor failed."""
+    return rec.get("in_study_file", True) and rec["status"] not in ("completed", "failed")
 
 
 def _now() -> str:
@@ -1018,7 +1024,7 @@ class Runner:
         return {"name": self.study.name, "study_file": self.study.path, "description": self.study.description,
                 "baseline": self.study.baseline, "created": created, "updated": _now(),
                 "gpus": self.gpus or "cpu", "best_of": self.study.best_of,
-                "deferred": [{k: v for k, v in d.items() if k != "line"} for d in self.study.deferred],
+                "deferred": self.study.deferred_records(),
                 "jobs": jobs}
 
     def _expand_deferred(self) -> deque:
@@ -1035,8 +1041,7 @@ class Runner:
         self.save()
         for m in new_lines:
             self.echo(m)
-        todo = deque(r for r in self.state["jobs"] if r.get("in_study_file", True)
-                     and r["status"] not in ("completed", "failed") and r["id"] not in before)
+        todo = deque(r for r in self.state["jobs"] if _to_run(r) and r["id"] not in before)
         return todo
 
     # -- running
@@ -1051,8 +1056,7 @@ class Runner:
             self.state = self.plan(check_out_dir(self.out, self.study))
             (self.out / LOG_DIR).mkdir(exist_ok=True)
             self.save()
-            todo = deque(r for r in self.state["jobs"]
-                         if r.get("in_study_file", True) and r["status"] not in ("completed", "failed"))
+            todo = deque(r for r in self.state["jobs"] if _to_run(r))
             total = sum(1 for r in self.state["jobs"] if r.get("in_study_file", True))
             done0 = total - len(todo)
             n_failed_before = sum(1 for r in self.state["jobs"]

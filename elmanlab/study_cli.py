@@ -69,7 +69,7 @@ def cmd_study(args) -> int:
             print_json({"name": study.name, "baseline": study.baseline, "gpus": gpus or "cpu",
                         "jobs": [{**j.to_dict(), "status": r["status"]} for j, r in zip(study.jobs, rows)],
                         "best_of": study.best_of,
-                        "deferred": [{k: v for k, v in d.items() if k != "line"} for d in study.deferred]})
+                        "deferred": study.deferred_records()})
             return 0
         data = study.jobs[0].train.get("data") if study.jobs else None
         print(f"study {study.name}: {len(study.jobs)} runs, baseline {study.baseline or '-'}, "
