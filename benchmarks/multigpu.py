@@ -95,10 +95,8 @@ def scaling(a, out: Path) -> list[dict]:
         for name, batch, nproc in ((f"1gpu-b{a.batch}", a.batch, 1), (f"{a.nproc}gpu-b{big}", big, a.nproc),
                                    (f"1gpu-b{big}", big, 1)):
             d = out / f"{model}-{name}"
-            if (d / "summary.json").exists() and summary(d).get("status") != "completed":
-                shutil.rmtree(d)                            # a failed or cut run: measure it again
-            if not (d / "summary.json").exists():
-                shutil.rmtree(d, ignore_errors=True)        # a folder without a summary: train refuses it
+            if not (d / "summary.json").exists() or summary(d).get("status") != "completed":
+                shutil.rmtree(d, ignore_errors=True)        # failed, cut or never run: measure it (again)
                 print(f"  {model} {name} ...", flush=True)
                 env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, range(nproc)))} if a.device != "cpu" else {}
                 run(train_cmd(a, model, batch, d, nproc), out / f"{model}-{name}.log", env)

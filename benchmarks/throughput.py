@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     stem = Path(args.out or Path(__file__).parent / "results" / f"throughput-{gpu_tag}")
     stem.parent.mkdir(parents=True, exist_ok=True)
     jpath, mpath = stem.with_suffix(".json"), stem.with_suffix(".md")
-    if refuse_existing(jpath, args):
+    if not args.out and refuse_existing(jpath, args):
         return 2
     rows = []
     notes = []

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from elmanlab.errors import ElmanlabError
+from elmanlab.lm import autocast
 
 DEFAULT_EVAL_BYTES = 262_144
 LN2 = math.log(2.0)
@@ -48,7 +49,7 @@ def evaluate_bytes(model, data: np.ndarray, seq_len: int, eval_bytes: int = DEFA
         for i in range(0, windows, max(1, batch_size)):
             x = flat[idx[i:i + batch_size]].to(device).long()
             inp, tgt = x[:, :-1], x[:, 1:]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with autocast(device):
                 logits, _ = model(inp)
             nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="sum")
             total += float(nll.double().item())

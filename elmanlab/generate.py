@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 import torch
 
 from elmanlab.errors import ElmanlabError
+from elmanlab.lm import autocast
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> int:
@@ -54,7 +55,7 @@ def _stream_bytes(model, prompt: bytes, max_bytes: int, temperature: float, top_
     gen.manual_seed(0 if seed is None else int(seed))
     model.eval()
     ctx = torch.tensor(list(prompt or b"\n"), dtype=torch.long, device=device)[None]
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with autocast(device):
         logits, _, states = model(ctx, return_states=True)
         logits = logits[:, -1]
         for _ in range(max_bytes):

@@ -11,6 +11,12 @@ import torch.nn.functional as F
 
 from elmanlab.config import ModelConfig
 
+
+def autocast(device: torch.device):
+    """The precision of training, evaluation and generation: bf16 autocast on CUDA, off elsewhere
+    (fp32 on CPU)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
 VOCAB = 256
 
 

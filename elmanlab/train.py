@@ -54,7 +54,9 @@ from elmanlab.config import ModelConfig
 from elmanlab.data import fingerprint_update
 from elmanlab.errors import ElmanlabError
 from elmanlab.fsutil import atomic_write_json as write_json_atomic
+from elmanlab.fsutil import atomic_write_text
 from elmanlab.fsutil import make_public as _public
+from elmanlab.lm import autocast
 
 RUN_FORMAT = "elmanlab-run-v1"
 CHECKPOINT_DIR = "checkpoints"
@@ -194,21 +196,22 @@ def measure_bf16_matmul_flops(device: torch.device, n: int = 8192, reps: int = 1
     """bf16 FLOP/s of an n x n x n matmul on this GPU: the median of 5 timed groups of ``reps``
     products (CUDA events), after 3 untimed ones."""
     import statistics
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(5):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(reps):
+    with torch.cuda.device(device):              # the events record on the current device
+        a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+        b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+        for _ in range(3):
             a @ b
-        e.record()
-        torch.cuda.synchronize(device)
-        times.append(s.elapsed_time(e) / 1e3 / reps)
-    del a, b
-    torch.cuda.empty_cache()
+        times = []
+        for _ in range(5):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            for _ in range(reps):
+                a @ b
+            e.record()
+            torch.cuda.synchronize(device)
+            times.append(s.elapsed_time(e) / 1e3 / reps)
+        del a, b
+        torch.cuda.empty_cache()
     return 2 * n ** 3 / statistics.median(times)
 
 
@@ -221,8 +224,7 @@ def peak_bf16_flops(device: torch.device) -> float | None:
         if key.lower() in name.lower():
             return flops
     if name not in _MEASURED_PEAK:
-        with torch.cuda.device(device):
-            _MEASURED_PEAK[name] = measure_bf16_matmul_flops(device)
+        _MEASURED_PEAK[name] = measure_bf16_matmul_flops(device)
     return _MEASURED_PEAK[name]
 
 
@@ -547,11 +549,7 @@ class _Trainer:
                     continue            # a line cut short by a kill
                 if rec.get("step", 0) <= self.step:
                     keep.append(line)
-            fd, tmp = tempfile.mkstemp(dir=self.out, prefix=".metrics.", suffix=".tmp")
-            _public(tmp)
-            with os.fdopen(fd, "w") as fh:
-                fh.write("".join(x + "\n" for x in keep))
-            os.replace(tmp, path)
+            atomic_write_text(path, "".join(x + "\n" for x in keep))
         self.metrics_fh = open(path, "a")
 
     def _log(self) -> None:
@@ -578,7 +576,7 @@ class _Trainer:
         win, offsets = self.sampler.batch(self.split.train, self.step, self.rows)
         x = torch.from_numpy(win).to(self.device, non_blocking=True).long()
         inp, tgt = x[:, :-1], x[:, 1:]
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with autocast(self.device):
             _, loss = self.fwd(inp, tgt)
         loss.backward()
         gn = _grad_norm(self.params).to(loss.device)
@@ -677,7 +675,6 @@ class _Trainer:
             self._log()
         if status == "interrupted":                         # between two steps: a consistent state
             self.save_checkpoint()
-            self.interrupt_saved = True
             raise KeyboardInterrupt
         if cfg.checkpoint_every and status == "completed":
             self.save_checkpoint()                          # the end point, so the run can be extended
@@ -796,7 +793,8 @@ def _run(trainer: _Trainer) -> dict:
             trainer.fail(str(e))
         raise
     except KeyboardInterrupt:
-        if started and trainer.cfg.checkpoint_every and not trainer.interrupt_saved and trainer.between_steps:
+        # (after an interrupt's own checkpoint this returns at once: that step's checkpoint exists)
+        if started and trainer.cfg.checkpoint_every and trainer.between_steps:
             with contextlib.suppress(Exception):
                 trainer.save_checkpoint()
         raise

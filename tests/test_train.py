@@ -126,7 +126,7 @@ def test_resume_in_process_extends_exactly(text_file, tmp_path):
 
 
 def _reference_and_background_run(args, tmp_path, name, stderr):
-    """Train `args` to completion in-process into tmp_path/ref, then start the same run in a
+    """Train `args` to completion (a CLI subprocess) into tmp_path/ref, then start the same run in a
     background process into tmp_path/name (one OpenMP thread: the test machine has two cores)."""
     ref = tmp_path / "ref"
     cli(*args, "--out", ref)
