@@ -18,13 +18,11 @@ JSON (with the whole kernel table) is written to ``--out``.json and the table to
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import re
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -128,44 +126,26 @@ def main(argv=None) -> int:
         return 2
     from torch.profiler import ProfilerActivity, profile
     from elmanlab.errors import ElmanlabError
+    from _harness import bench_trainer, run_steps
     from elmanlab.sizing import model_config
-    from elmanlab.train import TrainConfig, _Trainer
     try:
         mcfg = model_config(args.model, params=args.params, options=parse_options(args.option))
     except ElmanlabError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(model=mcfg, out=os.path.join(tmp, "run"), steps=args.warmup + 2 * args.steps,
-                          batch_size=args.batch, seq_len=args.seq_len, device="cuda", progress=False,
-                          eval_bytes=0, compile=args.compile)
-        tr = _Trainer(cfg)
-        tr.setup()
-        t0 = time.perf_counter()
-        for _ in range(args.warmup):
-            tr._train_step()
-            tr.step += 1
-        torch.cuda.synchronize()
-        warm_s = time.perf_counter() - t0
+    with bench_trainer(mcfg, args.batch, args.seq_len, args.warmup + 2 * args.steps,
+                       compile=args.compile) as tr, tempfile.TemporaryDirectory() as tmp:
+        _, times = run_steps(tr, args.warmup)
+        warm_s = sum(times)
         # wall time without the profiler first (a live profiler and its trace slow the host down)
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            tr._train_step()               # ends in .tolist(): synchronised
-            tr.step += 1
-        wall_plain = time.perf_counter() - t0
+        wall_plain = sum(run_steps(tr, args.steps)[1])
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                tr._train_step()           # ends in .tolist(): synchronised
-                tr.step += 1
-            wall = time.perf_counter() - t0
+            wall = sum(run_steps(tr, args.steps)[1])
         trace = os.path.join(tmp, "trace.json")
         prof.export_chrome_trace(trace)
         events = json.loads(Path(trace).read_text())["traceEvents"]
         del prof
         n_params, peak = tr.n_params, torch.cuda.max_memory_allocated()
-        del tr
-        gc.collect()
     s = summarize(events, args.steps, wall, args.top)
     s.update(model=args.model, params=n_params, dim=mcfg.dim, depth=mcfg.depth, batch=args.batch,
              seq_len=args.seq_len, options=parse_options(args.option), compile=args.compile,

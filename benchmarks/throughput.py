@@ -17,12 +17,9 @@ configurations already in the JSON.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,45 +29,28 @@ ALL = ["e1", "e33", "e42", "e88", "mamba2", "gdn", "mingru", "minlstm"]
 
 
 def run_config(model: str, params: str, batch: int, seq_len: int, warmup: int, steps: int) -> dict:
+    from _harness import bench_trainer, run_steps
     from elmanlab.sizing import model_config
-    from elmanlab.train import TrainConfig, _Trainer
     mcfg = model_config(model, params=params)
     row = {"model": model, "target": params, "batch": batch, "seq_len": seq_len, "dim": mcfg.dim,
            "depth": mcfg.depth}
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(model=mcfg, out=os.path.join(tmp, "run"), steps=warmup + steps, batch_size=batch,
-                          seq_len=seq_len, device="cuda", progress=False, eval_bytes=0)
-        trainer = _Trainer(cfg)
-        try:
-            t0 = time.perf_counter()
-            trainer.setup()
+    try:
+        t0 = time.perf_counter()
+        with bench_trainer(mcfg, batch, seq_len, warmup + steps) as trainer:
             row["params"] = trainer.n_params
-            losses = []
-            for _ in range(warmup):
-                losses.append(trainer._train_step()[0])
-                trainer.step += 1
-            torch.cuda.synchronize()
+            losses, _ = run_steps(trainer, warmup)
             row["warmup_s"] = round(time.perf_counter() - t0, 2)
-            step_times = []
-            for _ in range(steps):
-                t = time.perf_counter()
-                losses.append(trainer._train_step()[0])   # ends in .tolist(): synchronised
-                trainer.step += 1
-                step_times.append(time.perf_counter() - t)
-            total = sum(step_times)
+            timed, step_times = run_steps(trainer, steps)
+            losses += timed
             row["step_ms"] = round(1e3 * statistics.median(step_times), 2)
-            row["tokens_per_s"] = round(batch * seq_len * steps / total, 1)
+            row["tokens_per_s"] = round(batch * seq_len * steps / sum(step_times), 1)
             row["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
             row["loss_first"], row["loss_last"] = round(losses[0], 4), round(losses[-1], 4)
             row["status"] = "ok"
-        except torch.cuda.OutOfMemoryError:
-            row["status"] = "OOM"
-        except Exception as e:
-            row["status"] = f"error: {type(e).__name__}: {e}".splitlines()[0][:300]
-        finally:
-            del trainer
-            gc.collect()
-            torch.cuda.empty_cache()
+    except torch.cuda.OutOfMemoryError:
+        row["status"] = "OOM"
+    except Exception as e:
+        row["status"] = f"error: {type(e).__name__}: {e}".splitlines()[0][:300]
     return row
 
 

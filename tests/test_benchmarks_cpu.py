@@ -34,3 +34,15 @@ def test_profile_summary_busy_time_and_kinds():
     assert abs(kinds["matmul"] - 0.005) < 1e-12 and abs(kinds["elementwise/reduce"] - 0.002) < 1e-12
     assert abs(kinds["other (Triton / custom CUDA)"] - 0.01) < 1e-12
     assert "| `_chunk_scan_fwd_kernel` |" in ps.markdown("t", s)
+
+
+def test_bench_harness_runs_the_training_step_on_cpu():
+    """The benchmarks' trainer and timed steps (on CUDA in the benchmarks; the same code on CPU)."""
+    from _harness import bench_trainer, run_steps
+    from elmanlab.sizing import model_config
+    mcfg = model_config("e1", dim=32, depth=2)
+    with bench_trainer(mcfg, batch=2, seq_len=16, steps=4, device="cpu") as tr:
+        assert tr.n_params > 0
+        losses, times = run_steps(tr, 3)
+        assert tr.step == 3 and len(losses) == len(times) == 3
+        assert all(t > 0 for t in times) and all(5.0 < x < 6.0 for x in losses)   # ~ln 256 = 5.55 at start

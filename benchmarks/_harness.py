@@ -1,0 +1,50 @@
+"""The training loop's own step, for the benchmarks: a trainer in a throw-away folder, timed steps.
+
+Shared by throughput.py and profile_step.py so that both measure exactly what `elmanlab train`
+runs (bf16 autocast on CUDA, Schedule-Free AdamW, grad norm, non-finite guard).
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import tempfile
+import time
+
+import torch
+
+
+def _release(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def bench_trainer(mcfg, batch: int, seq_len: int, steps: int, device: str = "cuda", compile: bool = False):
+    """A set-up trainer for ``mcfg`` (a ModelConfig) on the embedded corpus, good for ``steps`` steps;
+    the previous benchmark's memory is released first (peak memory is counted from set-up)."""
+    from elmanlab.train import TrainConfig, _Trainer
+    _release(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(model=mcfg, out=os.path.join(tmp, "run"), steps=steps, batch_size=batch,
+                          seq_len=seq_len, device=device, progress=False, eval_bytes=0, compile=compile)
+        trainer = _Trainer(cfg)
+        try:
+            trainer.setup()
+            yield trainer
+        finally:
+            del trainer
+            _release(device)
+
+
+def run_steps(trainer, n: int) -> tuple[list[float], list[float]]:
+    """``n`` training steps: (their losses, the wall seconds of each). A step ends synchronised
+    (it reads its loss and gradient norm back), so each time is the step's whole time."""
+    losses, times = [], []
+    for _ in range(n):
+        t = time.perf_counter()
+        losses.append(trainer._train_step()[0])
+        trainer.step += 1
+        times.append(time.perf_counter() - t)
+    return losses, times
