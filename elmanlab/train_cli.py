@@ -91,7 +91,8 @@ def register(sub) -> None:
 _RUN_SETTINGS: dict = {}      # dest -> parser default, filled by register()
 
 
-def _given_model_flags(args) -> list[str]:
+def _resume_clashes(args) -> list[str]:
+    """The flags given with --resume that a resumed run takes from its config.json instead."""
     given = [k for k in ("params", "dim", "depth", "data", "val_data") if getattr(args, k) is not None]
     given += [k for k, default in _RUN_SETTINGS.items() if getattr(args, k, default) != default]
     given += [k[4:] for k, v in vars(args).items() if k.startswith("opt_") and v is not None]
@@ -107,7 +108,7 @@ def _given_model_flags(args) -> list[str]:
 def cmd_train(args) -> int:
     from elmanlab.train import TrainConfig, resume_training, run_training
     if args.resume:
-        clash = _given_model_flags(args)
+        clash = _resume_clashes(args)
         if clash:
             raise ElmanlabError(f"--resume takes the model, data and settings from the run's config.json; "
                                 f"drop {', '.join(clash)}")
