@@ -548,17 +548,18 @@ def load_study(path, data: str | None = None, val_data: str | None = None,
     if not waves:
         raise ElmanlabError(f"{path}: the study has no runs; add `runs:`, `grid:` or `waves:`")
 
-    jobs: list[Job] = []
-    best_of_waves: list[tuple[str, dict, str, dict, list | None]] = []
+    parts: list[list[Job]] = []          # the jobs of each wave, in the file's order
+    best_of_waves: list[tuple[str, dict, str, dict, list | None, int]] = []
     for wname, block, where in waves:
         if block is not raw and block.get("best_of") is not None:
-            # expanded below, once the baseline is known; a placeholder keeps the wave's place
+            # expanded below, once the baseline is known, into its (still empty) place in parts
             own = train_block(block, where)
             if not own and block.get("seeds") is None:
                 raise ElmanlabError(f"{where}: a best_of wave repeats the chosen runs with other settings; "
                                     f"give it `train:` (e.g. {{seed: 43}}) or `seeds:`")
-            best_of_waves.append((wname, block, where, own, _seeds(block.get("seeds"), f"{where}: seeds")))
-            jobs.append(Job(f"\0best_of:{wname}", where, wname, "", None, None, None, 0.0, False, {}, {}))
+            best_of_waves.append((wname, block, where, own, _seeds(block.get("seeds"), f"{where}: seeds"),
+                                  len(parts)))
+            parts.append([])
             continue
         wtrain = _merge_train(study_train, train_block(block, where) if block is not raw else {})
         seeds = _seeds(block.get("seeds"), f"{where}: seeds") if block is not raw else None
@@ -572,9 +573,8 @@ def load_study(path, data: str | None = None, val_data: str | None = None,
                         for i, r in enumerate(runs)]
         if block.get("grid") is not None:
             entries += _expand_grid(block["grid"], f"{where}: grid" if block is not raw else "grid")
-        for w, e in entries:
-            jobs += _job_from_entry(e, w, wname, wtrain, seeds, study_train, flags)
-    real = [j for j in jobs if not j.id.startswith("\0")]
+        parts.append([j for w, e in entries for j in _job_from_entry(e, w, wname, wtrain, seeds, study_train, flags)])
+    real = [j for part in parts for j in part]
     if not real:
         raise ElmanlabError(f"{path}: the study expands to no runs; check runs and grid")
     baseline = raw.get("baseline")
@@ -588,7 +588,7 @@ def load_study(path, data: str | None = None, val_data: str | None = None,
         elif baseline not in {j.id for j in real}:
             raise ElmanlabError(f"{path}: baseline {baseline!r} is neither a model of this study "
                                 f"({', '.join(models)}) nor a run name")
-    for _, block, where, _, _ in best_of_waves:     # at load, not when a chained wave expands hours later
+    for _, block, where, _, _, _ in best_of_waves:     # at load, not when a chained wave expands hours later
         if block["best_of"]["baseline"] and baseline is None:
             raise ElmanlabError(f"{where}: best_of.baseline: true needs the study's `baseline:`")
 
@@ -599,22 +599,23 @@ def load_study(path, data: str | None = None, val_data: str | None = None,
     best_of: dict = {}
     deferred: list = []
     messages: list = []
-    for wname, block, where, own, wseeds in best_of_waves:
+    waiting: set[str] = set()           # best_of waves not expanded yet
+    for wname, block, where, own, wseeds, idx in best_of_waves:
         spec = block["best_of"]
-        exp = _expand_best_of(wname, where, spec, own, wseeds, jobs, baseline, out, state, retry_failed,
-                              {b[0] for b in best_of_waves})
-        i = next(k for k, j in enumerate(jobs) if j.id == f"\0best_of:{wname}")
+        exp = None if spec["wave"] in waiting else _expand_best_of(
+            wname, where, spec, own, wseeds, [j for part in parts for j in part], baseline, out, state,
+            retry_failed, {b[0] for b in best_of_waves})
         if exp is None:
+            waiting.add(wname)
             deferred.append({"wave": wname, "from": spec["wave"], "n": spec["n"],
                              "metric": spec["metric"], "baseline": spec["baseline"],
                              "line": _deferred_line(wname, spec)})
-            jobs[i:i + 1] = [dataclasses.replace(jobs[i], id=f"\0deferred:{wname}")]
             continue
         new_jobs, record, lines = exp
         best_of[wname] = record
         messages += lines
-        jobs[i:i + 1] = new_jobs
-    jobs = [j for j in jobs if not j.id.startswith("\0")]
+        parts[idx] = new_jobs
+    jobs = [j for part in parts for j in part]
 
     for j in jobs:                      # data paths: relative to the study file; they must exist
         for key in ("data", "val_data"):
@@ -696,14 +697,13 @@ def _source_status(out, job: Job, state: dict | None, retry_failed: bool) -> tup
 
 def _expand_best_of(wname, where, spec, own_train, wseeds, jobs, baseline, out, state, retry_failed,
                     best_of_names=frozenset()):
-    """(jobs, record, message lines) of a best_of wave, or None while its source wave is unfinished."""
+    """(jobs, record, message lines) of a best_of wave, or None while its source wave is unfinished
+    (the caller knows when the source is itself a best_of wave still waiting)."""
     src_wave, n, metric = spec["wave"], spec["n"], spec["metric"]
-    if any(j.id == f"\0deferred:{src_wave}" for j in jobs):
-        return None                         # the source is itself a best_of wave still waiting
     sources: list[Job] = []
     seen_ids: set[str] = set()
     for j in jobs:
-        if j.wave == src_wave and not j.id.startswith("\0") and j.id not in seen_ids:
+        if j.wave == src_wave and j.id not in seen_ids:
             sources.append(j)
             seen_ids.add(j.id)
     want_base = spec["baseline"]
@@ -745,7 +745,7 @@ def _expand_best_of(wname, where, spec, own_train, wseeds, jobs, baseline, out, 
             lines.append(f"warning: wave {wname}: the baseline {baseline} has no finished run in wave "
                          f"{src_wave} with a {metric}; not repeated")
     new_jobs, same = [], []
-    known = {json.dumps(j.identity(), sort_keys=True): j.id for j in jobs if not j.id.startswith("\0")}
+    known = {json.dumps(j.identity(), sort_keys=True): j.id for j in jobs}
     for src in chosen + base_runs:
         for s in (wseeds or [None]):
             t = _merge_train(src.train, own_train)
