@@ -135,6 +135,8 @@ def main(argv=None) -> int:
         return 2
     with bench_trainer(mcfg, args.batch, args.seq_len, args.warmup + 2 * args.steps,
                        compile=args.compile) as tr, tempfile.TemporaryDirectory() as tmp:
+        print(f"{args.model} {tr.n_params / 1e6:.0f}M: {args.warmup} warm-up steps (a fresh machine tunes Triton "
+              f"kernels here, minutes), then {args.steps} timed and {args.steps} profiled ...", flush=True)
         _, times = run_steps(tr, args.warmup)
         warm_s = sum(times)
         # wall time without the profiler first (a live profiler and its trace slow the host down)
