@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from elmanlab.config import ModelConfig
 
 
-def autocast(device: torch.device):
+def autocast(device: torch.device, cache: bool = True):
     """The precision of training, evaluation and generation: bf16 autocast on CUDA, off elsewhere
-    (fp32 on CPU)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    (fp32 on CPU). ``cache=False`` for a region captured in a CUDA graph (PyTorch's rule for autocast
+    under graphs: no cast cache)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda", cache_enabled=cache)
 
 VOCAB = 256
 

@@ -14,8 +14,15 @@ Schedule-Free *evaluation* weights) and, with ``checkpoint_every``, ``checkpoint
 
 Precision: bf16 autocast on CUDA with fp32 master weights (the layers keep recurrent state in
 fp32), plain fp32 on CPU. Budgets: ``steps`` or ``minutes`` of training time; the first step of a
-process (compilation, autotuning, allocator warm-up) is timed apart as ``warmup_s`` and not
-charged to the budget or to ``tokens_per_s``. Checkpointing and evaluation are timed apart too.
+process (compilation, autotuning, allocator warm-up; with ``cuda_graph`` also the second, the
+capture) is timed apart as ``warmup_s`` and not charged to the budget or to ``tokens_per_s``.
+Checkpointing and evaluation are timed apart too.
+
+CUDA graphs (``cuda_graph``, one process on CUDA): after one eager step, forward + backward + the
+gradient norm are captured once as a CUDA graph (``GraphedStep``) and replayed every step; the
+optimizer step stays eager (Schedule-Free's step reads Python-side schedule values), and so do
+the non-finite guard and clipping. Same arithmetic and the same kernels, launched at once instead
+of one by one from Python: it helps steps bound by launch overhead (small batches, many kernels).
 
 Schedule-Free keeps two weight sequences: the optimizer's ``train()`` mode holds the gradient
 point y in the parameters, ``eval()`` the average x. Evaluation and checkpointing switch to
@@ -89,6 +96,7 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"                    # auto | cpu | cuda | cuda:N
     compile: bool = False                   # torch.compile the model
+    cuda_graph: bool = False                # replay forward + backward as one captured CUDA graph
     checkpoint_every: int = 0               # steps between checkpoints; 0: none
     log_every: int = 10                     # steps between metrics.jsonl lines
     eval_bytes: int = 262_144               # held-out bytes scored at the end; 0: skip
@@ -137,6 +145,9 @@ class TrainConfig:
              f"--eval-bytes must be 0 (no final evaluation) or more than --seq-len {self.seq_len}, "
              f"got {self.eval_bytes}")
         need(self.max_nonfinite >= 1, f"--max-nonfinite must be >= 1, got {self.max_nonfinite}")
+        need(not (self.cuda_graph and self.compile), "--cuda-graph and --compile cannot be combined: drop one")
+        need(not (self.cuda_graph and world_size > 1),
+             f"--cuda-graph runs in one process, not {world_size}: drop it under torchrun")
         need(self.batch_size % world_size == 0,
              f"--batch-size {self.batch_size} (the global batch) must be divisible by the {world_size} processes")
 
@@ -271,6 +282,38 @@ def _grad_norm(params) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
 
+class GraphedStep:
+    """``fn(x)`` (forward + backward of a batch ``x``) captured once as a CUDA graph, then replayed.
+
+    Each replay launches the whole step's kernels at once, so a step whose many small kernels keep
+    the host busier than the GPU (launch overhead) runs at the GPU's pace. The batch is copied into
+    the captured input, the outputs and the parameters' gradients come back in the same tensors each
+    time (the gradients are written, not accumulated: callers must not zero or drop them). ``fn``
+    must have run eagerly on ``stream`` before (Triton autotuning, TileLang JIT, lazy inits), and
+    must not synchronise with the host.
+    """
+
+    def __init__(self, fn, x: torch.Tensor, stream: torch.cuda.Stream):
+        self.x = x.clone()
+        self.graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize(x.device)
+        torch.cuda.empty_cache()        # the eager steps' cached blocks: the graph keeps its own pool
+        try:
+            with torch.cuda.graph(self.graph, stream=stream):
+                self.out = fn(self.x)
+        except Exception as e:
+            msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            raise ElmanlabError(f"--cuda-graph: capturing the training step failed ({msg}); run without "
+                                "--cuda-graph") from e
+        self.replays = 0
+
+    def __call__(self, x: torch.Tensor):
+        self.x.copy_(x, non_blocking=True)
+        self.graph.replay()
+        self.replays += 1
+        return self.out
+
+
 # ---------------------------------------------------------------- run folders
 
 def is_run_dir(path: str | os.PathLike) -> bool:
@@ -380,6 +423,8 @@ class _Trainer:
         cfg = self.cfg
         cfg.validate(self.world)
         self.device = resolve_device(cfg.device, self.local_rank)
+        if cfg.cuda_graph and self.device.type != "cuda":
+            raise ElmanlabError(f"--cuda-graph needs a CUDA device, not {self.device}: drop --cuda-graph")
         # data paths are stored absolute so that eval, generate and resume work from any folder
         if cfg.data is not None:
             cfg.data = str(Path(cfg.data).expanduser().resolve())
@@ -412,6 +457,10 @@ class _Trainer:
         self.optimizer = make_optimizer(self.model, cfg)
         self.optimizer.train()
         self.fwd = self.model
+        self.graphed: GraphedStep | None = None
+        self.eager_steps = 0                                # steps run eagerly in this process
+        if cfg.cuda_graph:
+            self.graph_stream = torch.cuda.Stream(self.device)
         if cfg.compile:
             self.fwd = torch.compile(self.fwd)
         if self.world > 1:
@@ -434,7 +483,7 @@ class _Trainer:
         self.timers = {"train_s": 0.0, "warmup_s": 0.0, "checkpoint_s": 0.0, "eval_s": 0.0, "wall_s": 0.0}
         self.interval = {"loss_sum": 0.0, "loss_n": 0, "tokens": 0, "time": 0.0}
         self.last_grad_norm = None
-        self.warm_steps = 0                                 # steps timed as warm-up (one per process)
+        self.warm_steps = 0                                 # steps timed as warm-up (warm_up_steps per process)
         if self.resume_dir is not None:
             self._load_checkpoint()
 
@@ -571,16 +620,39 @@ class _Trainer:
             return self.step >= self.cfg.steps
         return self.timers["train_s"] >= 60.0 * self.cfg.minutes
 
+    @property
+    def warm_up_steps(self) -> int:
+        """Steps of a process timed apart as warm-up: the first (compilation, autotuning), and with
+        --cuda-graph also the second (the capture)."""
+        return 2 if self.cfg.cuda_graph else 1
+
+    def _loss_and_grads(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward and backward of the batch ``x`` [B, T+1]: [loss, gradient norm] on the device,
+        without a host synchronisation (so that it can be captured in a CUDA graph)."""
+        with autocast(self.device, cache=not self.cfg.cuda_graph):
+            _, loss = self.fwd(x[:, :-1], x[:, 1:])
+        loss.backward()
+        gn = _grad_norm(self.params).to(loss.device)
+        return torch.stack([loss.detach().float(), gn.float()])
+
     def _train_step(self) -> tuple[float, float]:
         cfg = self.cfg
         win, offsets = self.sampler.batch(self.split.train, self.step, self.rows)
         x = torch.from_numpy(win).to(self.device, non_blocking=True).long()
-        inp, tgt = x[:, :-1], x[:, 1:]
-        with autocast(self.device):
-            _, loss = self.fwd(inp, tgt)
-        loss.backward()
-        gn = _grad_norm(self.params).to(loss.device)
-        stats = torch.stack([loss.detach().float(), gn.float()])
+        if self.graphed is not None:
+            stats = self.graphed(x)
+        elif cfg.cuda_graph and self.eager_steps >= 1:      # warmed up on the graph's stream: capture
+            self.graphed = GraphedStep(self._loss_and_grads, x, self.graph_stream)
+            stats = self.graphed(x)
+        elif cfg.cuda_graph:                                # the eager warm-up, on the graph's stream
+            self.graph_stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self.graph_stream):
+                stats = self._loss_and_grads(x)
+            torch.cuda.current_stream(self.device).wait_stream(self.graph_stream)
+            self.eager_steps += 1
+        else:
+            stats = self._loss_and_grads(x)
+            self.eager_steps += 1
         if self.world > 1:
             import torch.distributed as dist
             loss_t = stats[:1].clone()
@@ -590,7 +662,7 @@ class _Trainer:
         if math.isfinite(loss_v) and math.isfinite(gn_v):
             if cfg.grad_clip is not None:
                 if hasattr(torch.nn.utils, "clip_grads_with_norm_"):       # the norm is already known
-                    torch.nn.utils.clip_grads_with_norm_(self.params, cfg.grad_clip, gn)
+                    torch.nn.utils.clip_grads_with_norm_(self.params, cfg.grad_clip, stats[1])
                 else:
                     torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
             self.optimizer.step()
@@ -598,7 +670,8 @@ class _Trainer:
         else:
             self.nonfinite_total += 1
             self.nonfinite_run += 1
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.graphed is None:        # a graph rewrites its gradient tensors in place: keep them
+            self.optimizer.zero_grad(set_to_none=True)
         self.fingerprint = fingerprint_update(self.fingerprint, offsets)
         return loss_v, gn_v
 
@@ -625,7 +698,7 @@ class _Trainer:
                        desc=f"train {cfg.model.model}", bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s "
                        "[{elapsed}<{remaining}{postfix}]")
         status = "completed"
-        first = True
+        warm_left = self.warm_up_steps                     # this process's steps timed apart
         old_handler = self._catch_sigint()
         try:
             while not self._stop_flag():
@@ -635,7 +708,7 @@ class _Trainer:
                 t0 = time.perf_counter()
                 self.between_steps = False
                 loss_v, gn_v = self._train_step()
-                if first and self.device.type == "cuda":
+                if warm_left and self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 dt = time.perf_counter() - t0
                 self.step += 1
@@ -646,10 +719,10 @@ class _Trainer:
                     self.final_loss = loss_v
                     self.interval["loss_sum"] += loss_v
                     self.interval["loss_n"] += 1
-                if first:                                   # compile / autotune / warm-up: timed apart
+                if warm_left:                               # compile / autotune / capture: timed apart
                     self.timers["warmup_s"] += dt
                     self.warm_steps += 1
-                    first = False
+                    warm_left -= 1
                 else:
                     self.timers["train_s"] += dt
                     self.interval["tokens"] += tokens_per_step
@@ -737,6 +810,7 @@ class _Trainer:
             "seed": cfg.seed, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "lr": cfg.lr,
             "weight_decay": cfg.weight_decay, "warmup_steps": cfg.warmup_steps, "grad_clip": cfg.grad_clip,
             "budget": cfg.budget, "nonfinite_steps": self.nonfinite_total,
+            "compile": cfg.compile, "cuda_graph": cfg.cuda_graph,
             "data": self.split.data_path, "val_data": self.split.val_path,
             "run_dir": str(self.out),
         }

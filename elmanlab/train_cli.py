@@ -44,6 +44,10 @@ def register(sub) -> None:
     r = p.add_argument_group("run")
     r.add_argument("--device", default="auto", help="auto (CUDA when there is a GPU), cpu, cuda or cuda:N")
     r.add_argument("--compile", action="store_true", help="torch.compile the model (compile time is timed apart)")
+    r.add_argument("--cuda-graph", action="store_true",
+                   help="after one eager step, capture forward + backward as one CUDA graph and replay it "
+                        "every step: the same kernels without per-kernel launch overhead, for host-bound "
+                        "steps (small batches); CUDA, one process, not with --compile; the optimizer stays eager")
     r.add_argument("--out", metavar="DIR", help="run folder (default runs/MODEL-PARAMS-TIMESTAMP)")
     r.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint to its "
                    "budget (or a new --steps/--minutes); everything else comes from DIR/config.json")
@@ -57,7 +61,7 @@ def register(sub) -> None:
     # settings a resumed run takes from its config.json: giving one with --resume is an error
     _RUN_SETTINGS.update({d: p.get_default(d) for d in (
         "batch_size", "seq_len", "lr", "weight_decay", "warmup_steps", "grad_clip", "max_nonfinite", "seed",
-        "compile", "out", "log_every", "eval_bytes")})
+        "compile", "cuda_graph", "out", "log_every", "eval_bytes")})
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="held-out loss of a run in nats/byte and bits/byte",
@@ -136,7 +140,7 @@ def cmd_train(args) -> int:
             model=cfg_model, out=out, data=args.data, val_data=args.val_data, steps=steps, minutes=minutes,
             batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, weight_decay=args.weight_decay,
             warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, seed=args.seed, device=args.device,
-            compile=args.compile, checkpoint_every=args.checkpoint_every or 0, log_every=args.log_every,
+            compile=args.compile, cuda_graph=args.cuda_graph, checkpoint_every=args.checkpoint_every or 0, log_every=args.log_every,
             eval_bytes=262_144 if args.eval_bytes is None else args.eval_bytes,
             max_nonfinite=args.max_nonfinite, progress=not args.no_progress)
         summary = run_training(cfg)

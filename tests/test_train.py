@@ -289,3 +289,12 @@ def test_generate_streams_through_step(text_file, tmp_path):
     assert "".join(pieces) == raw.decode("utf-8", errors="replace")
     topk = generate(model, prompt, 200, temperature=1.0, top_k=1, seed=9)
     assert topk == bytes(stream_bytes(model, prompt, 200, temperature=0))
+
+
+def test_cuda_graph_is_one_process_without_compile(tmp_path):
+    cfg = TrainConfig(model=tiny(), out=str(tmp_path / "o"), steps=2, cuda_graph=True)
+    with pytest.raises(ElmanlabError, match="one process, not 2"):
+        cfg.validate(world_size=2)
+    cfg.compile = True
+    with pytest.raises(ElmanlabError, match="--cuda-graph and --compile"):
+        cfg.validate()

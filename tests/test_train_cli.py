@@ -128,6 +128,17 @@ def test_bad_budget(text_file, tmp_path, capsys, budget, words):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("flags,words", [
+    (["--cuda-graph"], ["--cuda-graph needs a CUDA device", "drop --cuda-graph"]),
+    (["--cuda-graph", "--compile"], ["--cuda-graph and --compile"]),
+])
+def test_cuda_graph_refusals(text_file, tmp_path, capsys, flags, words):
+    code, _, err = run(["train", "e1", *TINY, "--data", text_file, "--steps", "3", *flags, "--out", tmp_path / "o"],
+                       capsys)
+    assert_one_line_error(code, err, *words)
+    assert not (tmp_path / "o").exists()
+
+
 def test_resume_of_something_that_is_not_a_run(tmp_path, capsys):
     (tmp_path / "plain").mkdir()
     code, _, err = run(["train", "--resume", tmp_path / "plain"], capsys)
@@ -178,7 +189,7 @@ def test_train_help_explains_every_flag(capsys):
     assert code == 0
     for flag in ("--data", "--val-data", "--steps", "--minutes", "--batch-size", "--seq-len", "--lr",
                  "--weight-decay", "--warmup-steps", "--grad-clip", "--seed", "--device", "--checkpoint-every",
-                 "--resume", "--out", "--eval-bytes", "--compile"):
+                 "--resume", "--out", "--eval-bytes", "--compile", "--cuda-graph"):
         assert flag in out
 
 
