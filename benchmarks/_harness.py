@@ -21,14 +21,16 @@ def _release(device: str) -> None:
 
 
 @contextlib.contextmanager
-def bench_trainer(mcfg, batch: int, seq_len: int, steps: int, device: str = "cuda", compile: bool = False):
+def bench_trainer(mcfg, batch: int, seq_len: int, steps: int, device: str = "cuda", compile: bool = False,
+                  cuda_graph: bool = False):
     """A set-up trainer for ``mcfg`` (a ModelConfig) on the embedded corpus, good for ``steps`` steps;
     the previous benchmark's memory is released first (peak memory is counted from set-up)."""
     from elmanlab.train import TrainConfig, _Trainer
     _release(device)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(model=mcfg, out=os.path.join(tmp, "run"), steps=steps, batch_size=batch,
-                          seq_len=seq_len, device=device, progress=False, eval_bytes=0, compile=compile)
+                          seq_len=seq_len, device=device, progress=False, eval_bytes=0, compile=compile,
+                          cuda_graph=cuda_graph)
         trainer = _Trainer(cfg)
         try:
             trainer.setup()

@@ -117,6 +117,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (autotune, compilation)")
     ap.add_argument("--steps", type=int, default=5, help="profiled steps")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (as train --compile)")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="replay forward + backward as one CUDA graph (as train --cuda-graph); needs --warmup >= 2")
     ap.add_argument("--top", type=int, default=30, help="kernels listed")
     ap.add_argument("--out", default=None, help="output stem for .json / .md (default: print only)")
     args = ap.parse_args(argv)
@@ -133,8 +135,11 @@ def main(argv=None) -> int:
     except ElmanlabError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.cuda_graph and args.warmup < 2:
+        print("error: --cuda-graph needs --warmup 2 or more (one eager step, then the capture)", file=sys.stderr)
+        return 2
     with bench_trainer(mcfg, args.batch, args.seq_len, args.warmup + 2 * args.steps,
-                       compile=args.compile) as tr, tempfile.TemporaryDirectory() as tmp:
+                       compile=args.compile, cuda_graph=args.cuda_graph) as tr, tempfile.TemporaryDirectory() as tmp:
         print(f"{args.model} {tr.n_params / 1e6:.0f}M: {args.warmup} warm-up steps (a fresh machine tunes Triton "
               f"kernels here, minutes), then {args.steps} timed and {args.steps} profiled ...", flush=True)
         _, times = run_steps(tr, args.warmup)
@@ -151,13 +156,15 @@ def main(argv=None) -> int:
     s = summarize(events, args.steps, wall, args.top)
     s.update(model=args.model, params=n_params, dim=mcfg.dim, depth=mcfg.depth, batch=args.batch,
              seq_len=args.seq_len, options=parse_options(args.option), compile=args.compile,
+             cuda_graph=args.cuda_graph,
              gpu=torch.cuda.get_device_name(), warmup_s=round(warm_s, 1),
              wall_ms_per_step_unprofiled=1e3 * wall_plain / args.steps,
              tokens_per_s_unprofiled=args.batch * args.seq_len * args.steps / wall_plain,
              peak_memory_gb=peak / 1e9)
     opts = " ".join(f"{k}={v}" for k, v in s["options"].items())
     title = (f"{args.model} {n_params / 1e6:.0f}M ({mcfg.dim}x{mcfg.depth}{' ' + opts if opts else ''}) "
-             f"B{args.batch} x {args.seq_len}{' compiled' if args.compile else ''}, {s['gpu']}: "
+             f"B{args.batch} x {args.seq_len}{' compiled' if args.compile else ''}"
+             f"{' cuda-graph' if args.cuda_graph else ''}, {s['gpu']}: "
              f"{s['tokens_per_s_unprofiled'] / 1e3:.1f}K tok/s unprofiled "
              f"({s['wall_ms_per_step_unprofiled']:.1f} ms/step), warm-up {warm_s:.0f} s")
     md = markdown(title, s)

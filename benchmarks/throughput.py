@@ -13,6 +13,11 @@ configurations already in the JSON.
 
     python3 benchmarks/throughput.py                         # all 8 families, 100M and 400M, B16 and B64
     python3 benchmarks/throughput.py --models mamba2,gdn --params 400M --batch 16
+    python3 benchmarks/throughput.py --models gdn --params 400M --batch 16 --mode eager,graph
+
+``--mode graph`` runs the step as ``elmanlab train --cuda-graph`` does (forward + backward replayed
+as one CUDA graph; the eager step and the capture fall in the warm-up); ``eager,graph`` measures
+both side by side.
 """
 from __future__ import annotations
 
@@ -28,15 +33,19 @@ import torch
 ALL = ["e1", "e33", "e42", "e88", "mamba2", "gdn", "mingru", "minlstm"]
 
 
-def run_config(model: str, params: str, batch: int, seq_len: int, warmup: int, steps: int) -> dict:
+MODES = ("eager", "graph")
+
+
+def run_config(model: str, params: str, batch: int, seq_len: int, warmup: int, steps: int,
+               mode: str = "eager") -> dict:
     from _harness import bench_trainer, run_steps
     from elmanlab.sizing import model_config
     mcfg = model_config(model, params=params)
-    row = {"model": model, "target": params, "batch": batch, "seq_len": seq_len, "dim": mcfg.dim,
+    row = {"model": model, "target": params, "batch": batch, "mode": mode, "seq_len": seq_len, "dim": mcfg.dim,
            "depth": mcfg.depth}
     try:
         t0 = time.perf_counter()
-        with bench_trainer(mcfg, batch, seq_len, warmup + steps) as trainer:
+        with bench_trainer(mcfg, batch, seq_len, warmup + steps, cuda_graph=mode == "graph") as trainer:
             row["params"] = trainer.n_params
             losses, _ = run_steps(trainer, warmup)
             row["warmup_s"] = round(time.perf_counter() - t0, 2)
@@ -68,16 +77,16 @@ def markdown(result: dict) -> str:
              f"{max(r.get('matmul_tflops', result['matmul_tflops']) for r in result['rows']):.0f} TFLOP/s). "
              f"torch {m['torch']}, triton {m['triton']}, fla {m['fla']}, mamba_ssm {m['mamba_ssm']}, "
              f"TileLang {m['tilelang']}.", "",
-             "| model | target | params | dim x depth | batch | tokens/s | MFU | step ms | peak GB | kernel path |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | target | params | dim x depth | batch | step | tokens/s | MFU | step ms | peak GB | kernel path |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         path = r.get("path") or result["paths"].get(r["model"], {}).get("path", "?")
         if r["status"] != "ok":
             lines.append(f"| {r['model']} | {r['target']} | {r.get('params', 0) / 1e6:.0f}M | {r['dim']}x{r['depth']} "
-                         f"| {r['batch']} | {r['status']} | | | | {path} |")
+                         f"| {r['batch']} | {r.get('mode', 'eager')} | {r['status']} | | | | {path} |")
             continue
         lines.append(f"| {r['model']} | {r['target']} | {r['params'] / 1e6:.0f}M | {r['dim']}x{r['depth']} | "
-                     f"{r['batch']} | {fmt_k(r['tokens_per_s'])} | {100 * r['mfu']:.1f}% | {r['step_ms']:.0f} | "
+                     f"{r['batch']} | {r.get('mode', 'eager')} | {fmt_k(r['tokens_per_s'])} | {100 * r['mfu']:.1f}% | {r['step_ms']:.0f} | "
                      f"{r['peak_memory_gb']:.1f} | {path} |")
     lines += [""] + [f"- {n}" for n in result.get("notes", [])]
     return "\n".join(lines) + "\n"
@@ -99,6 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (autotune, compilation)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps")
+    ap.add_argument("--mode", default="eager", help="comma-separated: eager (default), graph (the step as "
+                    "train --cuda-graph: forward + backward replayed as one CUDA graph), or eager,graph for both")
     ap.add_argument("--out", default=None, help="output stem (default benchmarks/results/throughput-<gpu>)")
     ap.add_argument("--resume", action="store_true", help="keep the rows already in the JSON, run the rest")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing JSON / table (default: refuse)")
@@ -106,6 +117,13 @@ def main(argv=None) -> int:
     unknown = [m for m in args.models.split(",") if m and m not in ALL]
     if unknown:
         print(f"error: unknown --models {','.join(unknown)}; choose from {','.join(ALL)}", file=sys.stderr)
+        return 2
+    modes = [m for m in args.mode.split(",") if m]
+    if not modes or any(m not in MODES for m in modes):
+        print(f"error: --mode takes {', '.join(MODES)} (comma-separated), got {args.mode!r}", file=sys.stderr)
+        return 2
+    if "graph" in modes and args.warmup < 2:
+        print("error: --mode graph needs --warmup 2 or more (one eager step, then the capture)", file=sys.stderr)
         return 2
     if args.out and refuse_existing(Path(args.out).with_suffix(".json"), args):
         return 2
@@ -135,20 +153,20 @@ def main(argv=None) -> int:
         print(f"  {fam:<8} {paths[fam]['path']}", flush=True)
     result = {"machine": machine, "matmul_tflops": peak / 1e12, "warmup": args.warmup, "steps": args.steps,
               "seq_len": args.seq_len, "paths": paths, "rows": rows, "notes": notes}
-    done = {(r["model"], r["target"], r["batch"]) for r in rows}
+    done = {(r["model"], r["target"], r["batch"], r.get("mode", "eager")) for r in rows}
     for params in args.params.split(","):
         paths_here = family_paths(params)                 # the path can depend on the size (E42)
         for fam in models:
-            for batch in (int(b) for b in args.batch.split(",")):
-                if (fam, params, batch) in done:
+            for batch, mode in ((int(b), m) for b in args.batch.split(",") for m in modes):
+                if (fam, params, batch, mode) in done:
                     continue
-                r = run_config(fam, params, batch, args.seq_len, args.warmup, args.steps)
+                r = run_config(fam, params, batch, args.seq_len, args.warmup, args.steps, mode)
                 r["path"] = paths_here[fam]["path"]
                 r["matmul_tflops"], r["warmup"], r["steps"] = round(peak / 1e12, 1), args.warmup, args.steps
                 if r["status"] == "ok":
                     r["mfu"] = round(6 * r["params"] * r["tokens_per_s"] / peak, 4)
                 rows.append(r)
-                print(f"{fam:<8} {params:>5} B{batch:<3} " + (
+                print(f"{fam:<8} {params:>5} B{batch:<3} {mode:<5} " + (
                     f"{r['tokens_per_s'] / 1e3:8.1f}K tok/s  MFU {100 * r['mfu']:5.1f}%  {r['step_ms']:7.1f} ms  "
                     f"{r['peak_memory_gb']:6.1f} GB  (warm-up {r['warmup_s']} s)" if r["status"] == "ok" else r["status"]),
                     flush=True)

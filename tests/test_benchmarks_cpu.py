@@ -18,6 +18,15 @@ def test_throughput_refuses_to_overwrite_results(tmp_path):
     assert (tmp_path / "tp.json").read_text() == "{}"
 
 
+def test_throughput_checks_its_modes(tmp_path):
+    for args, words in ((["--mode", "graph,fast"], ["--mode takes eager, graph"]),
+                        (["--mode", "graph", "--warmup", "1"], ["--warmup 2 or more"])):
+        r = subprocess.run([sys.executable, str(BENCH / "throughput.py"), "--out", str(tmp_path / "tp"), *args],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert all(w in r.stderr for w in words), r.stderr
+
+
 def test_profile_summary_busy_time_and_kinds():
     import profile_step as ps
     assert ps.busy_time([(0, 10), (5, 15), (30, 35), (31, 32)]) == 20
