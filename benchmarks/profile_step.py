@@ -122,6 +122,12 @@ def main(argv=None) -> int:
     ap.add_argument("--top", type=int, default=30, help="kernels listed")
     ap.add_argument("--out", default=None, help="output stem for .json / .md (default: print only)")
     args = ap.parse_args(argv)
+    if args.cuda_graph and args.warmup < 2:
+        print("error: --cuda-graph needs --warmup 2 or more (one eager step, then the capture)", file=sys.stderr)
+        return 2
+    if args.cuda_graph and args.compile:
+        print("error: --cuda-graph and --compile cannot be combined: drop one", file=sys.stderr)
+        return 2
     import torch
     if not torch.cuda.is_available():
         print("error: profile_step needs a CUDA GPU", file=sys.stderr)
@@ -134,9 +140,6 @@ def main(argv=None) -> int:
         mcfg = model_config(args.model, params=args.params, options=parse_options(args.option))
     except ElmanlabError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.cuda_graph and args.warmup < 2:
-        print("error: --cuda-graph needs --warmup 2 or more (one eager step, then the capture)", file=sys.stderr)
         return 2
     with bench_trainer(mcfg, args.batch, args.seq_len, args.warmup + 2 * args.steps,
                        compile=args.compile, cuda_graph=args.cuda_graph) as tr, tempfile.TemporaryDirectory() as tmp:

@@ -302,7 +302,10 @@ class GraphedStep:
             with torch.cuda.graph(self.graph, stream=stream):
                 self.out = fn(self.x)
         except Exception as e:
-            msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            # torch.cuda.graph's exit ends the capture even after an error, and that raises its own
+            # "previous error during capture": the cause is the exception it was raised during
+            cause = e.__context__ if e.__context__ is not None else e
+            msg = f"{type(cause).__name__}: {cause}".splitlines()[0][:300]
             raise ElmanlabError(f"--cuda-graph: capturing the training step failed ({msg}); run without "
                                 "--cuda-graph") from e
         self.replays = 0
@@ -424,7 +427,8 @@ class _Trainer:
         cfg.validate(self.world)
         self.device = resolve_device(cfg.device, self.local_rank)
         if cfg.cuda_graph and self.device.type != "cuda":
-            raise ElmanlabError(f"--cuda-graph needs a CUDA device, not {self.device}: drop --cuda-graph")
+            raise ElmanlabError(f"--cuda-graph needs a CUDA device, not {self.device}: drop --cuda-graph "
+                                "(with --resume: --no-cuda-graph)")
         # data paths are stored absolute so that eval, generate and resume work from any folder
         if cfg.data is not None:
             cfg.data = str(Path(cfg.data).expanduser().resolve())
@@ -649,6 +653,8 @@ class _Trainer:
             with torch.cuda.stream(self.graph_stream):
                 stats = self._loss_and_grads(x)
             torch.cuda.current_stream(self.device).wait_stream(self.graph_stream)
+            # its gradients, made on the graph's stream, are used and freed on the default one: the
+            # capture (next step) synchronises the device before the graph's stream allocates again
             self.eager_steps += 1
         else:
             stats = self._loss_and_grads(x)
@@ -900,8 +906,9 @@ def run_training(cfg: TrainConfig) -> dict:
 
 def resume_training(run_dir: str | os.PathLike, steps: int | None = None, minutes: float | None = None,
                     device: str | None = None, progress: bool | None = None,
-                    checkpoint_every: int | None = None) -> dict:
-    """Continue a run from its newest checkpoint to its budget (or a new one given here)."""
+                    checkpoint_every: int | None = None, cuda_graph: bool | None = None) -> dict:
+    """Continue a run from its newest checkpoint to its budget (or a new one given here). ``device``,
+    ``progress``, ``checkpoint_every`` and ``cuda_graph`` change how it runs, not what it computes."""
     run_dir = Path(run_dir).expanduser()
     conf = load_run_config(run_dir)
     tc = dict(conf["train"])
@@ -915,6 +922,8 @@ def resume_training(run_dir: str | os.PathLike, steps: int | None = None, minute
         tc["progress"] = progress
     if checkpoint_every is not None:
         tc["checkpoint_every"] = checkpoint_every
+    if cuda_graph is not None:
+        tc["cuda_graph"] = cuda_graph
     cfg = TrainConfig.from_dict(tc)
     if (run_dir / "summary.json").is_file():
         done = read_json(run_dir / "summary.json")

@@ -1,6 +1,7 @@
 """The ``train``, ``eval`` and ``generate`` subcommands."""
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 import time
@@ -29,8 +30,8 @@ def register(sub) -> None:
                    "(at most 8 MiB) of --data, which training never samples")
     b = p.add_argument_group("budget (one of)")
     b.add_argument("--steps", type=int, help=f"optimizer steps (default {DEFAULT_STEPS} when no budget is given)")
-    b.add_argument("--minutes", type=float, help="minutes of training time (first-step compile/warm-up, "
-                   "checkpointing and evaluation are timed apart and not charged)")
+    b.add_argument("--minutes", type=float, help="minutes of training time (the warm-up (the first step; with "
+                   "--cuda-graph the first two), checkpointing and evaluation are timed apart and not charged)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--batch-size", type=int, default=16, help="global batch: sequences per step over all ranks (default 16)")
     o.add_argument("--seq-len", type=int, default=512, help="bytes per sequence; windows are seq_len + 1 (default 512)")
@@ -44,10 +45,11 @@ def register(sub) -> None:
     r = p.add_argument_group("run")
     r.add_argument("--device", default="auto", help="auto (CUDA when there is a GPU), cpu, cuda or cuda:N")
     r.add_argument("--compile", action="store_true", help="torch.compile the model (compile time is timed apart)")
-    r.add_argument("--cuda-graph", action="store_true",
+    r.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="after one eager step, capture forward + backward as one CUDA graph and replay it "
                         "every step: the same kernels without per-kernel launch overhead, for host-bound "
-                        "steps (small batches); CUDA, one process, not with --compile; the optimizer stays eager")
+                        "steps (small batches); CUDA, one process, not with --compile; the optimizer stays "
+                        "eager. Default off; with --resume, the run's own setting unless given")
     r.add_argument("--out", metavar="DIR", help="run folder (default runs/MODEL-PARAMS-TIMESTAMP)")
     r.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint to its "
                    "budget (or a new --steps/--minutes); everything else comes from DIR/config.json")
@@ -61,7 +63,7 @@ def register(sub) -> None:
     # settings a resumed run takes from its config.json: giving one with --resume is an error
     _RUN_SETTINGS.update({d: p.get_default(d) for d in (
         "batch_size", "seq_len", "lr", "weight_decay", "warmup_steps", "grad_clip", "max_nonfinite", "seed",
-        "compile", "cuda_graph", "out", "log_every", "eval_bytes")})
+        "compile", "out", "log_every", "eval_bytes")})
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="held-out loss of a run in nats/byte and bits/byte",
@@ -121,7 +123,7 @@ def cmd_train(args) -> int:
         summary = resume_training(args.resume, steps=args.steps, minutes=args.minutes,
                                   device=None if args.device == "auto" else args.device,
                                   progress=False if args.no_progress else None,
-                                  checkpoint_every=args.checkpoint_every)
+                                  checkpoint_every=args.checkpoint_every, cuda_graph=args.cuda_graph)
     else:
         if not args.model:
             raise ElmanlabError("name a model to train (e.g. `elmanlab train e1`; see `elmanlab models`) "
@@ -140,7 +142,7 @@ def cmd_train(args) -> int:
             model=cfg_model, out=out, data=args.data, val_data=args.val_data, steps=steps, minutes=minutes,
             batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, weight_decay=args.weight_decay,
             warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, seed=args.seed, device=args.device,
-            compile=args.compile, cuda_graph=args.cuda_graph, checkpoint_every=args.checkpoint_every or 0, log_every=args.log_every,
+            compile=args.compile, cuda_graph=bool(args.cuda_graph), checkpoint_every=args.checkpoint_every or 0, log_every=args.log_every,
             eval_bytes=262_144 if args.eval_bytes is None else args.eval_bytes,
             max_nonfinite=args.max_nonfinite, progress=not args.no_progress)
         summary = run_training(cfg)
@@ -172,7 +174,7 @@ def print_summary(s: dict) -> None:
     w(f"model        {s['model']}  {format_count(s['params'])} params  dim {s['dim']} x depth {s['depth']}"
       f"  on {s['device']}" + (f" x{s['world_size']}" if s.get("world_size", 1) > 1 else "") + "\n")
     w(f"trained      {s['steps']:,} steps, {s['tokens']:,} bytes in {_fmt(s.get('train_s'), '.1f')} s"
-      f" (+ {_fmt(s.get('warmup_s'), '.1f')} s first step/warm-up), wall {_fmt(s.get('wall_s'), '.1f')} s\n")
+      f" (+ {_fmt(s.get('warmup_s'), '.1f')} s warm-up steps), wall {_fmt(s.get('wall_s'), '.1f')} s\n")
     w(f"loss         {_fmt(s.get('loss_last100'), '.4f')} nats/byte (mean of last 100 steps), "
       f"final {_fmt(s.get('final_loss'), '.4f')}\n")
     if s.get("val_bpb") is not None:

@@ -27,6 +27,15 @@ def test_throughput_checks_its_modes(tmp_path):
         assert all(w in r.stderr for w in words), r.stderr
 
 
+def test_profile_step_checks_its_flags():
+    for args, words in ((["--cuda-graph", "--warmup", "1"], ["--warmup 2 or more"]),
+                        (["--cuda-graph", "--compile"], ["cannot be combined"])):
+        r = subprocess.run([sys.executable, str(BENCH / "profile_step.py"), "--model", "gdn", *args],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert all(w in r.stderr for w in words), r.stderr
+
+
 def test_profile_summary_busy_time_and_kinds():
     import profile_step as ps
     assert ps.busy_time([(0, 10), (5, 15), (30, 35), (31, 32)]) == 20

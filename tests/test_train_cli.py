@@ -139,6 +139,22 @@ def test_cuda_graph_refusals(text_file, tmp_path, capsys, flags, words):
     assert not (tmp_path / "o").exists()
 
 
+def test_resume_switches_cuda_graph(text_file, tmp_path, capsys):
+    """--cuda-graph is how a run runs, not what it computes: --resume may switch it either way."""
+    out = tmp_path / "g"
+    code, _, _ = run(["train", "e1", *TINY, "--data", text_file, "--steps", "4", "--checkpoint-every", "2",
+                      "--eval-bytes", "0", "--out", out], capsys)
+    assert code == 0
+    conf = json.loads((out / "config.json").read_text())
+    conf["train"]["cuda_graph"] = True           # as written by a GPU run with --cuda-graph
+    (out / "config.json").write_text(json.dumps(conf))
+    code, _, err = run(["train", "--resume", out, "--steps", "6"], capsys)
+    assert_one_line_error(code, err, "--cuda-graph needs a CUDA device", "--no-cuda-graph")
+    code, _, err = run(["train", "--resume", out, "--steps", "6", "--no-cuda-graph", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads((out / "summary.json").read_text())["steps"] == 6
+
+
 def test_resume_of_something_that_is_not_a_run(tmp_path, capsys):
     (tmp_path / "plain").mkdir()
     code, _, err = run(["train", "--resume", tmp_path / "plain"], capsys)

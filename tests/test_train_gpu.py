@@ -10,23 +10,28 @@ import pytest
 import torch
 
 from elmanlab.sizing import model_config
-from elmanlab.train import TrainConfig, _Trainer, run_training
+from elmanlab.train import TrainConfig, _Trainer, resume_training, run_training
 
 pytestmark = pytest.mark.gpu
 FAMILIES = ["e1", "e33", "e42", "e88", "mamba2", "gdn", "mingru", "minlstm"]
+# (family, width, ELMANLAB_ELMAN_IMPL): every family's fast path at width 256, plus the other Elman
+# paths that 400M models take: E42's chunked GEMM form (d_inner > 2112) and cuDNN's tanh RNN
+CASES = [(f, 256, None) for f in FAMILIES] + [("e42", 2176, None), ("e1", 256, "cudnn")]
 
 
-def _trainer(tmp_path, model, **kw):
-    cfg = TrainConfig(model=model_config(model, dim=256, depth=2), out=str(tmp_path / "run"), steps=10,
+def _trainer(tmp_path, model, dim=256, **kw):
+    cfg = TrainConfig(model=model_config(model, dim=dim, depth=2), out=str(tmp_path / "run"), steps=10,
                       batch_size=4, seq_len=128, lr=1e-3, device="cuda", progress=False, eval_bytes=0, **kw)
     tr = _Trainer(cfg)
     tr.setup()
     return tr
 
 
-@pytest.mark.parametrize("model", FAMILIES)
-def test_graph_replay_equals_the_eager_step(model, tmp_path, rel):
-    tr = _trainer(tmp_path, model, cuda_graph=True)
+@pytest.mark.parametrize("model,dim,impl", CASES, ids=[f"{m}-{d}-{i or 'auto'}" for m, d, i in CASES])
+def test_graph_replay_equals_the_eager_step(model, dim, impl, tmp_path, rel, monkeypatch):
+    if impl is not None:
+        monkeypatch.setenv("ELMANLAB_ELMAN_IMPL", impl)
+    tr = _trainer(tmp_path, model, dim, cuda_graph=True)
     for _ in range(4):                       # eager, capture (+ replay), two replays; the optimizer steps
         tr._train_step()
         tr.step += 1
@@ -49,16 +54,19 @@ def test_graph_replay_equals_the_eager_step(model, tmp_path, rel):
 
 
 def test_cuda_graph_training_run(tmp_path):
-    """A whole run with --cuda-graph: two warm-up steps timed apart, checkpoints, evaluation, the
-    summary says so; its losses follow the eager run's."""
+    """A whole run with --cuda-graph and gradient clipping: checkpoints, evaluation, the summary
+    says so; its losses follow the eager run's; a resume captures again and runs on."""
     out = {}
     for graph in (False, True):
         cfg = TrainConfig(model=model_config("mamba2", dim=256, depth=2), out=str(tmp_path / f"g{graph}"),
                           steps=12, batch_size=4, seq_len=128, device="cuda", progress=False, eval_bytes=4096,
-                          checkpoint_every=6, log_every=1, cuda_graph=graph)
+                          checkpoint_every=6, log_every=1, grad_clip=0.5, cuda_graph=graph)
         out[graph] = run_training(cfg)
     s = out[True]
     assert s["status"] == "completed" and s["cuda_graph"] and s["steps"] == 12
     assert s["tokens_per_s"] and s["val_bpb"] is not None
+    assert sorted(p.name for p in (tmp_path / "gTrue" / "checkpoints").iterdir())[-1] == "step_00000012"
     assert abs(s["final_loss"] - out[False]["final_loss"]) <= 2e-2 * out[False]["final_loss"]
     assert abs(s["val_bpb"] - out[False]["val_bpb"]) <= 2e-2 * out[False]["val_bpb"]
+    r = resume_training(tmp_path / "gTrue", steps=16)
+    assert r["status"] == "completed" and r["steps"] == 16 and r["cuda_graph"]
