@@ -139,15 +139,21 @@ def test_cuda_graph_refusals(text_file, tmp_path, capsys, flags, words):
     assert not (tmp_path / "o").exists()
 
 
+def _trained_then_edited(text_file, out, capsys, steps, edit):
+    """A short run with checkpoints, then ``edit(config)`` applied to its config.json."""
+    code, _, _ = run(["train", "e1", *TINY, "--data", text_file, "--steps", steps, "--eval-bytes", "0",
+                      "--checkpoint-every", steps // 2, "--out", out], capsys)
+    assert code == 0
+    conf = json.loads((out / "config.json").read_text())
+    edit(conf)
+    (out / "config.json").write_text(json.dumps(conf))
+
+
 def test_resume_switches_cuda_graph(text_file, tmp_path, capsys):
     """--cuda-graph is how a run runs, not what it computes: --resume may switch it either way."""
     out = tmp_path / "g"
-    code, _, _ = run(["train", "e1", *TINY, "--data", text_file, "--steps", "4", "--checkpoint-every", "2",
-                      "--eval-bytes", "0", "--out", out], capsys)
-    assert code == 0
-    conf = json.loads((out / "config.json").read_text())
-    conf["train"]["cuda_graph"] = True           # as written by a GPU run with --cuda-graph
-    (out / "config.json").write_text(json.dumps(conf))
+    # as written by a GPU run with --cuda-graph
+    _trained_then_edited(text_file, out, capsys, 4, lambda c: c["train"].update(cuda_graph=True))
     code, _, err = run(["train", "--resume", out, "--steps", "6"], capsys)
     assert_one_line_error(code, err, "--cuda-graph needs a CUDA device", "--no-cuda-graph")
     code, _, err = run(["train", "--resume", out, "--steps", "6", "--no-cuda-graph", "--json"], capsys)
@@ -211,12 +217,7 @@ def test_train_help_explains_every_flag(capsys):
 
 def test_config_edited_after_training_is_one_line(text_file, tmp_path, capsys):
     out = tmp_path / "edited"
-    code, _, _ = run(["train", "e1", *TINY, "--data", text_file, "--steps", "10", "--eval-bytes", "0",
-                      "--checkpoint-every", "5", "--out", out], capsys)
-    assert code == 0
-    conf = json.loads((out / "config.json").read_text())
-    conf["model"]["dim"] = 40
-    (out / "config.json").write_text(json.dumps(conf))
+    _trained_then_edited(text_file, out, capsys, 10, lambda c: c["model"].update(dim=40))
     code, _, err = run(["eval", out, "--device", "cpu"], capsys)
     assert code == 2 and "do not match the model in config.json" in err and "Traceback" not in err
     code, _, err = run(["train", "--resume", out, "--steps", "15"], capsys)
