@@ -462,7 +462,7 @@ class _Trainer:
         self.optimizer.train()
         self.fwd = self.model
         self.graphed: GraphedStep | None = None
-        self.eager_steps = 0                                # steps run eagerly in this process
+        self.graph_warm = False                             # the eager step before the capture ran
         if cfg.cuda_graph:
             self.graph_stream = torch.cuda.Stream(self.device)
         if cfg.compile:
@@ -645,7 +645,7 @@ class _Trainer:
         x = torch.from_numpy(win).to(self.device, non_blocking=True).long()
         if self.graphed is not None:
             stats = self.graphed(x)
-        elif cfg.cuda_graph and self.eager_steps >= 1:      # warmed up on the graph's stream: capture
+        elif cfg.cuda_graph and self.graph_warm:            # warmed up on the graph's stream: capture
             self.graphed = GraphedStep(self._loss_and_grads, x, self.graph_stream)
             stats = self.graphed(x)
         elif cfg.cuda_graph:                                # the eager warm-up, on the graph's stream
@@ -655,10 +655,9 @@ class _Trainer:
             torch.cuda.current_stream(self.device).wait_stream(self.graph_stream)
             # its gradients, made on the graph's stream, are used and freed on the default one: the
             # capture (next step) synchronises the device before the graph's stream allocates again
-            self.eager_steps += 1
+            self.graph_warm = True
         else:
             stats = self._loss_and_grads(x)
-            self.eager_steps += 1
         if self.world > 1:
             import torch.distributed as dist
             loss_t = stats[:1].clone()

@@ -150,3 +150,35 @@ def test_gdn_fast_glue_with_a_stand_in_fla(monkeypatch, fla_version):
     assert seen["l2"] is True
     assert seen.get("use_gate_in_kernel", False) is fn.__name__.startswith("new")
     assert seen["sigmoid"] is fn.__name__.startswith("new")
+
+
+@pytest.mark.parametrize("family", ["mamba2", "gdn"])
+def test_layer_fast_conv_glue_with_a_stand_in(monkeypatch, family):
+    """The layers' one-call fast conv (GDN: q, k, v's three convs as one) with a float64 stand-in for
+    fla's causal_conv1d: same output and same conv states as the layer's own ShortConvs."""
+    import torch.nn.functional as F
+    from elmanlab.layers import mamba2 as m2
+    from elmanlab.lm import LM
+    from elmanlab.ops.delta import fast as delta_fast
+    from elmanlab.sizing import model_config
+
+    def conv_stand_in(x, weight, bias, activation):           # [B, T, C], weight [C, 1, K]
+        K = weight.shape[-1]
+        y = F.conv1d(F.pad(x.transpose(1, 2), (K - 1, 0)), weight, bias, groups=x.shape[-1]).transpose(1, 2)
+        return F.silu(y) if activation == "silu" else y
+
+    torch.manual_seed(0)
+    layer = LM(model_config(family, dim=64, depth=1)).double().blocks[0].layer
+    u = torch.randn(2, 9, 64, dtype=torch.float64)
+    ref, ref_state = layer(u)
+    calls = []
+    monkeypatch.setattr(delta_fast, "short_conv_fast", lambda *a: calls.append(1) or conv_stand_in(*a))
+    monkeypatch.setattr(m2, "fast_path_enabled", lambda *t: True)
+    from elmanlab.ops.ssd import fast as ssd_fast      # Mamba2's fused norm: keep its own (no mamba_ssm here)
+    monkeypatch.setattr(ssd_fast, "gated_rmsnorm_fast", lambda *a, **k: None)
+    out, state = layer(u)
+    assert calls == [1]
+    assert torch.allclose(out, ref, rtol=1e-10, atol=1e-12)
+    n_conv = 3 if family == "gdn" else 1
+    for a, b in zip(state[:n_conv], ref_state[:n_conv]):
+        assert torch.equal(a, b)

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from elmanlab.layers.base import RecurrentLayer
 from elmanlab.layers.common import GatedRMSNorm, ShortConv, fused_linear, init_A_log, init_dt_bias
-from elmanlab.layers.mamba2 import conv_state_of
+from elmanlab.layers.mamba2 import fast_short_conv
 from elmanlab.ops._dispatch import fast_path_enabled
 from elmanlab.ops.delta import gdn
 
@@ -73,14 +72,13 @@ class GDN(RecurrentLayer):
         proj = fused_linear(u, ws)
         qkv, a, b, gate = proj.split([2 * K + V, H, H, V if self.g_proj is not None else 0], dim=-1)
         q, k, v = qkv.split([K, K, V], dim=-1)
-        y = None
-        if self.opts.use_short_conv and fast and state is None:     # fla's conv + SiLU, one call
-            from elmanlab.ops.delta.fast import short_conv_fast
-            y = short_conv_fast(qkv, torch.cat([self.q_conv.weight, self.k_conv.weight, self.v_conv.weight]),
-                                None, "silu")
-        if y is not None:
-            cq, ck, cv = (conv_state_of(t, self.opts.conv_size) for t in (q, k, v))
-            q, k, v = y.split([K, K, V], dim=-1)
+        fq = None
+        if self.opts.use_short_conv:                                # on CUDA: fla's conv + SiLU, one call
+            fq = fast_short_conv(qkv, [self.q_conv.weight, self.k_conv.weight, self.v_conv.weight], None,
+                                 cq, "silu")
+        if fq is not None:
+            q, k, v = fq[0].split([K, K, V], dim=-1)
+            cq, ck, cv = fq[1].split([K, K, V], dim=-1)
         else:
             if self.opts.use_short_conv:
                 q, cq = self.q_conv(q, cq)

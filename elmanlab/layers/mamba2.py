@@ -27,13 +27,14 @@ def conv_state_of(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
     return x[:, T - K1:] if T >= K1 else F.pad(x, (0, 0, K1 - T, 0))
 
 
-def fast_short_conv(conv: ShortConv, x: torch.Tensor, state, activation: str | None):
-    """(y, new_state) through fla's Triton conv on CUDA when there is no carried state, else None."""
+def fast_short_conv(x: torch.Tensor, weights: list, bias, state, activation: str | None):
+    """(y, new_state) through fla's Triton conv on CUDA when there is no carried state, else None.
+    ``weights``: ShortConv weights [C_i, 1, K] of consecutive channel blocks of x, run as one conv."""
     if state is not None or not fast_path_enabled(x):
         return None
     from elmanlab.ops.delta.fast import short_conv_fast
-    y = short_conv_fast(x, conv.weight, conv.bias, activation)
-    return None if y is None else (y, conv_state_of(x, conv.kernel_size))
+    y = short_conv_fast(x, weights[0] if len(weights) == 1 else torch.cat(weights), bias, activation)
+    return None if y is None else (y, conv_state_of(x, weights[0].shape[-1]))
 
 
 @dataclass
@@ -72,7 +73,7 @@ class Mamba2(RecurrentLayer):
         B, T, _ = u.shape
         conv_state, S0 = (None, None) if state is None else state
         z, xBC, dt = fused_linear(u, [self.in_proj.weight]).split([self.di, self.conv_dim, self.H], dim=-1)
-        fast = fast_short_conv(self.conv, xBC, conv_state, "silu")
+        fast = fast_short_conv(xBC, [self.conv.weight], self.conv.bias, conv_state, "silu")
         if fast is None:
             xBC, conv_state = self.conv(xBC, conv_state)
             xBC = F.silu(xBC)
