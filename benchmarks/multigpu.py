@@ -83,11 +83,8 @@ def curve_gap(a: dict[int, float], b: dict[int, float], window: int = 10) -> flo
     return max(gaps)
 
 
-def summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
-
-
 def scaling(a, out: Path) -> list[dict]:
+    from elmanlab.study import run_status
     rows = []
     for model in a.models:
         runs = {}
@@ -95,14 +92,14 @@ def scaling(a, out: Path) -> list[dict]:
         for name, batch, nproc in ((f"1gpu-b{a.batch}", a.batch, 1), (f"{a.nproc}gpu-b{big}", big, a.nproc),
                                    (f"1gpu-b{big}", big, 1)):
             d = out / f"{model}-{name}"
-            if not (d / "summary.json").exists() or summary(d).get("status") != "completed":
+            if run_status(d)[0] != "completed":
                 shutil.rmtree(d, ignore_errors=True)        # failed, cut or never run: measure it (again)
                 print(f"  {model} {name} ...", flush=True)
                 env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, range(nproc)))} if a.device != "cpu" else {}
                 run(train_cmd(a, model, batch, d, nproc), out / f"{model}-{name}.log", env)
             runs[name] = d
         names = list(runs)
-        s1, sN, sref = (summary(runs[n]) for n in names)
+        s1, sN, sref = (run_status(runs[n])[2] for n in names)
         rows.append({
             "model": model, "params": s1["params"],
             "tokens_per_s_1gpu": s1["tokens_per_s"], "tokens_per_s_multi": sN["tokens_per_s"],

@@ -136,8 +136,9 @@ def main(argv=None) -> int:
     from elmanlab.errors import ElmanlabError
     from _harness import bench_trainer, run_steps
     from elmanlab.sizing import model_config
+    options = parse_options(args.option)
     try:
-        mcfg = model_config(args.model, params=args.params, options=parse_options(args.option))
+        mcfg = model_config(args.model, params=args.params, options=options)
     except ElmanlabError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -158,7 +159,7 @@ def main(argv=None) -> int:
         n_params, peak = tr.n_params, torch.cuda.max_memory_allocated()
     s = summarize(events, args.steps, wall, args.top)
     s.update(model=args.model, params=n_params, dim=mcfg.dim, depth=mcfg.depth, batch=args.batch,
-             seq_len=args.seq_len, options=parse_options(args.option), compile=args.compile,
+             seq_len=args.seq_len, options=options, compile=args.compile,
              cuda_graph=args.cuda_graph,
              gpu=torch.cuda.get_device_name(), warmup_s=round(warm_s, 1),
              wall_ms_per_step_unprofiled=1e3 * wall_plain / args.steps,

@@ -114,7 +114,8 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true", help="keep the rows already in the JSON, run the rest")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing JSON / table (default: refuse)")
     args = ap.parse_args(argv)
-    unknown = [m for m in args.models.split(",") if m and m not in ALL]
+    models = [m for m in args.models.split(",") if m]
+    unknown = [m for m in models if m not in ALL]
     if unknown:
         print(f"error: unknown --models {','.join(unknown)}; choose from {','.join(ALL)}", file=sys.stderr)
         return 2
@@ -132,7 +133,6 @@ def main(argv=None) -> int:
         return 2
     from elmanlab.doctor import family_paths, machine_info
     from elmanlab.fsutil import atomic_write_text
-    models = [m for m in args.models.split(",") if m]
     machine = machine_info()
     gpu_tag = machine["gpu"]["name"].split()[1].lower() if len(machine["gpu"]["name"].split()) > 1 else "gpu"
     stem = Path(args.out or Path(__file__).parent / "results" / f"throughput-{gpu_tag}")

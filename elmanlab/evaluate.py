@@ -69,7 +69,8 @@ def evaluate_run(run_dir: str, data: str | None = None, eval_bytes: int = DEFAUL
     summary.json, its val_loss / val_bpb / val_bytes are updated (atomically).
     """
     from elmanlab.data import open_bytes, validation_bytes
-    from elmanlab.train import load_model, read_json, resolve_device, weights_path, write_json_atomic
+    from elmanlab.fsutil import atomic_write_json
+    from elmanlab.train import load_model, read_json, resolve_device, weights_path
     if eval_bytes is None or eval_bytes < 1:
         raise ElmanlabError(f"--bytes must be positive, got {eval_bytes}")
     run = Path(run_dir).expanduser()
@@ -90,5 +91,5 @@ def evaluate_run(run_dir: str, data: str | None = None, eval_bytes: int = DEFAUL
     if data is None and update_summary and (run / "summary.json").is_file():
         s = read_json(run / "summary.json")
         s.update({"val_loss": res["val_loss"], "val_bpb": res["val_bpb"], "val_bytes": res["val_bytes"]})
-        write_json_atomic(run / "summary.json", s)
+        atomic_write_json(run / "summary.json", s)
     return res

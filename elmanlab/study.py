@@ -539,7 +539,7 @@ def load_study(path, data: str | None = None, val_data: str | None = None,
                     raise ElmanlabError(f"{where} ({wname}): a wave has either best_of or runs/grid, not both; "
                                         f"put the other runs in a wave of their own")
                 earlier = [wn for wn, _, _ in waves if wn is not None]
-                _check_best_of(w["best_of"], f"{where} ({wname})", earlier)
+                _check_best_of(w["best_of"], f"{where} ({wname})", earlier, raw.get("baseline") is not None)
             elif w.get("runs") is None and w.get("grid") is None:
                 raise ElmanlabError(f"{where} ({wname}): a wave needs runs or a grid (or best_of)")
             if wname in [wn for wn, _, _ in waves]:
@@ -588,9 +588,6 @@ def load_study(path, data: str | None = None, val_data: str | None = None,
         elif baseline not in {j.id for j in real}:
             raise ElmanlabError(f"{path}: baseline {baseline!r} is neither a model of this study "
                                 f"({', '.join(models)}) nor a run name")
-    for _, block, where, _, _, _ in best_of_waves:     # at load, not when a chained wave expands hours later
-        if block["best_of"]["baseline"] and baseline is None:
-            raise ElmanlabError(f"{where}: best_of.baseline: true needs the study's `baseline:`")
 
     # best_of waves: copies of the best finished runs of an earlier wave, known once it has finished
     state = read_state(out) if out is not None and Path(out).is_dir() else None
@@ -600,11 +597,12 @@ def load_study(path, data: str | None = None, val_data: str | None = None,
     deferred: list = []
     messages: list = []
     waiting: set[str] = set()           # best_of waves not expanded yet
+    best_of_names = {b[0] for b in best_of_waves}
     for wname, block, where, own, wseeds, idx in best_of_waves:
         spec = block["best_of"]
         exp = None if spec["wave"] in waiting else _expand_best_of(
             wname, where, spec, own, wseeds, [j for part in parts for j in part], baseline, out, state,
-            retry_failed, {b[0] for b in best_of_waves})
+            retry_failed, best_of_names)
         if exp is None:
             waiting.add(wname)
             deferred.append({"wave": wname, "from": spec["wave"], "n": spec["n"],
@@ -647,7 +645,7 @@ def load_study(path, data: str | None = None, val_data: str | None = None,
                  load_args={"data": data, "val_data": val_data, "flags": flags, "_raw": raw})
 
 
-def _check_best_of(spec, where: str, earlier: list[str]) -> None:
+def _check_best_of(spec, where: str, earlier: list[str], has_baseline: bool) -> None:
     if not isinstance(spec, dict):
         raise ElmanlabError(f"{where}: best_of is a mapping such as {{wave: families, n: 2, metric: val_bpb, "
                             f"baseline: true}}, got {spec!r}")
@@ -668,6 +666,8 @@ def _check_best_of(spec, where: str, earlier: list[str]) -> None:
     if not isinstance(spec.get("baseline", False), bool):
         raise ElmanlabError(f"{where}: best_of.baseline is true or false, got {spec.get('baseline')!r}")
     spec["metric"], spec["baseline"] = metric, spec.get("baseline", False)     # defaults filled in once
+    if spec["baseline"] and not has_baseline:       # at load, not when a chained wave expands hours later
+        raise ElmanlabError(f"{where}: best_of.baseline: true needs the study's `baseline:`")
 
 
 def _deferred_line(wname: str, spec: dict) -> str:
@@ -696,7 +696,7 @@ def _source_status(out, job: Job, state: dict | None, retry_failed: bool) -> tup
 
 
 def _expand_best_of(wname, where, spec, own_train, wseeds, jobs, baseline, out, state, retry_failed,
-                    best_of_names=frozenset()):
+                    best_of_names):
     """(jobs, record, message lines) of a best_of wave, or None while its source wave is unfinished
     (the caller knows when the source is itself a best_of wave still waiting)."""
     src_wave, n, metric = spec["wave"], spec["n"], spec["metric"]

@@ -60,9 +60,7 @@ import torch
 from elmanlab.config import ModelConfig
 from elmanlab.data import fingerprint_update
 from elmanlab.errors import ElmanlabError
-from elmanlab.fsutil import atomic_write_json as write_json_atomic
-from elmanlab.fsutil import atomic_write_text
-from elmanlab.fsutil import make_public as _public
+from elmanlab.fsutil import atomic_write_json, atomic_write_text, make_public
 from elmanlab.lm import autocast
 
 RUN_FORMAT = "elmanlab-run-v1"
@@ -518,7 +516,7 @@ class _Trainer:
         if final.exists():
             return
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
-        _public(tmp, directory=True)
+        make_public(tmp, directory=True)
         try:
             state = {
                 "format": RUN_FORMAT, "step": self.step, "tokens": self.tokens, "fingerprint": self.fingerprint,
@@ -587,7 +585,7 @@ class _Trainer:
         conf = {"format": RUN_FORMAT, "model": self.cfg.model.to_dict(), "params": self.n_params,
                 "train": {k: v for k, v in self.cfg.to_dict().items() if k != "model"},
                 "data": self.split.describe(), "world_size": self.world}
-        write_json_atomic(self.out / "config.json", conf)
+        atomic_write_json(self.out / "config.json", conf)
 
     def _prepare_metrics(self) -> None:
         if not self.is_main:
@@ -841,7 +839,7 @@ class _Trainer:
         summary = self.summary(status)
         summary.update(summary_extra)
         if self.is_main:
-            write_json_atomic(self.out / "summary.json", summary)
+            atomic_write_json(self.out / "summary.json", summary)
         return summary
 
     def fail(self, message: str) -> dict | None:
@@ -849,7 +847,7 @@ class _Trainer:
             return None
         s = self.summary("failed", message)
         with contextlib.suppress(OSError):
-            write_json_atomic(self.out / "summary.json", s)
+            atomic_write_json(self.out / "summary.json", s)
         return s
 
     def close(self) -> None:

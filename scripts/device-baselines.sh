@@ -16,7 +16,7 @@ mkdir -p "$out"
 out=$(realpath -m "$out")
 t0=$(date +%s)
 status=0
-stamp() { while IFS= read -r l; do echo "$(date +%T) $l"; done; }
+stamp() { while IFS= read -r l || [ -n "$l" ]; do printf '%(%T)T %s\n' -1 "$l"; done; }   # keeps a cut last line
 quiet() { grep --line-buffered -v "TileLang:tilelang.jit.kernel:INFO"; }   # TileLang's per-kernel JIT chatter
 save_autotune() { (cd ~ && find .triton/cache -name '*.autotune.json' 2>/dev/null | tar czf "$out/triton-autotune.tgz" -T -); }
 autotune=${AUTOTUNE:-.carry/triton-autotune.tgz}

@@ -218,8 +218,8 @@ def _assert_fast(model):
     """A layer test compares the fast path with the reference: it proves nothing if the fast path
     itself fell back to the reference (a library missing), so that fails here."""
     import importlib
-    op = {"mamba2": "ssd", "gdn": "delta", "mingru": "scan", "minlstm": "scan"}[model]
-    info = importlib.import_module(f"elmanlab.ops.{op}.fast").backend_info()
+    from elmanlab.doctor import FAMILY_OPS
+    info = importlib.import_module(f"elmanlab.ops.{FAMILY_OPS[model]}.fast").backend_info()
     assert info["path"] != "reference" and "refused" not in info["path"], f"{model}: {info}"
 
 

@@ -92,10 +92,16 @@ def _elman_case(B, T, D, dtype, nl, with_h0, with_b):
 
 
 @pytest.mark.parametrize("B,T,D,dtype", [(3, 77, 2272, torch.float32), (16, 513, 2304, torch.bfloat16)])
-def test_elman_linear_wider_than_persistent_uses_chunked(B, T, D, dtype):
+def test_elman_linear_wider_than_persistent_uses_chunked(B, T, D, dtype, monkeypatch):
     """E42 at 400M+ (d_inner > 16 x SMs): elman_scan's linear fast path is the chunked GEMM form."""
+    import elmanlab.ops.elman.chunked as chunked
     from elmanlab.ops.elman import elman_scan
+    from elmanlab.ops.elman.fused import persistent_supported
     from elmanlab.ops.elman.reference import elman_scan_ref
+
+    calls = []
+    real = chunked.elman_linear_chunked
+    monkeypatch.setattr(chunked, "elman_linear_chunked", lambda *a, **k: calls.append(1) or real(*a, **k))
 
     g = _seed("chunked", B, T, D)
     wx = torch.randn(B, T, D, device="cuda", generator=g)
@@ -107,6 +113,7 @@ def test_elman_linear_wider_than_persistent_uses_chunked(B, T, D, dtype):
     ins64 = [x.double().requires_grad_() for x in (wx, W, b, h0)]
     out = elman_scan(*ins, nonlinearity="linear")
     assert out[0].shape == (B, T, D)
+    assert calls or persistent_supported(ins[0]), "the chunked form was not taken"
     _compare(out, elman_scan_ref(*ins64, nonlinearity="linear"), ins, ins64, TOL[dtype],
              f"chunked linear B{B} T{T} D{D} {dtype}|wx,W_h,b,h0")
 

@@ -218,7 +218,9 @@ def test_rank_by_held_out_bits_per_byte(tmp_path):
     assert "e88 | e-a | 1.7000" in md.split("## Best model per scale")[1]
     assert "mean val bpb" in md
     # the training-curve tables keep training loss (nats/byte), whatever the ranking metric
-    for tab in rep.iso_tables():
+    tabs = rep.iso_tables()
+    assert tabs
+    for tab in tabs:
         assert all(x["final"] == pytest.approx(next(r for r in rep.runs if r.id == x["run"]).get("loss_last100"))
                    for x in tab["rows"])
     r = subprocess.run([sys.executable, "-m", "elmanlab", "report", str(root), "--metric", "val_bpb", "--quiet"],

@@ -9,11 +9,12 @@ Skipped without CUDA (conftest).
 import pytest
 import torch
 
+from elmanlab.layers import FAMILIES as _FAMILIES
 from elmanlab.sizing import model_config
 from elmanlab.train import TrainConfig, _Trainer, resume_training, run_training
 
 pytestmark = pytest.mark.gpu
-FAMILIES = ["e1", "e33", "e42", "e88", "mamba2", "gdn", "mingru", "minlstm"]
+FAMILIES = list(_FAMILIES)
 # (family, width, ELMANLAB_ELMAN_IMPL): every family's fast path at width 256, plus the other Elman
 # paths that 400M models take: E42's chunked GEMM form (d_inner > 2112) and cuDNN's tanh RNN
 CASES = [(f, 256, None) for f in FAMILIES] + [("e42", 2176, None), ("e1", 256, "cudnn")]
