@@ -480,7 +480,6 @@ class _Trainer:
         self.nonfinite_total = 0
         self.nonfinite_run = 0
         self.stop = {"requested": False, "at": 0.0}         # set by the first SIGINT (see _catch_sigint)
-        self.interrupt_saved = False
         self.between_steps = True                           # False while a step is half applied
         self.timers = {"train_s": 0.0, "warmup_s": 0.0, "checkpoint_s": 0.0, "eval_s": 0.0, "wall_s": 0.0}
         self.interval = {"loss_sum": 0.0, "loss_n": 0, "tokens": 0, "time": 0.0}

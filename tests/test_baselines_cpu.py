@@ -157,7 +157,7 @@ def test_layer_fast_conv_glue_with_a_stand_in(monkeypatch, family):
     """The layers' one-call fast conv (GDN: q, k, v's three convs as one) with a float64 stand-in for
     fla's causal_conv1d: same output and same conv states as the layer's own ShortConvs."""
     import torch.nn.functional as F
-    from elmanlab.layers import mamba2 as m2
+    from elmanlab.layers import common
     from elmanlab.lm import LM
     from elmanlab.ops.delta import fast as delta_fast
     from elmanlab.sizing import model_config
@@ -173,7 +173,7 @@ def test_layer_fast_conv_glue_with_a_stand_in(monkeypatch, family):
     ref, ref_state = layer(u)
     calls = []
     monkeypatch.setattr(delta_fast, "short_conv_fast", lambda *a: calls.append(1) or conv_stand_in(*a))
-    monkeypatch.setattr(m2, "fast_path_enabled", lambda *t: True)
+    monkeypatch.setattr(common, "fast_path_enabled", lambda *t: True)
     from elmanlab.ops.ssd import fast as ssd_fast      # Mamba2's fused norm: keep its own (no mamba_ssm here)
     monkeypatch.setattr(ssd_fast, "gated_rmsnorm_fast", lambda *a, **k: None)
     out, state = layer(u)

@@ -16,8 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from elmanlab.layers.base import RecurrentLayer
-from elmanlab.layers.common import GatedRMSNorm, ShortConv, fused_linear, init_A_log, init_dt_bias
-from elmanlab.layers.mamba2 import fast_short_conv
+from elmanlab.layers.common import GatedRMSNorm, ShortConv, fast_short_conv, fused_linear, init_A_log, init_dt_bias
 from elmanlab.ops._dispatch import fast_path_enabled
 from elmanlab.ops.delta import gdn
 

@@ -15,26 +15,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from elmanlab.layers.base import RecurrentLayer
-from elmanlab.layers.common import up, GatedRMSNorm, ShortConv, init_A_log, init_dt_bias, fused_linear
+from elmanlab.layers.common import (up, GatedRMSNorm, ShortConv, fast_short_conv, fused_linear, init_A_log,
+                                    init_dt_bias)
 from elmanlab.ops._dispatch import fast_path_enabled
 from elmanlab.ops.ssd import ssd
-
-
-def conv_state_of(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """The last (K-1) inputs of x [B, T, C] (zeros before the start): ShortConv's new state."""
-    K1 = kernel_size - 1
-    T = x.shape[1]
-    return x[:, T - K1:] if T >= K1 else F.pad(x, (0, 0, K1 - T, 0))
-
-
-def fast_short_conv(x: torch.Tensor, weights: list, bias, state, activation: str | None):
-    """(y, new_state) through fla's Triton conv on CUDA when there is no carried state, else None.
-    ``weights``: ShortConv weights [C_i, 1, K] of consecutive channel blocks of x, run as one conv."""
-    if state is not None or not fast_path_enabled(x):
-        return None
-    from elmanlab.ops.delta.fast import short_conv_fast
-    y = short_conv_fast(x, weights[0] if len(weights) == 1 else torch.cat(weights), bias, activation)
-    return None if y is None else (y, conv_state_of(x, weights[0].shape[-1]))
 
 
 @dataclass
