@@ -3,7 +3,7 @@
 # tests, doctor --probe, throughput; everything written under OUTDIR as it happens (a timeout keeps
 # what was done), and the autotune results saved back for the next fresh machine.
 #   usage: scripts/device-baselines.sh OUTDIR BENCH_SECONDS [throughput.py args...]
-#   env:   TESTS         test files (default tests/test_baselines_gpu.py tests/test_kernels_gpu.py)
+#   env:   TESTS         test files (default tests/ops tests/test_layers_fast_paths.py tests/test_train_gpu.py)
 #          TEST_SECONDS  limit for the tests (default 300); SKIP_TESTS=1 skips them
 #          DOCTOR_ARGS   (default --probe); AUTOTUNE  tarball of Triton autotune results
 #                        (default .carry/triton-autotune.tgz: restored if there, rewritten to OUTDIR)
@@ -28,7 +28,7 @@ fi
 echo "install: $(( $(date +%s) - t0 )) s"
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
     timeout "${TEST_SECONDS:-300}" python3 -m pytest -v -rf --tb=line -W ignore -p no:cacheprovider \
-        ${TESTS:-tests/test_baselines_gpu.py tests/test_kernels_gpu.py} 2>&1 | quiet | stamp > "$out/gputests.log"
+        ${TESTS:-tests/ops tests/test_layers_fast_paths.py tests/test_train_gpu.py} 2>&1 | quiet | stamp > "$out/gputests.log"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
     grep -E "FAILED|ERROR|passed|failed|^[0-9:]+ E " "$out/gputests.log" | tail -30
     echo "tests: $(grep -c PASSED "$out/gputests.log") passed so far, $(( $(date +%s) - t0 )) s"

@@ -1,4 +1,4 @@
-"""Choosing between a fast kernel and the plain-PyTorch reference."""
+"""Choosing between a fast kernel and the plain-PyTorch reference, and saying which one runs."""
 from __future__ import annotations
 
 import contextlib
@@ -38,6 +38,21 @@ def force_reference(enabled: bool = True):
 def set_force_reference(enabled: bool) -> None:
     global _FORCE_REFERENCE
     _FORCE_REFERENCE = enabled
+
+
+def reference_reason() -> str | None:
+    """Why every op runs its reference on this machine (no CUDA device, or the reference forced);
+    None when the fast paths are in play. The first question of every folder's ``backend_info``."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    if _FORCE_REFERENCE:
+        return "ELMANLAB_REFERENCE is set"
+    return None
+
+
+def reference_info(reason: str) -> dict:
+    """``backend_info``'s answer when the plain-PyTorch reference runs."""
+    return {"path": "reference", "fast": False, "reason": reason}
 
 
 def fast_path_enabled(*tensors: torch.Tensor) -> bool:

@@ -1,7 +1,7 @@
 """Gated delta rule (Gated DeltaNet). Fast path: flash-linear-attention's chunk kernel."""
 from __future__ import annotations
 
-from elmanlab.ops._dispatch import fast_path_enabled
+from elmanlab.ops._dispatch import fast_path_enabled, reference_info, reference_reason
 from elmanlab.ops.delta.reference import (gated_delta_rule_chunked, gated_delta_rule_recurrent, gdn_chunked,
                                           gdn_inputs)
 
@@ -30,5 +30,12 @@ def gdn(q, k, v, a, b, A_log, dt_bias, scale=None, initial_state=None):
     return gdn_chunked(q, k, v, a, b, A_log, dt_bias, scale, initial_state)
 
 
-__all__ = ["gated_delta_rule", "gated_delta_rule_chunked", "gated_delta_rule_recurrent", "gdn", "gdn_chunked", "gdn_inputs",
-           "FAST_IMPLS"]
+def backend_info() -> dict:
+    """What :func:`gated_delta_rule` and :func:`gdn` run on this machine: ``{"path", "fast",
+    "reason"}`` (on CUDA this imports fla)."""
+    reason = reference_reason()
+    return _fast.backend_info() if reason is None else reference_info(reason)
+
+
+__all__ = ["gated_delta_rule", "gated_delta_rule_chunked", "gated_delta_rule_recurrent", "gdn", "gdn_chunked",
+           "gdn_inputs", "backend_info", "FAST_IMPLS"]

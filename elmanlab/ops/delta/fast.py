@@ -75,13 +75,15 @@ def backward_backend() -> tuple[bool, str]:
 
 
 def backend_info() -> dict:
+    """{'path', 'fast', 'reason'} of the CUDA path; imports fla (call on CUDA machines). Where the
+    backward is refused the forward still runs fla's kernel (fast), training raises."""
     fla = _load()
     if fla is None:
-        return {"path": "reference", "reason": f"fla not usable: {_ERR}"}
+        return {"path": "reference", "fast": False, "reason": f"fla not usable: {_ERR}"}
     ok, what = backward_backend()
     if not ok:
-        return {"path": f"{NAME} (forward only; training refused)", "reason": what}
-    return {"path": f"{NAME}, backward via {what}", "reason": "fla importable"}
+        return {"path": f"{NAME} (forward only; training refused)", "fast": True, "reason": what}
+    return {"path": f"{NAME}, backward via {what}", "fast": True, "reason": "fla importable"}
 
 
 def gated_delta_rule_fast(q, k, v, g, beta, scale=None, initial_state=None):

@@ -1,7 +1,7 @@
 """E88 matrix-state scan (delta rule, decay, tanh or linear state, optional output gate)."""
 from __future__ import annotations
 
-from elmanlab.ops._dispatch import fast_path_enabled
+from elmanlab.ops._dispatch import fast_path_enabled, reference_info, reference_reason
 from elmanlab.ops.e88.reference import apply_gate, e88_scan_ref
 
 # The fast implementation, with the reference's signature. Registering compiles nothing: the
@@ -20,4 +20,15 @@ def e88_scan(q, k, v, decay, S0=None, nonlinearity: str = "tanh", g=None,
     return e88_scan_ref(q, k, v, decay, S0, nonlinearity, g, gate_activation)
 
 
-__all__ = ["e88_scan", "e88_scan_ref", "apply_gate", "FAST_IMPLS"]
+def backend_info(*, n_state: int = 32, head_v_dim: int = 32) -> dict:
+    """What :func:`e88_scan` runs here for bf16 heads of key dim ``n_state`` and value dim
+    ``head_v_dim`` (default: E88's): ``{"path", "fast", "reason"}``. On CUDA it builds the kernel once."""
+    reason = reference_reason()
+    if reason is None and "default" not in FAST_IMPLS:
+        reason = "no fast E88 kernel registered"
+    if reason is not None:
+        return reference_info(reason)
+    return _fused.backend_info(n_state, head_v_dim)
+
+
+__all__ = ["e88_scan", "e88_scan_ref", "apply_gate", "backend_info", "FAST_IMPLS"]

@@ -9,7 +9,7 @@
 // runs the reverse step. Column reductions (dq, dk over m) go through warp shuffles and one
 // shared-memory pass per chunk.
 //
-// Compiled by elmanlab/ops/elman/_build.py with nvcc into a shared library called via ctypes.
+// Compiled by elmanlab/ops/_build.py with nvcc into a shared library called via ctypes.
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <stdint.h>

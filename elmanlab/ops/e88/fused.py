@@ -123,7 +123,7 @@ class CudaBackend:
 
     @staticmethod
     def lib(device_index):
-        from elmanlab.ops.elman._build import load_library
+        from elmanlab.ops._build import load_library
 
         lib = load_library(_SRC, device_index)
         if not getattr(lib, "_elk_typed", False):
@@ -138,7 +138,7 @@ class CudaBackend:
     @classmethod
     def plan(cls, q, m):
         """Checkpoint interval C for this shape, or 0 when the kernel does not support it."""
-        from elmanlab.ops.elman._build import check
+        from elmanlab.ops._build import check
 
         idx = q.device.index if q.device.index is not None else torch.cuda.current_device()
         dtype = 1 if q.dtype == torch.bfloat16 else 0
@@ -153,7 +153,7 @@ class CudaBackend:
 
     @classmethod
     def _launch(cls, fwd, q, k, v, g, a, S0, y, ST, ckpt, dy, dST, dq, dk, dv, da, dg, dS0, tanh_on, gate, C):
-        from elmanlab.ops.elman._build import check, ptr, stream_ptr
+        from elmanlab.ops._build import check, ptr, stream_ptr
 
         B, T, H, n = q.shape
         m = v.shape[-1]
@@ -266,3 +266,14 @@ def fast_e88(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_activati
     if cuda_supported(q, v):
         return e88_scan_backend(q, k, v, decay, S0, nonlinearity, g, gate_activation, CudaBackend)
     return e88_scan_ref(q, k, v, decay, S0, nonlinearity, g, gate_activation)
+
+
+def backend_info(n_state: int, head_v_dim: int) -> dict:
+    """What :func:`fast_e88` runs for bf16 heads of key dim ``n_state`` and value dim ``head_v_dim``
+    on the current GPU (asks the kernel's plan: builds the kernel once)."""
+    q = torch.empty(1, 1, 1, n_state, device="cuda", dtype=torch.bfloat16)
+    v = torch.empty(1, 1, 1, head_v_dim, device="cuda", dtype=torch.bfloat16)
+    if cuda_supported(q, v):
+        return {"path": "elmanlab E88 CUDA kernel", "fast": True, "reason": f"n_state {n_state}, value dim {head_v_dim}"}
+    return {"path": "reference", "fast": False,
+            "reason": f"E88 kernel does not support n {n_state}, m {head_v_dim} here"}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from elmanlab.ops._dispatch import fast_path_enabled
+from elmanlab.ops._dispatch import fast_path_enabled, reference_info, reference_reason
 from elmanlab.ops.elman.reference import elman_scan_ref
 
 # Fast implementations, keyed by nonlinearity: callable (wx, W_h, b, h0) -> (h, h_T).
@@ -25,4 +25,15 @@ def elman_scan(wx: torch.Tensor, W_h: torch.Tensor, b: torch.Tensor | None = Non
     return elman_scan_ref(wx, W_h, b, h0, nonlinearity)
 
 
-__all__ = ["elman_scan", "elman_scan_ref", "FAST_IMPLS"]
+def backend_info(*, d_inner: int = 1760, nonlinearity: str = "tanh") -> dict:
+    """What :func:`elman_scan` runs here for bf16 inputs of width ``d_inner`` (default: E1's at
+    400M): ``{"path", "fast", "reason"}``. On CUDA it builds the persistent kernel once."""
+    reason = reference_reason()
+    if reason is None and nonlinearity not in FAST_IMPLS:
+        reason = f"no fast Elman kernel registered for {nonlinearity}"
+    if reason is not None:
+        return reference_info(reason)
+    return _fused.backend_info(d_inner, nonlinearity)
+
+
+__all__ = ["elman_scan", "elman_scan_ref", "backend_info", "FAST_IMPLS"]

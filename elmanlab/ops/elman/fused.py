@@ -78,7 +78,7 @@ class CudaBackend:
 
     @staticmethod
     def lib(device_index: int):
-        from elmanlab.ops.elman._build import load_library
+        from elmanlab.ops._build import load_library
 
         lib = load_library(_SRC, device_index)
         if not getattr(lib, "_elk_typed", False):
@@ -96,7 +96,7 @@ class CudaBackend:
     def plan(cls, device_index: int, D: int):
         key = (device_index, D)
         if key not in cls._plans:
-            from elmanlab.ops.elman._build import check
+            from elmanlab.ops._build import check
 
             lib = cls.lib(device_index)
             vals = [ctypes.c_int(0) for _ in range(5)]
@@ -108,7 +108,7 @@ class CudaBackend:
 
     @classmethod
     def _launch(cls, X, aux, bias, M, c0, out, sfinal, B, T, D, reverse, mode, has_s0, s0=None):
-        from elmanlab.ops.elman._build import check, ptr, stream_ptr
+        from elmanlab.ops._build import check, ptr, stream_ptr
 
         dev = X.device
         idx = dev.index if dev.index is not None else torch.cuda.current_device()
@@ -270,3 +270,17 @@ def fast_linear(wx, W_h, b=None, h0=None):
         return elman_scan_backend(wx, W_h, b, h0, "linear", CudaBackend)
     from elmanlab.ops.elman.chunked import elman_linear_chunked
     return elman_linear_chunked(wx, W_h, b, h0)
+
+
+def backend_info(d_inner: int, nonlinearity: str) -> dict:
+    """What :func:`fast_tanh` / :func:`fast_linear` run for bf16 inputs of width ``d_inner`` on the
+    current GPU (asks the persistent kernel's plan: builds the kernel once)."""
+    if nonlinearity == "tanh" and _impl_choice() == "cudnn":
+        return {"path": "cuDNN tanh RNN", "fast": True, "reason": "ELMANLAB_ELMAN_IMPL=cudnn"}
+    if persistent_supported(torch.empty(1, 1, d_inner, device="cuda", dtype=torch.bfloat16)):
+        return {"path": f"elmanlab persistent Elman CUDA kernel ({nonlinearity})", "fast": True,
+                "reason": f"d_inner {d_inner} fits"}
+    reason = f"persistent kernel not usable at d_inner {d_inner}"
+    if nonlinearity == "tanh":
+        return {"path": "cuDNN tanh RNN (stepping stone)", "fast": True, "reason": reason}
+    return {"path": "chunked linear scan (PyTorch GEMMs, ops/elman/chunked.py)", "fast": True, "reason": reason}

@@ -10,7 +10,7 @@
 //   backward (mode 2 tanh / 3 linear, time reversed, X = dL/dh):
 //       dpre_t = (X_t + c0 [first step only] + dpre_{t+1} @ M^T) * act'(h_t)      M = W_h^T
 //
-// Compiled by elmanlab/ops/elman/_build.py with nvcc into a shared library called via ctypes.
+// Compiled by elmanlab/ops/_build.py with nvcc into a shared library called via ctypes.
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <stdint.h>

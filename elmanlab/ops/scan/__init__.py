@@ -9,7 +9,7 @@ Two entry points:
 """
 from __future__ import annotations
 
-from elmanlab.ops._dispatch import fast_path_enabled, up
+from elmanlab.ops._dispatch import fast_path_enabled, reference_info, reference_reason, up
 from elmanlab.ops.scan.reference import linear_scan_parallel, linear_scan_sequential, minrnn_coefficients
 from elmanlab.ops.scan import fast as _fast
 
@@ -38,5 +38,12 @@ def minrnn_scan(p, kind: str, h0=None):
     return linear_scan(a, b, h0)
 
 
+def backend_info() -> dict:
+    """What :func:`linear_scan` and :func:`minrnn_scan` run on this machine: ``{"path", "fast",
+    "reason"}`` (on CUDA this imports triton)."""
+    reason = reference_reason()
+    return _fast.backend_info() if reason is None else reference_info(reason)
+
+
 __all__ = ["linear_scan", "minrnn_scan", "linear_scan_parallel", "linear_scan_sequential",
-           "minrnn_coefficients", "FAST_IMPLS"]
+           "minrnn_coefficients", "backend_info", "FAST_IMPLS"]

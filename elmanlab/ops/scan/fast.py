@@ -27,11 +27,11 @@ def _load():
 
 
 def backend_info() -> dict:
-    """{'path': kernel name or 'reference', 'reason': why}; imports triton (call on CUDA machines)."""
+    """{'path', 'fast', 'reason'} of the CUDA path; imports triton (call on CUDA machines)."""
     mod = _load()
     if mod is None:
-        return {"path": "reference", "reason": f"triton not usable: {_ERR}"}
-    return {"path": NAME, "reason": "triton importable"}
+        return {"path": "reference", "fast": False, "reason": f"triton not usable: {_ERR}"}
+    return {"path": NAME, "fast": True, "reason": "triton importable"}
 
 
 def linear_scan_fast(a, b, h0=None):

@@ -54,10 +54,11 @@ def _load():
 
 
 def backend_info() -> dict:
+    """{'path', 'fast', 'reason'} of the CUDA path; imports mamba_ssm (call on CUDA machines)."""
     mods = _load()
     if mods is None:
-        return {"path": "reference", "reason": f"mamba_ssm not usable: {_ERR}"}
-    return {"path": NAME, "reason": "mamba_ssm Triton SSD importable"}
+        return {"path": "reference", "fast": False, "reason": f"mamba_ssm not usable: {_ERR}"}
+    return {"path": NAME, "fast": True, "reason": "mamba_ssm Triton SSD importable"}
 
 
 def ssd_fast(x, dt, A, Bm, Cm, D=None, initial_state=None, chunk_size: int = 64, dt_bias=None,

@@ -1,4 +1,5 @@
-"""Compile a CUDA source of this package into a shared library on first use, and load it.
+"""Compile a CUDA source of the ops (``elman/persistent.cu``, ``e88/e88_kernel.cu``) into a shared
+library on first use, and load it.
 
 The kernels need no PyTorch headers: ``nvcc -shared`` builds them in a second or two, the result
 is cached under ``$ELMANLAB_CACHE`` (default ``~/.cache/elmanlab/kernels``) keyed by a hash of
@@ -25,13 +26,21 @@ class KernelBuildError(RuntimeError):
     """The CUDA toolchain is missing or the kernel failed to compile/load."""
 
 
-def find_nvcc() -> str:
+def nvcc_path() -> str | None:
+    """The nvcc the kernels are built with ($ELMANLAB_NVCC, $CUDA_HOME/bin, PATH, /usr/local/cuda), or None."""
     for cand in (os.environ.get("ELMANLAB_NVCC"),
                  os.path.join(os.environ.get("CUDA_HOME", ""), "bin", "nvcc") if os.environ.get("CUDA_HOME") else None,
                  shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
         if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
             return cand
-    raise KernelBuildError("nvcc not found: set CUDA_HOME or ELMANLAB_NVCC to build the fused kernels")
+    return None
+
+
+def find_nvcc() -> str:
+    nvcc = nvcc_path()
+    if nvcc is None:
+        raise KernelBuildError("nvcc not found: set CUDA_HOME or ELMANLAB_NVCC to build the fused kernels")
+    return nvcc
 
 
 def cache_dir() -> Path:
