@@ -25,15 +25,15 @@ def bench_trainer(mcfg, batch: int, seq_len: int, steps: int, device: str = "cud
                   cuda_graph: bool = False):
     """A set-up trainer for ``mcfg`` (a ModelConfig) on the embedded corpus, good for ``steps`` steps;
     the previous benchmark's memory is released first (peak memory is counted from set-up)."""
-    from elmanlab.train import TrainConfig, _Trainer
+    from elmanlab.config import TrainConfig
+    from elmanlab.train import Trainer
     _release(device)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(model=mcfg, out=os.path.join(tmp, "run"), steps=steps, batch_size=batch,
                           seq_len=seq_len, device=device, progress=False, eval_bytes=0, compile=compile,
                           cuda_graph=cuda_graph)
-        trainer = _Trainer(cfg)
+        trainer = Trainer(cfg)
         try:
-            trainer.setup()
             yield trainer
         finally:
             del trainer
@@ -46,7 +46,6 @@ def run_steps(trainer, n: int) -> tuple[list[float], list[float]]:
     losses, times = [], []
     for _ in range(n):
         t = time.perf_counter()
-        losses.append(trainer._train_step()[0])
-        trainer.step += 1
+        losses.append(trainer.train_step()[0])
         times.append(time.perf_counter() - t)
     return losses, times

@@ -5,7 +5,7 @@ step), cuDNN's tanh RNN where it applies (and at equal D for E42), fla's chunk G
 the same key width (for E88, when fla is installed), and ours. Prints a table naming the GPU and
 the speedups, and writes JSON (and a Markdown copy of the table).
 
-    python3 benchmarks/kernels.py --out benchmarks/results/kernels-h100.json
+    python3 benchmarks/kernels.py --out benchmarks/results/kernels-h200.json
     python3 benchmarks/kernels.py --quick          # fewer shapes, no plain loops
 """
 from __future__ import annotations

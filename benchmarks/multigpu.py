@@ -84,7 +84,7 @@ def curve_gap(a: dict[int, float], b: dict[int, float], window: int = 10) -> flo
 
 
 def scaling(a, out: Path) -> list[dict]:
-    from elmanlab.study import run_status
+    from elmanlab.runs import run_status
     rows = []
     for model in a.models:
         runs = {}

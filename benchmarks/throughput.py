@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     if args.resume and jpath.exists():
         old = json.loads(jpath.read_text())
         rows, notes = old["rows"], old.get("notes", [])
-    from elmanlab.train import measure_bf16_matmul_flops
+    from elmanlab.hardware import measure_bf16_matmul_flops
     peak = measure_bf16_matmul_flops(torch.device("cuda"))
     print(f"{machine['gpu']['name']}: bf16 matmul {peak / 1e12:.0f} TFLOP/s", flush=True)
     paths = family_paths()

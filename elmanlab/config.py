@@ -1,13 +1,28 @@
-"""Typed model configuration: family, width, depth and the family's options."""
+"""Typed configurations: :class:`ModelConfig` (family, width, depth, the family's options) and
+:class:`TrainConfig` (everything a training run needs besides the data bytes).
+
+Each train setting is declared once, here, as a :class:`TrainConfig` field made with
+:func:`setting`: its default, its help, its group, whether it defines a run and whether
+``--resume`` may change it. The ``elmanlab train`` flags, the study file's ``train:`` keys, the
+report's identity keys and the resume checks are all generated from these declarations.
+
+Torch-free: the family registry (which imports PyTorch) is imported only when a ModelConfig is
+built, so the study runner and the report can read the settings without it.
+"""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from elmanlab.errors import ElmanlabError
-from elmanlab.layers import get_family
 
+DEFAULT_EVAL_BYTES = 262_144        # held-out bytes scored at the end of training and by `elmanlab eval`
+DEFAULT_STEPS = 300                 # the budget of `elmanlab train` when none is given
+
+
+# ---------------------------------------------------------------- the model
 
 @dataclass
 class ModelConfig:
@@ -19,7 +34,7 @@ class ModelConfig:
     tie_embeddings: bool = False        # untied head by default (reproduces the seeds' counts)
 
     def __post_init__(self):
-        fam = get_family(self.model)
+        fam = _family(self.model)
         self.model = fam.name
         if self.options is None:
             self.options = fam.Options()
@@ -35,7 +50,7 @@ class ModelConfig:
 
     @property
     def family(self):
-        return get_family(self.model)
+        return _family(self.model)
 
     def to_dict(self) -> dict:
         return {"model": self.model, "dim": self.dim, "depth": self.depth,
@@ -51,13 +66,18 @@ class ModelConfig:
         return cls(**d)
 
 
+def _family(name: str):
+    from elmanlab.layers import get_family
+    return get_family(name)
+
+
 def option_fields(model: str) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(get_family(model).Options)}
+    return {f.name: f for f in dataclasses.fields(_family(model).Options)}
 
 
 def make_options(model: str, values: dict):
     """Build a family's Options from a dict, rejecting options the family does not have."""
-    fam = get_family(model)
+    fam = _family(model)
     fields_ = option_fields(fam.name)
     unknown = [k for k in values if k not in fields_]
     if unknown:
@@ -70,3 +90,143 @@ def make_options(model: str, values: dict):
             raise ElmanlabError(f"{fam.name} option {k} must be one of {', '.join(choices)}, got {v!r}")
         clean[k] = v
     return fam.Options(**clean)
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def field_type(f: dataclasses.Field) -> type:
+    """The value type of an option or setting field (``int | None`` -> int); str when unsure."""
+    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    base = t.replace(" | None", "").replace("Optional[", "").rstrip("]")
+    return _TYPES.get(base, str)
+
+
+# ---------------------------------------------------------------- training settings
+
+GROUPS = {"data": "data", "budget": "budget (one of)", "optimisation": "optimisation", "run": "run"}
+
+
+def setting(default, help: str, group: str, *, identity: bool = True, resume: bool = False):
+    """A TrainConfig field that is a user-facing setting.
+
+    ``identity``: the setting defines the run (what it computes or records): it is part of a study
+    job's identity and name and of the report's configuration key. Paths, devices and how a run is
+    executed or logged are not. ``resume``: ``elmanlab train --resume`` may change it (how the run
+    continues); every other setting comes from the run's config.json."""
+    assert group in GROUPS, group
+    return field(default=default, metadata={"setting": True, "help": help, "group": group,
+                                            "identity": identity, "resume": resume})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs besides the data bytes themselves."""
+    model: Any                              # ModelConfig (or its to_dict())
+    out: str                                # run folder
+    data: str | None = setting(
+        None, "training bytes: any file, or .zst (decompressed once to a cache); default: the embedded "
+              "Shakespeare corpus", "data", identity=False)
+    val_data: str | None = setting(
+        None, "validation bytes; default: hold out the last 10% (at most 8 MiB) of --data, which training "
+              "never samples", "data", identity=False)
+    steps: int | None = setting(
+        None, f"optimizer steps (default {DEFAULT_STEPS} when no budget is given)", "budget", resume=True)
+    minutes: float | None = setting(
+        None, "minutes of training time (the warm-up (the first step; with --cuda-graph the first two), "
+              "checkpointing and evaluation are timed apart and not charged)", "budget", resume=True)
+    batch_size: int = setting(16, "global batch: sequences per step over all ranks", "optimisation")
+    seq_len: int = setting(512, "bytes per sequence; windows are seq_len + 1", "optimisation")
+    lr: float = setting(3e-4, "Schedule-Free AdamW learning rate", "optimisation")
+    weight_decay: float = setting(0.1, "weight decay, on matrices (ndim >= 2) only", "optimisation")
+    warmup_steps: int = setting(0, "Schedule-Free linear warm-up steps", "optimisation")
+    beta1: float = setting(0.9, "Adam beta1 (Schedule-Free's interpolation momentum)", "optimisation")
+    beta2: float = setting(0.999, "Adam beta2", "optimisation")
+    grad_clip: float | None = setting(None, "clip the global gradient norm to this value; default: off",
+                                      "optimisation")
+    max_nonfinite: int = setting(10, "non-finite steps (each skipped) in a row before the run stops",
+                                 "optimisation", identity=False)
+    seed: int = setting(42, "seeds the initial weights and the data stream", "optimisation")
+    device: str = setting("auto", "auto (CUDA when there is a GPU), cpu, cuda or cuda:N", "run",
+                          identity=False, resume=True)
+    compile: bool = setting(False, "torch.compile the model (compile time is timed apart)", "run")
+    cuda_graph: bool = setting(
+        False, "after one eager step, capture forward + backward as one CUDA graph and replay it every "
+               "step: the same kernels without per-kernel launch overhead, for host-bound steps (small "
+               "batches); CUDA, one process, not with --compile; the optimizer stays eager", "run", identity=False, resume=True)
+    checkpoint_every: int = setting(0, "write a checkpoint every N steps (last two kept; needed for "
+                                       "--resume); 0: none", "run", identity=False, resume=True)
+    log_every: int = setting(10, "steps between metrics.jsonl lines", "run", identity=False)
+    eval_bytes: int = setting(DEFAULT_EVAL_BYTES, "held-out bytes scored at the end; 0: skip", "run")
+    progress: bool = setting(True, "progress bar on stderr", "run", identity=False, resume=True)
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            self.model = ModelConfig.from_dict(self.model)
+        if not isinstance(self.model, ModelConfig):
+            raise ElmanlabError("TrainConfig.model must be a ModelConfig or its dict")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def settings(self) -> dict:
+        """The settings (every field but ``model`` and ``out``), as recorded in config.json."""
+        return {k: getattr(self, k) for k in train_settings()}
+
+    @property
+    def budget(self) -> dict:
+        return {"steps": self.steps} if self.steps is not None else {"minutes": self.minutes}
+
+    def validate(self, world_size: int = 1) -> None:
+        def need(cond, msg):
+            if not cond:
+                raise ElmanlabError(msg)
+        need((self.steps is None) != (self.minutes is None), "give exactly one budget: --steps N or --minutes M")
+        if self.steps is not None:
+            need(isinstance(self.steps, int) and self.steps >= 1, f"--steps must be a positive integer, got {self.steps}")
+        if self.minutes is not None:
+            need(math.isfinite(self.minutes) and self.minutes > 0, f"--minutes must be positive, got {self.minutes}")
+        need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
+        need(self.seq_len >= 1, f"--seq-len must be >= 1, got {self.seq_len}")
+        need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be positive, got {self.lr}")
+        need(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
+        need(self.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "--beta1 and --beta2 must be in [0, 1)")
+        need(self.grad_clip is None or self.grad_clip > 0, f"--grad-clip must be positive, got {self.grad_clip}")
+        need(self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
+        need(self.log_every >= 1, f"--log-every must be >= 1, got {self.log_every}")
+        need(self.eval_bytes == 0 or self.eval_bytes > self.seq_len,
+             f"--eval-bytes must be 0 (no final evaluation) or more than --seq-len {self.seq_len}, "
+             f"got {self.eval_bytes}")
+        need(self.max_nonfinite >= 1, f"--max-nonfinite must be >= 1, got {self.max_nonfinite}")
+        need(not (self.cuda_graph and self.compile), "--cuda-graph and --compile cannot be combined: drop one")
+        need(not (self.cuda_graph and world_size > 1),
+             f"--cuda-graph runs in one process, not {world_size}: drop it under torchrun")
+        need(self.batch_size % world_size == 0,
+             f"--batch-size {self.batch_size} (the global batch) must be divisible by the {world_size} processes")
+
+
+def train_settings() -> dict[str, dataclasses.Field]:
+    """name -> field of every train setting, in declaration order (the flags of ``elmanlab train``,
+    the keys of a study file's ``train:``)."""
+    return {f.name: f for f in dataclasses.fields(TrainConfig) if f.metadata.get("setting")}
+
+
+def identity_settings() -> tuple[str, ...]:
+    """The settings that define a run (see :func:`setting`)."""
+    return tuple(k for k, f in train_settings().items() if f.metadata["identity"])
+
+
+def resumable_settings() -> tuple[str, ...]:
+    """The settings ``--resume`` may change; the others come from the run's config.json."""
+    return tuple(k for k, f in train_settings().items() if f.metadata["resume"])
+
+
+BUDGET_SETTINGS = tuple(k for k, f in train_settings().items() if f.metadata["group"] == "budget")

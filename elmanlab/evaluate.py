@@ -20,11 +20,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from elmanlab.config import DEFAULT_EVAL_BYTES
 from elmanlab.errors import ElmanlabError
-from elmanlab.lm import autocast
+from elmanlab.hardware import autocast
 
-DEFAULT_EVAL_BYTES = 262_144
 LN2 = math.log(2.0)
+VAL_FIELDS = ("val_loss", "val_bpb", "val_bytes")        # what a summary records of a held-out score
+
+
+def val_fields(res: dict) -> dict:
+    """The summary.json fields of an evaluation result."""
+    return {k: res[k] for k in VAL_FIELDS}
 
 
 @torch.no_grad()
@@ -68,9 +74,11 @@ def evaluate_run(run_dir: str, data: str | None = None, eval_bytes: int = DEFAUL
     Without ``data`` the run's own validation stream is scored and, when the run has a
     summary.json, its val_loss / val_bpb / val_bytes are updated (atomically).
     """
+    from elmanlab.checkpoint import load_model
     from elmanlab.data import open_bytes, validation_bytes
     from elmanlab.fsutil import atomic_write_json
-    from elmanlab.train import load_model, read_json, resolve_device, weights_path
+    from elmanlab.hardware import resolve_device
+    from elmanlab.runs import SUMMARY_FILE, read_json, weights_path
     if eval_bytes is None or eval_bytes < 1:
         raise ElmanlabError(f"--bytes must be positive, got {eval_bytes}")
     run = Path(run_dir).expanduser()
@@ -88,8 +96,8 @@ def evaluate_run(run_dir: str, data: str | None = None, eval_bytes: int = DEFAUL
     res = evaluate_bytes(model, vals, seq_len, eval_bytes, batch_size or int(tc.get("batch_size", 16)), dev)
     res.update({"run": str(run), "source": source, "seq_len": seq_len, "weights": str(weights_path(run)),
                 "eval_s": time.perf_counter() - t0})
-    if data is None and update_summary and (run / "summary.json").is_file():
-        s = read_json(run / "summary.json")
-        s.update({"val_loss": res["val_loss"], "val_bpb": res["val_bpb"], "val_bytes": res["val_bytes"]})
-        atomic_write_json(run / "summary.json", s)
+    if data is None and update_summary and (run / SUMMARY_FILE).is_file():
+        s = read_json(run / SUMMARY_FILE)
+        s.update(val_fields(res))
+        atomic_write_json(run / SUMMARY_FILE, s)
     return res

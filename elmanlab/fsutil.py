@@ -36,12 +36,3 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def read_json_or_none(path: str | os.PathLike):
-    """The JSON in ``path``, or None when it is missing or unreadable (e.g. being written)."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import torch
 
 from elmanlab.errors import ElmanlabError
-from elmanlab.lm import autocast
+from elmanlab.hardware import autocast
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> int:

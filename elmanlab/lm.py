@@ -11,13 +11,6 @@ import torch.nn.functional as F
 
 from elmanlab.config import ModelConfig
 
-
-def autocast(device: torch.device, cache: bool = True):
-    """The precision of training, evaluation and generation: bf16 autocast on CUDA, off elsewhere
-    (fp32 on CPU). ``cache=False`` for a region captured in a CUDA graph (PyTorch's rule for autocast
-    under graphs: no cast cache)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda", cache_enabled=cache)
-
 VOCAB = 256
 
 
@@ -111,7 +104,3 @@ class LM(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def build_model(cfg: ModelConfig) -> LM:
-    return LM(cfg)

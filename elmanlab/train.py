@@ -2,15 +2,18 @@
 
 Python API::
 
+    from elmanlab.config import TrainConfig
     from elmanlab.sizing import model_config
-    from elmanlab.train import TrainConfig, run_training, resume_training
+    from elmanlab.train import Trainer, run_training, resume_training
     summary = run_training(TrainConfig(model=model_config("e1", params="1M"), out="runs/x", steps=100))
     summary = resume_training("runs/x", steps=200)        # continue (or extend) a run
 
-A run folder holds ``config.json`` (rebuilds the model and the run), ``metrics.jsonl`` (one line
-per logged step), ``summary.json`` (written once, at the end), ``model.safetensors`` (the final
-Schedule-Free *evaluation* weights) and, with ``checkpoint_every``, ``checkpoints/step_XXXXXXXX/``
-(weights as safetensors plus optimizer, data-stream and RNG state; the last two are kept).
+    trainer = Trainer(cfg)              # set up: data, model, optimizer (and, resuming, the checkpoint)
+    loss, grad_norm = trainer.train_step()        # one optimizer step on the next batch
+    summary = trainer.run()             # the whole run: config.json, the loop, metrics, summary.json
+
+The run folder and its files are described in :mod:`elmanlab.runs`; checkpoints in
+:mod:`elmanlab.checkpoint`.
 
 Precision: bf16 autocast on CUDA with fp32 master weights (the layers keep recurrent state in
 fp32), plain fp32 on CPU. Budgets: ``steps`` or ``minutes`` of training time; the first step of a
@@ -42,383 +45,48 @@ import dataclasses
 import json
 import math
 import os
-import re
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from elmanlab.config import ModelConfig
+from elmanlab import checkpoint
+from elmanlab.config import TrainConfig, resumable_settings
 from elmanlab.data import fingerprint_update
 from elmanlab.errors import ElmanlabError
-from elmanlab.fsutil import atomic_write_json, atomic_write_text, make_public
-from elmanlab.lm import autocast
-
-RUN_FORMAT = "elmanlab-run-v1"
-CHECKPOINT_DIR = "checkpoints"
-KEEP_CHECKPOINTS = 2
-RUN_FILES = ("config.json", "summary.json", "metrics.jsonl", "model.safetensors", CHECKPOINT_DIR)
-
-# bf16 dense matmul rates measured on these GPUs (used for MFU); others are measured once.
-PEAK_BF16_FLOPS = (("H200", 789e12), ("H100", 750e12))
-
-
-# ---------------------------------------------------------------- configuration
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs besides the data bytes themselves."""
-    model: Any                              # ModelConfig (or its to_dict())
-    out: str                                # run folder
-    data: str | None = None                 # None: the embedded corpus
-    val_data: str | None = None             # None: hold out the tail of ``data``
-    steps: int | None = None                # budget: optimizer steps ...
-    minutes: float | None = None            # ... or minutes of training time (exactly one)
-    batch_size: int = 16                    # global batch (all ranks together)
-    seq_len: int = 512
-    lr: float = 3e-4
-    weight_decay: float = 0.1               # on matrices (ndim >= 2) only
-    warmup_steps: int = 0                   # Schedule-Free linear warm-up
-    beta1: float = 0.9
-    beta2: float = 0.999
-    grad_clip: float | None = None          # max global grad norm; None: no clipping
-    seed: int = 42
-    device: str = "auto"                    # auto | cpu | cuda | cuda:N
-    compile: bool = False                   # torch.compile the model
-    cuda_graph: bool = False                # replay forward + backward as one captured CUDA graph
-    checkpoint_every: int = 0               # steps between checkpoints; 0: none
-    log_every: int = 10                     # steps between metrics.jsonl lines
-    eval_bytes: int = 262_144               # held-out bytes scored at the end; 0: skip
-    max_nonfinite: int = 10                 # stop after this many non-finite steps in a row
-    progress: bool = True                   # tqdm bar on stderr
-
-    def __post_init__(self):
-        if isinstance(self.model, dict):
-            self.model = ModelConfig.from_dict(self.model)
-        if not isinstance(self.model, ModelConfig):
-            raise ElmanlabError("TrainConfig.model must be a ModelConfig or its dict")
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["model"] = self.model.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    @property
-    def budget(self) -> dict:
-        return {"steps": self.steps} if self.steps is not None else {"minutes": self.minutes}
-
-    def validate(self, world_size: int = 1) -> None:
-        def need(cond, msg):
-            if not cond:
-                raise ElmanlabError(msg)
-        need((self.steps is None) != (self.minutes is None), "give exactly one budget: --steps N or --minutes M")
-        if self.steps is not None:
-            need(isinstance(self.steps, int) and self.steps >= 1, f"--steps must be a positive integer, got {self.steps}")
-        if self.minutes is not None:
-            need(math.isfinite(self.minutes) and self.minutes > 0, f"--minutes must be positive, got {self.minutes}")
-        need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
-        need(self.seq_len >= 1, f"--seq-len must be >= 1, got {self.seq_len}")
-        need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be positive, got {self.lr}")
-        need(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
-        need(self.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {self.warmup_steps}")
-        need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "betas must be in [0, 1)")
-        need(self.grad_clip is None or self.grad_clip > 0, f"--grad-clip must be positive, got {self.grad_clip}")
-        need(self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
-        need(self.log_every >= 1, f"--log-every must be >= 1, got {self.log_every}")
-        need(self.eval_bytes == 0 or self.eval_bytes > self.seq_len,
-             f"--eval-bytes must be 0 (no final evaluation) or more than --seq-len {self.seq_len}, "
-             f"got {self.eval_bytes}")
-        need(self.max_nonfinite >= 1, f"--max-nonfinite must be >= 1, got {self.max_nonfinite}")
-        need(not (self.cuda_graph and self.compile), "--cuda-graph and --compile cannot be combined: drop one")
-        need(not (self.cuda_graph and world_size > 1),
-             f"--cuda-graph runs in one process, not {world_size}: drop it under torchrun")
-        need(self.batch_size % world_size == 0,
-             f"--batch-size {self.batch_size} (the global batch) must be divisible by the {world_size} processes")
-
-
-# ---------------------------------------------------------------- small helpers
-
-def read_json(path: Path) -> dict:
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ElmanlabError(f"cannot read {path}: {e}") from None
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    name = (name or "auto").lower()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ElmanlabError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-        if name == "cuda":
-            return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
-        try:
-            dev = torch.device(name)
-        except RuntimeError:
-            raise ElmanlabError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ElmanlabError(f"{name} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
-        return dev
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ElmanlabError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
-
-
-def versions(device: torch.device) -> dict:
-    from importlib import metadata
-
-    def ver(dist):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-    out = {"elmanlab": ver("elmanlab"), "python": sys.version.split()[0], "torch": torch.__version__,
-           "numpy": np.__version__, "schedulefree": ver("schedulefree"), "triton": ver("triton"),
-           "fla": ver("flash-linear-attention") or ver("fla-core"), "mamba_ssm": ver("mamba-ssm") or ver("mamba_ssm"),
-           "cuda": torch.version.cuda, "gpu": None}
-    if device.type == "cuda":
-        out["gpu"] = torch.cuda.get_device_name(device)
-    return out
-
-
-_MEASURED_PEAK: dict = {}
-
-
-def measure_bf16_matmul_flops(device: torch.device, n: int = 8192, reps: int = 10) -> float:
-    """bf16 FLOP/s of an n x n x n matmul on this GPU: the median of 5 timed groups of ``reps``
-    products (CUDA events), after 3 untimed ones."""
-    import statistics
-    with torch.cuda.device(device):              # the events record on the current device
-        a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-        b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-        for _ in range(3):
-            a @ b
-        times = []
-        for _ in range(5):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            for _ in range(reps):
-                a @ b
-            e.record()
-            torch.cuda.synchronize(device)
-            times.append(s.elapsed_time(e) / 1e3 / reps)
-        del a, b
-        torch.cuda.empty_cache()
-    return 2 * n ** 3 / statistics.median(times)
-
-
-def peak_bf16_flops(device: torch.device) -> float | None:
-    """bf16 matmul FLOP/s of this GPU: the measured table, else a one-off measurement."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, flops in PEAK_BF16_FLOPS:
-        if key.lower() in name.lower():
-            return flops
-    if name not in _MEASURED_PEAK:
-        _MEASURED_PEAK[name] = measure_bf16_matmul_flops(device)
-    return _MEASURED_PEAK[name]
-
-
-def peak_memory_gb(device: torch.device) -> float:
-    """Peak CUDA memory allocated, or the process's peak resident set size on CPU (GB = 1e9 bytes)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
-    import resource
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss * (1 if sys.platform == "darwin" else 1024) / 1e9
-
-
-def _dist_info() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    return world, rank, local
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float):
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
-    import schedulefree
-    return schedulefree.AdamWScheduleFree(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                          betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
-                                          warmup_steps=cfg.warmup_steps)
-
-
-def _grad_norm(params) -> torch.Tensor:
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    if hasattr(torch.nn.utils, "get_total_norm"):
-        return torch.nn.utils.get_total_norm(grads, 2.0)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-
-
-class GraphedStep:
-    """``fn(x)`` (forward + backward of a batch ``x``) captured once as a CUDA graph, then replayed.
-
-    Each replay launches the whole step's kernels at once, so a step whose many small kernels keep
-    the host busier than the GPU (launch overhead) runs at the GPU's pace. The batch is copied into
-    the captured input, the outputs and the parameters' gradients come back in the same tensors each
-    time (the gradients are written, not accumulated: callers must not zero or drop them). ``fn``
-    must have run eagerly on ``stream`` before (Triton autotuning, TileLang JIT, lazy inits), and
-    must not synchronise with the host.
-    """
-
-    def __init__(self, fn, x: torch.Tensor, stream: torch.cuda.Stream):
-        self.x = x.clone()
-        self.graph = torch.cuda.CUDAGraph()
-        torch.cuda.synchronize(x.device)
-        torch.cuda.empty_cache()        # the eager steps' cached blocks: the graph keeps its own pool
-        try:
-            with torch.cuda.graph(self.graph, stream=stream):
-                self.out = fn(self.x)
-        except Exception as e:
-            # torch.cuda.graph's exit ends the capture even after an error, and that raises its own
-            # "previous error during capture": the cause is the exception it was raised during
-            cause = e.__context__ if e.__context__ is not None else e
-            msg = f"{type(cause).__name__}: {cause}".splitlines()[0][:300]
-            raise ElmanlabError(f"--cuda-graph: capturing the training step failed ({msg}); run without "
-                                "--cuda-graph") from e
-        self.replays = 0
-
-    def __call__(self, x: torch.Tensor):
-        self.x.copy_(x, non_blocking=True)
-        self.graph.replay()
-        self.replays += 1
-        return self.out
-
-
-# ---------------------------------------------------------------- run folders
-
-def is_run_dir(path: str | os.PathLike) -> bool:
-    p = Path(path) / "config.json"
-    if not p.is_file():
-        return False
-    try:
-        return json.loads(p.read_text()).get("format") == RUN_FORMAT
-    except (OSError, ValueError):
-        return False
-
-
-def load_run_config(run_dir: str | os.PathLike) -> dict:
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise ElmanlabError(f"{run_dir} does not exist; give the --out folder of `elmanlab train`")
-    if not is_run_dir(run_dir):
-        raise ElmanlabError(f"{run_dir} is not a run folder (no elmanlab config.json); "
-                            f"give the --out folder of `elmanlab train`")
-    return read_json(run_dir / "config.json")
-
-
-def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints, oldest first (a checkpoint folder appears only once fully written)."""
-    d = Path(run_dir) / CHECKPOINT_DIR
-    if not d.is_dir():
-        return []
-    out = []
-    for c in d.iterdir():
-        if re.fullmatch(r"step_\d{8,}", c.name) and (c / "model.safetensors").is_file() and (c / "state.pt").is_file():
-            out.append(c)
-    return sorted(out, key=lambda c: int(c.name[5:]))
-
-
-def weights_path(run_dir: str | os.PathLike) -> Path:
-    """The final weights, else the newest checkpoint's."""
-    run_dir = Path(run_dir)
-    if (run_dir / "model.safetensors").is_file():
-        return run_dir / "model.safetensors"
-    ckpts = list_checkpoints(run_dir)
-    if ckpts:
-        return ckpts[-1] / "model.safetensors"
-    raise ElmanlabError(f"{run_dir} has no weights yet (no model.safetensors and no checkpoint); "
-                        f"let the run finish or train with --checkpoint-every N")
-
-
-def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
-    """(model in eval mode with the run's evaluation weights, run config dict)."""
-    from safetensors.torch import load_file
-    from elmanlab.lm import LM
-    conf = load_run_config(run_dir)
-    cfg = ModelConfig.from_dict(conf["model"])
-    model = LM(cfg)
-    path = weights_path(run_dir)
-    try:
-        state = load_file(str(path))
-    except Exception as e:  # noqa: BLE001 - corrupt or foreign file
-        raise ElmanlabError(f"cannot read weights {path}: {e}") from None
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:                              # a tensor of another shape
-        raise ElmanlabError(f"weights {path} do not match the model in config.json: "
-                            f"{str(e).splitlines()[-1].strip()}") from None
-    if missing or unexpected:
-        raise ElmanlabError(f"weights {path} do not match the model in config.json "
-                            f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
-    return model.to(dev).eval(), conf
-
-
-def _check_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ElmanlabError(f"--out {out} is a file; give a folder")
-    if out.is_dir():
-        clash = [f for f in RUN_FILES if (out / f).exists()]
-        if clash:
-            raise ElmanlabError(f"--out {out} already holds a run ({', '.join(clash)}); continue it with "
-                                f"`elmanlab train --resume {out}` or choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=".write-test.")
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise ElmanlabError(f"cannot write to --out {out}: {e.strerror or e}; choose a writable folder") from None
-
-
-def _save_safetensors(state: dict, path: Path) -> None:
-    from safetensors.torch import save_file
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(path))
+from elmanlab.fsutil import atomic_write_json, atomic_write_text
+from elmanlab.hardware import autocast, dist_info, peak_bf16_flops, peak_memory_gb, resolve_device, versions
+from elmanlab.runs import (CONFIG_FILE, METRICS_FILE, RUN_FORMAT, SUMMARY_FILE, check_new_run_dir, load_run_config,
+                           run_status)
+from elmanlab.step import GraphedStep, grad_norm, make_optimizer
 
 
 # ---------------------------------------------------------------- the trainer
 
-class _Trainer:
+class Trainer:
+    """One training run: ``Trainer(cfg)`` sets it up (data, model, optimizer; with ``resume_dir`` the
+    newest checkpoint of that run folder), ``train_step()`` takes one optimizer step on the next batch
+    of the seeded stream, ``run()`` trains to the budget and writes the run folder."""
+
     def __init__(self, cfg: TrainConfig, resume_dir: Path | None = None):
         self.cfg = cfg
-        self.resume_dir = resume_dir
-        self.world, self.rank, self.local_rank = _dist_info()
+        self.resume_dir = None if resume_dir is None else Path(resume_dir)
+        self.world, self.rank, self.local_rank = dist_info()
         self.is_main = self.rank == 0
         self.t_start = time.perf_counter()
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
 
     # -- setup -------------------------------------------------------------------------------
-    def setup(self) -> None:
+    def _setup(self) -> None:
         from elmanlab.data import BatchSampler, fingerprint_start, make_split
         from elmanlab.lm import LM
         cfg = self.cfg
@@ -436,7 +104,7 @@ class _Trainer:
         self.sampler = BatchSampler(self.split.train_bytes, cfg.seq_len, cfg.batch_size, cfg.seed)
         self.out = Path(cfg.out).expanduser()
         if self.resume_dir is None and self.is_main:
-            _check_out_dir(self.out)
+            check_new_run_dir(self.out)
 
         if self.world > 1:
             import torch.distributed as dist
@@ -485,8 +153,69 @@ class _Trainer:
         self.interval = {"loss_sum": 0.0, "loss_n": 0, "tokens": 0, "time": 0.0}
         self.last_grad_norm = None
         self.warm_steps = 0                                 # steps timed as warm-up (warm_up_steps per process)
+        self.prior_wall = 0.0                               # wall-clock of the run before this process
         if self.resume_dir is not None:
-            self._load_checkpoint()
+            self._restore()
+
+    # -- one step ----------------------------------------------------------------------------
+    def batch(self, step: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+        """This rank's rows of the batch of ``step`` (default: the next step), on the device:
+        (x [B, T+1] bytes as int64, the window offsets)."""
+        win, offsets = self.sampler.batch(self.split.train, self.step if step is None else step, self.rows)
+        return torch.from_numpy(win).to(self.device, non_blocking=True).long(), offsets
+
+    def loss_and_grads(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward and backward of the batch ``x`` [B, T+1]: [loss, gradient norm] on the device,
+        without a host synchronisation (so that it can be captured in a CUDA graph)."""
+        with autocast(self.device, cache=not self.cfg.cuda_graph):
+            _, loss = self.fwd(x[:, :-1], x[:, 1:])
+        loss.backward()
+        gn = grad_norm(self.params).to(loss.device)
+        return torch.stack([loss.detach().float(), gn.float()])
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step on the next batch (a non-finite loss or gradient is skipped and counted);
+        advances ``step``, ``tokens`` and the data fingerprint. Returns (loss, gradient norm)."""
+        cfg = self.cfg
+        x, offsets = self.batch()
+        if self.graphed is not None:
+            stats = self.graphed(x)
+        elif cfg.cuda_graph and self.graph_warm:            # warmed up on the graph's stream: capture
+            self.graphed = GraphedStep(self.loss_and_grads, x, self.graph_stream)
+            stats = self.graphed(x)
+        elif cfg.cuda_graph:                                # the eager warm-up, on the graph's stream
+            self.graph_stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self.graph_stream):
+                stats = self.loss_and_grads(x)
+            torch.cuda.current_stream(self.device).wait_stream(self.graph_stream)
+            # its gradients, made on the graph's stream, are used and freed on the default one: the
+            # capture (next step) synchronises the device before the graph's stream allocates again
+            self.graph_warm = True
+        else:
+            stats = self.loss_and_grads(x)
+        if self.world > 1:
+            import torch.distributed as dist
+            loss_t = stats[:1].clone()
+            dist.all_reduce(loss_t)
+            stats = torch.cat([loss_t / self.world, stats[1:]])
+        loss_v, gn_v = stats.tolist()
+        if math.isfinite(loss_v) and math.isfinite(gn_v):
+            if cfg.grad_clip is not None:
+                if hasattr(torch.nn.utils, "clip_grads_with_norm_"):       # the norm is already known
+                    torch.nn.utils.clip_grads_with_norm_(self.params, cfg.grad_clip, stats[1])
+                else:
+                    torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+            self.optimizer.step()
+            self.nonfinite_run = 0
+        else:
+            self.nonfinite_total += 1
+            self.nonfinite_run += 1
+        if self.graphed is None:        # a graph rewrites its gradient tensors in place: keep them
+            self.optimizer.zero_grad(set_to_none=True)
+        self.fingerprint = fingerprint_update(self.fingerprint, offsets)
+        self.step += 1
+        self.tokens += cfg.batch_size * cfg.seq_len
+        return loss_v, gn_v
 
     # -- checkpoints -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -508,50 +237,24 @@ class _Trainer:
         if not self.is_main:
             return
         t0 = time.perf_counter()
-        root = self.out / CHECKPOINT_DIR
-        root.mkdir(exist_ok=True)
-        name = f"step_{self.step:08d}"
-        final = root / name
-        if final.exists():
-            return
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
-        make_public(tmp, directory=True)
-        try:
-            state = {
-                "format": RUN_FORMAT, "step": self.step, "tokens": self.tokens, "fingerprint": self.fingerprint,
-                "losses": list(self.losses), "final_loss": self.final_loss,
-                "nonfinite_total": self.nonfinite_total, "nonfinite_run": self.nonfinite_run,
-                "warm_steps": self.warm_steps, "timers": dict(self.timers, wall_s=self._wall()),
-                "interval": dict(self.interval),
-                "model_train": {k: v.detach().to("cpu").clone() for k, v in self.model.state_dict().items()},
-                "optimizer": self.optimizer.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-            }
-            torch.save(state, tmp / "state.pt")
-            with self.eval_weights():
-                _save_safetensors(self.model.state_dict(), tmp / "model.safetensors")
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        for old in list_checkpoints(self.out)[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old, ignore_errors=True)
-        self.timers["checkpoint_s"] += time.perf_counter() - t0
+        state = {
+            "format": RUN_FORMAT, "step": self.step, "tokens": self.tokens, "fingerprint": self.fingerprint,
+            "losses": list(self.losses), "final_loss": self.final_loss,
+            "nonfinite_total": self.nonfinite_total, "nonfinite_run": self.nonfinite_run,
+            "warm_steps": self.warm_steps, "timers": dict(self.timers, wall_s=self._wall()),
+            "interval": dict(self.interval),
+            "model_train": {k: v.detach().to("cpu").clone() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+        }
+        if checkpoint.write_checkpoint(self.out, self.step, state, self.model, self.eval_weights):
+            self.timers["checkpoint_s"] += time.perf_counter() - t0
 
-    def _load_checkpoint(self) -> None:
-        ckpts = list_checkpoints(self.resume_dir)
-        if not ckpts:
-            raise ElmanlabError(f"{self.resume_dir} has no complete checkpoint to resume from; "
-                                f"runs are resumable when trained with --checkpoint-every N")
-        if self.is_main:                                   # folders of checkpoints cut short by a kill
-            for junk in (self.resume_dir / CHECKPOINT_DIR).glob(".step_*"):
-                shutil.rmtree(junk, ignore_errors=True)
-        path = ckpts[-1] / "state.pt"
-        try:
-            st = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise ElmanlabError(f"cannot read checkpoint {path}: {e}") from None
+    def _restore(self) -> None:
+        if self.is_main:
+            checkpoint.remove_partial_checkpoints(self.resume_dir)
+        path, st = checkpoint.read_checkpoint(self.resume_dir)
         try:
             self.optimizer.load_state_dict(st["optimizer"])
             with torch.no_grad():
@@ -575,21 +278,22 @@ class _Trainer:
                 torch.cuda.set_rng_state_all(st["rng_cuda"])
 
     def _wall(self) -> float:
-        return getattr(self, "prior_wall", 0.0) + (time.perf_counter() - self.t_start)
+        return self.prior_wall + (time.perf_counter() - self.t_start)
 
-    # -- writing -----------------------------------------------------------------------------
+    # -- records -----------------------------------------------------------------------------
     def write_config(self) -> None:
         if not self.is_main:
             return
         conf = {"format": RUN_FORMAT, "model": self.cfg.model.to_dict(), "params": self.n_params,
                 "train": {k: v for k, v in self.cfg.to_dict().items() if k != "model"},
                 "data": self.split.describe(), "world_size": self.world}
-        atomic_write_json(self.out / "config.json", conf)
+        atomic_write_json(self.out / CONFIG_FILE, conf)
 
-    def _prepare_metrics(self) -> None:
+    def _open_metrics(self) -> None:
+        """metrics.jsonl for appending; resuming, the lines past the checkpoint's step are dropped."""
         if not self.is_main:
             return
-        path = self.out / "metrics.jsonl"
+        path = self.out / METRICS_FILE
         if self.resume_dir is not None and path.exists():
             keep = []
             for line in path.read_text().splitlines():
@@ -627,56 +331,6 @@ class _Trainer:
         --cuda-graph also the second (the capture)."""
         return 2 if self.cfg.cuda_graph else 1
 
-    def _loss_and_grads(self, x: torch.Tensor) -> torch.Tensor:
-        """Forward and backward of the batch ``x`` [B, T+1]: [loss, gradient norm] on the device,
-        without a host synchronisation (so that it can be captured in a CUDA graph)."""
-        with autocast(self.device, cache=not self.cfg.cuda_graph):
-            _, loss = self.fwd(x[:, :-1], x[:, 1:])
-        loss.backward()
-        gn = _grad_norm(self.params).to(loss.device)
-        return torch.stack([loss.detach().float(), gn.float()])
-
-    def _train_step(self) -> tuple[float, float]:
-        cfg = self.cfg
-        win, offsets = self.sampler.batch(self.split.train, self.step, self.rows)
-        x = torch.from_numpy(win).to(self.device, non_blocking=True).long()
-        if self.graphed is not None:
-            stats = self.graphed(x)
-        elif cfg.cuda_graph and self.graph_warm:            # warmed up on the graph's stream: capture
-            self.graphed = GraphedStep(self._loss_and_grads, x, self.graph_stream)
-            stats = self.graphed(x)
-        elif cfg.cuda_graph:                                # the eager warm-up, on the graph's stream
-            self.graph_stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(self.graph_stream):
-                stats = self._loss_and_grads(x)
-            torch.cuda.current_stream(self.device).wait_stream(self.graph_stream)
-            # its gradients, made on the graph's stream, are used and freed on the default one: the
-            # capture (next step) synchronises the device before the graph's stream allocates again
-            self.graph_warm = True
-        else:
-            stats = self._loss_and_grads(x)
-        if self.world > 1:
-            import torch.distributed as dist
-            loss_t = stats[:1].clone()
-            dist.all_reduce(loss_t)
-            stats = torch.cat([loss_t / self.world, stats[1:]])
-        loss_v, gn_v = stats.tolist()
-        if math.isfinite(loss_v) and math.isfinite(gn_v):
-            if cfg.grad_clip is not None:
-                if hasattr(torch.nn.utils, "clip_grads_with_norm_"):       # the norm is already known
-                    torch.nn.utils.clip_grads_with_norm_(self.params, cfg.grad_clip, stats[1])
-                else:
-                    torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-            self.optimizer.step()
-            self.nonfinite_run = 0
-        else:
-            self.nonfinite_total += 1
-            self.nonfinite_run += 1
-        if self.graphed is None:        # a graph rewrites its gradient tensors in place: keep them
-            self.optimizer.zero_grad(set_to_none=True)
-        self.fingerprint = fingerprint_update(self.fingerprint, offsets)
-        return loss_v, gn_v
-
     def _stop_flag(self) -> bool:
         """Agree across ranks on whether a time budget is spent (rank 0 decides)."""
         done = self._budget_done()
@@ -687,7 +341,8 @@ class _Trainer:
             done = t.item() > 0
         return done
 
-    def train(self) -> str:
+    def _loop(self) -> str:
+        """Train to the budget; returns the run's status (completed, stopped_nonfinite)."""
         from tqdm import tqdm
         cfg = self.cfg
         tokens_per_step = cfg.batch_size * cfg.seq_len
@@ -709,12 +364,10 @@ class _Trainer:
                     break
                 t0 = time.perf_counter()
                 self.between_steps = False
-                loss_v, gn_v = self._train_step()
+                loss_v, gn_v = self.train_step()
                 if warm_left and self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 dt = time.perf_counter() - t0
-                self.step += 1
-                self.tokens += tokens_per_step
                 self.last_grad_norm = gn_v if math.isfinite(gn_v) else None
                 if math.isfinite(loss_v):
                     self.losses.append(loss_v)
@@ -820,127 +473,104 @@ class _Trainer:
             s["error"] = error
         return s
 
-    def finish(self, status: str) -> dict:
-        from elmanlab.evaluate import evaluate_bytes
-        summary_extra = {}
+    def _finish(self, status: str) -> dict:
+        """The final weights, the held-out score (a completed run) and summary.json."""
+        from elmanlab.evaluate import evaluate_bytes, val_fields
+        extra = {}
         if self.is_main:
             t0 = time.perf_counter()
             self.optimizer.eval()                          # final weights: Schedule-Free's average x
             self.model.eval()
-            _save_safetensors(self.model.state_dict(), self.out / "model.safetensors.tmp")
-            os.replace(self.out / "model.safetensors.tmp", self.out / "model.safetensors")
+            checkpoint.save_weights(self.model, self.out)
             if self.cfg.eval_bytes > 0 and status == "completed":
-                res = evaluate_bytes(self.model, self.split.val, self.cfg.seq_len, self.cfg.eval_bytes,
-                                     self.b_local * self.world, self.device)
-                summary_extra = {"val_loss": res["val_loss"], "val_bpb": res["val_bpb"],
-                                 "val_bytes": res["val_bytes"]}
+                extra = val_fields(evaluate_bytes(self.model, self.split.val, self.cfg.seq_len,
+                                                  self.cfg.eval_bytes, self.b_local * self.world, self.device))
             self.timers["eval_s"] += time.perf_counter() - t0
         summary = self.summary(status)
-        summary.update(summary_extra)
+        summary.update(extra)
         if self.is_main:
-            atomic_write_json(self.out / "summary.json", summary)
+            atomic_write_json(self.out / SUMMARY_FILE, summary)
         return summary
 
-    def fail(self, message: str) -> dict | None:
-        if not self.is_main or not hasattr(self, "n_params") or not self.out.is_dir():
-            return None
-        s = self.summary("failed", message)
+    def _fail(self, message: str) -> None:
+        """Record a run that failed after it started (summary.json with status failed and the error)."""
+        if not self.is_main or not self.out.is_dir():
+            return
         with contextlib.suppress(OSError):
-            atomic_write_json(self.out / "summary.json", s)
-        return s
+            atomic_write_json(self.out / SUMMARY_FILE, self.summary("failed", message))
 
     def close(self) -> None:
+        """Release what the run holds: the metrics file, CPU float mode, the process group."""
         fh = getattr(self, "metrics_fh", None)
         if fh is not None:
             fh.close()
-
-
-def _run(trainer: _Trainer) -> dict:
-    started = False
-    try:
-        trainer.setup()
-        trainer.write_config()
-        trainer._prepare_metrics()
-        started = True
-        status = trainer.train()
-        summary = trainer.finish(status)
-    except ElmanlabError as e:
-        if started:
-            trainer.fail(str(e))
-        raise
-    except KeyboardInterrupt:
-        # (after an interrupt's own checkpoint this returns at once: that step's checkpoint exists)
-        if started and trainer.cfg.checkpoint_every and trainer.between_steps:
-            with contextlib.suppress(Exception):
-                trainer.save_checkpoint()
-        raise
-    except Exception as e:  # noqa: BLE001 - a crash mid-run is recorded, then reported in one line
-        if not started:
-            raise
-        msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
-        trainer.fail(f"step {trainer.step}: {msg}")
-        if os.environ.get("ELMANLAB_DEBUG"):
-            raise
-        raise ElmanlabError(f"training failed at step {trainer.step}: {msg} "
-                            f"(recorded in {trainer.out / 'summary.json'})") from e
-    finally:
-        trainer.close()
+            self.metrics_fh = None
         torch.set_flush_denormal(False)                    # the default; set only for the loop on CPU
-        if trainer.world > 1:
+        if self.world > 1:
             import torch.distributed as dist
             if dist.is_initialized():
                 with contextlib.suppress(Exception):
                     dist.barrier()
                 dist.destroy_process_group()
-    return summary
+
+    def run(self) -> dict:
+        """Train to the budget and write the run folder; returns the summary (also summary.json).
+        A crash after the start is recorded in summary.json and raised as one ElmanlabError line; an
+        interrupt saves a checkpoint between two steps (with --checkpoint-every) and propagates."""
+        started = False
+        try:
+            self.write_config()
+            self._open_metrics()
+            started = True
+            return self._finish(self._loop())
+        except ElmanlabError as e:
+            if started:
+                self._fail(str(e))
+            raise
+        except KeyboardInterrupt:
+            # (after an interrupt's own checkpoint this returns at once: that step's checkpoint exists)
+            if started and self.cfg.checkpoint_every and self.between_steps:
+                with contextlib.suppress(Exception):
+                    self.save_checkpoint()
+            raise
+        except Exception as e:  # noqa: BLE001 - a crash mid-run is recorded, then reported in one line
+            if not started:
+                raise
+            msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+            self._fail(f"step {self.step}: {msg}")
+            if os.environ.get("ELMANLAB_DEBUG"):
+                raise
+            raise ElmanlabError(f"training failed at step {self.step}: {msg} "
+                                f"(recorded in {self.out / SUMMARY_FILE})") from e
+        finally:
+            self.close()
 
 
 def run_training(cfg: TrainConfig) -> dict:
     """Train one model from scratch into ``cfg.out``; returns the summary dict (also summary.json)."""
-    return _run(_Trainer(cfg))
+    return Trainer(cfg).run()
 
 
-def resume_training(run_dir: str | os.PathLike, steps: int | None = None, minutes: float | None = None,
-                    device: str | None = None, progress: bool | None = None,
-                    checkpoint_every: int | None = None, cuda_graph: bool | None = None) -> dict:
-    """Continue a run from its newest checkpoint to its budget (or a new one given here). ``device``,
-    ``progress``, ``checkpoint_every`` and ``cuda_graph`` change how it runs, not what it computes."""
+def resume_training(run_dir: str | os.PathLike, **changes) -> dict:
+    """Continue a run from its newest checkpoint to its budget, or to a new one (``steps=`` or
+    ``minutes=``). Only the settings ``--resume`` may change are accepted (``config.resumable_settings``:
+    how the run continues, not what it computes); a value of None leaves the run's own setting."""
+    allowed = resumable_settings()
+    unknown = sorted(set(changes) - set(allowed))
+    if unknown:
+        raise ElmanlabError(f"a resumed run takes {', '.join(unknown)} from its config.json; "
+                            f"only {', '.join(allowed)} can change")
     run_dir = Path(run_dir).expanduser()
     conf = load_run_config(run_dir)
-    tc = dict(conf["train"])
-    tc["model"] = conf["model"]
-    tc["out"] = str(run_dir)
+    tc = dict(conf["train"], model=conf["model"], out=str(run_dir))
+    steps, minutes = changes.pop("steps", None), changes.pop("minutes", None)
     if steps is not None or minutes is not None:
         tc["steps"], tc["minutes"] = steps, minutes
-    if device is not None:
-        tc["device"] = device
-    if progress is not None:
-        tc["progress"] = progress
-    if checkpoint_every is not None:
-        tc["checkpoint_every"] = checkpoint_every
-    if cuda_graph is not None:
-        tc["cuda_graph"] = cuda_graph
+    tc.update({k: v for k, v in changes.items() if v is not None})
     cfg = TrainConfig.from_dict(tc)
-    if (run_dir / "summary.json").is_file():
-        done = read_json(run_dir / "summary.json")
-        if done.get("status") == "completed" and (
-                (cfg.steps is not None and done.get("steps", 0) >= cfg.steps)
-                or (cfg.minutes is not None and steps is None and minutes is None)):
-            return done                                    # nothing left to do
-    trainer = _Trainer(cfg, resume_dir=run_dir)
-    return _run(trainer)
-
-
-def run_is_complete(run_dir: str | os.PathLike, steps: int | None = None) -> bool:
-    p = Path(run_dir) / "summary.json"
-    if not p.is_file():
-        return False
-    try:
-        s = json.loads(p.read_text())
-    except ValueError:
-        return False
-    if s.get("status") != "completed":
-        return False
-    if steps is not None:
-        return s.get("steps", 0) >= steps
-    return True
+    status, _, done = run_status(run_dir)
+    if status == "completed" and (
+            (cfg.steps is not None and done.get("steps", 0) >= cfg.steps)
+            or (cfg.minutes is not None and steps is None and minutes is None)):
+        return done                                        # nothing left to do
+    return Trainer(cfg, resume_dir=run_dir).run()

@@ -15,7 +15,9 @@ from elmanlab.config import ModelConfig
 from elmanlab.data import open_bytes, embedded_corpus_path
 from elmanlab.errors import ElmanlabError
 from elmanlab.lm import LM
-from elmanlab.train import TrainConfig, load_model, resume_training, run_training
+from elmanlab.checkpoint import load_model
+from elmanlab.config import TrainConfig
+from elmanlab.train import resume_training, run_training
 
 SUMMARY_KEYS = ("model", "params", "dim", "depth", "steps", "tokens", "loss_last100", "final_loss",
                 "tokens_per_s", "mfu", "peak_memory_gb", "wall_s", "data_fingerprint", "world_size", "device",

@@ -49,7 +49,7 @@ def assert_one_line_error(code, err, *words):
 def test_train_prints_a_summary(run_dir, capsys):
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["status"] == "completed" and s["steps"] == 20 and "val_bpb" in s
-    from elmanlab.train_cli import print_summary
+    from elmanlab.cli.train import print_summary
     print_summary(s)
     out = capsys.readouterr().out
     assert "bits/byte" in out and "bytes/s" in out and "nats/byte" in out

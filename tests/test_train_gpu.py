@@ -11,7 +11,8 @@ import torch
 
 from elmanlab.layers import FAMILIES as _FAMILIES
 from elmanlab.sizing import model_config
-from elmanlab.train import TrainConfig, _Trainer, resume_training, run_training
+from elmanlab.config import TrainConfig
+from elmanlab.train import Trainer, resume_training, run_training
 
 pytestmark = pytest.mark.gpu
 FAMILIES = list(_FAMILIES)
@@ -23,9 +24,7 @@ CASES = [(f, 256, None) for f in FAMILIES] + [("e42", 2176, None), ("e1", 256, "
 def _trainer(tmp_path, model, dim=256, **kw):
     cfg = TrainConfig(model=model_config(model, dim=dim, depth=2), out=str(tmp_path / "run"), steps=10,
                       batch_size=4, seq_len=128, lr=1e-3, device="cuda", progress=False, eval_bytes=0, **kw)
-    tr = _Trainer(cfg)
-    tr.setup()
-    return tr
+    return Trainer(cfg)
 
 
 @pytest.mark.parametrize("model,dim,impl", CASES, ids=[f"{m}-{d}-{i or 'auto'}" for m, d, i in CASES])
@@ -34,11 +33,9 @@ def test_graph_replay_equals_the_eager_step(model, dim, impl, tmp_path, rel, mon
         monkeypatch.setenv("ELMANLAB_ELMAN_IMPL", impl)
     tr = _trainer(tmp_path, model, dim, cuda_graph=True)
     for _ in range(4):                       # eager, capture (+ replay), two replays; the optimizer steps
-        tr._train_step()
-        tr.step += 1
+        tr.train_step()
     assert tr.graphed is not None and tr.graphed.replays == 3
-    win, _ = tr.sampler.batch(tr.split.train, tr.step, tr.rows)
-    x = torch.from_numpy(win).to(tr.device).long()
+    x, _ = tr.batch()
     bufs = {n: b.clone() for n, b in tr.model.named_buffers()}   # e.g. the power-iteration vectors
     stats = tr.graphed(x).clone()
     named = [(n, p) for n, p in tr.model.named_parameters() if p.requires_grad]
@@ -50,7 +47,7 @@ def test_graph_replay_equals_the_eager_step(model, dim, impl, tmp_path, rel, mon
     with torch.no_grad():                    # the replay advanced them: the eager pass starts where it did
         for n, b in tr.model.named_buffers():
             b.copy_(bufs[n])
-    eager = tr._loss_and_grads(x)
+    eager = tr.loss_and_grads(x)
     torch.cuda.synchronize()
     assert abs(stats[0].item() - eager[0].item()) <= 1e-3 * abs(eager[0].item()), (stats, eager)
     errs = {n: rel(graph_grads[n], p.grad) for n, p in named}

@@ -3,7 +3,6 @@ gated RMSNorm, spectral norm."""
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 
 import torch
 import torch.nn as nn
@@ -153,7 +152,3 @@ def init_dt_bias(n: int, dt_min: float = 1e-3, dt_max: float = 0.1) -> torch.Ten
 
 def init_A_log(n: int, lo: float = 1.0, hi: float = 16.0) -> torch.Tensor:
     return torch.log(torch.empty(n).uniform_(lo, hi))
-
-
-def options_dict(opts) -> dict:
-    return {f.name: getattr(opts, f.name) for f in fields(opts)}

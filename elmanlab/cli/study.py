@@ -1,10 +1,10 @@
-"""The ``study`` and ``report`` subcommands."""
+"""`elmanlab study`: run a study file's jobs over the GPUs of a machine, resumable."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from elmanlab.cli import print_json
+from elmanlab.cli.common import print_json, text_table
 
 
 def register(sub) -> None:
@@ -32,28 +32,6 @@ def register(sub) -> None:
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.set_defaults(func=cmd_study)
 
-    p = sub.add_parser(
-        "report", help="tables and plots of the runs in a study folder",
-        description="Read every run record under DIR and write DIR/report.md, DIR/results.csv and PNG plots under "
-                    "DIR/plots/: runs ranked by last-100 loss with the gap to the baseline, scale x model tables of "
-                    "loss and tokens/s, best model per scale, best loss by each swept setting, mean +- sd over "
-                    "seeds, loss at equal tokens and at equal time, and failed runs with their reason.")
-    p.add_argument("dir", help="a study's --out folder (or any folder holding run folders)")
-    p.add_argument("--baseline", help="model (or run name) to measure gaps against (default: the study's "
-                                      "baseline, else mamba2 or gdn when present)")
-    p.add_argument("--metric", default="loss_last100", choices=("loss_last100", "val_bpb"),
-                   help="what runs are ranked and compared by, lower is better: the last-100 training loss "
-                        "(nats/byte, the seeds' measure; default) or the held-out bits per byte (val_bpb)")
-    p.add_argument("--quiet", action="store_true", help="print only the paths written")
-    p.set_defaults(func=cmd_report)
-
-
-def _table(rows: list[dict], cols: list[str]) -> str:
-    cells = [[("-" if r.get(c) is None else str(r.get(c))) for c in cols] for r in rows]
-    widths = [max([len(c)] + [len(x[i]) for x in cells]) for i, c in enumerate(cols)]
-    line = lambda xs: "  ".join(x.ljust(w) for x, w in zip(xs, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(cols)] + [line(x) for x in cells])
-
 
 def cmd_study(args) -> int:
     from elmanlab.errors import ElmanlabError
@@ -79,7 +57,7 @@ def cmd_study(args) -> int:
                 "budget", "seed", "status"]
         if any(r["wave"] for r in rows):
             cols.insert(2, "wave")
-        print(_table(rows, cols))
+        print(text_table(rows, cols))
         for line in study.messages + [d["line"] for d in study.deferred]:
             print(line)
         return 0
@@ -103,15 +81,3 @@ def cmd_study(args) -> int:
         except ElmanlabError as e:
             print(f"no report: {e}")
     return 1 if failed else 0
-
-
-def cmd_report(args) -> int:
-    from elmanlab.report import Report
-    rep = Report(args.dir, args.baseline, args.metric)
-    res = rep.write()
-    if not args.quiet and rep.done:
-        print(rep.section_ranked())
-        print()
-    print(f"wrote {res['report']}, {res['csv']}" + (f" and {len(res['plots'])} plots in {res['plots'][0].parent}"
-                                                   if res["plots"] else ""))
-    return 0

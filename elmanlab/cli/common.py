@@ -1,32 +1,18 @@
-"""The ``elmanlab`` command line: one entry point, one subcommand per job.
-
-Every user-facing error is one line ``error: ...`` on stderr with exit code 2 (``--debug`` shows
-the traceback instead).
-"""
+"""Pieces several subcommands share: the parser class, the model size and option flags, output."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import sys
 
-from elmanlab.errors import ElmanlabError
-
-# Modules that add subcommands: each has ``register(subparsers)`` which adds its parser(s) and
-# sets ``func`` on them. Kept as names so that ``elmanlab --help`` imports torch only once.
-COMMAND_MODULES = ["elmanlab.commands", "elmanlab.study_cli", "elmanlab.train_cli", "elmanlab.doctor"]
+from elmanlab.config import field_type
 
 
-# ---------------------------------------------------------------- model arguments (shared)
-
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
-
-
-def _field_type(f: dataclasses.Field):
-    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    base = t.replace(" | None", "").replace("Optional[", "").rstrip("]")
-    return _TYPES.get(base, str)
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line, exit 2
+        sys.stderr.write(f"error: {message} (see `{self.prog} --help`)\n")
+        sys.exit(2)
 
 
 def model_option_fields() -> dict[str, tuple[dataclasses.Field, dict]]:
@@ -38,6 +24,9 @@ def model_option_fields() -> dict[str, tuple[dataclasses.Field, dict]]:
             default = f.default if f.default is not dataclasses.MISSING else None
             out.setdefault(f.name, (f, {}))[1][name] = default
     return out
+
+
+SIZE_FLAGS = ("params", "dim", "depth", "mlp_ratio", "tie_embeddings")
 
 
 def add_model_arguments(p: argparse.ArgumentParser, with_model: bool = True) -> None:
@@ -64,7 +53,7 @@ def add_model_arguments(p: argparse.ArgumentParser, with_model: bool = True) -> 
         choices = f.metadata.get("choices")
         extra = " (one of " + ", ".join(choices) + ")" if choices else ""
         helptext = f"{f.metadata.get('help', name)}{extra} [{where}]"
-        typ = _field_type(f)
+        typ = field_type(f)
         if typ is bool:
             o.add_argument(flag, dest=f"opt_{name}", action=argparse.BooleanOptionalAction, default=None,
                            help=helptext)
@@ -84,42 +73,21 @@ def model_config_from_args(args, model: str | None = None):
                         tie_embeddings=args.tie_embeddings)
 
 
+def model_flags_given(args) -> list[str]:
+    """The size and family-option flags given on the command line, as ``--flag``."""
+    given = [k for k in ("params", "dim", "depth") if getattr(args, k) is not None]
+    given += [k for k in ("mlp_ratio", "tie_embeddings") if getattr(args, k)]
+    given += list(model_options_from_args(args))
+    return ["--" + g.replace("_", "-") for g in given]
+
+
 def print_json(obj) -> None:
     print(json.dumps(obj, indent=2, sort_keys=False))
 
 
-# ---------------------------------------------------------------- entry point
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own errors: one line, exit 2
-        sys.stderr.write(f"error: {message} (see `{self.prog} --help`)\n")
-        sys.exit(2)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="elmanlab", description="Train and benchmark byte-level recurrent language models.")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-    for modname in COMMAND_MODULES:
-        importlib.import_module(modname).register(sub)
-    return p
-
-
-def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    debug = "--debug" in argv
-    try:
-        args = build_parser().parse_args(argv)
-        rc = args.func(args)
-    except ElmanlabError as e:
-        if debug:
-            raise
-        sys.stderr.write(f"error: {e}\n")
-        sys.exit(2)
-    except KeyboardInterrupt:
-        import signal
-        signal.signal(signal.SIGINT, signal.SIG_IGN)    # exiting: a repeated interrupt has nothing left to stop
-        sys.stderr.write("error: interrupted\n")
-        sys.exit(130)
-    sys.exit(rc or 0)
+def text_table(rows: list[dict], cols: list[str]) -> str:
+    """A plain-text table of ``rows`` (dicts) in the columns ``cols``; None prints as -."""
+    cells = [[("-" if r.get(c) is None else str(r.get(c))) for c in cols] for r in rows]
+    widths = [max([len(c)] + [len(x[i]) for x in cells]) for i, c in enumerate(cols)]
+    line = lambda xs: "  ".join(x.ljust(w) for x, w in zip(xs, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(cols)] + [line(x) for x in cells])

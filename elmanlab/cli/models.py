@@ -1,9 +1,9 @@
-"""The ``models`` and ``size`` subcommands."""
+"""`elmanlab models` (the families, their options and defaults) and `elmanlab size` (sizing a configuration)."""
 from __future__ import annotations
 
 import dataclasses
 
-from elmanlab.cli import add_model_arguments, model_config_from_args, print_json
+from elmanlab.cli.common import add_model_arguments, model_config_from_args, print_json
 
 
 def register(sub) -> None:
