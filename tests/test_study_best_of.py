@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from elmanlab.errors import ElmanlabError
-from elmanlab.study import Runner, load_study, train_available
+from elmanlab.study import Runner, load_study
 
 STUDY = """
 name: bo
@@ -201,7 +201,6 @@ waves:
 """
 
 
-@pytest.mark.skipif(not train_available(), reason="no train command in this install")
 def test_best_of_end_to_end(tmp_path, monkeypatch):
     """Real train processes on two slots: the best_of wave is decided once its source wave is done,
     runs, is recorded in study.json; a second invocation runs nothing and keeps the choice."""

@@ -1,142 +1,18 @@
-"""Study files: expansion, validation, the output-folder rules, GPUs, and real tiny studies on CPU."""
+"""The study runner: the output-folder rules, GPUs, the lock, resuming, and real tiny studies on CPU."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from elmanlab.errors import ElmanlabError
-from elmanlab.sizing import model_config, report
-from elmanlab.study import check_out_dir, load_study, parse_gpus, train_available
+from elmanlab.study import Runner, check_out_dir, load_study, parse_gpus
+from test_study_spec import cli, write
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write(tmp_path, text, name="s.yaml") -> Path:
-    p = tmp_path / name
-    p.write_text(textwrap.dedent(text))
-    return p
-
-
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "elmanlab", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd)
-
-
-BASIC = """
-name: tiny
-baseline: mamba2
-train: {steps: 30, batch_size: 4, seq_len: 64, lr: 3e-4, seed: 42}
-runs:
-  - {model: mamba2, params: 200K}
-grid:
-  model: [e1, e33]
-  params: [200K, 400K]
-seeds: [42, 43]
-waves:
-  - name: gate
-    train: {steps: 20}
-    grid: {model: [e88], params: [200K], use_gate: [true, false]}
-  - name: deep
-    runs:
-      - {model: e1, dim: 64, depth: 3, seed: 7, name: e1-small}
-"""
-
-
-def test_expansion_grid_seeds_waves(tmp_path):
-    st = load_study(write(tmp_path, BASIC))
-    ids = [j.id for j in st.jobs]
-    assert len(ids) == len(set(ids)) == 2 + 2 * 2 * 2 + 2 * 2 + 1 == 15
-    assert st.baseline == "mamba2" and st.name == "tiny"
-    # cartesian product x seeds
-    grid = [j for j in st.jobs if j.wave is None and j.model in ("e1", "e33")]
-    assert sorted((j.model, j.params, j.train["seed"]) for j in grid) == sorted(
-        (m, p, s) for m in ("e1", "e33") for p in ("200K", "400K") for s in (42, 43))
-    # wave train settings override the study's, and land in the id
-    gate = [j for j in st.jobs if j.wave == "gate"]
-    assert {j.train["steps"] for j in gate} == {20} and {j.options["use_gate"] for j in gate} == {True, False}
-    assert all("steps=20" in j.id for j in gate)
-    # an explicit seed wins over the study's seeds; a name is the folder name
-    small = st.job("e1-small")
-    assert small.train["seed"] == 7 and small.dim == 64 and small.depth == 3 and small.wave == "deep"
-    # sizes are the solver's
-    j = st.job("e1-400K-s43")
-    rep = report(model_config("e1", params="400K"))
-    assert (j.size["params"], j.size["dim"], j.size["depth"]) == (rep.params, rep.dim, rep.depth)
-    assert j.train == {"steps": 30, "batch_size": 4, "seq_len": 64, "lr": 3e-4, "seed": 43}
-
-
-def test_budget_override_and_data_paths(tmp_path):
-    (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "corpus.txt").write_text("some text\n" * 100)
-    (tmp_path / "other.txt").write_text("other text\n" * 100)
-    p = write(tmp_path / "d", """
-        train: {minutes: 10, data: corpus.txt}
-        runs:
-          - {model: e1, params: 200K}
-          - {model: e1, params: 200K, steps: 50}
-        """)
-    st = load_study(p)
-    a, b = st.jobs
-    assert a.train["minutes"] == 10 and "steps" not in a.train
-    assert b.train["steps"] == 50 and "minutes" not in b.train and b.id != a.id
-    assert a.train["data"] == str((tmp_path / "d" / "corpus.txt").resolve())   # relative to the file
-    st = load_study(p, data=str(tmp_path / "other.txt"))
-    assert {j.train["data"] for j in st.jobs} == {str((tmp_path / "other.txt").resolve())}
-    assert st.name == "s"            # the file name when the study has no name
-    with pytest.raises(ElmanlabError, match="data file .*missing.txt does not exist"):
-        load_study(p, data=str(tmp_path / "missing.txt"))
-
-
-def test_argv_is_accepted_by_train(tmp_path):
-    st = load_study(write(tmp_path, BASIC))
-    j = next(j for j in st.jobs if j.options.get("use_gate") is False)
-    argv = j.argv(tmp_path / "run")
-    assert argv[:2] == ["train", "e88"] and "--no-use-gate" in argv and argv[-2:] == ["--out", str(tmp_path / "run")]
-    if not train_available():
-        pytest.skip("no train command in this install")
-    from elmanlab.cli import build_parser
-    for job in st.jobs:
-        args = build_parser().parse_args(job.argv(tmp_path / job.id))
-        assert args.model == job.model and args.steps == job.train["steps"]
-        assert args.seed == job.train["seed"] and float(args.lr) == pytest.approx(3e-4)
-
-
-BAD = [
-    ("name: x\ntrain: {steps: 3\nruns: []\n", "malformed YAML at line"),
-    ("- just\n- a list\n", "a study file is a mapping"),
-    ("train: {steps: 3}\nrunz: [{model: e1, params: 200K}]\n", "unknown top-level key 'runz' (did you mean runs?)"),
-    ("train: {steps: 3}\nruns: [{model: e9, params: 200K}]\n", "unknown model 'e9'"),
-    ("train: {steps: 3}\nruns: [{model: e1, params: 200K, n_state: 32}]\n", "e1 has no option 'n_state'"),
-    ("train: {steps: 3}\nruns: [{model: e1, params: 200K, colour: red}]\n", "unknown run key 'colour'"),
-    ("train: {steps: 3}\ngrid: {}\n", "the grid is empty"),
-    ("train: {steps: 3}\ngrid: {model: [], params: [200K]}\n", "grid key 'model' has an empty list"),
-    ("train: {steps: 3}\n", "the study has no runs"),
-    ("runs: [{model: e1, params: 200K}]\n", "no budget"),
-    ("train: {steps: 3, params: 1M}\nruns: [{model: e1, params: 200K}]\n", "'params' is a model setting"),
-    ("train: {steps: 3}\nruns: [{model: e1}]\n", "exactly one of `params`"),
-    ("train: {steps: 3}\nruns: [{model: e1, params: lots}]\n", "cannot read parameter count"),
-    ("train: {steps: 3}\nruns: [{model: e1, params: 1}]\n", "too small"),
-    ("train: {steps: -3}\nruns: [{model: e1, params: 200K}]\n", "steps must be a positive number"),
-    ("baseline: mamba2\ntrain: {steps: 3}\nruns: [{model: e1, params: 200K}]\n", "baseline 'mamba2' is neither"),
-    ("train: {steps: 3}\nruns: [{model: e1, params: 200K, name: a}, {model: e1, params: 400K, name: a}]\n",
-     "same name 'a'"),
-    ("train: {steps: 3}\nwaves: [{name: w, train: {steps: 5}}]\n", "a wave needs runs or a grid"),
-    ("train: {steps: 3}\nseeds: [1, two]\nruns: [{model: e1, params: 200K}]\n", "seeds is a list of integers"),
-]
-
-
-@pytest.mark.parametrize("text,msg", BAD, ids=[m.split()[0] + str(i) for i, (_, m) in enumerate(BAD)])
-def test_bad_study_files(tmp_path, text, msg):
-    p = tmp_path / "bad.yaml"
-    p.write_text(text)
-    with pytest.raises(ElmanlabError) as e:
-        load_study(p)
-    assert msg in str(e.value) and "\n" not in str(e.value)
 
 
 def test_bad_input_cli_one_line_nothing_written(tmp_path):
@@ -163,20 +39,6 @@ def test_bad_input_cli_one_line_nothing_written(tmp_path):
     r = cli("study", ok, "--out", busy)
     assert r.returncode == 2 and "not empty and holds no study" in r.stderr
     assert sorted(x.name for x in busy.iterdir()) == ["notes.txt"]
-
-
-def test_dry_run_lists_sizes(tmp_path):
-    r = cli("study", write(tmp_path, BASIC), "--out", tmp_path / "o", "--dry-run", "--gpus", "cpu")
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
-    assert lines[0].startswith("study tiny: 15 runs, baseline mamba2, on CPU")
-    row = next(ln for ln in lines if " e33-400K-s42 " in ln)
-    rep = report(model_config("e33", params="400K"))
-    assert f" {rep.dim} " in row and f" {rep.depth} " in row and "to run" in row
-    assert not (tmp_path / "o").exists()
-    r = cli("study", write(tmp_path, BASIC), "--out", tmp_path / "o", "--dry-run", "--json", "--gpus", "cpu")
-    jobs = json.loads(r.stdout)["jobs"]
-    assert len(jobs) == 15 and all(j["size"]["params"] > 0 for j in jobs)
 
 
 def test_parse_gpus(monkeypatch):
@@ -209,9 +71,35 @@ def test_out_dir_rules(tmp_path):
         check_out_dir(tmp_path / "bad", st)
 
 
-# ---------------------------------------------------------------- real studies (need `elmanlab train`)
+def test_a_study_recorded_with_the_old_identity_resumes(tmp_path):
+    """study.json records written when every train setting but data/val_data/device defined a run
+    (log_every, checkpoint_every, ...): compared on today's identity settings, the finished run is
+    done and the failed one stays failed; a setting that defines a run still refuses a changed run."""
+    text = """
+        name: old
+        train: {steps: 6, batch_size: 2, seq_len: 32, lr: 3e-3, seed: 42, log_every: 2, checkpoint_every: 3}
+        grid: {model: [e1, e33], params: [200K]}
+        """
+    st = load_study(write(tmp_path, text))
+    out = tmp_path / "out"
+    (out / "e1-200K-s42").mkdir(parents=True)
+    (out / "e1-200K-s42" / "summary.json").write_text(json.dumps({"status": "completed"}))
+    records = []
+    for j in st.jobs:
+        old = {**j.identity(), "train": {k: v for k, v in j.train.items() if k not in ("data", "val_data", "device")}}
+        assert old != j.identity() and old["train"]["log_every"] == 2
+        records.append({"id": j.id, "status": "completed" if j.model == "e1" else "failed", "error": "boom",
+                        "spec_identity": old})
+    (out / "study.json").write_text(json.dumps({"name": "old", "jobs": records}))
+    state = Runner(st, out, None).plan(check_out_dir(out, st))
+    assert [(r["id"], r["status"]) for r in state["jobs"]] == [("e1-200K-s42", "completed"), ("e33-200K-s42", "failed")]
+    assert state["jobs"][1]["error"] == "boom"
+    changed = load_study(write(tmp_path, text.replace("lr: 3e-3", "lr: 1e-3")))
+    with pytest.raises(ElmanlabError, match="trained with other settings"):
+        Runner(changed, out, None).plan(check_out_dir(out, changed))
 
-needs_train = pytest.mark.skipif(not train_available(), reason="no train command in this install")
+
+# ---------------------------------------------------------------- real studies (`elmanlab train` processes)
 
 E2E = """
 name: e2e
@@ -229,7 +117,6 @@ def _study_cli(*args):
                           text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
 
 
-@needs_train
 def test_tiny_study_end_to_end(tmp_path):
     """Real `elmanlab train` processes: a failure is recorded and the rest go on; a second invocation
     runs nothing; a run that lost its summary runs again; the report ranks against the baseline."""
@@ -275,7 +162,6 @@ def test_tiny_study_end_to_end(tmp_path):
     assert "interrupted-1" not in rows and rows.count("e33-200K-s42") == 1
 
 
-@needs_train
 def test_interrupted_study_resumes_the_run_in_flight(tmp_path):
     """Ctrl-C (SIGINT to the whole process group, as a terminal or `timeout` sends it; the study then
     forwards one more): the run in flight finishes its step and saves a checkpoint, the study records
@@ -316,7 +202,6 @@ def test_interrupted_study_resumes_the_run_in_flight(tmp_path):
     assert "train --resume" in (out / "logs" / "long.log").read_text()
 
 
-@needs_train
 @pytest.mark.slow
 def test_tiny_cpu_study_file(tmp_path):
     """The done-when check: studies/tiny-cpu.yaml (3 models x 2 sizes) runs, re-runs at once, reports."""
@@ -334,11 +219,9 @@ def test_tiny_cpu_study_file(tmp_path):
     assert len(ranked) == 6
 
 
-@needs_train
 def test_queue_one_job_per_slot(tmp_path, monkeypatch):
     """Two GPU slots (here on a CPU-only machine, so each job runs on the CPU): jobs are spread over
     both slots, each in its own process with its CUDA_VISIBLE_DEVICES, never two at once on a slot."""
-    from elmanlab.study import Runner
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     p = write(tmp_path, """
         name: q
@@ -363,7 +246,8 @@ def test_queue_one_job_per_slot(tmp_path, monkeypatch):
 def test_one_study_process_per_folder(tmp_path):
     import os
     import socket
-    from elmanlab.study import LOCK_FILE, StudyLock
+    from elmanlab.runs import LOCK_FILE
+    from elmanlab.study import StudyLock
     (tmp_path / LOCK_FILE).write_text(f"{os.getpid()} {socket.gethostname()}\n")      # a live holder
     with pytest.raises(ElmanlabError, match=f"another `elmanlab study` \\(pid {os.getpid()}\\) is running"):
         StudyLock(tmp_path).__enter__()

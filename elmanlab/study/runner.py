@@ -1,0 +1,458 @@
+"""The GPU queue: runs a study's jobs, one ``python -m elmanlab train ... --out DIR/<job id>``
+process per job, one job per GPU at a time (``CUDA_VISIBLE_DEVICES`` set per job) or in sequence on
+the CPU, and keeps the study's resumable state.
+
+The state (the expanded jobs and their status) lives in ``DIR/study.json``, written atomically after
+every change; a job whose ``summary.json`` exists is skipped, so an interrupted study resumes and a
+wave appended to the file runs only the new jobs. A run folder that is retried or restarted is moved
+aside (``RUN.failed-N``, ``RUN.interrupted-N``); a run with a checkpoint is resumed instead. One
+``elmanlab study`` process per folder (:class:`StudyLock`). Also here: ``--gpus`` parsing, the
+output-folder check, the reason of a failure read from its log's tail, and the dry run's table.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from elmanlab.errors import ElmanlabError
+from elmanlab.fsutil import atomic_write_json
+from elmanlab.runs import LOCK_FILE, LOG_DIR, STATE_FILE, has_checkpoint, read_state, run_status
+from elmanlab.study.job import job_status, same_run
+from elmanlab.study.spec import Study
+
+INTERRUPT_GRACE_S = 300      # how long a stopped study waits for its runs to write their checkpoints
+# what a job's study.json record keeps from the previous invocation when the job is not run again
+KEPT = ("started", "finished", "wall_s", "gpu", "returncode", "log", "stderr_tail")
+
+
+# ---------------------------------------------------------------- GPUs and the output folder
+
+def _visible_gpus() -> int:
+    try:
+        import torch
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - no usable CUDA means no GPUs
+        return 0
+
+
+def parse_gpus(text: str | None, count: int | None = None) -> list[str] | None:
+    """``--gpus`` -> the CUDA_VISIBLE_DEVICES value of each slot, or None for CPU.
+
+    None / "auto": every visible GPU, CPU when there is none; "cpu": CPU; "0,1": those GPUs
+    (indices into the GPUs this process sees, mapped through CUDA_VISIBLE_DEVICES when set).
+    """
+    count = _visible_gpus() if count is None else count
+    parent = os.environ.get("CUDA_VISIBLE_DEVICES")
+    physical = [s.strip() for s in parent.split(",") if s.strip()] if parent else None
+
+    def phys(i: int) -> str:
+        return physical[i] if physical and i < len(physical) else str(i)
+
+    if text is None or text.strip().lower() == "auto":
+        return [phys(i) for i in range(count)] or None
+    if text.strip().lower() in ("cpu", "none", ""):
+        return None
+    idx = []
+    for part in text.split(","):
+        part = part.strip()
+        if not re.fullmatch(r"[0-9]+", part):
+            raise ElmanlabError(f"--gpus takes GPU indices such as 0,1 (or cpu), got {text!r}")
+        i = int(part)
+        if i >= count:
+            have = f"GPUs 0-{count - 1}" if count > 1 else ("GPU 0" if count == 1 else "no GPU")
+            raise ElmanlabError(f"GPU {i} does not exist: this machine has {have}; "
+                                f"fix --gpus{' or use --gpus cpu' if count == 0 else ''}")
+        if i in idx:
+            raise ElmanlabError(f"GPU {i} is listed twice in --gpus {text}")
+        idx.append(i)
+    return [phys(i) for i in idx]
+
+
+def check_out_dir(out: Path, study: Study) -> dict | None:
+    """The existing state when ``out`` holds this study; an error when it holds something else."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ElmanlabError(f"--out {out} is a file; give a folder")
+    st = read_state(out) if out.exists() else None
+    if st is not None:
+        if st.get("name") != study.name:
+            raise ElmanlabError(f"{out} holds another study ({st.get('name')!r}, not {study.name!r}); "
+                                f"use another --out")
+        return st
+    if out.exists() and any(p for p in out.iterdir() if p.name != LOCK_FILE):
+        raise ElmanlabError(f"{out} is not empty and holds no study ({STATE_FILE}); use an empty or new --out")
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StudyLock:
+    """One ``elmanlab study`` process per output folder."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / LOCK_FILE
+        self.held = False
+
+    def __enter__(self):
+        me = f"{os.getpid()} {socket.gethostname()}\n"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid_s, host = (self.path.read_text().split() + ["", ""])[:2]
+                    pid = int(pid_s)
+                except (OSError, ValueError):
+                    pid, host = -1, ""
+                if host == socket.gethostname() and pid > 0 and _pid_alive(pid):
+                    raise ElmanlabError(f"another `elmanlab study` (pid {pid}) is running in {self.path.parent}; "
+                                        f"wait for it or stop it")
+                if host and host != socket.gethostname():
+                    raise ElmanlabError(f"{self.path} says a study runs on host {host}; if it does not, "
+                                        f"delete that file")
+                self.path.unlink(missing_ok=True)   # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self.held = True
+            return self
+        raise ElmanlabError(f"cannot take the study lock {self.path}")
+
+    def __exit__(self, *exc):
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+# ---------------------------------------------------------------- run folders
+
+def _log_tail(log: Path, n: int = 15) -> list[str]:
+    try:
+        data = log.read_bytes()[-65536:].decode("utf-8", "replace")
+    except OSError:
+        return []
+    lines = [ln.rstrip() for ln in re.split(r"[\r\n]+", data)]
+    lines = [ln for ln in lines if ln.strip()]
+    return lines[-n:]
+
+
+def failure_reason(tail: list[str], returncode: int | None) -> str:
+    """Why a train process failed, from the last lines of its log: an out-of-memory line, else the
+    last error line, else the signal that killed it, else the last line."""
+    text = "\n".join(tail)
+    if "out of memory" in text.lower():
+        oom = [ln for ln in tail if "out of memory" in ln.lower()]
+        return oom[-1].strip()[:300]
+    errs = [ln for ln in tail if ln.startswith("error:") or "Error" in ln.split(":")[0]]
+    if errs:
+        return errs[-1].strip()[:300]
+    if returncode is not None and returncode < 0:
+        return f"killed by signal {-returncode}"
+    if tail:
+        return tail[-1].strip()[:300]
+    return f"exit code {returncode}"
+
+
+def _move_aside(run_dir: Path, tag: str) -> Path:
+    """Rename a run folder to ``RUN.<tag>-N`` (the first free N), keeping it beside its rerun."""
+    k = 1
+    while (dest := run_dir.with_name(f"{run_dir.name}.{tag}-{k}")).exists():
+        k += 1
+    os.replace(run_dir, dest)
+    return dest
+
+
+# ---------------------------------------------------------------- the queue
+
+def _to_run(rec: dict) -> bool:
+    """A state record still to run: in the study file, neither completed nor failed."""
+    return rec.get("in_study_file", True) and rec["status"] not in ("completed", "failed")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Runner:
+    """Runs a study's pending jobs on GPU slots (or the CPU), keeping ``study.json`` current."""
+
+    def __init__(self, study: Study, out, gpus: list[str] | None, retry_failed: bool = False,
+                 echo=None, python: str | None = None, extra_env: dict | None = None):
+        self.study = study
+        self.out = Path(out)
+        self.gpus = gpus
+        self.retry_failed = retry_failed
+        self.python = python or sys.executable
+        self.extra_env = extra_env or {}
+        self.lock = threading.Lock()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.stop = threading.Event()
+        self._echo = echo
+        self.state: dict = {}
+        self.bar = None
+        self.n_started = 0
+
+    # -- state
+    def echo(self, msg: str) -> None:
+        if self._echo is not None:
+            self._echo(msg)
+        elif self.bar is not None:
+            self.bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+    def save(self) -> None:
+        self.state["updated"] = _now()
+        atomic_write_json(self.out / STATE_FILE, self.state)
+
+    def plan(self, previous: dict | None) -> dict:
+        """Merge the study file with the previous state: what is done, what is to run."""
+        prev_jobs = {j["id"]: j for j in (previous or {}).get("jobs", [])}
+        jobs = []
+        for job in self.study.jobs:
+            rec = {**job.to_dict(), "status": "pending", "error": None}
+            old = prev_jobs.pop(job.id, None)
+            rdir = self.out / job.id
+            if old is not None and old.get("spec_identity") is not None and run_status(rdir)[0] != "absent" \
+                    and not same_run(old["spec_identity"], job):
+                raise ElmanlabError(
+                    f"{rdir} was trained with other settings than the study file now gives "
+                    f"({job.where}); restore the file, give the run a new `name:`, or use another --out")
+            status, reason, _ = job_status(self.out, job, old, self.retry_failed)
+            if status != "pending":         # done, or failed and not to be retried: keep its record
+                rec.update(status=status, error=reason, **{k: old[k] for k in KEPT if old and k in old})
+            rec["spec_identity"] = job.identity()
+            rec["run_dir"] = job.id
+            jobs.append(rec)
+        # runs from an earlier version of the file stay recorded (their folders are kept)
+        for old in prev_jobs.values():
+            old = dict(old)
+            old["in_study_file"] = False
+            if old.get("status") in ("running", "pending"):
+                old["status"] = "dropped"
+            jobs.append(old)
+        created = (previous or {}).get("created") or _now()
+        return {"name": self.study.name, "study_file": self.study.path, "description": self.study.description,
+                "baseline": self.study.baseline, "created": created, "updated": _now(),
+                "gpus": self.gpus or "cpu", "best_of": self.study.best_of,
+                "deferred": self.study.deferred_records(),
+                "jobs": jobs}
+
+    def _expand_deferred(self) -> deque:
+        """Expand the study again against the output folder; the newly runnable jobs (and the
+        state merged with them). Records of runs already finished in this process are kept as they are."""
+        before = {r["id"]: r for r in self.state["jobs"] if r.get("in_study_file", True)}
+        study = self.study.reload(self.out)
+        new_lines = [m for m in study.messages if m not in self.study.messages]
+        self.study = study
+        state = self.plan(self.state)
+        state["jobs"] = [before[r["id"]] if r["id"] in before and r.get("in_study_file", True)
+                         and before[r["id"]]["status"] in ("completed", "failed") else r for r in state["jobs"]]
+        self.state = state
+        self.save()
+        for m in new_lines:
+            self.echo(m)
+        todo = deque(r for r in self.state["jobs"] if _to_run(r) and r["id"] not in before)
+        return todo
+
+    # -- running
+    def run(self) -> dict:
+        from tqdm import tqdm
+        self.plan(check_out_dir(self.out, self.study))     # every error before anything is written
+        self.out.mkdir(parents=True, exist_ok=True)
+        with StudyLock(self.out):
+            self.state = self.plan(check_out_dir(self.out, self.study))
+            (self.out / LOG_DIR).mkdir(exist_ok=True)
+            self.save()
+            todo = deque(r for r in self.state["jobs"] if _to_run(r))
+            total = sum(1 for r in self.state["jobs"] if r.get("in_study_file", True))
+            done0 = total - len(todo)
+            n_failed_before = sum(1 for r in self.state["jobs"]
+                                  if r.get("in_study_file", True) and r["status"] == "failed")
+            slots = self.gpus or [None]
+            where = f"GPUs {','.join(self.gpus)}" if self.gpus else "CPU, one job at a time"
+            self.echo(f"study {self.study.name}: {total} runs, {done0} already done"
+                      + (f" ({n_failed_before} failed earlier, not retried: use --retry-failed)"
+                         if n_failed_before else "")
+                      + f", {len(todo)} to run on {where}; state in {self.out / STATE_FILE}")
+            for m in self.study.messages:
+                self.echo(m)
+            for d in self.study.deferred:
+                self.echo(d["line"])
+            self.total = total
+            self.bar = tqdm(total=total, initial=done0, desc=self.study.name, unit="run",
+                            file=sys.stderr, dynamic_ncols=True, leave=True)
+            threads: list[threading.Thread] = []
+            try:
+                while True:
+                    threads = [threading.Thread(target=self._worker, args=(slot, todo), daemon=True)
+                               for slot in slots[:len(todo)]]
+                    for t in threads:
+                        t.start()
+                    while any(t.is_alive() for t in threads):
+                        for t in threads:
+                            t.join(timeout=0.2)
+                    if self.stop.is_set() or not self.study.deferred:
+                        break
+                    # waves that waited for others: decided now that those have finished
+                    todo = self._expand_deferred()
+                    if not todo:
+                        for d in self.study.deferred:
+                            self.echo(f"{d['line']}: still waiting, run the study again")
+                        break
+                    with self.lock:
+                        self.total += len(todo)
+                        self.bar.total = self.total
+                        self.bar.refresh()
+            except KeyboardInterrupt:
+                self.stop.set()
+                with self.lock:
+                    procs = list(self.procs.values())
+                for p in procs:                 # SIGINT first: train saves a checkpoint when it can
+                    if p.poll() is None:
+                        p.send_signal(signal.SIGINT)
+                if any(p.poll() is None for p in procs):
+                    self.echo(f"interrupted: waiting up to {INTERRUPT_GRACE_S} s for the runs in flight to save "
+                              f"a checkpoint (interrupt again to stop at once)")
+                deadline = time.time() + INTERRUPT_GRACE_S
+                for p in procs:
+                    try:
+                        p.wait(timeout=max(0.1, deadline - time.time()))
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+                for t in threads:
+                    t.join(timeout=30)
+                with self.lock:
+                    for r in self.state["jobs"]:
+                        if r["status"] == "running":
+                            r["status"] = "interrupted"
+                    self.save()
+                self.bar.close()
+                raise
+            self.bar.close()
+            self.bar = None
+        return self.state
+
+    def _worker(self, slot: str | None, todo: deque) -> None:
+        while not self.stop.is_set():
+            with self.lock:
+                if not todo:
+                    return
+                rec = todo.popleft()
+                self.n_started += 1
+                k = self.n_started
+            self._run_one(rec, slot, k)
+
+    def _run_one(self, rec: dict, slot: str | None, k: int) -> None:
+        job = self.study.job(rec["id"])
+        rdir = self.out / job.id
+        log = self.out / LOG_DIR / f"{job.id}.log"
+        argv = job.argv(rdir)
+        st, _, _ = run_status(rdir)
+        if st != "absent":          # a failed run being retried: keep the old folder beside it
+            _move_aside(rdir, "failed")
+        elif rdir.exists():
+            if has_checkpoint(rdir):
+                argv = ["train", "--resume", str(rdir)]
+            else:
+                _move_aside(rdir, "interrupted")
+        if self.gpus is None and "device" not in job.train and argv[1] != "--resume":
+            argv[-2:-2] = ["--device", "cpu"]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env)
+        if slot is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot
+        where = f"GPU {slot}" if slot is not None else "CPU"
+        size = job.size.get("params")
+        from elmanlab.sizing import format_count
+        self.echo(f"[{k}/{self.total}] start {job.id} on {where} ({format_count(size)} params, {job.budget})")
+        t0 = time.time()
+        with self.lock:
+            rec.update(status="running", started=_now(), t_start=round(t0, 3), gpu=slot, error=None,
+                       log=str(log.relative_to(self.out)), argv=argv)
+            self.save()
+        try:
+            with open(log, "ab") as lf:
+                cvd = f"CUDA_VISIBLE_DEVICES={slot} " if slot is not None else ""
+                lf.write(f"\n# {_now()} {cvd}elmanlab {' '.join(argv)}\n".encode())
+                lf.flush()
+                p = subprocess.Popen([self.python, "-m", "elmanlab"] + argv, env=env, stdout=lf,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                with self.lock:
+                    self.procs[job.id] = p
+                rc = p.wait()
+        except OSError as e:
+            rc, tail = None, [f"could not start the train process: {e}"]
+        else:
+            tail = _log_tail(log)
+        finally:
+            with self.lock:
+                self.procs.pop(job.id, None)
+        if self.stop.is_set():
+            return
+        st, reason, summ = run_status(rdir)
+        wall = time.time() - t0
+        with self.lock:
+            rec.update(finished=_now(), t_end=round(time.time(), 3), wall_s=round(wall, 1), returncode=rc)
+            if rc == 0 and st == "completed":
+                rec.update(status="completed", error=None, stderr_tail=None)
+                loss = summ.get("loss_last100")
+                tps = summ.get("tokens_per_s")
+                msg = (f"[{k}/{self.total}] done  {job.id}: loss {loss:.4f}" if isinstance(loss, (int, float))
+                       else f"[{k}/{self.total}] done  {job.id}")
+                if isinstance(tps, (int, float)):
+                    msg += f", {tps:,.0f} tok/s"
+                if summ.get("val_bpb") is not None:
+                    msg += f", val {summ['val_bpb']:.4f} bpb"
+                msg += f", {wall:.0f} s"
+            else:
+                why = reason if st not in ("absent", "completed") else failure_reason(tail, rc)
+                if st not in ("absent", "completed") and not (summ or {}).get("error"):
+                    errs = [ln[len("error:"):].strip() for ln in tail if ln.startswith("error:")]
+                    if errs:
+                        why = f"{st}: {errs[-1]}"
+                if st == "completed":
+                    why = f"exit code {rc}: {failure_reason(tail, rc)}"
+                elif st == "absent" and rc == 0:
+                    why = "the train process ended without writing summary.json"
+                rec.update(status="failed", error=why, stderr_tail=tail)
+                msg = f"[{k}/{self.total}] FAILED {job.id} after {wall:.0f} s: {why} (log: {log})"
+            self.save()
+            if self.bar is not None:
+                self.bar.update(1)
+        self.echo(msg)
+
+
+# ---------------------------------------------------------------- dry run
+
+def plan_table(study: Study, out: Path | None = None) -> list[dict]:
+    """Rows for ``--dry-run``: every job with its size and whether it is already done."""
+    from elmanlab.sizing import format_count
+    rows = []
+    for i, j in enumerate(study.jobs, 1):
+        status = "to run"
+        if out is not None:
+            status = {"completed": "done", "failed": "failed"}.get(job_status(out, j, None)[0], "to run")
+        target = j.params or "-"
+        rows.append({"#": i, "run": j.id, "wave": j.wave or "", "model": j.model, "target": target,
+                     "params": j.size.get("params"), "params_h": format_count(j.size.get("params", 0)),
+                     "dim": j.size.get("dim"), "depth": j.size.get("depth"),
+                     "heads": j.size.get("n_heads"), "d_inner": j.size.get("d_inner"),
+                     "state/layer": j.size.get("state_per_layer"), "budget": j.budget,
+                     "seed": j.train.get("seed"), "status": status})
+    return rows

@@ -1,0 +1,521 @@
+"""The study file -> a :class:`Study` of :class:`Job` s: YAML loading, validation, grid and seeds
+expansion, job ids and data paths.
+
+A study file (YAML) names a set of training runs::
+
+    name: e88-vs-baselines-100m
+    baseline: mamba2
+    train: {data: corpus.txt.zst, minutes: 10, batch_size: 16, seq_len: 512, seed: 42}
+    runs:                         # explicit runs: model + size + any option or train override
+      - {model: mamba2, params: 100M}
+      - {model: e88, params: 100M, n_state: 32, use_gate: true}
+    grid:                         # cartesian product, added to runs (a list of grids is allowed)
+      model: [e1, e88]
+      params: [50M, 100M]
+    seeds: [42, 43]               # every job once per seed (unless it sets its own seed)
+    waves:                        # optional: successive groups, queued in this order
+      - {name: wave1, grid: {model: [e88], n_state: [16, 32]}}
+      - {name: wave2, train: {minutes: 30}, runs: [{model: e88, params: 100M, n_state: 48}]}
+      - {name: again, train: {seed: 43}, best_of: {wave: wave1, n: 2, metric: val_bpb, baseline: true}}
+
+The ``train:`` keys (in ``train``, a wave's ``train`` or a run) are the ``elmanlab train`` settings,
+``config.train_settings()``; a run's id is its model, its size and every setting that defines a run
+(``config.identity_settings()``) that it or its wave sets beyond the study's own ``train``, then its
+seed. Data paths in the file are relative to the file.
+
+A ``best_of`` wave repeats the ``n`` best finished runs of an earlier wave (lower metric is better,
+ties in file order; with ``baseline: true`` also the baseline's runs of that wave) with the wave's own
+train settings on top, as ``<run id>-<wave>``. It can only be expanded once that wave has finished in
+the output folder (``load_study(..., out=DIR)``); until then it is listed in ``Study.deferred`` and
+the Runner expands it when its queue has run dry.
+
+Each job becomes ``python -m elmanlab train ... --out DIR/<job id>`` in its own process (see
+:mod:`elmanlab.study.runner`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elmanlab.config import BUDGET_SETTINGS, field_type, identity_settings, option_fields, train_settings
+from elmanlab.errors import ElmanlabError
+from elmanlab.runs import read_state
+from elmanlab.study.best_of import expand_best_of
+from elmanlab.study.job import Job, fmt, merge_train, safe_id
+
+TOP_KEYS = ("name", "description", "baseline", "train", "runs", "grid", "seeds", "waves")
+WAVE_KEYS = ("name", "description", "train", "runs", "grid", "seeds", "best_of")
+BEST_OF_KEYS = ("wave", "n", "metric", "baseline")
+BEST_OF_METRICS = ("val_bpb", "loss_last100")      # lower is better
+SIZE_KEYS = ("params", "dim", "depth", "mlp_ratio", "tie_embeddings")
+ENTRY_KEYS = ("model", "name", "options") + SIZE_KEYS
+
+
+@dataclass
+class Study:
+    name: str
+    path: str
+    baseline: str | None
+    jobs: list[Job]
+    description: str = ""
+    # best_of waves: the choice made per expanded wave, and those still waiting for their source wave
+    best_of: dict = field(default_factory=dict)
+    deferred: list = field(default_factory=list)
+    messages: list = field(default_factory=list)      # one line each: expansions and warnings
+    load_args: dict = field(default_factory=dict, repr=False)
+
+    def deferred_records(self) -> list[dict]:
+        """The deferred best_of waves as recorded in JSON (without their display line)."""
+        return [{k: v for k, v in d.items() if k != "line"} for d in self.deferred]
+
+    def reload(self, out) -> "Study":
+        """The same study expanded again against ``out`` (deferred best_of waves whose source wave
+        has finished there become jobs). Uses the file as read the first time."""
+        return load_study(self.path, out=out, **self.load_args)
+
+    def job(self, job_id: str) -> Job:
+        for j in self.jobs:
+            if j.id == job_id:
+                return j
+        raise KeyError(job_id)
+
+
+# ---------------------------------------------------------------- reading and checking values
+
+def _suggest(key: str, known) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _load_yaml(path: Path):
+    import yaml
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ElmanlabError(f"study file {path} does not exist")
+    except OSError as e:
+        raise ElmanlabError(f"cannot read study file {path}: {e.strerror}")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ElmanlabError(f"{path}: malformed YAML{where}: {problem}; fix the file")
+    if not isinstance(data, dict):
+        raise ElmanlabError(f"{path}: a study file is a mapping with keys such as name, train, runs, "
+                            f"grid (got {type(data).__name__})")
+    return data
+
+
+def _check_keys(d: dict, allowed, where: str, what: str) -> None:
+    for k in d:
+        if k not in allowed:
+            raise ElmanlabError(f"{where}: unknown {what} key {k!r}{_suggest(str(k), allowed)}; "
+                                f"allowed: {', '.join(allowed)}")
+
+
+def _all_option_names() -> list[str]:
+    from elmanlab.layers import FAMILIES
+    names: list[str] = []
+    for fam in FAMILIES.values():
+        for f in dataclasses.fields(fam.Options):
+            if f.name not in names:
+                names.append(f.name)
+    return names
+
+
+def _coerce_option(model: str, key: str, value, where: str):
+    typ = field_type(option_fields(model)[key])
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ElmanlabError(f"{where}: option {key} is true or false, got {value!r}")
+        return value
+    if value is None:
+        return None
+    try:
+        if typ is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if typ is float:
+            return float(value)
+    except (TypeError, ValueError):
+        raise ElmanlabError(f"{where}: option {key} must be {'an integer' if typ is int else 'a number'}, "
+                            f"got {value!r}")
+    return value
+
+
+def _coerce_train(key: str, value, where: str):
+    """A train setting's value by its field type: bool a YAML bool, int an integral number, float
+    any number (PyYAML reads 3e-4 as a string), str as written."""
+    typ = field_type(train_settings()[key])
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ElmanlabError(f"{where}: {key} is true or false, got {value!r}")
+        return value
+    if value is None or isinstance(value, (dict, list)):
+        raise ElmanlabError(f"{where}: {key} needs one value, got {value!r}")
+    if typ is str:
+        return str(value)
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        if typ is int and isinstance(value, int):
+            return value
+        number = float(str(value))
+        if typ is float:
+            return number
+        if not number.is_integer():
+            raise ValueError
+        return int(number)
+    except ValueError:
+        raise ElmanlabError(f"{where}: {key} must be {'an integer' if typ is int else 'a number'}, "
+                            f"got {value!r}")
+
+
+def _norm_params(value, where: str) -> str:
+    from elmanlab.sizing import format_count, parse_count
+    try:
+        n = parse_count(value)
+    except ElmanlabError as e:
+        raise ElmanlabError(f"{where}: {e}")
+    if n < 1:
+        raise ElmanlabError(f"{where}: params must be positive, got {value!r}")
+    s = str(value).strip()
+    # keep what the user wrote when it is already a compact count ("500M"), else a compact form
+    return s.upper() if re.fullmatch(r"[0-9.]+[kKmMgGbBtT]?", s) and len(s) <= 8 else format_count(n)
+
+
+def _seeds(value, where: str) -> list | None:
+    if value is None:
+        return None
+    vals = value if isinstance(value, list) else [value]
+    if not vals or not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+        raise ElmanlabError(f"{where}: seeds is a list of integers such as [42, 43], got {value!r}")
+    return vals
+
+
+# ---------------------------------------------------------------- entries -> jobs
+
+def _expand_grid(grid, where: str) -> list[tuple[str, dict]]:
+    grids = grid if isinstance(grid, list) else [grid]
+    if not grids:
+        raise ElmanlabError(f"{where}: the grid is empty; give each key a list of values")
+    out = []
+    for gi, g in enumerate(grids):
+        w = f"{where}[{gi}]" if isinstance(grid, list) else where
+        if not isinstance(g, dict) or not g:
+            raise ElmanlabError(f"{w}: the grid is empty; write it as a mapping such as "
+                                f"{{model: [e1, e88], params: [50M, 100M]}}")
+        if "name" in g:
+            raise ElmanlabError(f"{w}: a grid cannot set `name` (every combination needs its own); "
+                                f"use an explicit entry under runs")
+        axes = []
+        for k, v in g.items():
+            vals = v if isinstance(v, list) else [v]
+            if not vals:
+                raise ElmanlabError(f"{w}: grid key {k!r} has an empty list, so the grid has no runs")
+            axes.append((k, vals))
+        for combo in itertools.product(*[vals for _, vals in axes]):
+            entry = dict(zip([k for k, _ in axes], combo))
+            out.append((f"{w} ({', '.join(f'{k}={fmt(v)}' for k, v in entry.items())})", entry))
+    return out
+
+
+def _jobs_from_entry(entry: dict, where: str, wave: str | None, base_train: dict, seeds: list | None,
+                     study_train: dict) -> list[Job]:
+    from elmanlab.layers import get_family
+    if not isinstance(entry, dict):
+        raise ElmanlabError(f"{where}: a run is a mapping such as {{model: e1, params: 100M}}, got {entry!r}")
+    settings = train_settings()
+    all_opts = _all_option_names()
+    allowed = list(ENTRY_KEYS) + list(settings) + all_opts
+    _check_keys(entry, allowed, where, "run")
+    if "model" not in entry:
+        raise ElmanlabError(f"{where}: a run needs a `model` (one of `elmanlab models`)")
+    try:
+        fam = get_family(str(entry["model"]))
+    except ElmanlabError as e:
+        raise ElmanlabError(f"{where}: {e}")
+    model = fam.name
+    fields_ = option_fields(model)
+    options: dict = {}
+    given_opts = entry.get("options") or {}
+    if not isinstance(given_opts, dict):
+        raise ElmanlabError(f"{where}: options must be a mapping, got {given_opts!r}")
+    for k, v in list(given_opts.items()) + [(k, v) for k, v in entry.items() if k in all_opts]:
+        if k not in fields_:
+            raise ElmanlabError(f"{where}: {model} has no option {k!r}{_suggest(str(k), fields_)} "
+                                f"(its options: {', '.join(fields_) or 'none'}); "
+                                f"put models with different options in separate runs or grids")
+        options[k] = _coerce_option(model, k, v, where)
+
+    params = dim = depth = None
+    if entry.get("params") is not None:
+        params = _norm_params(entry["params"], where)
+    for key in ("dim", "depth"):
+        v = entry.get(key)
+        if v is not None:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ElmanlabError(f"{where}: {key} must be a positive integer, got {v!r}")
+    dim, depth = entry.get("dim"), entry.get("depth")
+    if (params is None) == (dim is None):
+        raise ElmanlabError(f"{where}: give a run exactly one of `params` (e.g. 100M) or `dim` with `depth`")
+    if dim is not None and depth is None:
+        raise ElmanlabError(f"{where}: `dim` needs `depth` too (or give `params`)")
+    mlp_ratio = entry.get("mlp_ratio", 0.0) or 0.0
+    if not isinstance(mlp_ratio, (int, float)) or isinstance(mlp_ratio, bool) or mlp_ratio < 0:
+        raise ElmanlabError(f"{where}: mlp_ratio must be a number >= 0, got {mlp_ratio!r}")
+    tie = entry.get("tie_embeddings", False)
+    if not isinstance(tie, bool):
+        raise ElmanlabError(f"{where}: tie_embeddings is true or false, got {tie!r}")
+
+    own_train = {k: _coerce_train(k, v, where) for k, v in entry.items() if k in settings}
+    train = merge_train(base_train, own_train)
+    for k in BUDGET_SETTINGS:
+        if k in train:
+            v = train[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                raise ElmanlabError(f"{where}: {k} must be a positive number, got {v!r}")
+    if not any(k in train for k in BUDGET_SETTINGS):
+        raise ElmanlabError(f"{where}: no budget; set `steps` or `minutes` under train (or in the run)")
+
+    # the size, solved now so that a bad size stops the study before anything runs
+    from elmanlab.sizing import model_config, report
+    try:
+        cfg = model_config(model, params=params, dim=dim, depth=depth, options=options,
+                           mlp_ratio=float(mlp_ratio), tie_embeddings=tie)
+        rep = report(cfg)
+    except ElmanlabError as e:
+        at = "" if where.endswith(")") else f" ({model} at {params or f'{dim}x{depth}'})"
+        raise ElmanlabError(f"{where}{at}: {e}")
+    size = {"params": rep.params, "dim": rep.dim, "depth": rep.depth, "d_inner": rep.d_inner,
+            "n_heads": rep.n_heads, "state_per_layer": rep.state_per_layer}
+
+    # id: model, size, then every setting this entry or its wave sets beyond the study's defaults
+    id_parts = [model, params if params is not None else f"d{dim}x{depth}"]
+    if params is not None and depth is not None:
+        id_parts.append(f"L{depth}")
+    if mlp_ratio:
+        id_parts.append(f"mlp={fmt(float(mlp_ratio))}")
+    if tie:
+        id_parts.append("tied")
+    id_parts += [f"{k}={fmt(v)}" for k, v in options.items()]
+    defining = identity_settings()
+    id_parts += [f"{k}={fmt(v)}" for k, v in train.items()
+                 if k in defining and k != "seed" and study_train.get(k, object()) != v]
+
+    seed_list = [train.get("seed")] if ("seed" in own_train or not seeds) else seeds
+    jobs = []
+    for s in seed_list:
+        t = dict(train)
+        if s is not None:
+            t["seed"] = _coerce_train("seed", s, where)
+        parts = id_parts + ([f"s{t['seed']}"] if t.get("seed") is not None else [])
+        jid = entry.get("name") or "-".join(parts)
+        if len(seed_list) > 1 and entry.get("name"):
+            jid = f"{entry['name']}-s{t['seed']}"
+        jobs.append(Job(safe_id(jid), where, wave, model, params, dim, depth, float(mlp_ratio), tie, options,
+                        t, size))
+    return jobs
+
+
+# ---------------------------------------------------------------- the study file
+
+def load_study(path, data: str | None = None, val_data: str | None = None, out=None,
+               retry_failed: bool = False, _raw: dict | None = None) -> Study:
+    """Read, validate and expand a study file. Raises one clear ElmanlabError per problem.
+
+    ``data`` / ``val_data``: paths that replace the file's. ``out``: the study's output folder, read
+    to expand ``best_of`` waves whose source wave has finished there (the others are left in
+    ``Study.deferred``). ``retry_failed``: failed runs of a source wave count as unfinished (they
+    are about to run again)."""
+    path = Path(path)
+    raw = _load_yaml(path) if _raw is None else _raw
+    _check_keys(raw, TOP_KEYS, str(path), "top-level")
+    name = raw.get("name", path.stem)
+    if not isinstance(name, (str, int)) or not str(name).strip():
+        raise ElmanlabError(f"{path}: name must be a non-empty string")
+    name = str(name)
+    settings = list(train_settings())
+
+    def train_block(d, where):
+        t = d.get("train") or {}
+        if not isinstance(t, dict):
+            raise ElmanlabError(f"{where}: train is a mapping of train settings, got {t!r}")
+        for k in t:
+            if k in ENTRY_KEYS or k in _all_option_names():
+                raise ElmanlabError(f"{where}: {k!r} is a model setting; put it in runs or grid, not under train")
+        _check_keys(t, settings, where + ".train", "train")
+        return {k: _coerce_train(k, v, f"{where}.train") for k, v in t.items()}
+
+    study_train = train_block(raw, str(path))
+    base = path.resolve().parent
+    for key, val in (("data", data), ("val_data", val_data)):
+        if val is not None:
+            study_train[key] = str(Path(val).expanduser().resolve())
+        elif study_train.get(key) is not None:   # a path in the file is relative to the file
+            study_train[key] = str((base / Path(str(study_train[key])).expanduser()).resolve())
+
+    top_seeds = _seeds(raw.get("seeds"), f"{path}: seeds")
+    waves = []
+    if raw.get("runs") is not None or raw.get("grid") is not None:
+        waves.append((None, raw, str(path)))
+    wl = raw.get("waves")
+    if wl is not None:
+        if not isinstance(wl, list) or not wl:
+            raise ElmanlabError(f"{path}: waves is a non-empty list of {{name, train, runs, grid}} mappings")
+        for i, w in enumerate(wl):
+            where = f"waves[{i}]"
+            if not isinstance(w, dict):
+                raise ElmanlabError(f"{where}: a wave is a mapping with runs and/or grid, got {w!r}")
+            _check_keys(w, WAVE_KEYS, where, "wave")
+            wname = str(w.get("name", f"wave{i + 1}"))
+            if w.get("best_of") is not None:
+                if w.get("runs") is not None or w.get("grid") is not None:
+                    raise ElmanlabError(f"{where} ({wname}): a wave has either best_of or runs/grid, not both; "
+                                        f"put the other runs in a wave of their own")
+                earlier = [wn for wn, _, _ in waves if wn is not None]
+                _check_best_of(w["best_of"], f"{where} ({wname})", earlier, raw.get("baseline") is not None)
+            elif w.get("runs") is None and w.get("grid") is None:
+                raise ElmanlabError(f"{where} ({wname}): a wave needs runs or a grid (or best_of)")
+            if wname in [wn for wn, _, _ in waves]:
+                raise ElmanlabError(f"{where}: two waves are named {wname!r}; give each wave its own name")
+            waves.append((wname, w, f"{where} ({wname})"))
+    if not waves:
+        raise ElmanlabError(f"{path}: the study has no runs; add `runs:`, `grid:` or `waves:`")
+
+    parts: list[list[Job]] = []          # the jobs of each wave, in the file's order
+    best_of_waves: list[tuple[str, dict, str, dict, list | None, int]] = []
+    for wname, block, where in waves:
+        if block is not raw and block.get("best_of") is not None:
+            # expanded below, once the baseline is known, into its (still empty) place in parts
+            own = train_block(block, where)
+            if not own and block.get("seeds") is None:
+                raise ElmanlabError(f"{where}: a best_of wave repeats the chosen runs with other settings; "
+                                    f"give it `train:` (e.g. {{seed: 43}}) or `seeds:`")
+            best_of_waves.append((wname, block, where, own, _seeds(block.get("seeds"), f"{where}: seeds"),
+                                  len(parts)))
+            parts.append([])
+            continue
+        wtrain = merge_train(study_train, train_block(block, where) if block is not raw else {})
+        seeds = _seeds(block.get("seeds"), f"{where}: seeds") if block is not raw else None
+        seeds = seeds if seeds is not None else top_seeds
+        entries: list[tuple[str, dict]] = []
+        runs = block.get("runs")
+        if runs is not None:
+            if not isinstance(runs, list):
+                raise ElmanlabError(f"{where}: runs is a list of mappings such as - {{model: e1, params: 100M}}")
+            entries += [(f"{where}: runs[{i}]" if block is not raw else f"runs[{i}]", r)
+                        for i, r in enumerate(runs)]
+        if block.get("grid") is not None:
+            entries += _expand_grid(block["grid"], f"{where}: grid" if block is not raw else "grid")
+        parts.append([j for w, e in entries for j in _jobs_from_entry(e, w, wname, wtrain, seeds, study_train)])
+    real = [j for part in parts for j in part]
+    if not real:
+        raise ElmanlabError(f"{path}: the study expands to no runs; check runs and grid")
+    baseline = raw.get("baseline")
+    if baseline is not None:
+        baseline = str(baseline)
+        from elmanlab.layers import ALIASES
+        b = ALIASES.get(baseline.lower(), baseline.lower())
+        models = sorted({j.model for j in real})
+        if b in models:
+            baseline = b
+        elif baseline not in {j.id for j in real}:
+            raise ElmanlabError(f"{path}: baseline {baseline!r} is neither a model of this study "
+                                f"({', '.join(models)}) nor a run name")
+
+    # best_of waves: copies of the best finished runs of an earlier wave, known once it has finished
+    state = read_state(out) if out is not None and Path(out).is_dir() else None
+    if state is not None and state.get("name") != name:
+        state = None
+    records = {r.get("id"): r for r in (state or {}).get("jobs", [])}
+    best_of: dict = {}
+    deferred: list = []
+    messages: list = []
+    waiting: set[str] = set()           # best_of waves not expanded yet
+    best_of_names = {b[0] for b in best_of_waves}
+    for wname, block, where, own, wseeds, idx in best_of_waves:
+        spec = block["best_of"]
+        exp = None if spec["wave"] in waiting else expand_best_of(
+            wname, where, spec, own, wseeds, [j for part in parts for j in part], baseline, out, records,
+            retry_failed, best_of_names)
+        if exp is None:
+            waiting.add(wname)
+            deferred.append({"wave": wname, "from": spec["wave"], "n": spec["n"],
+                             "metric": spec["metric"], "baseline": spec["baseline"],
+                             "line": _deferred_line(wname, spec)})
+            continue
+        new_jobs, record, lines = exp
+        best_of[wname] = record
+        messages += lines
+        parts[idx] = new_jobs
+    jobs = [j for part in parts for j in part]
+
+    for j in jobs:                      # data paths: relative to the study file; they must exist
+        for key in ("data", "val_data"):
+            v = j.train.get(key)
+            if v is None:
+                continue
+            f = Path(str(v)).expanduser()
+            f = f if f.is_absolute() else (base / f).resolve()
+            if not f.is_file():
+                raise ElmanlabError(f"{j.where}: {key} file {f} does not exist; fix the path in the study file "
+                                    f"or give --{key.replace('_', '-')} PATH")
+            j.train[key] = str(f)
+
+    # one id per distinct run: identical repeats collapse, different runs under one id are an error
+    seen: dict[str, Job] = {}
+    unique: list[Job] = []
+    for j in jobs:
+        if j.id in seen:
+            if seen[j.id].identity() != j.identity():
+                raise ElmanlabError(f"{j.where} and {seen[j.id].where} are different runs with the same "
+                                    f"name {j.id!r}; give one of them a `name:`")
+            continue
+        seen[j.id] = j
+        unique.append(j)
+
+    desc = raw.get("description") or ""
+    return Study(name, str(path.resolve()), baseline, unique, str(desc).strip(), best_of=best_of,
+                 deferred=deferred, messages=messages,
+                 load_args={"data": data, "val_data": val_data, "_raw": raw})
+
+
+def _check_best_of(spec, where: str, earlier: list[str], has_baseline: bool) -> None:
+    if not isinstance(spec, dict):
+        raise ElmanlabError(f"{where}: best_of is a mapping such as {{wave: families, n: 2, metric: val_bpb, "
+                            f"baseline: true}}, got {spec!r}")
+    _check_keys(spec, BEST_OF_KEYS, f"{where}: best_of", "best_of")
+    src = spec.get("wave")
+    if src is None or str(src) not in earlier:
+        known = ", ".join(earlier) if earlier else "none: best_of needs a named wave before it"
+        raise ElmanlabError(f"{where}: best_of.wave must name an earlier wave, got {src!r}{_suggest(str(src), earlier)}"
+                            f" (earlier waves: {known})")
+    spec["wave"] = str(src)
+    n = spec.get("n")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ElmanlabError(f"{where}: best_of.n is how many runs to take, a positive integer, got {n!r}")
+    metric = spec.get("metric", "val_bpb")
+    if metric not in BEST_OF_METRICS:
+        raise ElmanlabError(f"{where}: best_of.metric must be one of {', '.join(BEST_OF_METRICS)} (lower is "
+                            f"better), got {metric!r}")
+    if not isinstance(spec.get("baseline", False), bool):
+        raise ElmanlabError(f"{where}: best_of.baseline is true or false, got {spec.get('baseline')!r}")
+    spec["metric"], spec["baseline"] = metric, spec.get("baseline", False)     # defaults filled in once
+    if spec["baseline"] and not has_baseline:       # at load, not when a chained wave expands hours later
+        raise ElmanlabError(f"{where}: best_of.baseline: true needs the study's `baseline:`")
+
+
+def _deferred_line(wname: str, spec: dict) -> str:
+    n, metric = spec["n"], spec["metric"]
+    what = "the best run" if n == 1 else f"the {n} best"
+    return (f"wave {wname}: {what} of wave {spec['wave']} by {metric}"
+            + (" plus the baseline" if spec["baseline"] else "")
+            + " (decided when that wave has finished)")
