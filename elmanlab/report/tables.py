@@ -1,310 +1,31 @@
-"""Study reports: ranked tables, gaps to a baseline, scaling tables, iso-token / iso-time views, plots.
+"""The report's tables: ``report.md`` (ranked runs, gaps to a baseline, scaling tables, best per
+scale, best by swept setting, mean and spread over seeds, equal-token / equal-time views, failures)
+and ``results.csv``, from the runs :mod:`elmanlab.report.collect` gathers.
 
-``write_report(DIR)`` reads every run record under DIR (each folder with a ``summary.json``, plus
-the study's ``study.json`` for runs that failed before writing one or never ran) and writes
-``DIR/report.md``, ``DIR/results.csv`` and PNG plots under ``DIR/plots/``.
-
-The loss is the training cross-entropy in nats per byte averaged over the last 100 steps
-(``loss_last100``), the seeds' metric; bits per byte = nats / ln 2.
+Needs no matplotlib: :meth:`Report.write` draws the plots through :mod:`elmanlab.report.plots`,
+imported only then.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-import math
 import re
 import statistics
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from elmanlab.config import BUDGET_SETTINGS
 from elmanlab.errors import ElmanlabError
-from elmanlab.fsutil import atomic_write_text, read_json_or_none
-from elmanlab.study import LOG_DIR, STATE_FILE
+from elmanlab.fsutil import atomic_write_text
+from elmanlab.report.collect import IDENTITY, Run, collect_runs, fmt_num
+from elmanlab.runs import PLOTS_DIR, STATE_FILE
 
-LN2 = math.log(2.0)
 WINDOW = 100                       # steps averaged for the "last-100" style losses
-MAX_LINES = 9                      # curves drawn in colour; the rest are grey
 DEFAULT_BASELINES = ("mamba2", "gdn")
-ASIDE = re.compile(r"\.(failed|interrupted)-\d+$")
-# train settings that are bookkeeping, not part of what a configuration is
-NOT_CONFIG = {"seed", "data", "val_data", "device", "out", "resume", "checkpoint_every", "log_every",
-              "eval_every", "debug"}
-# train settings that do not change what is learned (left out of tables and of "swept" settings)
-BOOKKEEPING = {"out", "data", "val_data", "device", "progress", "log_every", "eval_bytes", "max_nonfinite",
-               "checkpoint_every", "resume"}
 SWEEP_ORDER = ("dim", "depth", "n_state", "n_heads", "expansion", "balance")
-
-
-@dataclass
-class Run:
-    id: str
-    path: Path
-    status: str
-    model: str
-    error: str | None = None
-    params: int | None = None
-    target: int | None = None
-    dim: int | None = None
-    depth: int | None = None
-    options: dict = field(default_factory=dict)
-    train: dict = field(default_factory=dict)
-    summary: dict = field(default_factory=dict)
-    wave: str | None = None
-    scale: str = "-"
-    scale_n: float = 0.0
-    _metrics: list | None = None
-    metric: str = "loss_last100"          # what ``loss`` ranks by (set by Report)
-
-    # summary values
-    def get(self, key):
-        v = self.summary.get(key)
-        return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-
-    @property
-    def loss(self):
-        """The ranking metric: last-100 training loss, or val bits/byte with ``--metric val_bpb``."""
-        return self.get(self.metric)
-
-    @property
-    def seed(self):
-        s = self.summary.get("seed", self.train.get("seed"))
-        return s
-
-    @property
-    def budget(self) -> str:
-        t = self.train
-        b = self.summary.get("budget")
-        if isinstance(b, dict):
-            t = {**t, **b}
-        if t.get("minutes") is not None:
-            return f"{_num(t['minutes'])} min"
-        if t.get("steps") is not None:
-            return f"{_num(t['steps'])} steps"
-        if isinstance(b, str):
-            return b
-        return "-"
-
-    def config_key(self) -> str:
-        """Everything that defines the configuration except the seed (to pool seeds)."""
-        tr = {k: v for k, v in self.train.items() if k not in NOT_CONFIG}
-        return json.dumps([self.model, self.dim, self.depth, self.options, tr], sort_keys=True, default=str)
-
-    def label(self) -> str:
-        parts = [f"{self.dim}x{self.depth}" if self.dim else "?"]
-        o = self.options
-        if self.model == "e88" and o.get("n_heads") is not None:
-            parts.append(f"H{o.get('n_heads')} n{o.get('n_state')}")
-        for k, v in self.nondefault_options().items():
-            if self.model == "e88" and k in ("n_heads", "n_state", "balance"):
-                continue
-            parts.append(k if v is True else f"no {k}" if v is False else f"{k}={_num(v)}")
-        return " ".join(parts)
-
-    def active_options(self) -> dict:
-        """The options that had an effect (see RecurrentLayer.inactive_options)."""
-        try:
-            from elmanlab.layers import get_family
-            off = get_family(self.model).inactive_options(self.options)
-        except ElmanlabError:
-            off = set()
-        return {k: v for k, v in self.options.items() if k not in off}
-
-    def nondefault_options(self) -> dict:
-        try:
-            from elmanlab.config import option_fields
-            fields_ = option_fields(self.model)
-        except ElmanlabError:
-            return dict(self.options)
-        out = {}
-        for k, v in self.options.items():
-            f = fields_.get(k)
-            if f is None or f.default != v:
-                out[k] = v
-        return out
-
-    def metrics(self) -> list[dict]:
-        if self._metrics is None:
-            self._metrics = read_metrics(self.path / "metrics.jsonl")
-        return self._metrics
-
-
-def _num(v) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl rows with finite loss, tokens and elapsed (a torn last line is ignored)."""
-    rows = []
-    try:
-        with open(path) as f:
-            for line in f:
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(r, dict):
-                    continue
-                if all(isinstance(r.get(k), (int, float)) for k in ("step", "loss", "tokens")) \
-                        and math.isfinite(r["loss"]):
-                    rows.append(r)
-    except OSError:
-        return []
-    rows.sort(key=lambda r: r["step"])
-    return rows
-
-
-# ---------------------------------------------------------------- collecting runs
-
-def _first(*vals):
-    for v in vals:
-        if v is not None:
-            return v
-    return None
-
-
-def _model_fields(summ: dict, cfg: dict) -> tuple:
-    """(model, dim, depth, options) from summary.json / config.json, whatever their nesting."""
-    cands = [summ, summ.get("config") if isinstance(summ.get("config"), dict) else {},
-             cfg, cfg.get("model") if isinstance(cfg.get("model"), dict) else {},
-             cfg.get("model_config") if isinstance(cfg.get("model_config"), dict) else {}]
-    model = dim = depth = None
-    options = None
-    for c in cands:
-        if not isinstance(c, dict):
-            continue
-        if isinstance(c.get("model"), str):
-            model = model or c["model"]
-        dim = _first(dim, c.get("dim") if isinstance(c.get("dim"), int) else None)
-        depth = _first(depth, c.get("depth") if isinstance(c.get("depth"), int) else None)
-        if options is None and isinstance(c.get("options"), dict) and c is not summ:
-            options = c["options"]
-    if options is None and isinstance(summ.get("options"), dict):
-        options = summ["options"]
-    return model, dim, depth, dict(options or {})
-
-
-def _train_fields(summ: dict, cfg: dict, job: dict | None) -> dict:
-    """The run's train settings: config.json's ``train`` block (scalars), else the study's job."""
-    out = {}
-    tr = cfg.get("train") if isinstance(cfg.get("train"), dict) else None
-    if tr:
-        for k, v in tr.items():
-            if k not in BOOKKEEPING and isinstance(v, (int, float, str, bool)):
-                out[k] = v
-    elif job:
-        out.update({k: v for k, v in (job.get("train") or {}).items() if k not in BOOKKEEPING})
-    for k in ("seed", "batch_size", "seq_len", "lr", "weight_decay"):
-        if isinstance(summ.get(k), (int, float)):
-            out.setdefault(k, summ[k])
-    b = summ.get("budget")
-    if isinstance(b, dict):
-        for k in ("steps", "minutes"):
-            if b.get(k) is not None:
-                out.setdefault(k, b[k])
-    return out
-
-
-def _parse_target(v) -> int | None:
-    if v is None:
-        return None
-    try:
-        from elmanlab.sizing import parse_count
-        return parse_count(v)
-    except (ElmanlabError, ValueError, TypeError):
-        return None
-
-
-def collect_runs(root) -> tuple[list[Run], dict | None]:
-    """Every run under ``root``: finished ones from summary.json, the rest from study.json."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ElmanlabError(f"{root} is not a folder; give the study's --out folder (or a folder of runs)")
-    state = read_json_or_none(root / STATE_FILE)
-    state = state if isinstance(state, dict) and isinstance(state.get("jobs"), list) else None
-    jobs = {j.get("run_dir") or j.get("id"): j for j in (state or {}).get("jobs", []) if isinstance(j, dict)}
-    runs: list[Run] = []
-    seen: set[str] = set()
-    for sp in sorted(root.rglob("summary.json")):
-        rdir = sp.parent
-        rel = rdir.relative_to(root).as_posix() if rdir != root else rdir.name
-        if any(ASIDE.search(part) for part in rdir.relative_to(root).parts) or \
-                rel.split("/")[0] in (LOG_DIR, "plots"):
-            continue
-        summ = read_json_or_none(sp)
-        if not isinstance(summ, dict):
-            continue
-        cfg = read_json_or_none(rdir / "config.json") or {}
-        cfg = cfg if isinstance(cfg, dict) else {}
-        job = jobs.get(rel)
-        model, dim, depth, options = _model_fields(summ, cfg)
-        if job and not options:
-            options = dict(job.get("options") or {})
-        status = summ.get("status") or "completed"
-        runs.append(Run(
-            id=rel, path=rdir, status=status, model=str(model or (job or {}).get("model") or "?"),
-            error=summ.get("error") or (None if status == "completed" else status),
-            params=summ.get("params") if isinstance(summ.get("params"), int) else None,
-            target=_parse_target((job or {}).get("params") or cfg.get("params") or summ.get("target")),
-            dim=dim, depth=depth, options=options, train=_train_fields(summ, cfg, job), summary=summ,
-            wave=(job or {}).get("wave")))
-        seen.add(rel)
-    for rel, job in jobs.items():
-        if rel in seen or job.get("in_study_file") is False and job.get("status") == "dropped":
-            continue
-        size = job.get("size") or {}
-        status = job.get("status") or "pending"
-        if status == "completed":          # recorded done, but its summary.json is gone
-            status, err = "missing", "summary.json is missing from its folder"
-        else:
-            err = job.get("error")
-        opts = dict(job.get("options") or {})
-        if job.get("model") == "e88" and size.get("n_heads") is not None:
-            opts.setdefault("n_heads", size["n_heads"])
-        runs.append(Run(id=rel, path=root / rel, status=status, model=job.get("model", "?"), error=err,
-                        params=size.get("params"), target=_parse_target(job.get("params")),
-                        dim=size.get("dim"), depth=size.get("depth"), options=opts,
-                        train=dict(job.get("train") or {}), wave=job.get("wave")))
-    _assign_scales(runs)
-    return runs, state
-
-
-def _assign_scales(runs: list[Run]) -> None:
-    """Scale = the parameter target when the study gave one; otherwise clusters of similar size."""
-    from elmanlab.sizing import format_count
-    targets = sorted({r.target for r in runs if r.target})
-    loose = []
-    for r in runs:
-        if r.target:
-            r.scale_n, r.scale = r.target, format_count(r.target)
-            continue
-        if r.params:
-            near = [t for t in targets if abs(r.params - t) / t <= 0.10]
-            if near:
-                t = min(near, key=lambda t: abs(r.params - t))
-                r.scale_n, r.scale = t, format_count(t)
-                continue
-            loose.append(r)
-    loose.sort(key=lambda r: r.params)
-    cluster: list[Run] = []
-
-    def flush():
-        if cluster:
-            med = statistics.median(r.params for r in cluster)
-            for r in cluster:
-                r.scale_n, r.scale = med, "~" + format_count(med)
-
-    for r in loose:
-        if cluster and r.params > 1.25 * cluster[0].params:
-            flush()
-            cluster = []
-        cluster.append(r)
-    flush()
-
+SWEEPABLE = IDENTITY - {"seed"} - set(BUDGET_SETTINGS)     # train settings a study may sweep
 
 # ---------------------------------------------------------------- numbers
 
@@ -360,6 +81,10 @@ METRICS = {"loss_last100": ("loss last-100", "nats/byte", "loss"), "val_bpb": ("
 
 
 class Report:
+    """The runs under ``root`` ranked by ``metric``, with gaps to ``baseline`` (a model or a run name;
+    default: the study's baseline, else mamba2 or gdn when present). ``done`` are the completed runs
+    with a value of the metric, ``notok`` the rest."""
+
     def __init__(self, root, baseline: str | None = None, metric: str = "loss_last100"):
         self.root = Path(root)
         if metric not in METRICS:
@@ -501,7 +226,7 @@ class Report:
             groups[(r.model, self.group_key(r))].append(r)
         for (model, gk), rs in groups.items():
             keys = ["dim", "depth"] + sorted({k for r in rs for k in r.active_options()}) + \
-                sorted({k for r in rs for k in r.train if k not in NOT_CONFIG and k not in ("steps", "minutes")})
+                sorted({k for r in rs for k in r.train if k in SWEEPABLE})
             for k in keys:
                 vals = {json.dumps(_value(r, k), default=str) for r in rs}
                 if len(vals) > 1:
@@ -526,7 +251,7 @@ class Report:
                 for vj in vals:
                     sel = [r for r in rs if json.dumps(_value(r, k), default=str) == vj]
                     best = min(sel, key=lambda r: r.loss)
-                    rows.append([m, self.group_name(gk), _num(json.loads(vj)) if vj != "null" else "-",
+                    rows.append([m, self.group_name(gk), fmt_num(json.loads(vj)) if vj != "null" else "-",
                                  _f(best.loss), best.id, _ms([r.loss for r in sel]), len(sel)])
             out.append(f"### Best {self.mshort} by {k}\n\n" + md_table(
                 ["model", "scale", k, f"best {self.mshort}", "best run", "mean ± sd", "runs"], rows))
@@ -643,136 +368,6 @@ class Report:
                 + ("saw identical data streams (same data_fingerprint)." if same
                    else "**did not all see the same data stream** (data_fingerprint differs); check --data."))
 
-    # -------------------------------------------------------------- plots
-    def plots(self, outdir: Path) -> list[Path]:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        outdir.mkdir(parents=True, exist_ok=True)
-        written = []
-        curves = [r for r in self.ranked() if len(r.metrics()) >= 2]
-        # many runs: the best MAX_LINES (and the baseline) in colour, the rest thin and grey
-        shown = curves[:MAX_LINES]
-        for r in curves[MAX_LINES:]:
-            if self.baseline in (r.model, r.id) and len(shown) < MAX_LINES + 2:
-                shown.append(r)
-        colors = dict(zip([r.id for r in shown], _colors(len(shown))))
-        for name, key in (("loss_vs_tokens", "tokens"), ("loss_vs_time", "elapsed")):
-            sel = [r for r in curves if all(isinstance(m.get(key), (int, float)) for m in r.metrics())]
-            if not sel:
-                continue
-            if key == "tokens":
-                xlabel, xscale = "tokens (bytes)", 1.0
-            else:
-                longest = max(r.metrics()[-1][key] for r in sel)
-                xlabel, xscale = (("wall-clock (seconds)", 1.0) if longest < 180 else
-                                  ("wall-clock (minutes)", 1 / 60.0) if longest < 3 * 3600 else
-                                  ("wall-clock (hours)", 1 / 3600.0))
-            n_leg = sum(r.id in colors for r in sel) + (len(sel) > len(colors))
-            fig, ax = plt.subplots(figsize=(10, 5.5 if n_leg <= 8 else 5.5 + 0.2 * math.ceil(n_leg / 2)))
-            hi, lo = [], []
-            others = 0
-            for r in sel:
-                xs = [m[key] * xscale for m in r.metrics()]
-                steps = [m["step"] for m in r.metrics()]
-                ys = _smooth([m["loss"] for m in r.metrics()], steps,
-                             window=max(1, min(WINDOW, steps[-1] // 20)))
-                if r.id in colors:
-                    ax.plot(xs, ys, color=colors[r.id], lw=1.4, label=f"{r.id} ({_f(r.get('loss_last100'), 3)})", zorder=3)
-                else:
-                    others += 1
-                    ax.plot(xs, ys, color="0.6", lw=0.7, alpha=0.6, zorder=2,
-                            label=f"{len(sel) - len([x for x in sel if x.id in colors])} other runs (grey)"
-                            if others == 1 else None)
-                n0 = max(1, len(ys) // 5 if len(sel) > MAX_LINES else len(ys) // 10)
-                hi.append(max(ys[n0:]) if len(ys) > n0 else max(ys))
-                lo.append(min(ys))
-            if hi:
-                top, bot = max(hi), min(lo)
-                pad = 0.05 * max(top - bot, 1e-3)
-                ax.set_ylim(bot - pad, top + pad)
-            ends = [r.metrics()[-1][key] for r in sel]
-            starts = [min(m[key] for m in r.metrics() if m[key] > 0) for r in sel if any(m[key] > 0 for m in r.metrics())]
-            if starts and min(ends) > 0 and max(ends) / min(ends) > 10:     # very different lengths: log x
-                ax.set_xscale("log")
-                ax.set_xlim(min(starts) * xscale / 1.2, max(ends) * xscale * 1.2)
-                xlabel += ", log scale"
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel("train loss (nats/byte, smoothed)")
-            sec = ax.secondary_yaxis("right", functions=(lambda x: x / LN2, lambda x: x * LN2))
-            sec.set_ylabel("bits/byte")
-            if key == "tokens":
-                ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: _count(v) if v else "0"))
-                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            elif ax.get_xscale() == "log":
-                ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.grid(True, alpha=0.3)
-            ax.set_title(f"{self.title()}: loss vs {'tokens' if key == 'tokens' else 'wall-clock'}"
-                         " (legend: run, last-100 loss)")
-            _legend(ax, n_leg)
-            written.append(_save(fig, outdir / f"{name}.png"))
-        # loss and throughput vs parameters, one line per model (mean over seeds, bars = sd)
-        for name, getter, ylabel, logy in (
-                ("loss_vs_params", lambda r: r.loss, f"{self.mlabel} ({self.munit})", False),
-                ("tokens_per_s_vs_params", lambda r: r.get("tokens_per_s"), "throughput (tokens/s)", True)):
-            fig, ax = plt.subplots(figsize=(8, 6))
-            mcolors = _colors(len(self.models))
-            drawn = 0
-            all_x: list[float] = []
-            for m, c in zip(self.models, mcolors):
-                pts = defaultdict(list)
-                for r in self.done:
-                    if r.model == m and getter(r) is not None and r.params:
-                        pts[(r.scale_n, r.config_key())].append(r)
-                if not pts:
-                    continue
-                by_x = defaultdict(list)   # best config per scale (sweeps would otherwise zig-zag)
-                for (_, _), rs in pts.items():
-                    by_x[rs[0].scale_n].append(rs)
-                xs, ys, es = [], [], []
-                for sx in sorted(by_x):
-                    rs = min(by_x[sx], key=lambda rs: statistics.fmean(r.loss for r in rs))
-                    vals = [getter(r) for r in rs]
-                    xs.append(statistics.fmean(r.params for r in rs))
-                    ys.append(statistics.fmean(vals))
-                    es.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
-                ax.errorbar(xs, ys, yerr=es if any(es) else None, color=c, marker="o", ms=6, lw=1.6,
-                            capsize=3, label=m)
-                all_x += xs
-                drawn += 1
-            if not drawn:
-                plt.close(fig)
-                continue
-            ax.set_xscale("log")
-            px = sorted(all_x)
-            ax.set_xlim(px[0] / 1.25, px[-1] * 1.25)
-            ticks = sorted({(r.scale_n, r.scale) for r in self.done if r.scale_n})
-            if 0 < len(ticks) <= 8:                    # tick at the study's scales
-                ax.set_xticks([t for t, _ in ticks], [lab for _, lab in ticks])
-            else:
-                ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
-                ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: _count(v)))
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-            ax.set_xlabel("parameters (log scale)")
-            ax.set_ylabel(ylabel)
-            if logy:
-                ax.set_yscale("log")
-                ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 3, 5)))
-                ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: _count(v)))
-                ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            if not logy and self.metric == "loss_last100":      # nats -> bits; val bpb is in bits already
-                sec = ax.secondary_yaxis("right", functions=(lambda x: x / LN2, lambda x: x * LN2))
-                sec.set_ylabel("bits/byte")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.set_title(f"{self.title()}: {'loss' if not logy else 'tokens/s'} vs parameters"
-                         " (best config per scale, mean ± sd over seeds)", fontsize=10)
-            ax.margins(y=0.08)
-            ax.legend(title="model", fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.13),
-                      ncol=min(drawn, 6), frameon=False)
-            written.append(_save(fig, outdir / f"{name}.png"))
-        return written
-
     def title(self) -> str:
         return (self.state or {}).get("name") or self.root.resolve().name
 
@@ -780,7 +375,7 @@ class Report:
     def csv_text(self) -> str:
         rank = {r.id: i for i, r in enumerate(self.ranked(), 1)}
         opt_keys = sorted({k for r in self.runs for k in r.options})
-        tr_keys = sorted({k for r in self.runs for k in r.train if k not in ("data", "val_data")})
+        tr_keys = sorted({k for r in self.runs for k in r.train})
         cols = ["rank", "run", "status", "model", "scale", "params", "dim", "depth", "config"] + \
                [f"opt_{k}" for k in opt_keys] + [f"train_{k}" for k in tr_keys] + \
                ["budget", "loss_last100", "final_loss", "val_bpb", "tokens_per_s", "peak_memory_gb", "steps",
@@ -832,7 +427,11 @@ class Report:
         return "\n\n".join(s for s in secs if s) + "\n"
 
     def write(self) -> dict:
-        plot_paths = self.plots(self.root / "plots") if self.done else []
+        """Write report.md, results.csv and the plots; returns their paths and the markdown."""
+        plot_paths = []
+        if self.done:
+            from elmanlab.report.plots import write_plots
+            plot_paths = write_plots(self, self.root / PLOTS_DIR)
         md = self.markdown(plot_paths)
         atomic_write_text(self.root / "report.md", md)
         atomic_write_text(self.root / "results.csv", self.csv_text())
@@ -841,6 +440,7 @@ class Report:
 
 
 def write_report(root, baseline: str | None = None, metric: str = "loss_last100") -> dict:
+    """Report on the runs under ``root`` (see :meth:`Report.write`)."""
     return Report(root, baseline, metric).write()
 
 
@@ -888,37 +488,3 @@ def _dur(s) -> str:
     return f"{s / 3600:.2f} h"
 
 
-def _smooth(ys: list[float], steps: list[int], window: int = WINDOW) -> list[float]:
-    """Trailing mean over the last ``window`` steps (the same window as loss_last100)."""
-    out, acc, j = [], 0.0, 0
-    for i, y in enumerate(ys):
-        acc += y
-        while steps[j] <= steps[i] - window:
-            acc -= ys[j]
-            j += 1
-        out.append(acc / (i - j + 1))
-    return out
-
-
-def _colors(n: int):
-    import matplotlib
-    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
-
-
-def _legend(ax, n: int) -> None:
-    if n <= 8:
-        ax.legend(fontsize=8, loc="best")
-    else:                               # below the axes, two columns
-        ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    import matplotlib.pyplot as plt
-    plt.close(fig)
-    import os
-    os.replace(tmp, path)
-    return path

@@ -1,0 +1,18 @@
+"""Study reports: ranked tables, gaps to a baseline, scaling tables, iso-token / iso-time views, plots.
+
+``write_report(DIR)`` reads every run record under DIR (each folder with a ``summary.json``, plus
+the study's ``study.json`` for runs that failed before writing one or never ran) and writes
+``DIR/report.md``, ``DIR/results.csv`` and PNG plots under ``DIR/plots/``.
+
+The loss is the training cross-entropy in nats per byte averaged over the last 100 steps
+(``loss_last100``), the seeds' metric; bits per byte = nats / ln 2.
+
+- :mod:`elmanlab.report.collect`: the run records (:class:`Run`, :func:`collect_runs`), read through
+  :mod:`elmanlab.runs`;
+- :mod:`elmanlab.report.tables`: :class:`Report`, report.md and results.csv (no matplotlib needed);
+- :mod:`elmanlab.report.plots`: the PNG plots (matplotlib), imported only when plots are drawn.
+"""
+from elmanlab.report.collect import Run, collect_runs
+from elmanlab.report.tables import METRICS, Report, loss_at, write_report
+
+__all__ = ["METRICS", "Report", "Run", "collect_runs", "loss_at", "write_report"]

@@ -1,0 +1,266 @@
+"""Collecting run records for the report: one :class:`Run` per run folder under a study (or any)
+folder, from its summary.json and config.json, plus the study's study.json for jobs that failed
+before writing a summary or never ran; and the scale each run is compared at.
+
+Every read goes through :mod:`elmanlab.runs`. A run's ``train`` holds only the settings that define
+a run (:func:`elmanlab.config.identity_settings`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elmanlab.config import BUDGET_SETTINGS, identity_settings
+from elmanlab.errors import ElmanlabError
+from elmanlab.runs import (ASIDE, CONFIG_FILE, LOG_DIR, PLOTS_DIR, SUMMARY_FILE, read_json_or_none, read_metrics,
+                           read_state_or_none, run_status)
+
+IDENTITY = frozenset(identity_settings())          # the train settings a Run keeps
+
+
+def fmt_num(v) -> str:
+    """A setting's value as text: floats in their shortest form."""
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+@dataclass
+class Run:
+    id: str
+    path: Path
+    status: str
+    model: str
+    error: str | None = None
+    params: int | None = None
+    target: int | None = None
+    dim: int | None = None
+    depth: int | None = None
+    options: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    wave: str | None = None
+    scale: str = "-"
+    scale_n: float = 0.0
+    _metrics: list | None = None
+    metric: str = "loss_last100"          # what ``loss`` ranks by (set by Report)
+
+    # summary values
+    def get(self, key):
+        v = self.summary.get(key)
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+    @property
+    def loss(self):
+        """The ranking metric: last-100 training loss, or val bits/byte with ``--metric val_bpb``."""
+        return self.get(self.metric)
+
+    @property
+    def seed(self):
+        return self.summary.get("seed", self.train.get("seed"))
+
+    @property
+    def budget(self) -> str:
+        t = self.train
+        b = self.summary.get("budget")
+        if isinstance(b, dict):
+            t = {**t, **b}
+        if t.get("minutes") is not None:
+            return f"{fmt_num(t['minutes'])} min"
+        if t.get("steps") is not None:
+            return f"{fmt_num(t['steps'])} steps"
+        if isinstance(b, str):
+            return b
+        return "-"
+
+    def config_key(self) -> str:
+        """Everything that defines the configuration except the seed (to pool seeds)."""
+        tr = {k: v for k, v in self.train.items() if k != "seed"}
+        return json.dumps([self.model, self.dim, self.depth, self.options, tr], sort_keys=True, default=str)
+
+    def label(self) -> str:
+        parts = [f"{self.dim}x{self.depth}" if self.dim else "?"]
+        o = self.options
+        if self.model == "e88" and o.get("n_heads") is not None:
+            parts.append(f"H{o.get('n_heads')} n{o.get('n_state')}")
+        for k, v in self.nondefault_options().items():
+            if self.model == "e88" and k in ("n_heads", "n_state", "balance"):
+                continue
+            parts.append(k if v is True else f"no {k}" if v is False else f"{k}={fmt_num(v)}")
+        return " ".join(parts)
+
+    def active_options(self) -> dict:
+        """The options that had an effect (see RecurrentLayer.inactive_options)."""
+        try:
+            from elmanlab.layers import get_family
+            off = get_family(self.model).inactive_options(self.options)
+        except ElmanlabError:
+            off = set()
+        return {k: v for k, v in self.options.items() if k not in off}
+
+    def nondefault_options(self) -> dict:
+        try:
+            from elmanlab.config import option_fields
+            fields_ = option_fields(self.model)
+        except ElmanlabError:
+            return dict(self.options)
+        out = {}
+        for k, v in self.options.items():
+            f = fields_.get(k)
+            if f is None or f.default != v:
+                out[k] = v
+        return out
+
+    def metrics(self) -> list[dict]:
+        if self._metrics is None:
+            self._metrics = read_metrics(self.path)
+        return self._metrics
+
+
+def _first(*vals):
+    for v in vals:
+        if v is not None:
+            return v
+    return None
+
+
+def _model_fields(summ: dict, cfg: dict) -> tuple:
+    """(model, dim, depth, options) from summary.json / config.json, whatever their nesting."""
+    cands = [summ, summ.get("config") if isinstance(summ.get("config"), dict) else {},
+             cfg, cfg.get("model") if isinstance(cfg.get("model"), dict) else {},
+             cfg.get("model_config") if isinstance(cfg.get("model_config"), dict) else {}]
+    model = dim = depth = None
+    options = None
+    for c in cands:
+        if not isinstance(c, dict):
+            continue
+        if isinstance(c.get("model"), str):
+            model = model or c["model"]
+        dim = _first(dim, c.get("dim") if isinstance(c.get("dim"), int) else None)
+        depth = _first(depth, c.get("depth") if isinstance(c.get("depth"), int) else None)
+        if options is None and isinstance(c.get("options"), dict) and c is not summ:
+            options = c["options"]
+    if options is None and isinstance(summ.get("options"), dict):
+        options = summ["options"]
+    return model, dim, depth, dict(options or {})
+
+
+def _identity(train: dict | None) -> dict:
+    """The settings of ``train`` that define a run."""
+    return {k: v for k, v in (train or {}).items() if k in IDENTITY}
+
+
+def _train_fields(summ: dict, cfg: dict, job: dict | None) -> dict:
+    """The run's identity settings: config.json's ``train`` block (scalars), else the study's job."""
+    tr = cfg.get("train") if isinstance(cfg.get("train"), dict) else None
+    if tr:
+        out = {k: v for k, v in _identity(tr).items() if isinstance(v, (int, float, str, bool))}
+    else:
+        out = _identity((job or {}).get("train"))
+    for k in ("seed", "batch_size", "seq_len", "lr", "weight_decay"):
+        if isinstance(summ.get(k), (int, float)):
+            out.setdefault(k, summ[k])
+    b = summ.get("budget")
+    if isinstance(b, dict):
+        for k in BUDGET_SETTINGS:
+            if b.get(k) is not None:
+                out.setdefault(k, b[k])
+    return out
+
+
+def _parse_target(v) -> int | None:
+    if v is None:
+        return None
+    try:
+        from elmanlab.sizing import parse_count
+        return parse_count(v)
+    except (ElmanlabError, ValueError, TypeError):
+        return None
+
+
+def collect_runs(root) -> tuple[list[Run], dict | None]:
+    """Every run under ``root``: finished ones from summary.json, the rest from study.json.
+    Returns (runs, the study state or None)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ElmanlabError(f"{root} is not a folder; give the study's --out folder (or a folder of runs)")
+    state = read_state_or_none(root)
+    jobs = {j.get("run_dir") or j.get("id"): j for j in (state or {}).get("jobs", []) if isinstance(j, dict)}
+    runs: list[Run] = []
+    seen: set[str] = set()
+    for sp in sorted(root.rglob(SUMMARY_FILE)):
+        rdir = sp.parent
+        rel = rdir.relative_to(root).as_posix() if rdir != root else rdir.name
+        if any(ASIDE.search(part) for part in rdir.relative_to(root).parts) or \
+                rel.split("/")[0] in (LOG_DIR, PLOTS_DIR):
+            continue
+        status, reason, summ = run_status(rdir)
+        if summ is None:
+            continue
+        cfg = read_json_or_none(rdir / CONFIG_FILE)
+        cfg = cfg if isinstance(cfg, dict) else {}
+        job = jobs.get(rel)
+        model, dim, depth, options = _model_fields(summ, cfg)
+        if job and not options:
+            options = dict(job.get("options") or {})
+        runs.append(Run(
+            id=rel, path=rdir, status=status, model=str(model or (job or {}).get("model") or "?"), error=reason,
+            params=summ.get("params") if isinstance(summ.get("params"), int) else None,
+            target=_parse_target((job or {}).get("params") or cfg.get("params") or summ.get("target")),
+            dim=dim, depth=depth, options=options, train=_train_fields(summ, cfg, job), summary=summ,
+            wave=(job or {}).get("wave")))
+        seen.add(rel)
+    for rel, job in jobs.items():
+        if rel in seen or job.get("in_study_file") is False and job.get("status") == "dropped":
+            continue
+        size = job.get("size") or {}
+        status = job.get("status") or "pending"
+        if status == "completed":          # recorded done, but its summary.json is gone
+            status, err = "missing", f"{SUMMARY_FILE} is missing from its folder"
+        else:
+            err = job.get("error")
+        opts = dict(job.get("options") or {})
+        if job.get("model") == "e88" and size.get("n_heads") is not None:
+            opts.setdefault("n_heads", size["n_heads"])
+        runs.append(Run(id=rel, path=root / rel, status=status, model=job.get("model", "?"), error=err,
+                        params=size.get("params"), target=_parse_target(job.get("params")),
+                        dim=size.get("dim"), depth=size.get("depth"), options=opts,
+                        train=_identity(job.get("train")), wave=job.get("wave")))
+    _assign_scales(runs)
+    return runs, state
+
+
+def _assign_scales(runs: list[Run]) -> None:
+    """Scale = the parameter target when the study gave one; otherwise clusters of similar size."""
+    from elmanlab.sizing import format_count
+    targets = sorted({r.target for r in runs if r.target})
+    loose = []
+    for r in runs:
+        if r.target:
+            r.scale_n, r.scale = r.target, format_count(r.target)
+            continue
+        if r.params:
+            near = [t for t in targets if abs(r.params - t) / t <= 0.10]
+            if near:
+                t = min(near, key=lambda t: abs(r.params - t))
+                r.scale_n, r.scale = t, format_count(t)
+                continue
+            loose.append(r)
+    loose.sort(key=lambda r: r.params)
+    cluster: list[Run] = []
+
+    def flush():
+        if cluster:
+            med = statistics.median(r.params for r in cluster)
+            for r in cluster:
+                r.scale_n, r.scale = med, "~" + format_count(med)
+
+    for r in loose:
+        if cluster and r.params > 1.25 * cluster[0].params:
+            flush()
+            cluster = []
+        cluster.append(r)
+    flush()

@@ -1,0 +1,206 @@
+"""The report's PNG plots (matplotlib, Agg backend): training loss against tokens and against
+wall-clock per run, and loss and throughput against parameters per model.
+
+Imported only when plots are drawn (:meth:`elmanlab.report.tables.Report.write`), so the tables
+need no matplotlib.
+"""
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt                    # noqa: E402  (after choosing the backend)
+from matplotlib import ticker                      # noqa: E402
+
+from elmanlab.report.tables import WINDOW, Report, _count, _f     # noqa: E402
+
+LN2 = math.log(2.0)
+MAX_LINES = 9                      # curves drawn in colour; the rest are grey
+
+
+def write_plots(report: Report, outdir: Path) -> list[Path]:
+    """Draw every plot the report's runs allow into ``outdir``; returns the PNGs written."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    written = []
+    curves = [r for r in report.ranked() if len(r.metrics()) >= 2]
+    colors = _curve_colors(report, curves)
+    for name, key in (("loss_vs_tokens", "tokens"), ("loss_vs_time", "elapsed")):
+        fig = plot_loss_curves(report, curves, colors, key)
+        if fig is not None:
+            written.append(_save(fig, outdir / f"{name}.png"))
+    for name, what in (("loss_vs_params", "loss"), ("tokens_per_s_vs_params", "tokens_per_s")):
+        fig = plot_vs_params(report, what)
+        if fig is not None:
+            written.append(_save(fig, outdir / f"{name}.png"))
+    return written
+
+
+def _curve_colors(report: Report, curves: list) -> dict:
+    """Run id -> colour: with many runs, the best MAX_LINES (and the baseline) in colour, the rest
+    thin and grey."""
+    shown = curves[:MAX_LINES]
+    for r in curves[MAX_LINES:]:
+        if report.baseline in (r.model, r.id) and len(shown) < MAX_LINES + 2:
+            shown.append(r)
+    return dict(zip([r.id for r in shown], _colors(len(shown))))
+
+
+def plot_loss_curves(report: Report, curves: list, colors: dict, key: str):
+    """Smoothed training loss of each run against ``key`` ("tokens" or "elapsed"); None if no run
+    logged it."""
+    sel = [r for r in curves if all(isinstance(m.get(key), (int, float)) for m in r.metrics())]
+    if not sel:
+        return None
+    if key == "tokens":
+        xlabel, xscale = "tokens (bytes)", 1.0
+    else:
+        longest = max(r.metrics()[-1][key] for r in sel)
+        xlabel, xscale = (("wall-clock (seconds)", 1.0) if longest < 180 else
+                          ("wall-clock (minutes)", 1 / 60.0) if longest < 3 * 3600 else
+                          ("wall-clock (hours)", 1 / 3600.0))
+    n_leg = sum(r.id in colors for r in sel) + (len(sel) > len(colors))
+    fig, ax = plt.subplots(figsize=(10, 5.5 if n_leg <= 8 else 5.5 + 0.2 * math.ceil(n_leg / 2)))
+    hi, lo = [], []
+    others = 0
+    for r in sel:
+        xs = [m[key] * xscale for m in r.metrics()]
+        steps = [m["step"] for m in r.metrics()]
+        ys = _smooth([m["loss"] for m in r.metrics()], steps, window=max(1, min(WINDOW, steps[-1] // 20)))
+        if r.id in colors:
+            ax.plot(xs, ys, color=colors[r.id], lw=1.4, label=f"{r.id} ({_f(r.get('loss_last100'), 3)})", zorder=3)
+        else:
+            others += 1
+            ax.plot(xs, ys, color="0.6", lw=0.7, alpha=0.6, zorder=2,
+                    label=f"{len(sel) - len([x for x in sel if x.id in colors])} other runs (grey)"
+                    if others == 1 else None)
+        n0 = max(1, len(ys) // 5 if len(sel) > MAX_LINES else len(ys) // 10)
+        hi.append(max(ys[n0:]) if len(ys) > n0 else max(ys))
+        lo.append(min(ys))
+    if hi:
+        top, bot = max(hi), min(lo)
+        pad = 0.05 * max(top - bot, 1e-3)
+        ax.set_ylim(bot - pad, top + pad)
+    ends = [r.metrics()[-1][key] for r in sel]
+    starts = [min(m[key] for m in r.metrics() if m[key] > 0) for r in sel if any(m[key] > 0 for m in r.metrics())]
+    if starts and min(ends) > 0 and max(ends) / min(ends) > 10:     # very different lengths: log x
+        ax.set_xscale("log")
+        ax.set_xlim(min(starts) * xscale / 1.2, max(ends) * xscale * 1.2)
+        xlabel += ", log scale"
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("train loss (nats/byte, smoothed)")
+    sec = ax.secondary_yaxis("right", functions=(lambda x: x / LN2, lambda x: x * LN2))
+    sec.set_ylabel("bits/byte")
+    if key == "tokens":
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _count(v) if v else "0"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    elif ax.get_xscale() == "log":
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.grid(True, alpha=0.3)
+    ax.set_title(f"{report.title()}: loss vs {'tokens' if key == 'tokens' else 'wall-clock'}"
+                 " (legend: run, last-100 loss)")
+    _legend(ax, n_leg)
+    return fig
+
+
+def plot_vs_params(report: Report, what: str):
+    """The ranking metric (``what`` = "loss") or throughput ("tokens_per_s") against parameters, one
+    line per model: the best configuration per scale, mean over seeds with sd bars. None if no
+    run has the value."""
+    if what == "loss":
+        getter, ylabel, logy = (lambda r: r.loss), f"{report.mlabel} ({report.munit})", False
+    else:
+        getter, ylabel, logy = (lambda r: r.get("tokens_per_s")), "throughput (tokens/s)", True
+    fig, ax = plt.subplots(figsize=(8, 6))
+    drawn = 0
+    all_x: list[float] = []
+    for m, c in zip(report.models, _colors(len(report.models))):
+        pts = defaultdict(list)
+        for r in report.done:
+            if r.model == m and getter(r) is not None and r.params:
+                pts[(r.scale_n, r.config_key())].append(r)
+        if not pts:
+            continue
+        by_x = defaultdict(list)   # best config per scale (sweeps would otherwise zig-zag)
+        for rs in pts.values():
+            by_x[rs[0].scale_n].append(rs)
+        xs, ys, es = [], [], []
+        for sx in sorted(by_x):
+            rs = min(by_x[sx], key=lambda rs: statistics.fmean(r.loss for r in rs))
+            vals = [getter(r) for r in rs]
+            xs.append(statistics.fmean(r.params for r in rs))
+            ys.append(statistics.fmean(vals))
+            es.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        ax.errorbar(xs, ys, yerr=es if any(es) else None, color=c, marker="o", ms=6, lw=1.6, capsize=3, label=m)
+        all_x += xs
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xscale("log")
+    px = sorted(all_x)
+    ax.set_xlim(px[0] / 1.25, px[-1] * 1.25)
+    ticks = sorted({(r.scale_n, r.scale) for r in report.done if r.scale_n})
+    if 0 < len(ticks) <= 8:                    # tick at the study's scales
+        ax.set_xticks([t for t, _ in ticks], [lab for _, lab in ticks])
+    else:
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _count(v)))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    ax.set_xlabel("parameters (log scale)")
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 3, 5)))
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _count(v)))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    if not logy and report.metric == "loss_last100":      # nats -> bits; val bpb is in bits already
+        sec = ax.secondary_yaxis("right", functions=(lambda x: x / LN2, lambda x: x * LN2))
+        sec.set_ylabel("bits/byte")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(f"{report.title()}: {'loss' if not logy else 'tokens/s'} vs parameters"
+                 " (best config per scale, mean ± sd over seeds)", fontsize=10)
+    ax.margins(y=0.08)
+    ax.legend(title="model", fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.13),
+              ncol=min(drawn, 6), frameon=False)
+    return fig
+
+
+def _smooth(ys: list[float], steps: list[int], window: int = WINDOW) -> list[float]:
+    """Trailing mean over the last ``window`` steps (the same window as loss_last100)."""
+    out, acc, j = [], 0.0, 0
+    for i, y in enumerate(ys):
+        acc += y
+        while steps[j] <= steps[i] - window:
+            acc -= ys[j]
+            j += 1
+        out.append(acc / (i - j + 1))
+    return out
+
+
+def _colors(n: int):
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _legend(ax, n: int) -> None:
+    if n <= 8:
+        ax.legend(fontsize=8, loc="best")
+    else:                               # below the axes, two columns
+        ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
+
+
+def _save(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` atomically and close it."""
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

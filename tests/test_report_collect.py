@@ -1,0 +1,71 @@
+"""Collecting run records (elmanlab.report.collect): runs known only from the study's study.json, and
+which train settings make up a run's configuration (the identity settings of elmanlab.config)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from elmanlab.config import identity_settings
+from elmanlab.report import Report, collect_runs, write_report
+from test_report import make_run
+
+
+def test_study_state_failures_without_summary(tmp_path):
+    root = tmp_path / "st"
+    root.mkdir()
+    make_run(root, "e1-200K-s42", "e1", 200_728, 88, 4)
+    state = {"name": "tiny", "baseline": "e1", "jobs": [
+        {"id": "e1-200K-s42", "run_dir": "e1-200K-s42", "model": "e1", "params": "200K", "status": "completed",
+         "options": {}, "train": {"steps": 300, "seed": 42}, "size": {"params": 200_728, "dim": 88, "depth": 4}},
+        {"id": "e42-200K-s42", "run_dir": "e42-200K-s42", "model": "e42", "params": "200K", "status": "failed",
+         "error": "CUDA out of memory. Tried to allocate 2.00 GiB", "options": {}, "train": {"steps": 300},
+         "size": {"params": 198_864, "dim": 144, "depth": 2}},
+        {"id": "e33-200K-s42", "run_dir": "e33-200K-s42", "model": "e33", "params": "200K", "status": "pending",
+         "options": {}, "train": {"steps": 300}, "size": {"params": 197_248, "dim": 128, "depth": 2}}]}
+    (root / "study.json").write_text(json.dumps(state))
+    res = write_report(root)
+    md = res["markdown"]
+    assert md.startswith("# Study report: tiny")
+    fail = md.split("## Failed and unfinished runs")[1]
+    assert "e42-200K-s42" in fail and "CUDA out of memory" in fail and "| failed |" in fail
+    assert "e33-200K-s42" in fail and "| pending |" in fail
+    assert "1 completed, 1 failed, 1 not run" in md
+
+
+def _with_settings(run_dir, **settings):
+    """Give a run's config.json a full train block as `elmanlab train` writes it, with ``settings``."""
+    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg["train"] = {"out": str(run_dir), "data": "/data/train.txt", "val_data": None, "steps": 300, "minutes": None,
+                    "batch_size": 4, "seq_len": 64, "lr": 3e-4, "weight_decay": 0.1, "warmup_steps": 0,
+                    "beta1": 0.9, "beta2": 0.999, "grad_clip": None, "max_nonfinite": 10,
+                    "seed": cfg["train"]["seed"], "device": "auto", "compile": False, "cuda_graph": False,
+                    "checkpoint_every": 0, "log_every": 10, "eval_bytes": 262_144, "progress": True, **settings}
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+
+
+def test_a_runs_configuration_is_its_identity_settings(tmp_path):
+    """A run's train settings are the identity settings: paths, device, logging, cuda_graph and
+    max_nonfinite are not part of it, eval_bytes is. Seeds pool over the rest; only identity
+    settings count as swept."""
+    root = tmp_path / "ident"
+    root.mkdir()
+    make_run(root, "a", "e1", 500_000, 100, 4, final=1.50)
+    _with_settings(root / "a", cuda_graph=True, device="cuda:0", log_every=5, max_nonfinite=3)
+    make_run(root, "b", "e1", 500_000, 100, 4, final=1.52, seed=43)
+    _with_settings(root / "b")
+    make_run(root, "c", "e1", 500_000, 100, 4, final=1.51)
+    _with_settings(root / "c", eval_bytes=1_000_000)
+    runs = {r.id: r for r in collect_runs(root)[0]}
+    null = {"minutes", "grad_clip"}       # None in config.json: not recorded
+    assert set(runs["a"].train) == set(identity_settings()) - null
+    assert runs["a"].train["eval_bytes"] == 262_144 and "cuda_graph" not in runs["a"].train
+    # a and b differ in seed and in non-identity settings only: one configuration; c is another
+    assert runs["a"].config_key() == runs["b"].config_key() != runs["c"].config_key()
+    rep = Report(root)
+    assert {k for k, _, _ in rep.swept_keys()} == {"eval_bytes"}
+    md = rep.markdown([])
+    assert "### Best loss by eval_bytes" in md and "## Mean and spread over seeds" in md
+    cols = next(csv.reader(io.StringIO(rep.csv_text())))
+    train_cols = {c[len("train_"):] for c in cols if c.startswith("train_")}
+    assert train_cols == set(identity_settings()) - null
