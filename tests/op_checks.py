@@ -71,3 +71,25 @@ def _run(fn, inputs, names, dtype, grads_out):
         if leaf is not None:
             res["d" + n] = leaf.grad
     return res
+
+
+def assert_fast_path_ran(cfg, expect: str | None = None) -> dict:
+    """A GPU test cannot pass on the wrong path: what ran since the last
+    ``reset_implementations_used()`` (recorded by the ops at run time) is the fast path the family's
+    ``backend_info`` predicts for ``cfg`` (a ModelConfig), for its op and every fused helper, and
+    every op recorded ran fast; ``expect``: the start of the family op's path when the test is about
+    one kernel (e.g. cuDNN or the chunked form). Returns the record."""
+    from elmanlab.ops import implementations_used
+    fam = cfg.family
+    info = fam.backend_info(cfg.dim, cfg.options)
+    used = implementations_used()
+    assert info["fast"], f"{fam.name}: no fast path here: {info}"
+    want = {fam.op: info["path"], **{n: h["path"] for n, h in info.get("helpers", {}).items()}}
+    for op, path in want.items():
+        assert used.get(op) == {"path": path, "paths": [path], "fast": True}, \
+            f"{fam.name}: {op} ran {used.get(op)}, predicted {path!r}"
+    slow = {op: r for op, r in used.items() if not r["fast"]}
+    assert not slow, f"{fam.name}: slow paths ran: {slow}"
+    if expect is not None:
+        assert used[fam.op]["path"].startswith(expect), f"{fam.name}: ran {used[fam.op]['path']!r}, not {expect!r}"
+    return used

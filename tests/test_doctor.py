@@ -4,7 +4,8 @@ import sys
 
 import torch
 
-from elmanlab.doctor import FAMILY_OPS, family_paths
+from elmanlab.doctor import FAMILY_OPS, family_paths, missing_fast_paths
+from elmanlab.layers import FAMILIES
 
 
 def test_doctor_cpu_output():
@@ -28,9 +29,23 @@ def test_doctor_json():
     assert len(d["families"]) == 8 and all("path" in v for v in d["families"].values())
 
 
+def test_family_ops_come_from_the_layers():
+    assert FAMILY_OPS == {"e1": "elman", "e33": "elman", "e42": "elman", "e88": "e88", "mamba2": "ssd",
+                          "gdn": "delta", "mingru": "scan", "minlstm": "scan"}
+    assert all(FAMILY_OPS[name] == cls.op for name, cls in FAMILIES.items())
+
+
+def _stand_in_helpers(monkeypatch, fast=True):
+    from elmanlab.ops import delta, ssd
+    for mod, fn in ((delta, "short_conv_info"), (delta, "rms_norm_gated_info"), (ssd, "gated_rmsnorm_info")):
+        info = ({"path": fn, "fast": True, "reason": "stand-in"} if fast else
+                {"path": "reference", "fast": False, "reason": f"{fn}: lib missing", "fix": f"install {fn}"})
+        monkeypatch.setattr(mod, fn, lambda info=info: dict(info))
+
+
 def test_family_paths_ask_each_op_at_the_family_shapes(monkeypatch):
-    """family_paths asks each family's op folder at the family's default shapes for the size; a
-    probe that raises is reported as the answer ('unknown')."""
+    """family_paths asks each family's op folder at the family's default shapes for the size (and
+    the layer's fused helpers); a probe that raises is reported as the answer ('unknown')."""
     import importlib
     from elmanlab.sizing import model_config, report
 
@@ -45,6 +60,7 @@ def test_family_paths_ask_each_op_at_the_family_shapes(monkeypatch):
         return backend_info
     for op in ("elman", "e88", "ssd", "delta", "scan"):
         monkeypatch.setattr(importlib.import_module(f"elmanlab.ops.{op}"), "backend_info", stand_in(op))
+    _stand_in_helpers(monkeypatch)
     paths = family_paths("400M")
     d = {fam: report(model_config(fam, params="400M")).d_inner for fam in ("e1", "e33", "e42")}
     assert calls == [("elman", {"d_inner": d["e1"], "nonlinearity": "tanh"}),
@@ -53,10 +69,24 @@ def test_family_paths_ask_each_op_at_the_family_shapes(monkeypatch):
                      ("e88", {"n_state": 32, "head_v_dim": 32}), ("ssd", {}), ("delta", {}), ("scan", {}),
                      ("scan", {})]
     assert list(paths) == list(FAMILY_OPS)
-    assert paths["gdn"] == {"op": "delta", "path": "delta", "fast": True, "reason": "stand-in"}
-    assert paths["mingru"] == {"op": "scan", "path": "unknown", "fast": False,
-                               "reason": "probe failed: RuntimeError: boom"}
+    helper = {"fast": True, "reason": "stand-in"}
+    assert paths["gdn"] == {"op": "delta", "path": "delta", "fast": True, "reason": "stand-in",
+                            "helpers": {"short_conv": {"path": "short_conv_info", **helper},
+                                        "gated_rmsnorm": {"path": "rms_norm_gated_info", **helper}}}
+    assert paths["e1"] == {"op": "elman", "path": "elman", "fast": True, "reason": "stand-in"}
+    assert paths["mingru"]["path"] == "unknown" and paths["mingru"]["fast"] is False
+    assert paths["mingru"]["reason"] == "probe failed: RuntimeError: boom" and paths["mingru"]["fix"]
+    assert missing_fast_paths(paths) == ["mingru", "minlstm"]
+    # a helper without its fast path makes the family not fast, with the helper's reason and fix
+    _stand_in_helpers(monkeypatch, fast=False)
+    paths = family_paths("400M")
+    assert paths["mamba2"]["path"] == "ssd" and paths["mamba2"]["fast"] is False
+    assert paths["mamba2"]["reason"] == "short_conv: short_conv_info: lib missing"
+    assert paths["mamba2"]["fix"] == "install short_conv_info"
+    assert missing_fast_paths(paths) == ["mamba2", "gdn", "mingru", "minlstm"]
     if not torch.cuda.is_available():
         monkeypatch.undo()
-        assert all(r == {"op": FAMILY_OPS[f], "path": "reference", "fast": False, "reason": "no CUDA device"}
-                   for f, r in family_paths().items())
+        paths = family_paths()
+        assert all(r["path"] == "reference" and r["fast"] is False and r["reason"] == "no CUDA device"
+                   and r["op"] == FAMILY_OPS[f] and "CUDA" in r["fix"] for f, r in paths.items())
+        assert missing_fast_paths(paths) == list(FAMILY_OPS)

@@ -178,3 +178,71 @@ def test_gdn_layer_equals_its_definition():
     gate = L.g_proj(u).reshape(2, 19, H, -1)
     on = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + L.o_norm.eps) * L.o_norm.weight * F.silu(gate)
     torch.testing.assert_close(out, L.o_proj(on.reshape(2, 19, -1)))
+
+
+# ---------------------------------------------------------------- what each family will run
+
+def test_each_family_names_its_op_and_answers_backend_info_on_cpu():
+    from elmanlab.layers import FAMILIES
+    ops = {name: cls.op for name, cls in FAMILIES.items()}
+    assert ops == {"e1": "elman", "e33": "elman", "e42": "elman", "e88": "e88", "mamba2": "ssd", "gdn": "delta",
+                   "mingru": "scan", "minlstm": "scan"}
+    if torch.cuda.is_available():
+        return
+    for model, dim, opts in CONFIGS:
+        cfg = ModelConfig(model, dim, 2, dict(opts))
+        info = cfg.family.backend_info(cfg.dim, cfg.options)
+        assert info["path"] == "reference" and info["fast"] is False and info["reason"] == "no CUDA device"
+        assert info["fix"] == "run on a CUDA GPU (the fast kernels are CUDA-only)"
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """backend_info asked as on a GPU (no kernel is built: each test answers the plan questions)."""
+    import elmanlab.ops._dispatch as d
+    monkeypatch.setattr(d, "_FORCE_REFERENCE", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    return monkeypatch
+
+
+def test_backend_info_fix_names_what_to_install_or_set(fake_gpu):
+    import elmanlab.ops._dispatch as d
+    import elmanlab.ops.e88.fused as e88f
+    import elmanlab.ops.elman.fused as elf
+    from elmanlab.ops.delta import fast as delta_fast
+    from elmanlab.ops.ssd import fast as ssd_fast
+    e88 = ModelConfig("e88", 64, 2, {"n_state": 32, "expansion": 8.0})
+    # E88: the kernel rejects the value width (before: a silent reference fallback)
+    fake_gpu.setattr(e88f.CudaBackend, "plan_for", lambda idx, dtype, n, m: 0 if m > 64 else 4)
+    info = e88.family.backend_info(e88.dim, e88.options)
+    assert info["fast"] is False and info["path"] == "reference" and "value dim 256" in info["reason"]
+    assert info["fix"] == e88f.WIDTH_FIX
+    ok = ModelConfig("e88", 64, 2, {"n_state": 32})
+    assert ok.family.backend_info(ok.dim, ok.options) == {"path": e88f.NAME, "fast": True,
+                                                          "reason": "n_state 32, value dim 32"}
+    # Elman: no nvcc
+    fake_gpu.setattr(elf, "plan_status", lambda idx, D: ("build", "persistent kernel unavailable: nvcc not found",
+                                                         "install the CUDA toolkit (nvcc) or set CUDA_HOME / "
+                                                         "ELMANLAB_NVCC"))
+    e1 = ModelConfig("e1", 64, 2)
+    info = e1.family.backend_info(e1.dim, e1.options)
+    assert info["fast"] is False and "nvcc not found" in info["reason"] and "CUDA toolkit" in info["fix"]
+    # Mamba2: mamba_ssm there, fla missing: the SSD is fast, its conv is not -> not fast, fix names fla
+    fake_gpu.setattr(ssd_fast, "_MODS", {"ssd_combined": None, "layernorm_gated": None})
+    fake_gpu.setattr(delta_fast, "_FLA", None)
+    fake_gpu.setattr(delta_fast, "_ERR", "ModuleNotFoundError: No module named 'fla'")
+    m2 = ModelConfig("mamba2", 64, 2)
+    info = m2.family.backend_info(m2.dim, m2.options)
+    assert info["path"] == ssd_fast.NAME and info["fast"] is False
+    assert info["reason"] == "short_conv: fla not usable: ModuleNotFoundError: No module named 'fla'"
+    assert info["fix"] == "install fla and its Triton kernels: scripts/install-gpu.sh"
+    assert info["helpers"]["gated_rmsnorm"]["fast"] is True
+    gdn = ModelConfig("gdn", 64, 2, {"head_dim": 16})
+    info = gdn.family.backend_info(gdn.dim, gdn.options)
+    assert info["fast"] is False and "No module named 'fla'" in info["reason"] and "install fla" in info["fix"]
+    # the reference forced
+    fake_gpu.setattr(d, "_FORCE_REFERENCE", True)
+    for cfg in (e88, e1, m2, gdn):
+        info = cfg.family.backend_info(cfg.dim, cfg.options)
+        assert info["fast"] is False and info["fix"] == "unset ELMANLAB_REFERENCE (or set it to 0)"

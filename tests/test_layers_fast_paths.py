@@ -2,15 +2,17 @@
 with a float64 stand-in for fla's kernel; on the GPU (marked ``gpu``, skipped without CUDA; a
 missing library fails) whole LMs of each family, the fast path (kernels + fused conv / norm)
 against the same model forced onto the reference (float32), and in bf16 against float64, loss and
-every parameter gradient; Elman / E88 kernel outputs poisoned with NaN before each call."""
+every parameter gradient; Elman / E88 kernel outputs poisoned with NaN before each call. Every GPU
+test asserts, from the ops' record of what ran, that the fast path it compares is the one that ran
+(a library missing or a fallback fails instead of comparing the reference with itself)."""
 import copy
 
 import pytest
 import torch
 
 from conftest import rel_err
-from elmanlab.ops import force_reference
-from op_checks import DEV, TOL, _check
+from elmanlab.ops import force_reference, implementations_used, reset_implementations_used
+from op_checks import DEV, TOL, _check, assert_fast_path_ran
 
 
 @pytest.fixture(autouse=True)
@@ -62,11 +64,17 @@ def test_layers_fast_path_matches_reference(model, opts):
     from elmanlab.lm import LM
     from elmanlab.ops import force_reference
 
+    from elmanlab.ops.e88.fused import NAME as E88_KERNEL
+    from elmanlab.ops.elman.fused import PERSISTENT
+
     torch.manual_seed(0)
     lm = LM(ModelConfig(model, 96, 2, dict(opts))).cuda().eval()   # eval: no power-iteration updates
     idx = torch.randint(0, 256, (3, 37), device="cuda")
+    reset_implementations_used()
     logits = lm(idx)[0]
     logits.float().square().mean().backward()
+    kernel = E88_KERNEL if model == "e88" else PERSISTENT["linear" if model == "e42" else "tanh"]
+    assert_fast_path_ran(lm.cfg, expect=kernel)                  # d_inner 96: the package's own kernels
     grads = [p.grad.clone() for p in lm.parameters()]
     lm.zero_grad()
     with force_reference():
@@ -95,28 +103,29 @@ LAYERS = [("mamba2", 128, {}), ("gdn", 256, {"n_heads": 1}), ("mingru", 96, {}),
           ("minlstm", 96, {"expansion": 1.5})]
 
 
-def _assert_fast(model):
+def _assert_fast(model, dim, opts):
     """A layer test compares the fast path with the reference: it proves nothing if the fast path
-    itself fell back to the reference (a library missing), so that fails here."""
-    import importlib
-    from elmanlab.doctor import FAMILY_OPS
-    info = importlib.import_module(f"elmanlab.ops.{FAMILY_OPS[model]}.fast").backend_info()
-    assert info["path"] != "reference" and "refused" not in info["path"], f"{model}: {info}"
+    itself fell back to the reference (a library missing), so that fails here, before it runs."""
+    from elmanlab.config import ModelConfig
+    cfg = ModelConfig(model, dim=dim, depth=2, options=dict(opts))
+    info = cfg.family.backend_info(cfg.dim, cfg.options)
+    assert info["fast"] and "refused" not in info["path"], f"{model}: {info}"
+    reset_implementations_used()
+    return cfg
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("model,dim,opts", LAYERS)
 def test_layer_fast_path_matches_reference(rel, model, dim, opts):
-    _assert_fast(model)
-    from elmanlab.config import ModelConfig
+    cfg = _assert_fast(model, dim, opts)
     from elmanlab.lm import LM
     torch.manual_seed(1)
-    cfg = ModelConfig(model, dim=dim, depth=2, options=opts)
     fast_model = LM(cfg).to(DEV)
     ref_model = copy.deepcopy(fast_model)
     x = torch.randint(0, 256, (2, 131), device=DEV)
     _, loss_f = fast_model(x[:, :-1], x[:, 1:])
     loss_f.backward()
+    assert_fast_path_ran(cfg)
     with force_reference():
         _, loss_r = ref_model(x[:, :-1], x[:, 1:])
         loss_r.backward()
@@ -134,16 +143,16 @@ def test_layer_fast_path_matches_reference(rel, model, dim, opts):
 def test_layer_fast_path_bf16_matches_float64_reference(rel, model, dim, opts):
     """The training precision: the fast path under bf16 autocast against the same model's reference
     path in float64 on the CPU; loss and every parameter gradient within bf16's error (3e-2)."""
-    _assert_fast(model)
-    from elmanlab.config import ModelConfig
+    cfg = _assert_fast(model, dim, opts)
     from elmanlab.lm import LM
     torch.manual_seed(3)
-    fast_model = LM(ModelConfig(model, dim=dim, depth=2, options=opts)).to(DEV)
+    fast_model = LM(cfg).to(DEV)
     ref_model = copy.deepcopy(fast_model).to("cpu", torch.float64)
     x = torch.randint(0, 256, (2, 131), device=DEV)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         _, loss_f = fast_model(x[:, :-1], x[:, 1:])
     loss_f.backward()
+    assert_fast_path_ran(cfg)
     xc = x.cpu()
     _, loss_r = ref_model(xc[:, :-1], xc[:, 1:])
     loss_r.backward()
@@ -165,9 +174,45 @@ def test_layer_bf16_training_step_is_finite(model):
     opts = {"n_heads": 1} if model == "gdn" else {}
     m = LM(ModelConfig(model, dim=256, depth=2, options=opts)).to(DEV)
     x = torch.randint(0, 256, (3, 200), device=DEV)
+    reset_implementations_used()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         _, loss = m(x[:, :-1], x[:, 1:])
     loss.backward()
+    assert_fast_path_ran(m.cfg)
     assert torch.isfinite(loss)
     for n, p in m.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), n
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["mamba2", "gdn"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_short_conv_matches_the_layer_conv(rel, family, dtype):
+    """The layers' causal conv + SiLU through fla's Triton kernel (Mamba2's conv on x, B, C; GDN's
+    three convs as one) against the layer's own ShortConv modules: output and new conv state; the
+    record names fla's kernel."""
+    import torch.nn.functional as F
+    from elmanlab.layers.common import fast_short_conv
+    from elmanlab.lm import LM
+    from elmanlab.ops.delta.fast import CONV_NAME
+    from elmanlab.sizing import model_config
+    torch.manual_seed(4)
+    layer = LM(model_config(family, dim=256, depth=1)).to(DEV).blocks[0].layer
+    convs = [layer.conv] if family == "mamba2" else [layer.q_conv, layer.k_conv, layer.v_conv]
+    C = sum(c.channels for c in convs)
+    x = torch.randn(2, 77, C, device=DEV, dtype=dtype)
+    reset_implementations_used()
+    with torch.no_grad():
+        res = fast_short_conv(x, [c.weight for c in convs], convs[0].bias, None, "silu")
+        assert res is not None, "fla's causal_conv1d is not usable here"
+        y, state = res
+        assert implementations_used() == {"short_conv": {"path": CONV_NAME, "paths": [CONV_NAME], "fast": True}}
+        refs, states, at = [], [], 0
+        for c in convs:
+            r, s = c(x[..., at:at + c.channels].float())
+            refs.append(F.silu(r))
+            states.append(s)
+            at += c.channels
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert y.dtype == dtype and rel(y, torch.cat(refs, -1)) <= tol
+    assert torch.equal(state.float(), torch.cat(states, -1))

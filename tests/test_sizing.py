@@ -112,3 +112,61 @@ def test_cli_models_lists_every_family():
     assert r.returncode == 0
     names = [m["model"] for m in json.loads(r.stdout)]
     assert names == FAMILIES
+
+
+# Bad option values, found when tried as a new user would (issue 16, item 6): each is one line
+# from the family's option validation (resolve), which sizing, training and study validation share.
+BAD_OPTIONS = [  # model, CLI flag, study key, value, what the message names
+    ("mamba2", "--headdim", "headdim", 0, "headdim must be an integer >= 1"),
+    ("mamba2", "--ngroups", "ngroups", 0, "ngroups must be an integer >= 1"),
+    ("mamba2", "--d-state", "d_state", -1, "d_state must be an integer >= 1"),
+    ("mamba2", "--chunk-size", "chunk_size", 0, "chunk_size must be an integer >= 1"),
+    ("mamba2", "--expand", "expand", 0, "expand must be an integer >= 1"),
+    ("mamba2", "--d-conv", "d_conv", 1, "d_conv must be an integer >= 2"),
+    ("mamba2", "--headdim", "headdim", 48, "must be a multiple of headdim 48"),
+    ("gdn", "--head-dim", "head_dim", 0, "head_dim must be an integer >= 1"),
+    ("gdn", "--expand-v", "expand_v", 0, "expand_v must be a number > 0"),
+    ("gdn", "--expand-v", "expand_v", 0.3, "head_dim * expand_v must be a positive integer"),
+    ("gdn", "--conv-size", "conv_size", 1, "conv_size must be an integer >= 2"),
+    ("gdn", "--n-heads", "n_heads", 0, "n_heads must be an integer >= 1"),
+    ("e88", "--n-heads", "n_heads", -2, "n_heads must be an integer >= 1"),
+    ("e88", "--balance", "balance", 0, "balance must be a number > 0"),
+    ("e88", "--expansion", "expansion", -1, "expansion must be a number > 0"),
+    ("e88", "--conv-size", "conv_size", 0, "conv_size must be an integer >= 2"),
+    ("e1", "--expansion", "expansion", 0, "expansion must be a number > 0"),
+    ("e1", "--expansion", "expansion", "inf", "expansion must be a number > 0, got inf"),
+    ("e33", "--w-h-scale", "w_h_scale", 1.5, "w_h_scale must be a number in (0, 1]"),
+    ("e42", "--spectral-radius", "spectral_radius", 0, "spectral_radius must be a number in (0, 1]"),
+    ("e42", "--expansion", "expansion", -0.5, "expansion must be a number > 0"),
+    ("mingru", "--expansion", "expansion", 0, "expansion must be a number > 0"),
+    ("minlstm", "--expansion", "expansion", "nan", "expansion must be a number > 0"),
+]
+BAD_IDS = [f"{m}{flag}={v}" for m, flag, _, v, _ in BAD_OPTIONS]
+
+
+@pytest.mark.parametrize("model,flag,key,value,msg", BAD_OPTIONS[:4], ids=BAD_IDS[:4])
+def test_cli_size_bad_option_is_one_line(model, flag, key, value, msg):
+    """The issue's cases, as a new user runs them (before: ZeroDivisionError tracebacks, a negative
+    state size, a chunk size of 0 that failed only at step 0)."""
+    r = run_cli("size", model, "--params", "100M", flag, str(value))
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("error:") and msg in r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("model,flag,key,value,msg", BAD_OPTIONS, ids=BAD_IDS)
+def test_every_bad_option_is_one_error_before_anything_runs(tmp_path, capsys, model, flag, key, value, msg):
+    """The CLI entry point (in-process: the same code as ``python3 -m elmanlab``), both ways of
+    sizing, and a study file naming the option: one ``error:`` line / one-line ElmanlabError."""
+    from elmanlab.cli import main
+    from elmanlab.study import load_study
+    for size in (["--params", "100M"], ["--dim", "256", "--depth", "2"]):
+        with pytest.raises(SystemExit) as e:
+            main(["size", model, *size, flag, str(value)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error:") and msg in err and err.count("\n") == 1, err
+    study = tmp_path / "s.yaml"
+    study.write_text(f"train: {{steps: 3}}\nruns:\n  - {{model: {model}, params: 200K, {key}: {value}}}\n")
+    with pytest.raises(ElmanlabError) as e:
+        load_study(study)
+    assert msg in str(e.value) and "\n" not in str(e.value)

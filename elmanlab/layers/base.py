@@ -7,10 +7,16 @@ in the tests), its recurrent state size, and how to fill options derived from th
 ``forward(x [B, T, dim], state=None) -> (y [B, T, dim], new_state)``: state is a tuple of
 tensors (zeros when None); feeding ``new_state`` into the next segment equals one long pass,
 which is also how the LM's ``step()`` runs one byte at a time.
+
+``op`` names the family's recurrence (its folder under ``elmanlab/ops``); ``backend_info(dim,
+opts)`` says what the family will run on this machine at its shapes (the op, and the fused helpers
+its layer calls), before anything runs. What did run is ``elmanlab.ops.implementations_used()``.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import math
 from dataclasses import dataclass
 
 import torch.nn as nn
@@ -26,8 +32,41 @@ class NoOptions:
 class RecurrentLayer(nn.Module):
     name: str = ""
     description: str = ""
+    op: str = ""                   # the recurrence's folder under elmanlab/ops (its record key too)
     Options: type = NoOptions
     dim_multiple: int = 8          # the solver keeps dim a multiple of this (at least)
+
+    @classmethod
+    def op_shapes(cls, dim: int, opts) -> dict:
+        """The keyword arguments of the op's ``backend_info`` at this layer's shapes."""
+        return {}
+
+    @classmethod
+    def helper_infos(cls, dim: int, opts) -> dict:
+        """The fused helpers this layer calls besides its op (record key -> their ``backend_info``)."""
+        return {}
+
+    @classmethod
+    def backend_info(cls, dim: int, opts) -> dict:
+        """What this family runs on this machine at width ``dim`` with ``opts``: the op's
+        ``backend_info`` at the layer's shapes, ``{"path", "fast", "reason"}``, plus ``"helpers"``
+        ({name: backend_info}) where the layer also calls fused helpers (short conv, gated RMSNorm),
+        and ``"fix"`` (one sentence: what to install or set) whenever ``fast`` is False. ``fast`` is
+        True only when the op and every helper run their fast paths; when a helper does not, the
+        reason and fix are the helper's. On CUDA this imports the kernel libraries and may build the
+        package's own kernels; a bad implementation switch (ELMANLAB_*) is an ElmanlabError."""
+        opts = cls.resolve(dim, opts)
+        mod = importlib.import_module(f"elmanlab.ops.{cls.op}")
+        info = dict(mod.backend_info(**cls.op_shapes(dim, opts)))
+        helpers = {name: dict(fn()) for name, fn in cls.helper_infos(dim, opts).items()}
+        if helpers:
+            info["helpers"] = helpers
+        slow = next(((n, h) for n, h in helpers.items() if not h["fast"]), None)
+        if info["fast"] and slow is not None:
+            info.update(fast=False, reason=f"{slow[0]}: {slow[1]['reason']}", fix=slow[1].get("fix"))
+        if not info["fast"] and not info.get("fix"):
+            info["fix"] = "see `elmanlab doctor`"
+        return info
 
     @classmethod
     def resolve(cls, dim: int, opts):
@@ -67,6 +106,20 @@ class RecurrentLayer(nn.Module):
     def check(cond: bool, msg: str) -> None:
         if not cond:
             raise ElmanlabError(msg)
+
+    @classmethod
+    def check_number(cls, name: str, value, lo: float = 0.0, hi: float | None = None) -> None:
+        """An option that must be a finite number in (lo, hi] (hi None: no upper bound)."""
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+              and value > lo and (hi is None or value <= hi))
+        need = f"> {lo:g}" if hi is None else f"in ({lo:g}, {hi:g}]"
+        cls.check(ok, f"{cls.name} option {name} must be a number {need}, got {value!r}")
+
+    @classmethod
+    def check_int(cls, name: str, value, minimum: int = 1) -> None:
+        """An option that must be an integer >= ``minimum``."""
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+        cls.check(ok, f"{cls.name} option {name} must be an integer >= {minimum}, got {value!r}")
 
 
 def d_inner_of(dim: int, expansion: float) -> int:

@@ -47,6 +47,7 @@ class E88(RecurrentLayer):
     name = "e88"
     description = "multi-head matrix state: S = tanh(a S + (v - S k) k^T), o = S q"
     Options = E88Options
+    op = "e88"
 
     def __init__(self, dim: int, opts: E88Options, layer_idx: int = 0, depth: int = 1):
         super().__init__()
@@ -105,14 +106,19 @@ class E88(RecurrentLayer):
         cls.check(opts.gate_activation in ("silu", "sigmoid"),
                   f"gate_activation must be silu or sigmoid, got {opts.gate_activation!r}")
         cls.check(opts.decay in DECAY_MODES, f"decay must be one of {', '.join(DECAY_MODES)}, got {opts.decay!r}")
-        cls.check(opts.expansion > 0, f"expansion must be > 0, got {opts.expansion}")
-        cls.check(opts.conv_size >= 2, f"conv_size must be >= 2, got {opts.conv_size}")
-        cls.check(opts.balance > 0, f"balance must be > 0, got {opts.balance}")
+        cls.check_number("expansion", opts.expansion)
+        cls.check_int("conv_size", opts.conv_size, 2)
+        cls.check_number("balance", opts.balance)
+        if opts.n_heads is not None:
+            cls.check_int("n_heads", opts.n_heads, 1)
         out = super().resolve(dim, opts)
         if out.n_heads is None:
             out.n_heads = max(1, int(round(opts.balance * dim / opts.n_state)))
-        cls.check(out.n_heads >= 1, f"n_heads must be >= 1, got {out.n_heads}")
         return out
+
+    @classmethod
+    def op_shapes(cls, dim, opts):
+        return {"n_state": opts.n_state, "head_v_dim": _value_dim(opts)}
 
     @classmethod
     def param_count(cls, dim, opts):

@@ -27,12 +27,17 @@ class E42Options:
 
 class _ElmanBase(RecurrentLayer):
     Options = ElmanOptions
+    op = "elman"
 
     @classmethod
     def resolve(cls, dim, opts):
-        cls.check(opts.expansion > 0, f"expansion must be > 0, got {opts.expansion}")
-        cls.check(0 < opts.w_h_scale < 1.0 + 1e-9, f"w_h_scale must be in (0, 1], got {opts.w_h_scale}")
+        cls.check_number("expansion", opts.expansion)
+        cls.check_number("w_h_scale", opts.w_h_scale, 0.0, 1.0)
         return super().resolve(dim, opts)
+
+    @classmethod
+    def op_shapes(cls, dim, opts):
+        return {"d_inner": d_inner_of(dim, opts.expansion), "nonlinearity": "tanh"}
 
     @classmethod
     def state_size(cls, dim, opts):
@@ -104,6 +109,7 @@ class E42(RecurrentLayer):
     name = "e42"
     description = "linear tied Elman: h = W (silu(x) + h) + b with ||W|| bounded, y = h * silu(h)"
     Options = E42Options
+    op = "elman"
 
     def __init__(self, dim: int, opts: E42Options, layer_idx: int = 0, depth: int = 1):
         super().__init__()
@@ -123,9 +129,13 @@ class E42(RecurrentLayer):
 
     @classmethod
     def resolve(cls, dim, opts):
-        cls.check(opts.expansion > 0, f"expansion must be > 0, got {opts.expansion}")
-        cls.check(0 < opts.spectral_radius <= 1, f"spectral_radius must be in (0, 1], got {opts.spectral_radius}")
+        cls.check_number("expansion", opts.expansion)
+        cls.check_number("spectral_radius", opts.spectral_radius, 0.0, 1.0)
         return super().resolve(dim, opts)
+
+    @classmethod
+    def op_shapes(cls, dim, opts):
+        return {"d_inner": d_inner_of(dim, opts.expansion), "nonlinearity": "linear"}
 
     @classmethod
     def param_count(cls, dim, opts):

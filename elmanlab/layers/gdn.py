@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from elmanlab.layers.base import RecurrentLayer
 from elmanlab.layers.common import GatedRMSNorm, ShortConv, fast_short_conv, fused_linear, init_A_log, init_dt_bias
-from elmanlab.ops._dispatch import fast_path_enabled
+from elmanlab.ops._dispatch import REFERENCE, fast_path_enabled, record
 from elmanlab.ops.delta import gdn
 
 
@@ -35,6 +35,7 @@ class GDN(RecurrentLayer):
     name = "gdn"
     description = "Gated DeltaNet (fla layout): S = a S (I - b k k^T) + b v k^T"
     Options = GDNOptions
+    op = "delta"
 
     def __init__(self, dim: int, opts: GDNOptions, layer_idx: int = 0, depth: int = 1):
         super().__init__()
@@ -80,6 +81,7 @@ class GDN(RecurrentLayer):
             cq, ck, cv = fq[1].split([K, K, V], dim=-1)
         else:
             if self.opts.use_short_conv:
+                record("short_conv", REFERENCE, False)
                 q, cq = self.q_conv(q, cq)
                 k, ck = self.k_conv(k, ck)
                 v, cv = self.v_conv(v, cv)
@@ -95,20 +97,34 @@ class GDN(RecurrentLayer):
                 from elmanlab.ops.delta.fast import rms_norm_gated_fast
                 on = rms_norm_gated_fast(o.reshape(-1, dv), gate.reshape(-1, dv), self.o_norm.weight,
                                          self.o_norm.eps)
-            o = self.o_norm(o.to(gate.dtype), gate, gate_after=True) if on is None else on.reshape(B, T, H, dv)
+            if on is None:
+                record("gated_rmsnorm", REFERENCE, False)
+                o = self.o_norm(o.to(gate.dtype), gate, gate_after=True)
+            else:
+                o = on.reshape(B, T, H, dv)
         return self.o_proj(o.reshape(B, T, V)), (cq, ck, cv, S)
 
     @classmethod
     def resolve(cls, dim, opts):
-        cls.check(opts.head_dim >= 1, f"head_dim must be >= 1, got {opts.head_dim}")
-        cls.check(opts.expand_v > 0 and float(opts.head_dim * opts.expand_v).is_integer(),
+        cls.check_int("head_dim", opts.head_dim, 1)
+        cls.check_number("expand_v", opts.expand_v)
+        cls.check(float(opts.head_dim * opts.expand_v).is_integer(),
                   f"head_dim * expand_v must be a positive integer, got {opts.head_dim} * {opts.expand_v}")
-        cls.check(opts.conv_size >= 2, f"conv_size must be >= 2, got {opts.conv_size}")
+        cls.check_int("conv_size", opts.conv_size, 2)
+        if opts.n_heads is not None:
+            cls.check_int("n_heads", opts.n_heads, 1)
         out = super().resolve(dim, opts)
         if out.n_heads is None:
             out.n_heads = max(1, int(round(0.75 * dim / opts.head_dim)))
-        cls.check(out.n_heads >= 1, f"n_heads must be >= 1, got {out.n_heads}")
         return out
+
+    @classmethod
+    def helper_infos(cls, dim, opts):
+        from elmanlab.ops.delta import rms_norm_gated_info, short_conv_info
+        helpers = {"short_conv": short_conv_info} if opts.use_short_conv else {}
+        if opts.use_gate:
+            helpers["gated_rmsnorm"] = rms_norm_gated_info
+        return helpers
 
     @classmethod
     def param_count(cls, dim, opts):

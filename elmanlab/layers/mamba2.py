@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from elmanlab.layers.base import RecurrentLayer
 from elmanlab.layers.common import (up, GatedRMSNorm, ShortConv, fast_short_conv, fused_linear, init_A_log,
                                     init_dt_bias)
-from elmanlab.ops._dispatch import fast_path_enabled
+from elmanlab.ops._dispatch import REFERENCE, fast_path_enabled, record
 from elmanlab.ops.ssd import ssd
 
 
@@ -36,6 +36,7 @@ class Mamba2(RecurrentLayer):
     name = "mamba2"
     description = "Mamba2 mixer (SSD), expand 2, d_state 128, headdim 64"
     Options = Mamba2Options
+    op = "ssd"
     dim_multiple = 32
 
     def __init__(self, dim: int, opts: Mamba2Options, layer_idx: int = 0, depth: int = 1):
@@ -59,6 +60,7 @@ class Mamba2(RecurrentLayer):
         z, xBC, dt = fused_linear(u, [self.in_proj.weight]).split([self.di, self.conv_dim, self.H], dim=-1)
         fast = fast_short_conv(xBC, [self.conv.weight], self.conv.bias, conv_state, "silu")
         if fast is None:
+            record("short_conv", REFERENCE, False)
             xBC, conv_state = self.conv(xBC, conv_state)
             xBC = F.silu(xBC)
         else:
@@ -74,19 +76,29 @@ class Mamba2(RecurrentLayer):
         if fast_path_enabled(y):
             from elmanlab.ops.ssd.fast import gated_rmsnorm_fast
             yn = gated_rmsnorm_fast(y, z, self.norm.weight, self.norm.eps, gate_after=False)
-        y = self.norm(y.to(u.dtype), z) if yn is None else yn
+        if yn is None:
+            record("gated_rmsnorm", REFERENCE, False)
+            yn = self.norm(y.to(u.dtype), z)
+        y = yn
         return self.out_proj(y), (conv_state, S)
 
     @classmethod
     def resolve(cls, dim, opts):
+        for name, lo in (("expand", 1), ("d_state", 1), ("headdim", 1), ("ngroups", 1), ("d_conv", 2),
+                         ("chunk_size", 1)):
+            cls.check_int(name, getattr(opts, name), lo)
         di = opts.expand * dim
-        cls.check(opts.expand >= 1, f"expand must be >= 1, got {opts.expand}")
         cls.check(di % opts.headdim == 0,
                   f"d_inner = expand * dim = {di} must be a multiple of headdim {opts.headdim}; pick dim accordingly")
         cls.check((di // opts.headdim) % opts.ngroups == 0,
                   f"n_heads {di // opts.headdim} must be a multiple of ngroups {opts.ngroups}")
-        cls.check(opts.d_conv >= 2, f"d_conv must be >= 2, got {opts.d_conv}")
         return super().resolve(dim, opts)
+
+    @classmethod
+    def helper_infos(cls, dim, opts):
+        from elmanlab.ops.delta import short_conv_info
+        from elmanlab.ops.ssd import gated_rmsnorm_info
+        return {"short_conv": short_conv_info, "gated_rmsnorm": gated_rmsnorm_info}
 
     @classmethod
     def param_count(cls, dim, opts):

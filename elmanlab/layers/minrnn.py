@@ -25,6 +25,7 @@ class MinRNNOptions:
 
 class _MinRNN(RecurrentLayer):
     Options = MinRNNOptions
+    op = "scan"
     n_proj = 2
 
     def __init__(self, dim: int, opts: MinRNNOptions, layer_idx: int = 0, depth: int = 1):
@@ -43,7 +44,7 @@ class _MinRNN(RecurrentLayer):
 
     @classmethod
     def resolve(cls, dim, opts):
-        cls.check(opts.expansion > 0, f"expansion must be > 0, got {opts.expansion}")
+        cls.check_number("expansion", opts.expansion)
         return super().resolve(dim, opts)
 
     @classmethod

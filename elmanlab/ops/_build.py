@@ -22,16 +22,31 @@ _LIBS: dict = {}
 _FAILED: dict = {}      # a build that failed is not tried again on every call (the layers fall back)
 
 
+NVCC_FIX = "install the CUDA toolkit (nvcc) or set CUDA_HOME / ELMANLAB_NVCC"
+
+
 class KernelBuildError(RuntimeError):
-    """The CUDA toolchain is missing or the kernel failed to compile/load."""
+    """The CUDA toolchain is missing or the kernel failed to compile/load. ``fix``: one short
+    sentence saying what to do about it."""
+
+    def __init__(self, msg: str, fix: str = NVCC_FIX):
+        super().__init__(msg)
+        self.fix = fix
+
+
+def _executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
 def nvcc_path() -> str | None:
-    """The nvcc the kernels are built with ($ELMANLAB_NVCC, $CUDA_HOME/bin, PATH, /usr/local/cuda), or None."""
-    for cand in (os.environ.get("ELMANLAB_NVCC"),
-                 os.path.join(os.environ.get("CUDA_HOME", ""), "bin", "nvcc") if os.environ.get("CUDA_HOME") else None,
+    """The nvcc the kernels are built with ($ELMANLAB_NVCC, $CUDA_HOME/bin, PATH, /usr/local/cuda), or None.
+    An ELMANLAB_NVCC that is set is the only candidate (None when it is not an executable file)."""
+    explicit = os.environ.get("ELMANLAB_NVCC")
+    if explicit:
+        return explicit if _executable(explicit) else None
+    for cand in (os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc") if os.environ.get("CUDA_HOME") else None,
                  shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
-        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
+        if cand and _executable(cand):
             return cand
     return None
 
@@ -39,8 +54,19 @@ def nvcc_path() -> str | None:
 def find_nvcc() -> str:
     nvcc = nvcc_path()
     if nvcc is None:
-        raise KernelBuildError("nvcc not found: set CUDA_HOME or ELMANLAB_NVCC to build the fused kernels")
+        explicit = os.environ.get("ELMANLAB_NVCC")
+        if explicit:
+            raise KernelBuildError(f"ELMANLAB_NVCC={explicit!r} is not an executable file",
+                                   "point ELMANLAB_NVCC at nvcc, or unset it")
+        raise KernelBuildError("nvcc not found (ELMANLAB_NVCC, CUDA_HOME, PATH, /usr/local/cuda)")
     return nvcc
+
+
+def first_error_line(stderr: str) -> str:
+    """The line of a compiler's output that says what went wrong (its first "error" line, else its
+    first non-empty line)."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    return next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else "no output")
 
 
 def cache_dir() -> Path:
@@ -97,15 +123,27 @@ def _build_and_load(source: Path, arch: str) -> ctypes.CDLL:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             os.unlink(tmp)
-            raise KernelBuildError(f"nvcc failed on {source.name}:\n{proc.stderr[-4000:]}")
+            raise KernelBuildError(f"nvcc failed on {source.name}: {first_error_line(proc.stderr)[:300]}\n"
+                                   f"{proc.stderr[-4000:]}",
+                                   f"check the CUDA toolkit (`nvcc` fails on {source.name}) or set ELMANLAB_NVCC "
+                                   "to a working nvcc")
         os.replace(tmp, lib_path)
     try:
         lib = ctypes.CDLL(str(lib_path))
     except OSError as exc:
-        raise KernelBuildError(f"cannot load {lib_path}: {exc}") from exc
+        raise KernelBuildError(f"cannot load {lib_path}: {exc}",
+                               f"delete {lib_path} (it is rebuilt) or check the CUDA driver") from exc
     lib.elk_error_string.restype = ctypes.c_char_p
     lib.elk_error_string.argtypes = [ctypes.c_int]
     return lib
+
+
+def failure(exc: BaseException) -> tuple[str, str]:
+    """(reason, fix) of a kernel that could not be built or planned: the error's first line, and
+    what to do about it."""
+    text = str(exc) if isinstance(exc, KernelBuildError) else f"{type(exc).__name__}: {exc}"
+    reason = (text.splitlines() or [""])[0][:300]
+    return reason, getattr(exc, "fix", "check the CUDA toolkit and driver (`elmanlab doctor`)")
 
 
 def check(lib: ctypes.CDLL, code: int, what: str) -> None:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from conftest import rel_err
 from elmanlab.errors import ElmanlabError
+from elmanlab.ops import implementations_used, reset_implementations_used
 from elmanlab.ops.delta import gated_delta_rule_chunked, gated_delta_rule_recurrent
 from op_checks import D64, DEV, LENGTHS, _check, _leaf, _run
 
@@ -36,7 +37,7 @@ def test_delta_refuses_training_on_broken_backward(monkeypatch):
     from elmanlab.ops.delta import fast
     calls = []
     monkeypatch.setattr(fast, "_load", lambda: {"chunk_gated_delta_rule": lambda *a, **k: calls.append(1) or (a[2], None)})
-    monkeypatch.setattr(fast, "_BWD", (False, "Hopper GPU with Triton 3.6.0: ... Fix: install TileLang"))
+    monkeypatch.setattr(fast, "_BWD", (False, "Hopper GPU with Triton 3.6.0: wrong backward. Fix: install TileLang"))
     q = torch.nn.functional.normalize(torch.randn(1, 4, 1, 8), dim=-1).requires_grad_()
     v, g, beta = torch.randn(1, 4, 1, 8), -torch.rand(1, 4, 1), torch.rand(1, 4, 1)
     with pytest.raises(ElmanlabError, match="TileLang"):
@@ -45,7 +46,9 @@ def test_delta_refuses_training_on_broken_backward(monkeypatch):
     with torch.no_grad():
         fast.gated_delta_rule_fast(q, q, v, g, beta, 0.3)
     assert calls == [1]
-    assert "refused" in fast.backend_info()["path"]
+    info = fast.backend_info()
+    assert "refused" in info["path"] and info["fast"] is False
+    assert info["reason"] == "Hopper GPU with Triton 3.6.0: wrong backward" and info["fix"] == "install TileLang"
 
 
 @pytest.mark.parametrize("fla_version", ["0.6 (gates in kernel)", "older (l2norm only)"])
@@ -98,6 +101,12 @@ def test_gdn_fast_glue_with_a_stand_in_fla(monkeypatch, fla_version):
     assert seen["sigmoid"] is fn.__name__.startswith("new")
 
 
+def _assert_fla_ran(fast):
+    path = fast.backend_info()["path"]
+    assert path.startswith(fast.NAME + ", backward via"), path
+    assert implementations_used() == {"delta": {"path": path, "paths": [path], "fast": True}}, implementations_used()
+
+
 # K 256 / V 512 is the layer's default head (head_dim 256, expand_v 2) at every size: all GDN tests use it,
 # so fla's autotuning and TileLang's JIT compile run once per process (minutes on a fresh machine)
 @pytest.mark.gpu
@@ -120,7 +129,9 @@ def test_gated_delta_rule_fast_matches_reference(rel, T, H, K, V, with_state):
     dtypes = [torch.bfloat16, torch.bfloat16, torch.bfloat16, torch.float32, torch.bfloat16, torch.float32]
     leaves = [None if t is None else _leaf(t.to(d), d) for t, d in zip((q, k, v, g, beta, S0), dtypes)]
     q_, k_, v_, g_, b_, s_ = leaves
+    reset_implementations_used()
     out, state = fast.gated_delta_rule_fast(q_, k_, v_, g_, b_, K ** -0.5, s_)
+    _assert_fla_ran(fast)
     ((out.double() * cot[0]).sum() + (state.double() * cot[1]).sum()).backward()
     got = {"out": out.detach(), "state": state.detach()}
     got.update({"d" + n: l.grad for n, l in zip(names, leaves) if l is not None})
@@ -147,7 +158,9 @@ def test_gdn_raw_inputs_fast_matches_reference(rel, T, H, with_state):
     names = ["q", "k", "v", "a", "b", "A_log", "dt_bias", "S0"]
     dtypes = [torch.bfloat16] * 5 + [torch.float32] * 3
     leaves = [None if t is None else _leaf(t.to(d), d) for t, d in zip((q, k, v, a, b, A_log, dt_bias, S0), dtypes)]
+    reset_implementations_used()
     out, state = fast.gdn_fast(*leaves[:7], K ** -0.5, leaves[7])
+    _assert_fla_ran(fast)
     assert fast._load()["fused_inputs"], "fla took the older path (gates computed in PyTorch)"
     ((out.double() * cot[0]).sum() + (state.double() * cot[1]).sum()).backward()
     got = {"out": out.detach(), "state": state.detach()}

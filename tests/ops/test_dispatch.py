@@ -80,16 +80,22 @@ def test_force_reference_disables_fast_path(monkeypatch):
     assert d.fast_path_enabled(t)
 
 
+NO_CUDA = {"path": "reference", "fast": False, "reason": "no CUDA device",
+           "fix": "run on a CUDA GPU (the fast kernels are CUDA-only)"}
+FORCED = {"path": "reference", "fast": False, "reason": "ELMANLAB_REFERENCE is set",
+          "fix": "unset ELMANLAB_REFERENCE (or set it to 0)"}
+
+
 def test_every_op_folder_answers_backend_info(monkeypatch):
-    """Each op folder answers what runs here, {'path', 'fast', 'reason'}, its shape arguments
-    keyword-only with defaults; without CUDA every one says the reference runs."""
+    """Each op folder answers what runs here, {'path', 'fast', 'reason'} and a 'fix' when not fast,
+    its shape arguments keyword-only with defaults; without CUDA every one says the reference runs."""
     assert OPS == ["delta", "e88", "elman", "scan", "ssd"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for name in OPS:
         backend_info = importlib.import_module(f"elmanlab.ops.{name}").backend_info
         params = inspect.signature(backend_info).parameters.values()
         assert all(p.kind is p.KEYWORD_ONLY and p.default is not p.empty for p in params), name
-        assert backend_info() == {"path": "reference", "fast": False, "reason": "no CUDA device"}, name
+        assert backend_info() == NO_CUDA, name
 
 
 def test_backend_info_before_any_kernel_is_asked(monkeypatch):
@@ -103,10 +109,13 @@ def test_backend_info_before_any_kernel_is_asked(monkeypatch):
     with force_reference():
         for name in OPS:
             info = importlib.import_module(f"elmanlab.ops.{name}").backend_info()
-            assert info == {"path": "reference", "fast": False, "reason": "ELMANLAB_REFERENCE is set"}, name
+            assert info == FORCED, name
     monkeypatch.setenv("ELMANLAB_ELMAN_IMPL", "cudnn")
     assert elman.backend_info(d_inner=1760) == {"path": "cuDNN tanh RNN", "fast": True,
                                                 "reason": "ELMANLAB_ELMAN_IMPL=cudnn"}
+    info = elman.backend_info(d_inner=1760, nonlinearity="linear")          # E42 cannot honour cudnn
+    assert info["fast"] is False and "refused" in info["path"] and "unset ELMANLAB_ELMAN_IMPL" in info["fix"]
     monkeypatch.delitem(ELMAN_FAST, "linear")
     assert elman.backend_info(nonlinearity="linear") == {
-        "path": "reference", "fast": False, "reason": "no fast Elman kernel registered for linear"}
+        "path": "reference", "fast": False, "reason": "no fast Elman kernel registered for linear",
+        "fix": "see `elmanlab doctor`"}

@@ -223,9 +223,15 @@ def test_elman_linear_wider_than_persistent_uses_chunked(B, T, D, dtype, monkeyp
     h0 = torch.randn(B, D, device="cuda", generator=g) * 0.5
     ins = [x.to(dtype).requires_grad_() for x in (wx, W, b, h0)]
     ins64 = [x.double().requires_grad_() for x in (wx, W, b, h0)]
+    from elmanlab.ops import implementations_used, reset_implementations_used
+    from elmanlab.ops.elman.fused import CHUNKED, PERSISTENT
+    reset_implementations_used()
     out = elman_scan(*ins, nonlinearity="linear")
     assert out[0].shape == (B, T, D)
-    assert calls or persistent_supported(ins[0]), "the chunked form was not taken"
+    ran = implementations_used()["elman"]
+    want = PERSISTENT["linear"] if persistent_supported(ins[0]) else CHUNKED
+    assert ran == {"path": want, "paths": [want], "fast": True}, ran
+    assert bool(calls) == (want == CHUNKED), "the chunked form's record and its call disagree"
     _compare(out, elman_scan_ref(*ins64, nonlinearity="linear"), ins, ins64, TOL[dtype],
              f"chunked linear B{B} T{T} D{D} {dtype}|wx,W_h,b,h0")
 

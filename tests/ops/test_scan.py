@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from conftest import rel_err
+from elmanlab.ops import implementations_used, reset_implementations_used
 from elmanlab.ops.scan import linear_scan_parallel, linear_scan_sequential
 from op_checks import D64, DEV, LENGTHS, _check, _leaf, _run
+
+
+def _assert_triton_scan_ran():
+    from elmanlab.ops.scan.fast import NAME
+    assert implementations_used() == {"scan": {"path": NAME, "paths": [NAME], "fast": True}}, implementations_used()
 
 
 @pytest.mark.parametrize("T", LENGTHS)
@@ -48,7 +54,9 @@ def test_linear_scan_fast_matches_reference(rel, B, T, D, with_state):
     h0 = torch.randn(B, D, device=DEV) if with_state else None
     cot = (torch.randn(B, T, D, device=DEV, dtype=torch.float64), torch.randn(B, D, device=DEV, dtype=torch.float64))
     names = ["a", "b", "h0"]
+    reset_implementations_used()
     got = _run(fast.linear_scan_fast, [a, b, h0], names, torch.float32, cot)
+    _assert_triton_scan_ran()
     ref = _run(linear_scan_sequential, [a, b, h0], names, torch.float64, cot)
     _check(rel, "linear_scan", got, ref, tol=1e-4)
 
@@ -66,7 +74,9 @@ def test_minrnn_scan_fast_matches_reference(rel, kind, n, B, T, D, with_state):
     # bf16 projection (training precision), float32 state
     pl = _leaf(p.bfloat16(), torch.bfloat16)
     hl = None if h0 is None else _leaf(h0, torch.float32)
+    reset_implementations_used()
     out, st = fast.minrnn_scan_fast(pl, kind, hl)
+    _assert_triton_scan_ran()
     assert out.dtype == torch.bfloat16
     ((out.double() * cot[0]).sum() + (st.double() * cot[1]).sum()).backward()
     got = {"out": out.detach(), "state": st.detach(), "dp": pl.grad}

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import rel_err
+from elmanlab.ops import implementations_used, reset_implementations_used
 from elmanlab.ops.ssd import ssd_chunked, ssd_sequential
 from op_checks import D64, DEV, LENGTHS, _check, _leaf, _run
 
@@ -56,7 +57,9 @@ def test_ssd_fast_matches_reference(rel, T, H, G, with_state, raw_dt):
                      torch.bfloat16, torch.float32, torch.float32, torch.float32]
     leaves = [None if t is None else _leaf(t.to(dtp), dtp)
               for t, dtp in zip((x, dt, A, Bm, Cm, D, S0, dt_bias), leaves_dtypes)]
+    reset_implementations_used()
     out, state = fast_fn(*leaves)
+    assert implementations_used() == {"ssd": {"path": fast.NAME, "paths": [fast.NAME], "fast": True}}
     ((out.double() * cot[0]).sum() + (state.double() * cot[1]).sum()).backward()
     got = {"out": out.detach(), "state": state.detach()}
     got.update({"d" + n: l.grad for n, l in zip(names, leaves) if l is not None})

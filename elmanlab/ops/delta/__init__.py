@@ -1,7 +1,7 @@
 """Gated delta rule (Gated DeltaNet). Fast path: flash-linear-attention's chunk kernel."""
 from __future__ import annotations
 
-from elmanlab.ops._dispatch import fast_path_enabled, reference_info, reference_reason
+from elmanlab.ops._dispatch import REFERENCE, fast_path_enabled, record, reference_info, reference_reason
 from elmanlab.ops.delta.reference import (gated_delta_rule_chunked, gated_delta_rule_recurrent, gdn_chunked,
                                           gdn_inputs)
 
@@ -16,6 +16,7 @@ def gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None):
     impl = FAST_IMPLS.get("default")
     if impl is not None and fast_path_enabled(q):
         return impl(q, k, v, g, beta, scale, initial_state)
+    record("delta", REFERENCE, False)
     return gated_delta_rule_chunked(q, k, v, g, beta, scale, initial_state)
 
 
@@ -27,15 +28,28 @@ def gdn(q, k, v, a, b, A_log, dt_bias, scale=None, initial_state=None):
     impl = FAST_IMPLS.get("gdn")
     if impl is not None and fast_path_enabled(q):
         return impl(q, k, v, a, b, A_log, dt_bias, scale, initial_state)
+    record("delta", REFERENCE, False)
     return gdn_chunked(q, k, v, a, b, A_log, dt_bias, scale, initial_state)
 
 
 def backend_info() -> dict:
     """What :func:`gated_delta_rule` and :func:`gdn` run on this machine: ``{"path", "fast",
-    "reason"}`` (on CUDA this imports fla)."""
+    "reason"}`` and ``"fix"`` when not fast (on CUDA this imports fla)."""
     reason = reference_reason()
     return _fast.backend_info() if reason is None else reference_info(reason)
 
 
+def short_conv_info() -> dict:
+    """What the layers' short causal conv + SiLU runs here (fla's Triton causal_conv1d on CUDA)."""
+    reason = reference_reason()
+    return _fast.conv_backend_info() if reason is None else reference_info(reason)
+
+
+def rms_norm_gated_info() -> dict:
+    """What GDN's gated RMSNorm runs here (fla's fused rms_norm_gated on CUDA)."""
+    reason = reference_reason()
+    return _fast.norm_backend_info() if reason is None else reference_info(reason)
+
+
 __all__ = ["gated_delta_rule", "gated_delta_rule_chunked", "gated_delta_rule_recurrent", "gdn", "gdn_chunked",
-           "gdn_inputs", "backend_info", "FAST_IMPLS"]
+           "gdn_inputs", "backend_info", "short_conv_info", "rms_norm_gated_info", "FAST_IMPLS"]

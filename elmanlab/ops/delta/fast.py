@@ -16,8 +16,12 @@ import warnings
 import torch
 
 from elmanlab.errors import ElmanlabError
+from elmanlab.ops._dispatch import REFERENCE, record
 
 NAME = "fla chunk_gated_delta_rule"
+CONV_NAME = "fla causal_conv1d"
+NORM_NAME = "fla rms_norm_gated"
+FIX = "install fla and its Triton kernels: scripts/install-gpu.sh"
 _FLA: dict | None = None
 _ERR: str | None = None
 _BWD: tuple | None = None          # (ok, backend name or error message)
@@ -74,24 +78,54 @@ def backward_backend() -> tuple[bool, str]:
     return _BWD
 
 
-def backend_info() -> dict:
-    """{'path', 'fast', 'reason'} of the CUDA path; imports fla (call on CUDA machines). Where the
-    backward is refused the forward still runs fla's kernel (fast), training raises."""
-    fla = _load()
-    if fla is None:
-        return {"path": "reference", "fast": False, "reason": f"fla not usable: {_ERR}"}
+def _path() -> str:
+    """The path name of fla's kernel here (which backend its backward takes, or that training is
+    refused): the same in backend_info and in the record of what ran."""
     ok, what = backward_backend()
-    if not ok:
-        return {"path": f"{NAME} (forward only; training refused)", "fast": True, "reason": what}
-    return {"path": f"{NAME}, backward via {what}", "fast": True, "reason": "fla importable"}
+    return f"{NAME}, backward via {what}" if ok else f"{NAME} (forward only; training refused)"
+
+
+def _unusable() -> dict:
+    return {"path": REFERENCE, "fast": False, "reason": f"fla not usable: {_ERR}", "fix": FIX}
+
+
+def backend_info() -> dict:
+    """{'path', 'fast', 'reason'} (+ 'fix' when not fast) of the CUDA path; imports fla (call on
+    CUDA machines). Where fla's backward is refused here the forward still runs fla's kernel (and
+    is recorded as fast when it runs), but training raises: ``fast`` is False, with the fix."""
+    if _load() is None:
+        return _unusable()
+    ok, what = backward_backend()
+    if ok:
+        return {"path": _path(), "fast": True, "reason": "fla importable"}
+    # the forward runs fla's kernel, but a training step is refused: not a fast path to train on
+    reason, _, fix = what.partition(". Fix: ")
+    return {"path": _path(), "fast": False, "reason": reason, "fix": fix or FIX}
+
+
+def conv_backend_info() -> dict:
+    """The same for the layers' short causal conv + SiLU (fla's Triton causal_conv1d)."""
+    if _load() is None:
+        return _unusable()
+    return {"path": CONV_NAME, "fast": True, "reason": "fla importable"}
+
+
+def norm_backend_info() -> dict:
+    """The same for GDN's gated RMSNorm (fla's fused rms_norm_gated)."""
+    if _load() is None:
+        return _unusable()
+    return {"path": NORM_NAME, "fast": True, "reason": "fla importable"}
 
 
 def gated_delta_rule_fast(q, k, v, g, beta, scale=None, initial_state=None):
     fla = _load()
     if fla is None or q.shape[1] == 0:
         from elmanlab.ops.delta.reference import gated_delta_rule_chunked
+        if q.shape[1]:                  # an empty sequence computes nothing: not recorded
+            record("delta", REFERENCE, False)
         return gated_delta_rule_chunked(q, k, v, g, beta, scale, initial_state)
     q, k, v = _guard_and_cast(q, k, v, g, beta, initial_state)
+    record("delta", _path(), True)
     o, S = fla["chunk_gated_delta_rule"](
         q, k, v, g.float(), beta.to(q.dtype), scale=scale, initial_state=initial_state,
         output_final_state=True)
@@ -121,8 +155,11 @@ def gdn_fast(q, k, v, a, b, A_log, dt_bias, scale=None, initial_state=None):
     from elmanlab.ops.delta.reference import gdn_chunked, gdn_gates
     fla = _load()
     if fla is None or q.shape[1] == 0:
+        if q.shape[1]:
+            record("delta", REFERENCE, False)
         return gdn_chunked(q, k, v, a, b, A_log, dt_bias, scale, initial_state)
     q, k, v = _guard_and_cast(q, k, v, a, b, A_log, dt_bias, initial_state)
+    record("delta", _path(), True)
     fn = fla["chunk_gated_delta_rule"]
     if "fused_inputs" not in fla:                  # inspect once, not on every layer call
         fla["fused_inputs"] = _fused_inputs_supported(fn)
@@ -143,6 +180,7 @@ def short_conv_fast(x, weight, bias, activation: str | None):
         return None
     w = weight.squeeze(1).to(x.dtype)
     b = None if bias is None else bias.to(x.dtype)
+    record("short_conv", CONV_NAME, True)
     y, _ = fla["causal_conv1d"](x, weight=w, bias=b, activation=activation)
     return y
 
@@ -152,4 +190,5 @@ def rms_norm_gated_fast(x, z, weight, eps: float):
     fla = _load()
     if fla is None:
         return None
+    record("gated_rmsnorm", NORM_NAME, True)
     return fla["rms_norm_gated"](x, z, weight, None, activation="swish", eps=eps)

@@ -1,7 +1,7 @@
 """E88 matrix-state scan (delta rule, decay, tanh or linear state, optional output gate)."""
 from __future__ import annotations
 
-from elmanlab.ops._dispatch import fast_path_enabled, reference_info, reference_reason
+from elmanlab.ops._dispatch import REFERENCE, fast_path_enabled, record, reference_info, reference_reason
 from elmanlab.ops.e88.reference import apply_gate, e88_scan_ref
 
 # The fast implementation, with the reference's signature. Registering compiles nothing: the
@@ -17,12 +17,14 @@ def e88_scan(q, k, v, decay, S0=None, nonlinearity: str = "tanh", g=None,
     impl = FAST_IMPLS.get("default")
     if impl is not None and fast_path_enabled(q):
         return impl(q, k, v, decay, S0, nonlinearity, g, gate_activation)
+    record("e88", REFERENCE, False)
     return e88_scan_ref(q, k, v, decay, S0, nonlinearity, g, gate_activation)
 
 
 def backend_info(*, n_state: int = 32, head_v_dim: int = 32) -> dict:
     """What :func:`e88_scan` runs here for bf16 heads of key dim ``n_state`` and value dim
-    ``head_v_dim`` (default: E88's): ``{"path", "fast", "reason"}``. On CUDA it builds the kernel once."""
+    ``head_v_dim`` (default: E88's): ``{"path", "fast", "reason"}`` (and ``"fix"`` when not fast). On
+    CUDA it builds the kernel once."""
     reason = reference_reason()
     if reason is None and "default" not in FAST_IMPLS:
         reason = "no fast E88 kernel registered"

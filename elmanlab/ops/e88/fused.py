@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from elmanlab.ops._dispatch import REFERENCE, record
 from elmanlab.ops.e88.reference import e88_scan_ref
 
 _SRC = Path(__file__).with_name("e88_kernel.cu")
@@ -138,11 +139,14 @@ class CudaBackend:
     @classmethod
     def plan(cls, q, m):
         """Checkpoint interval C for this shape, or 0 when the kernel does not support it."""
+        idx = q.device.index if q.device.index is not None else torch.cuda.current_device()
+        return cls.plan_for(idx, 1 if q.dtype == torch.bfloat16 else 0, q.shape[-1], m)
+
+    @classmethod
+    def plan_for(cls, idx: int, dtype: int, n: int, m: int) -> int:
+        """:meth:`plan` for key dim n, value dim m, dtype code (1 bf16, 0 float32) on GPU idx."""
         from elmanlab.ops._build import check
 
-        idx = q.device.index if q.device.index is not None else torch.cuda.current_device()
-        dtype = 1 if q.dtype == torch.bfloat16 else 0
-        n = q.shape[-1]
         key = (idx, dtype, n, m)
         if key not in cls._plans:
             lib = cls.lib(idx)
@@ -240,18 +244,39 @@ def e88_scan_backend(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_
 
 
 _WARNED = set()
+NAME = "elmanlab E88 CUDA kernel"          # the path name in backend_info and in the record of what ran
+WIDTH_FIX = ("choose n_state and expansion so that the value dim (n_state * expansion) is one the kernel "
+             "takes (expansion 1.0 always is)")
+
+
+def cuda_status(q, v) -> tuple[bool, str, str]:
+    """(runs, reason, fix): whether the CUDA kernel takes heads of key dim q.shape[-1] and value dim
+    v.shape[-1] in q's dtype, and if not why (the build's first error line, or the shape) and what
+    to do about it. A build that failed warns once."""
+    if not q.is_cuda or q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False, f"{q.dtype} {'CUDA' if q.is_cuda else 'CPU'} tensors", "run on a CUDA GPU in bf16 or float32"
+    idx = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    return plan_status(idx, 1 if q.dtype == torch.bfloat16 else 0, q.shape[-1], v.shape[-1])
+
+
+def plan_status(idx: int, dtype: int, n: int, m: int) -> tuple[bool, str, str]:
+    """:func:`cuda_status` for key dim n, value dim m, dtype code (1 bf16, 0 float32) on GPU idx."""
+    try:
+        C = CudaBackend.plan_for(idx, dtype, n, m)
+    except Exception as exc:  # no nvcc or a build failure: fall back once, say so
+        from elmanlab.ops._build import failure
+        reason, fix = failure(exc)
+        if "build" not in _WARNED:
+            _WARNED.add("build")
+            warnings.warn(f"elmanlab: E88 CUDA kernel unavailable ({reason}); using the reference", RuntimeWarning)
+        return False, f"E88 kernel unavailable: {reason}", fix
+    if C > 0:
+        return True, "", ""
+    return False, f"the E88 kernel does not take key dim {n} with value dim {m} on this GPU", WIDTH_FIX
 
 
 def cuda_supported(q, v) -> bool:
-    if not q.is_cuda or q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        return False
-    try:
-        return CudaBackend.plan(q, v.shape[-1]) > 0
-    except Exception as exc:  # no nvcc or a build failure: fall back once, say so
-        if "build" not in _WARNED:
-            _WARNED.add("build")
-            warnings.warn(f"elmanlab: E88 CUDA kernel unavailable ({exc}); using the reference", RuntimeWarning)
-        return False
+    return cuda_status(q, v)[0]
 
 
 def e88_scan_cuda(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_activation="silu"):
@@ -262,18 +287,19 @@ def e88_scan_cuda(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_act
 
 
 def fast_e88(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_activation="silu"):
-    """FAST_IMPLS['default']: the CUDA kernel where it supports the shape, else the reference."""
+    """FAST_IMPLS['default']: the CUDA kernel where it supports the shape, else the reference
+    (recorded as such: ``backend_info`` at the layer's shapes says so before a run starts)."""
     if cuda_supported(q, v):
+        record("e88", NAME, True)
         return e88_scan_backend(q, k, v, decay, S0, nonlinearity, g, gate_activation, CudaBackend)
+    record("e88", REFERENCE, False)
     return e88_scan_ref(q, k, v, decay, S0, nonlinearity, g, gate_activation)
 
 
 def backend_info(n_state: int, head_v_dim: int) -> dict:
     """What :func:`fast_e88` runs for bf16 heads of key dim ``n_state`` and value dim ``head_v_dim``
     on the current GPU (asks the kernel's plan: builds the kernel once)."""
-    q = torch.empty(1, 1, 1, n_state, device="cuda", dtype=torch.bfloat16)
-    v = torch.empty(1, 1, 1, head_v_dim, device="cuda", dtype=torch.bfloat16)
-    if cuda_supported(q, v):
-        return {"path": "elmanlab E88 CUDA kernel", "fast": True, "reason": f"n_state {n_state}, value dim {head_v_dim}"}
-    return {"path": "reference", "fast": False,
-            "reason": f"E88 kernel does not support n {n_state}, m {head_v_dim} here"}
+    ok, reason, fix = plan_status(torch.cuda.current_device(), 1, n_state, head_v_dim)
+    if ok:
+        return {"path": NAME, "fast": True, "reason": f"n_state {n_state}, value dim {head_v_dim}"}
+    return {"path": REFERENCE, "fast": False, "reason": reason, "fix": fix}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from elmanlab.ops._dispatch import fast_path_enabled, reference_info, reference_reason
+from elmanlab.ops._dispatch import REFERENCE, fast_path_enabled, record, reference_info, reference_reason
 from elmanlab.ops.elman.reference import elman_scan_ref
 
 # Fast implementations, keyed by nonlinearity: callable (wx, W_h, b, h0) -> (h, h_T).
@@ -22,12 +22,14 @@ def elman_scan(wx: torch.Tensor, W_h: torch.Tensor, b: torch.Tensor | None = Non
     """wx [B, T, D], W_h [D, D], b [D] or None, h0 [B, D] or None -> (h [B, T, D], h_T [B, D])."""
     if fast_path_enabled(wx) and nonlinearity in FAST_IMPLS:
         return FAST_IMPLS[nonlinearity](wx, W_h, b, h0)
+    record("elman", REFERENCE, False)
     return elman_scan_ref(wx, W_h, b, h0, nonlinearity)
 
 
 def backend_info(*, d_inner: int = 1760, nonlinearity: str = "tanh") -> dict:
     """What :func:`elman_scan` runs here for bf16 inputs of width ``d_inner`` (default: E1's at
-    400M): ``{"path", "fast", "reason"}``. On CUDA it builds the persistent kernel once."""
+    400M): ``{"path", "fast", "reason"}`` (and ``"fix"`` when not fast). On CUDA it builds the
+    persistent kernel once; a bad ELMANLAB_ELMAN_IMPL is an ElmanlabError."""
     reason = reference_reason()
     if reason is None and nonlinearity not in FAST_IMPLS:
         reason = f"no fast Elman kernel registered for {nonlinearity}"

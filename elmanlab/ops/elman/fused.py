@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from elmanlab.ops._dispatch import REFERENCE, env_flag, record
 from elmanlab.ops.elman.reference import elman_scan_ref
 
 _SRC = Path(__file__).with_name("persistent.cu")
@@ -73,8 +74,15 @@ class CudaBackend:
     name = "persistent"
     _plans: dict = {}
     # bf16 inputs run the tensor-core variant (bf16 W in registers, bf16 state exchange); False
-    # runs them through the fp32 CUDA-core kernel instead (kept for comparison)
-    use_mma = os.environ.get("ELMANLAB_ELMAN_MMA", "1") not in ("0", "false", "False")
+    # runs them through the fp32 CUDA-core kernel instead (kept for comparison). None: read from
+    # ELMANLAB_ELMAN_MMA (1/true or 0/false; default on) on the first launch.
+    use_mma: bool | None = None
+
+    @classmethod
+    def mma_enabled(cls) -> bool:
+        if cls.use_mma is None:
+            cls.use_mma = env_flag("ELMANLAB_ELMAN_MMA", True)
+        return cls.use_mma
 
     @staticmethod
     def lib(device_index: int):
@@ -114,7 +122,7 @@ class CudaBackend:
         idx = dev.index if dev.index is not None else torch.cuda.current_device()
         p = cls.plan(idx, D)
         lib = cls.lib(idx)
-        if X.dtype == torch.bfloat16 and cls.use_mma and p["KP"] <= 16 * 8 * 17:
+        if X.dtype == torch.bfloat16 and cls.mma_enabled() and p["KP"] <= 16 * 8 * 17:
             sbuf = torch.zeros(2, B, p["KP"], dtype=torch.bfloat16, device=dev)
             if s0 is not None:
                 sbuf[0, :, :D] = s0
@@ -233,54 +241,134 @@ def _warn_once(key, msg):
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
+# path names, shared by backend_info and the record of what ran (ops.implementations_used). The
+# persistent kernel is the fast path; where the width is too large for it the stepping stones
+# (cuDNN, the chunked form) are the fastest that runs, and count as fast; where it could run but
+# its build failed (no nvcc, a compile error) they are a fallback and do not.
+PERSISTENT = {nl: f"elmanlab persistent Elman CUDA kernel ({nl})" for nl in MODES}
+CUDNN = "cuDNN tanh RNN"
+CUDNN_STEP = "cuDNN tanh RNN (stepping stone)"
+CHUNKED = "chunked linear scan (PyTorch GEMMs, ops/elman/chunked.py)"
+UNBUILT = " (fallback: persistent kernel unavailable)"
+IMPLS = ("auto", "persistent", "cudnn")
+UNSET_IMPL = "unset ELMANLAB_ELMAN_IMPL (auto picks the fastest path that runs here)"
+CUDNN_LINEAR = "cuDNN has no linear RNN, so E42's linear recurrence cannot run on it"
+
+
+def persistent_status(wx) -> tuple[str, str, str]:
+    """(kind, reason, fix) of the persistent kernel on this input. kind: "ok" (it runs), "input"
+    (not a CUDA [B, T, D] float32/bfloat16 tensor), "size" (W_h does not fit the GPU), "build" (no
+    nvcc, a compile or load error); reason and fix say why not and what would change it."""
+    if not wx.is_cuda:
+        return "input", "not a CUDA tensor", "run on a CUDA GPU"
+    if wx.dtype not in _DTYPE_CODE or wx.dim() != 3:
+        return ("input", f"{wx.dtype} input of {wx.dim()} dims (the kernel takes [B, T, D] float32 or bfloat16)",
+                "train in bf16 autocast or float32")
+    idx = wx.device.index if wx.device.index is not None else torch.cuda.current_device()
+    return plan_status(idx, wx.shape[-1])
+
+
+def plan_status(device_index: int, D: int) -> tuple[str, str, str]:
+    """:func:`persistent_status` for width ``D`` on a GPU (builds the kernel once)."""
+    try:
+        p = CudaBackend.plan(device_index, D)
+    except Exception as exc:  # no nvcc, compile error: the caller falls back (or refuses); say so once
+        from elmanlab.ops._build import failure
+        reason, fix = failure(exc)
+        _warn_once("build", f"elmanlab: persistent Elman kernel unavailable ({reason}); using the fallback")
+        return "build", f"persistent kernel unavailable: {reason}", fix
+    if p["ok"]:
+        return "ok", "", ""
+    if p["KC"] <= 0:
+        return "size", f"d_inner {D}: W_h does not fit in the GPU's shared memory", "use a smaller d_inner"
+    return "size", f"d_inner {D} needs {p['blocks']} resident blocks, the GPU has {p['sms']} SMs", \
+        "use a smaller d_inner"
+
+
 def persistent_supported(wx) -> bool:
     """True when the persistent kernel can run this input (CUDA, fp32/bf16, D <= 16 x SMs)."""
-    if not wx.is_cuda or wx.dtype not in _DTYPE_CODE or wx.dim() != 3:
-        return False
-    idx = wx.device.index if wx.device.index is not None else torch.cuda.current_device()
-    try:
-        return CudaBackend.plan(idx, wx.shape[-1])["ok"]
-    except Exception as exc:  # no nvcc, compile error: fall back, say so once
-        _warn_once("build", f"elmanlab: persistent Elman kernel unavailable ({exc}); using the fallback")
-        return False
+    return persistent_status(wx)[0] == "ok"
 
 
 def _impl_choice() -> str:
-    choice = os.environ.get("ELMANLAB_ELMAN_IMPL", "auto")
-    if choice not in ("auto", "persistent", "cudnn"):
+    """ELMANLAB_ELMAN_IMPL: auto (unset or empty), persistent or cudnn (any case); anything else is
+    a one-line ElmanlabError."""
+    raw = os.environ.get("ELMANLAB_ELMAN_IMPL")
+    choice = (raw or "auto").lower()
+    if choice not in IMPLS:
         from elmanlab.errors import ElmanlabError
-        raise ElmanlabError(f"ELMANLAB_ELMAN_IMPL must be auto, persistent or cudnn, got {choice!r}; "
-                            f"set one of those or unset it")
+        raise ElmanlabError(f"ELMANLAB_ELMAN_IMPL={raw!r} is not understood: use auto, persistent or cudnn, "
+                            "or unset it")
     return choice
 
 
+def _refused(choice: str, why: str):
+    from elmanlab.errors import ElmanlabError
+    return ElmanlabError(f"ELMANLAB_ELMAN_IMPL={choice}: {why}; {UNSET_IMPL}")
+
+
 def fast_tanh(wx, W_h, b=None, h0=None):
-    """FAST_IMPLS['tanh']: the persistent kernel where it runs, else cuDNN's tanh RNN."""
+    """FAST_IMPLS['tanh']: the persistent kernel where it runs, else cuDNN's tanh RNN
+    (ELMANLAB_ELMAN_IMPL=cudnn: always cuDNN; =persistent: the persistent kernel or an error)."""
     choice = _impl_choice()
-    if choice != "cudnn" and persistent_supported(wx):
-        return elman_scan_backend(wx, W_h, b, h0, "tanh", CudaBackend)
+    kind = "input"
+    if choice != "cudnn":
+        kind, why, _ = persistent_status(wx)
+        if kind == "ok":
+            record("elman", PERSISTENT["tanh"], True)
+            return elman_scan_backend(wx, W_h, b, h0, "tanh", CudaBackend)
+        if choice == "persistent":
+            raise _refused(choice, f"the persistent kernel cannot run here ({why})")
     if wx.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        if choice == "cudnn":
+            record("elman", CUDNN, True)
+        elif kind == "build":
+            record("elman", CUDNN + UNBUILT, False)
+        else:
+            record("elman", CUDNN_STEP, True)
         return elman_scan_cudnn(wx, W_h, b, h0)
+    record("elman", REFERENCE, False)
     return elman_scan_ref(wx, W_h, b, h0, "tanh")
 
 
 def fast_linear(wx, W_h, b=None, h0=None):
-    """FAST_IMPLS['linear']: the persistent kernel where it runs, else the chunked GEMM form."""
-    if persistent_supported(wx):
+    """FAST_IMPLS['linear']: the persistent kernel where it runs, else the chunked GEMM form
+    (ELMANLAB_ELMAN_IMPL=persistent: the persistent kernel or an error; =cudnn: an error)."""
+    choice = _impl_choice()
+    if choice == "cudnn":
+        raise _refused(choice, CUDNN_LINEAR)
+    kind, why, _ = persistent_status(wx)
+    if kind == "ok":
+        record("elman", PERSISTENT["linear"], True)
         return elman_scan_backend(wx, W_h, b, h0, "linear", CudaBackend)
+    if choice == "persistent":
+        raise _refused(choice, f"the persistent kernel cannot run here ({why})")
     from elmanlab.ops.elman.chunked import elman_linear_chunked
+    if kind == "build":
+        record("elman", CHUNKED + UNBUILT, False)
+    else:
+        record("elman", CHUNKED, True)
     return elman_linear_chunked(wx, W_h, b, h0)
 
 
 def backend_info(d_inner: int, nonlinearity: str) -> dict:
     """What :func:`fast_tanh` / :func:`fast_linear` run for bf16 inputs of width ``d_inner`` on the
-    current GPU (asks the persistent kernel's plan: builds the kernel once)."""
-    if nonlinearity == "tanh" and _impl_choice() == "cudnn":
-        return {"path": "cuDNN tanh RNN", "fast": True, "reason": "ELMANLAB_ELMAN_IMPL=cudnn"}
-    if persistent_supported(torch.empty(1, 1, d_inner, device="cuda", dtype=torch.bfloat16)):
-        return {"path": f"elmanlab persistent Elman CUDA kernel ({nonlinearity})", "fast": True,
-                "reason": f"d_inner {d_inner} fits"}
-    reason = f"persistent kernel not usable at d_inner {d_inner}"
-    if nonlinearity == "tanh":
-        return {"path": "cuDNN tanh RNN (stepping stone)", "fast": True, "reason": reason}
-    return {"path": "chunked linear scan (PyTorch GEMMs, ops/elman/chunked.py)", "fast": True, "reason": reason}
+    current GPU (asks the persistent kernel's plan: builds the kernel once): ``{"path", "fast",
+    "reason"}`` and ``"fix"`` when not fast. A path the ELMANLAB_ELMAN_IMPL setting asks for and that
+    cannot run here is not fast ("refused"); so is a fallback taken because the kernel's build failed."""
+    choice = _impl_choice()
+    if choice == "cudnn":
+        if nonlinearity == "tanh":
+            return {"path": CUDNN, "fast": True, "reason": "ELMANLAB_ELMAN_IMPL=cudnn"}
+        return {"path": "refused: ELMANLAB_ELMAN_IMPL=cudnn", "fast": False, "reason": CUDNN_LINEAR,
+                "fix": UNSET_IMPL}
+    kind, why, fix = plan_status(torch.cuda.current_device(), d_inner)
+    if kind == "ok":
+        return {"path": PERSISTENT[nonlinearity], "fast": True, "reason": f"d_inner {d_inner} fits"}
+    if choice == "persistent":
+        return {"path": "refused: ELMANLAB_ELMAN_IMPL=persistent", "fast": False,
+                "reason": f"the persistent kernel cannot run here ({why})", "fix": f"{UNSET_IMPL}, or {fix}"}
+    fallback = CUDNN if nonlinearity == "tanh" else CHUNKED
+    if kind == "build":
+        return {"path": fallback + UNBUILT, "fast": False, "reason": why, "fix": fix}
+    return {"path": CUDNN_STEP if nonlinearity == "tanh" else CHUNKED, "fast": True, "reason": why}

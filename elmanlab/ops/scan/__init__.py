@@ -9,7 +9,7 @@ Two entry points:
 """
 from __future__ import annotations
 
-from elmanlab.ops._dispatch import fast_path_enabled, reference_info, reference_reason, up
+from elmanlab.ops._dispatch import REFERENCE, fast_path_enabled, record, reference_info, reference_reason, up
 from elmanlab.ops.scan.reference import linear_scan_parallel, linear_scan_sequential, minrnn_coefficients
 from elmanlab.ops.scan import fast as _fast
 
@@ -21,6 +21,7 @@ def linear_scan(a, b, h0=None):
     impl = FAST_IMPLS.get("default")
     if impl is not None and fast_path_enabled(b):
         return impl(a, b, h0)
+    record("scan", REFERENCE, False)
     return linear_scan_parallel(a, b, h0)
 
 
@@ -40,7 +41,7 @@ def minrnn_scan(p, kind: str, h0=None):
 
 def backend_info() -> dict:
     """What :func:`linear_scan` and :func:`minrnn_scan` run on this machine: ``{"path", "fast",
-    "reason"}`` (on CUDA this imports triton)."""
+    "reason"}`` and ``"fix"`` when not fast (on CUDA this imports triton)."""
     reason = reference_reason()
     return _fast.backend_info() if reason is None else reference_info(reason)
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import warnings
 
+from elmanlab.ops._dispatch import REFERENCE, record
+
 NAME = "elmanlab Triton scan (gates fused, state recomputed in backward)"
+FIX = "install triton (it comes with torch's CUDA wheels): scripts/install-gpu.sh"
 _MOD = None
 _ERR: str | None = None
 
@@ -30,7 +33,7 @@ def backend_info() -> dict:
     """{'path', 'fast', 'reason'} of the CUDA path; imports triton (call on CUDA machines)."""
     mod = _load()
     if mod is None:
-        return {"path": "reference", "fast": False, "reason": f"triton not usable: {_ERR}"}
+        return {"path": REFERENCE, "fast": False, "reason": f"triton not usable: {_ERR}", "fix": FIX}
     return {"path": NAME, "fast": True, "reason": "triton importable"}
 
 
@@ -38,7 +41,9 @@ def linear_scan_fast(a, b, h0=None):
     mod = _load()
     if mod is None:
         from elmanlab.ops.scan.reference import linear_scan_parallel
+        record("scan", REFERENCE, False)
         return linear_scan_parallel(a, b, h0)
+    record("scan", NAME, True)
     return mod.linear_scan_triton(a, b, h0)
 
 
@@ -47,5 +52,7 @@ def minrnn_scan_fast(p, kind, h0=None):
     if mod is None:
         from elmanlab.ops.scan.reference import linear_scan_parallel, minrnn_coefficients
         a, b = minrnn_coefficients(p.float(), kind)
+        record("scan", REFERENCE, False)
         return linear_scan_parallel(a, b, h0)
+    record("scan", NAME, True)
     return mod.minrnn_scan_triton(p, kind, h0)

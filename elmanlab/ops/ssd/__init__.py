@@ -1,7 +1,7 @@
 """Mamba2 SSD scan. Fast path: mamba_ssm's Triton ``mamba_chunk_scan_combined`` when installed."""
 from __future__ import annotations
 
-from elmanlab.ops._dispatch import fast_path_enabled, reference_info, reference_reason
+from elmanlab.ops._dispatch import REFERENCE, fast_path_enabled, record, reference_info, reference_reason
 from elmanlab.ops.ssd.reference import ssd_chunked, ssd_sequential, step_size
 
 from elmanlab.ops.ssd import fast as _fast
@@ -20,14 +20,21 @@ def ssd(x, dt, A, Bm, Cm, D=None, initial_state=None, chunk_size: int = 64, dt_b
     impl = FAST_IMPLS.get("default")
     if impl is not None and fast_path_enabled(x):
         return impl(x, dt, A, Bm, Cm, D, initial_state, chunk_size, dt_bias, dt_softplus)
+    record("ssd", REFERENCE, False)
     return ssd_chunked(x, step_size(dt, dt_bias, dt_softplus), A, Bm, Cm, D, initial_state, chunk_size)
 
 
 def backend_info() -> dict:
-    """What :func:`ssd` runs on this machine: ``{"path", "fast", "reason"}`` (on CUDA this imports
-    mamba_ssm)."""
+    """What :func:`ssd` runs on this machine: ``{"path", "fast", "reason"}`` and ``"fix"`` when not
+    fast (on CUDA this imports mamba_ssm)."""
     reason = reference_reason()
     return _fast.backend_info() if reason is None else reference_info(reason)
 
 
-__all__ = ["ssd", "ssd_chunked", "ssd_sequential", "step_size", "backend_info", "FAST_IMPLS"]
+def gated_rmsnorm_info() -> dict:
+    """What Mamba2's gated RMSNorm runs here (mamba_ssm's fused kernel on CUDA), as backend_info."""
+    reason = reference_reason()
+    return _fast.norm_backend_info() if reason is None else reference_info(reason)
+
+
+__all__ = ["ssd", "ssd_chunked", "ssd_sequential", "step_size", "backend_info", "gated_rmsnorm_info", "FAST_IMPLS"]

@@ -15,7 +15,11 @@ import sys
 import types
 import warnings
 
+from elmanlab.ops._dispatch import REFERENCE, record
+
 NAME = "mamba_ssm Triton mamba_chunk_scan_combined"
+NORM_NAME = "mamba_ssm Triton rmsnorm_fn (gated)"
+FIX = "install mamba_ssm and its Triton kernels: scripts/install-gpu.sh"
 _MODS: dict | None = None
 _ERR: str | None = None
 
@@ -54,11 +58,20 @@ def _load():
 
 
 def backend_info() -> dict:
-    """{'path', 'fast', 'reason'} of the CUDA path; imports mamba_ssm (call on CUDA machines)."""
+    """{'path', 'fast', 'reason'} (+ 'fix' when not fast) of the CUDA path; imports mamba_ssm (call
+    on CUDA machines)."""
     mods = _load()
     if mods is None:
-        return {"path": "reference", "fast": False, "reason": f"mamba_ssm not usable: {_ERR}"}
+        return {"path": REFERENCE, "fast": False, "reason": f"mamba_ssm not usable: {_ERR}", "fix": FIX}
     return {"path": NAME, "fast": True, "reason": "mamba_ssm Triton SSD importable"}
+
+
+def norm_backend_info() -> dict:
+    """The same for the gated RMSNorm (mamba_ssm's fused kernel, else the layer's own module)."""
+    mods = _load()
+    if mods is None:
+        return {"path": REFERENCE, "fast": False, "reason": f"mamba_ssm not usable: {_ERR}", "fix": FIX}
+    return {"path": NORM_NAME, "fast": True, "reason": "mamba_ssm Triton layernorm_gated importable"}
 
 
 def ssd_fast(x, dt, A, Bm, Cm, D=None, initial_state=None, chunk_size: int = 64, dt_bias=None,
@@ -66,7 +79,10 @@ def ssd_fast(x, dt, A, Bm, Cm, D=None, initial_state=None, chunk_size: int = 64,
     mods = _load()
     if mods is None or x.shape[1] == 0:
         from elmanlab.ops.ssd.reference import ssd_chunked, step_size
+        if x.shape[1]:                  # an empty sequence computes nothing: not recorded
+            record("ssd", REFERENCE, False)
         return ssd_chunked(x, step_size(dt, dt_bias, dt_softplus), A, Bm, Cm, D, initial_state, chunk_size)
+    record("ssd", NAME, True)
     y, final = mods["ssd_combined"].mamba_chunk_scan_combined(
         x, dt, A, Bm, Cm, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
         initial_states=initial_state, return_final_states=True)
@@ -79,5 +95,6 @@ def gated_rmsnorm_fast(x, z, weight, eps: float, gate_after: bool):
     mods = _load()
     if mods is None:
         return None
+    record("gated_rmsnorm", NORM_NAME, True)
     return mods["layernorm_gated"].rmsnorm_fn(x, weight, None, z=z, eps=eps, group_size=None,
                                               norm_before_gate=gate_after)
