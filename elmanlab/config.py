@@ -150,10 +150,14 @@ class TrainConfig:
     device: str = setting("auto", "auto (CUDA when there is a GPU), cpu, cuda or cuda:N", "run",
                           identity=False, resume=True)
     compile: bool = setting(False, "torch.compile the model (compile time is timed apart)", "run")
-    cuda_graph: bool = setting(
-        False, "after one eager step, capture forward + backward as one CUDA graph and replay it every "
-               "step: the same kernels without per-kernel launch overhead, for host-bound steps (small "
-               "batches); CUDA, one process, not with --compile; the optimizer stays eager", "run", identity=False, resume=True)
+    cuda_graph: bool | None = setting(
+        None, "after one eager step, capture forward + backward as one CUDA graph and replay it every "
+              "step: the same kernels without per-kernel launch overhead (the optimizer stays eager). "
+              "Default: on for one process on one CUDA device without --compile, off elsewhere "
+              "(recorded as what ran)", "run", identity=False, resume=True)
+    allow_reference: bool = setting(
+        False, "on CUDA, train a family whose fast path is unavailable on its plain-PyTorch reference "
+               "(slow; recorded) instead of stopping before step 1", "run", identity=False, resume=True)
     checkpoint_every: int = setting(0, "write a checkpoint every N steps (last two kept; needed for "
                                        "--resume); 0: none", "run", identity=False, resume=True)
     log_every: int = setting(10, "steps between metrics.jsonl lines", "run", identity=False)

@@ -53,9 +53,39 @@ def package_version(*dists: str) -> str | None:
     return None
 
 
+def source_info() -> dict:
+    """The code that runs: elmanlab's git commit and whether the work tree differs from it (tracked
+    files), read with git from the package's checkout; where the package is no git checkout (an
+    installed wheel, a copied tree), ``ELMANLAB_SOURCE_COMMIT`` / ``ELMANLAB_SOURCE_DIRTY`` (0 or 1)
+    if the environment gives them, else None."""
+    import subprocess
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args):
+        try:
+            r = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return r if r.returncode == 0 else None
+    top = git("rev-parse", "--show-toplevel")
+    if top is not None and Path(top.stdout.strip()).resolve() == root:
+        head = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
+        if head is not None:
+            return {"commit": head.stdout.strip(), "dirty": None if status is None else bool(status.stdout.strip()),
+                    "from": "git"}
+    commit = os.environ.get("ELMANLAB_SOURCE_COMMIT") or None
+    dirty = os.environ.get("ELMANLAB_SOURCE_DIRTY")
+    return {"commit": commit, "dirty": None if dirty not in ("0", "1") else dirty == "1",
+            "from": "environment" if commit else None}
+
+
 def versions(device: torch.device) -> dict:
     import numpy as np
-    out = {"elmanlab": package_version("elmanlab"), "python": sys.version.split()[0], "torch": torch.__version__,
+
+    import elmanlab
+    out = {"elmanlab": elmanlab.__version__, "python": sys.version.split()[0], "torch": torch.__version__,
            "numpy": np.__version__, "schedulefree": package_version("schedulefree"),
            "triton": package_version("triton"), "fla": package_version("flash-linear-attention", "fla-core"),
            "mamba_ssm": package_version("mamba-ssm", "mamba_ssm"), "cuda": torch.version.cuda, "gpu": None}

@@ -60,8 +60,8 @@ class GraphedStep:
             # "previous error during capture": the cause is the exception it was raised during
             cause = e.__context__ if e.__context__ is not None else e
             msg = f"{type(cause).__name__}: {cause}".splitlines()[0][:300]
-            raise ElmanlabError(f"--cuda-graph: capturing the training step failed ({msg}); run without "
-                                "--cuda-graph") from e
+            raise ElmanlabError(f"CUDA graph: capturing the training step failed ({msg}); run with "
+                                "--no-cuda-graph") from e
         self.replays = 0
 
     def __call__(self, x: torch.Tensor):

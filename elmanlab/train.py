@@ -60,10 +60,39 @@ from elmanlab.config import TrainConfig, resumable_settings
 from elmanlab.data import fingerprint_update
 from elmanlab.errors import ElmanlabError
 from elmanlab.fsutil import atomic_write_json, atomic_write_text
-from elmanlab.hardware import autocast, dist_info, peak_bf16_flops, peak_memory_gb, resolve_device, versions
+from elmanlab.hardware import (autocast, dist_info, peak_bf16_flops, peak_memory_gb, resolve_device, source_info,
+                               versions)
+from elmanlab.ops import implementations_used, reset_implementations_used
 from elmanlab.runs import (CONFIG_FILE, METRICS_FILE, RUN_FORMAT, SUMMARY_FILE, check_new_run_dir, load_run_config,
                            run_status)
 from elmanlab.step import GraphedStep, grad_norm, make_optimizer
+
+
+# ---------------------------------------------------------------- before the first step
+
+def _graph_choice(cfg: TrainConfig, device: torch.device, world: int) -> tuple[bool, str | None]:
+    """(whether the step runs as a CUDA graph, why not): as asked, else on wherever it applies."""
+    if cfg.cuda_graph is not None:
+        return bool(cfg.cuda_graph), (None if cfg.cuda_graph else "--no-cuda-graph")
+    why_not = ("on the CPU" if device.type != "cuda" else "--compile is on" if cfg.compile
+               else f"{world} processes (torchrun)" if world > 1 else None)
+    return why_not is None, why_not
+
+
+def check_fast_path(cfg: TrainConfig, device: torch.device) -> str | None:
+    """On CUDA, stop before step 1 when the model's family would run its plain-PyTorch reference,
+    unless ``allow_reference``; returns the reason the reference runs (allowed), else None."""
+    if device.type != "cuda":
+        return None
+    fam = cfg.model.family
+    info = fam.backend_info(cfg.model.dim, cfg.model.options)
+    if info["fast"]:
+        return None
+    if not cfg.allow_reference:
+        raise ElmanlabError(f"{fam.name} has no fast path on this GPU ({info['reason']}): "
+                            f"{info.get('fix') or 'see `elmanlab doctor`'}; or add --allow-reference to train on "
+                            f"the plain-PyTorch reference (slow, recorded)")
+    return info["reason"]
 
 
 # ---------------------------------------------------------------- the trainer
@@ -95,6 +124,12 @@ class Trainer:
         if cfg.cuda_graph and self.device.type != "cuda":
             raise ElmanlabError(f"--cuda-graph needs a CUDA device, not {self.device}: drop --cuda-graph "
                                 "(with --resume: --no-cuda-graph)")
+        self.use_graph, self.graph_note = _graph_choice(cfg, self.device, self.world)
+        if cfg.cuda_graph is None and self.graph_note and self.device.type == "cuda" and self.is_main:
+            sys.stderr.write(f"note: CUDA graphs off: {self.graph_note}\n")
+        self.reference_note = check_fast_path(cfg, self.device)
+        reset_implementations_used()                        # what this process's steps run, from here
+        self.paths_checked = False
         # data paths are stored absolute so that eval, generate and resume work from any folder
         if cfg.data is not None:
             cfg.data = str(Path(cfg.data).expanduser().resolve())
@@ -129,7 +164,7 @@ class Trainer:
         self.fwd = self.model
         self.graphed: GraphedStep | None = None
         self.graph_warm = False                             # the eager step before the capture ran
-        if cfg.cuda_graph:
+        if self.use_graph:
             self.graph_stream = torch.cuda.Stream(self.device)
         if cfg.compile:
             self.fwd = torch.compile(self.fwd)
@@ -167,7 +202,7 @@ class Trainer:
     def loss_and_grads(self, x: torch.Tensor) -> torch.Tensor:
         """Forward and backward of the batch ``x`` [B, T+1]: [loss, gradient norm] on the device,
         without a host synchronisation (so that it can be captured in a CUDA graph)."""
-        with autocast(self.device, cache=not self.cfg.cuda_graph):
+        with autocast(self.device, cache=not self.use_graph):
             _, loss = self.fwd(x[:, :-1], x[:, 1:])
         loss.backward()
         gn = grad_norm(self.params).to(loss.device)
@@ -180,10 +215,10 @@ class Trainer:
         x, offsets = self.batch()
         if self.graphed is not None:
             stats = self.graphed(x)
-        elif cfg.cuda_graph and self.graph_warm:            # warmed up on the graph's stream: capture
+        elif self.use_graph and self.graph_warm:            # warmed up on the graph's stream: capture
             self.graphed = GraphedStep(self.loss_and_grads, x, self.graph_stream)
             stats = self.graphed(x)
-        elif cfg.cuda_graph:                                # the eager warm-up, on the graph's stream
+        elif self.use_graph:                                # the eager warm-up, on the graph's stream
             self.graph_stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(self.graph_stream):
                 stats = self.loss_and_grads(x)
@@ -215,7 +250,23 @@ class Trainer:
         self.fingerprint = fingerprint_update(self.fingerprint, offsets)
         self.step += 1
         self.tokens += cfg.batch_size * cfg.seq_len
+        if not self.paths_checked:                          # the first step of this process ran
+            self.paths_checked = True
+            self._check_kernel()
         return loss_v, gn_v
+
+    def kernel(self) -> dict:
+        """The implementation the family's op actually ran in this process (read from the op):
+        {"family", "path", "fast"}; path None before the first step."""
+        fam = self.cfg.model.family
+        ran = implementations_used().get(fam.op) or {}
+        return {"family": fam.name, "path": ran.get("path"), "fast": ran.get("fast")}
+
+    def _check_kernel(self) -> None:
+        k = self.kernel()
+        if self.device.type == "cuda" and k["fast"] is False and not self.cfg.allow_reference:
+            raise ElmanlabError(f"{k['family']} ran its plain-PyTorch reference on the GPU ({k['path']}); "
+                                f"see `elmanlab doctor`, or add --allow-reference to train on it (slow, recorded)")
 
     # -- checkpoints -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -329,7 +380,7 @@ class Trainer:
     def warm_up_steps(self) -> int:
         """Steps of a process timed apart as warm-up: the first (compilation, autotuning), and with
         --cuda-graph also the second (the capture)."""
-        return 2 if self.cfg.cuda_graph else 1
+        return 2 if self.use_graph else 1
 
     def _stop_flag(self) -> bool:
         """Agree across ranks on whether a time budget is spent (rank 0 decides)."""
@@ -465,7 +516,9 @@ class Trainer:
             "seed": cfg.seed, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "lr": cfg.lr,
             "weight_decay": cfg.weight_decay, "warmup_steps": cfg.warmup_steps, "grad_clip": cfg.grad_clip,
             "budget": cfg.budget, "nonfinite_steps": self.nonfinite_total,
-            "compile": cfg.compile, "cuda_graph": cfg.cuda_graph,
+            "compile": cfg.compile, "cuda_graph": self.use_graph, "cuda_graph_off": self.graph_note,
+            "allow_reference": cfg.allow_reference, "reference_reason": self.reference_note,
+            "kernel": self.kernel(), "implementations": implementations_used(), "source": source_info(),
             "data": self.split.data_path, "val_data": self.split.val_path,
             "run_dir": str(self.out),
         }

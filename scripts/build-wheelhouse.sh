@@ -30,7 +30,8 @@ python3 -m pip download -q --no-deps -d "$dir/core" flash-linear-attention==0.6.
     schedulefree==1.4.1 einops==0.8.2
 python3 -m pip download -q --no-deps "${plat_args[@]}" -d "$dir/core" zstandard==0.23.0
 
-python3 -m pip download -q --no-deps --no-binary :all: -d "$tmp/sdist" mamba-ssm==2.3.2.post1
+MAMBA_SKIP_CUDA_BUILD=TRUE python3 -m pip download -q --no-deps --no-binary :all: --no-build-isolation \
+    -d "$tmp/sdist" mamba-ssm==2.3.2.post1     # its setup.py runs even for a download: torch from here
 tar -xzf "$tmp"/sdist/mamba_ssm-*.tar.gz -C "$tmp"
 MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE python3 -m pip wheel -q --no-deps --no-build-isolation \
     -w "$dir/core" "$tmp"/mamba_ssm-*/

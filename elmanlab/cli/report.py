@@ -6,7 +6,9 @@ def register(sub) -> None:
     p = sub.add_parser(
         "report", help="tables and plots of the runs in a study folder",
         description="Read every run record under DIR and write DIR/report.md, DIR/results.csv and PNG plots under "
-                    "DIR/plots/: runs ranked by last-100 loss with the gap to the baseline, scale x model tables of "
+                    "DIR/plots/: a headline with the ranking at equal tokens and at equal time (configurations pooled over "
+                    "seeds, gaps inside the seed spread printed as ties, runs that ran different kernels or "
+                    "graph/eager flagged), runs ranked by last-100 loss with the gap to the baseline, scale x model tables of "
                     "loss and tokens/s, best model per scale, best loss by each swept setting, mean +- sd over "
                     "seeds, loss at equal tokens and at equal time, and failed runs with their reason.")
     p.add_argument("dir", help="a study's --out folder (or any folder holding run folders)")
@@ -24,6 +26,10 @@ def cmd_report(args) -> int:
     rep = Report(args.dir, args.baseline, args.metric)
     res = rep.write()
     if not args.quiet and rep.done:
+        from elmanlab.report.checks import record_notes
+        from elmanlab.report.headline import section_headline
+        print(section_headline(rep, rep.findings(), record_notes(rep.done)))
+        print()
         print(rep.section_ranked())
         print()
     print(f"wrote {res['report']}, {res['csv']}" + (f" and {len(res['plots'])} plots in {res['plots'][0].parent}"

@@ -126,5 +126,11 @@ def print_summary(s: dict) -> None:
     mfu = f", MFU {100 * s['mfu']:.1f}%" if s.get("mfu") else ""
     w(f"speed        {_fmt(s.get('tokens_per_s'), ',.0f')} bytes/s{mfu}, peak memory "
       f"{_fmt(s.get('peak_memory_gb'), '.2f')} GB\n")
+    k = s.get("kernel") or {}
+    if k.get("path"):
+        w(f"kernel       {k['path']}" + ("" if k.get("fast") else "  (the plain-PyTorch reference: "
+                                              f"{s.get('reference_reason') or 'no fast path'})") + "\n")
+    w(f"CUDA graph   {'on' if s.get('cuda_graph') else 'off'}"
+      + (f" ({s['cuda_graph_off']})" if not s.get("cuda_graph") and s.get("cuda_graph_off") else "") + "\n")
     if s.get("nonfinite_steps"):
         w(f"non-finite   {s['nonfinite_steps']} steps skipped\n")

@@ -1,0 +1,85 @@
+"""What a run records about how it ran (issue: comparisons a reviewer can trust): CUDA graphs on
+by default where they apply, no silent reference on the GPU, the kernel and the code that ran."""
+import json
+import subprocess
+
+import pytest
+import torch
+
+import elmanlab
+from elmanlab.config import TrainConfig
+from elmanlab.errors import ElmanlabError
+from elmanlab.hardware import source_info
+from elmanlab.layers import E1
+from elmanlab.train import Trainer, _graph_choice, check_fast_path, run_training
+from test_train import cfg, text_file, tiny  # noqa: F401,F811  (text_file is a fixture)
+
+CUDA, CPU = torch.device("cuda", 0), torch.device("cpu")
+
+
+@pytest.mark.parametrize("asked,device,world,compile_,want", [
+    (None, CUDA, 1, False, (True, None)),
+    (None, CPU, 1, False, (False, "on the CPU")),
+    (None, CUDA, 1, True, (False, "--compile is on")),
+    (None, CUDA, 2, False, (False, "2 processes (torchrun)")),
+    (False, CUDA, 1, False, (False, "--no-cuda-graph")),
+    (True, CUDA, 1, False, (True, None)),
+])
+def test_cuda_graph_is_on_by_default_where_it_applies(asked, device, world, compile_, want):
+    c = TrainConfig(model=tiny(), out="x", steps=1, cuda_graph=asked, compile=compile_)
+    assert _graph_choice(c, device, world) == want
+
+
+def test_a_gpu_run_stops_before_step_1_without_its_fast_path(monkeypatch):
+    info = {"path": "reference", "fast": False, "reason": "no nvcc", "fix": "install the CUDA toolkit"}
+    monkeypatch.setattr(E1, "backend_info", classmethod(lambda cls, dim, opts: dict(info)))
+    c = TrainConfig(model=tiny(), out="x", steps=1)
+    with pytest.raises(ElmanlabError) as e:
+        check_fast_path(c, CUDA)
+    msg = str(e.value)
+    assert "e1 has no fast path" in msg and "no nvcc" in msg and "install the CUDA toolkit" in msg
+    assert "--allow-reference" in msg and "\n" not in msg
+    c.allow_reference = True
+    assert check_fast_path(c, CUDA) == "no nvcc"
+    assert check_fast_path(TrainConfig(model=tiny(), out="x", steps=1), CPU) is None   # CPU: the reference is the path
+    monkeypatch.setattr(E1, "backend_info", classmethod(lambda cls, dim, opts: {**info, "fast": True}))
+    assert check_fast_path(TrainConfig(model=tiny(), out="x", steps=1), CUDA) is None
+
+
+def test_the_kernel_that_ran_is_read_from_the_op(text_file, tmp_path):  # noqa: F811
+    tr = Trainer(cfg(text_file, tmp_path / "r", steps=2))
+    assert tr.kernel()["path"] is None                        # nothing ran yet
+    tr.train_step()
+    k = tr.kernel()
+    assert k["family"] == "e1" and k["fast"] is False and "reference" in k["path"]
+    tr.device = CUDA                                          # as if that had been a GPU step
+    with pytest.raises(ElmanlabError, match="e1 ran its plain-PyTorch reference on the GPU.*--allow-reference"):
+        tr._check_kernel()
+    tr.cfg.allow_reference = True
+    tr._check_kernel()
+    tr.close()
+
+
+def test_summary_records_what_ran_and_the_code(text_file, tmp_path):  # noqa: F811
+    s = run_training(cfg(text_file, tmp_path / "r", steps=3, eval_bytes=0))
+    assert s["cuda_graph"] is False and s["cuda_graph_off"] == "on the CPU"
+    assert s["allow_reference"] is False and s["reference_reason"] is None
+    assert s["kernel"]["family"] == "e1" and s["kernel"]["fast"] is False
+    assert "elman" in s["implementations"]
+    assert s["versions"]["elmanlab"] == elmanlab.__version__
+    assert s["source"] == source_info()
+    git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                         cwd=elmanlab.__path__[0])
+    if git.returncode == 0:
+        assert s["source"]["commit"] == git.stdout.strip() and isinstance(s["source"]["dirty"], bool)
+    conf = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert conf["train"]["cuda_graph"] is None               # auto: decided on the machine that runs it
+
+
+def test_source_from_the_environment_without_git(monkeypatch):
+    monkeypatch.setenv("PATH", "")                            # no git to ask
+    monkeypatch.setenv("ELMANLAB_SOURCE_COMMIT", "abc123")
+    monkeypatch.setenv("ELMANLAB_SOURCE_DIRTY", "1")
+    assert source_info() == {"commit": "abc123", "dirty": True, "from": "environment"}
+    monkeypatch.delenv("ELMANLAB_SOURCE_COMMIT")
+    assert source_info()["commit"] is None
