@@ -69,3 +69,17 @@ def test_a_runs_configuration_is_its_identity_settings(tmp_path):
     cols = next(csv.reader(io.StringIO(rep.csv_text())))
     train_cols = {c[len("train_"):] for c in cols if c.startswith("train_")}
     assert train_cols == set(identity_settings()) - null
+
+
+def test_runs_outside_a_study_group_by_similar_size(tmp_path):
+    """config.json's params is each run's own count, not a target: runs of a plain folder of similar
+    size form one scale (and so one headline group), not one scale per run."""
+    root = tmp_path / "loose"
+    root.mkdir()
+    for rid, model, params in (("a", "e1", 200_728), ("b", "mingru", 199_464)):
+        make_run(root, rid, model, params, 88, 4)
+        cfg = json.loads((root / rid / "config.json").read_text())
+        (root / rid / "config.json").write_text(json.dumps({**cfg, "params": params}))
+    runs = collect_runs(root)[0]
+    assert {r.scale for r in runs} == {"~200K"} and {r.target for r in runs} == {None}
+    assert len(Report(root).iso_tables()) == 1

@@ -1,4 +1,6 @@
-"""Study reports: ranked tables, gaps to a baseline, scaling tables, iso-token / iso-time views, plots.
+"""Study reports: a headline (both rankings, equal tokens and equal time, with n, the seed spread and
+ties), what ran (kernel paths, CUDA graphs, non-finite steps), ranked tables, gaps to a baseline,
+scaling tables, iso-token / iso-time views, plots.
 
 ``write_report(DIR)`` reads every run record under DIR (each folder with a ``summary.json``, plus
 the study's ``study.json`` for runs that failed before writing one or never ran) and writes
@@ -9,10 +11,17 @@ The loss is the training cross-entropy in nats per byte averaged over the last 1
 
 - :mod:`elmanlab.report.collect`: the run records (:class:`Run`, :func:`collect_runs`), read through
   :mod:`elmanlab.runs`;
+- :mod:`elmanlab.report.checks`: what ran, and where runs of one study were not made alike;
+- :mod:`elmanlab.report.headline`: the two rankings with the seed spread;
 - :mod:`elmanlab.report.tables`: :class:`Report`, report.md and results.csv (no matplotlib needed);
+- :mod:`elmanlab.report.fmt`: number and table formatting, ``loss_at``;
 - :mod:`elmanlab.report.plots`: the PNG plots (matplotlib), imported only when plots are drawn.
 """
+from elmanlab.report.checks import Finding, check_implementations
 from elmanlab.report.collect import Run, collect_runs
-from elmanlab.report.tables import METRICS, Report, loss_at, write_report
+from elmanlab.report.fmt import loss_at
+from elmanlab.report.headline import build_headline
+from elmanlab.report.tables import METRICS, Report, write_report
 
-__all__ = ["METRICS", "Report", "Run", "collect_runs", "loss_at", "write_report"]
+__all__ = ["METRICS", "Finding", "Report", "Run", "build_headline", "check_implementations", "collect_runs",
+           "loss_at", "write_report"]

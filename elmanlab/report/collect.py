@@ -76,6 +76,69 @@ class Run:
             return b
         return "-"
 
+    # what ran: summary.json fields written since issue 16 (None in older records, shown as "-")
+    def _sub(self, key: str) -> dict:
+        v = self.summary.get(key)
+        return v if isinstance(v, dict) else {}
+
+    @property
+    def kernel_path(self) -> str | None:
+        """The implementation the family's main op ran (read from the op at run time)."""
+        p = self._sub("kernel").get("path")
+        return p if isinstance(p, str) and p else None
+
+    @property
+    def kernel_family(self) -> str | None:
+        f = self._sub("kernel").get("family")
+        return f if isinstance(f, str) and f else None
+
+    @property
+    def kernel_fast(self) -> bool | None:
+        """Whether that was the family's fast path (False: the plain-PyTorch reference)."""
+        v = self._sub("kernel").get("fast")
+        return v if isinstance(v, bool) else None
+
+    @property
+    def cuda_graph(self) -> bool | None:
+        """Whether the training steps were replayed as a CUDA graph."""
+        v = self.summary.get("cuda_graph")
+        return v if isinstance(v, bool) else None
+
+    @property
+    def allow_reference(self) -> bool | None:
+        v = self.summary.get("allow_reference")
+        return v if isinstance(v, bool) else None
+
+    @property
+    def nonfinite_steps(self) -> int | None:
+        """Optimizer steps skipped because the loss or a gradient was not finite."""
+        v = self.summary.get("nonfinite_steps")
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+    @property
+    def commit(self) -> str | None:
+        c = self._sub("source").get("commit")
+        return c if isinstance(c, str) and c else None
+
+    @property
+    def dirty(self) -> bool | None:
+        v = self._sub("source").get("dirty")
+        return v if isinstance(v, bool) else None
+
+    @property
+    def elmanlab_version(self) -> str | None:
+        v = self._sub("versions").get("elmanlab")
+        return v if isinstance(v, str) and v else None
+
+    def implementations(self) -> dict[str, str]:
+        """Every op that ran -> its implementation's path (``implementations`` in summary.json)."""
+        out = {}
+        for op, v in self._sub("implementations").items():
+            p = v.get("path") if isinstance(v, dict) else v
+            if isinstance(p, str) and p:
+                out[str(op)] = p
+        return out
+
     def config_key(self) -> str:
         """Everything that defines the configuration except the seed (to pool seeds)."""
         tr = {k: v for k, v in self.train.items() if k != "seed"}
@@ -206,10 +269,11 @@ def collect_runs(root) -> tuple[list[Run], dict | None]:
         model, dim, depth, options = _model_fields(summ, cfg)
         if job and not options:
             options = dict(job.get("options") or {})
+        # the target is the study's ("100M"); config.json's params is the run's count, not a target
         runs.append(Run(
             id=rel, path=rdir, status=status, model=str(model or (job or {}).get("model") or "?"), error=reason,
             params=summ.get("params") if isinstance(summ.get("params"), int) else None,
-            target=_parse_target((job or {}).get("params") or cfg.get("params") or summ.get("target")),
+            target=_parse_target((job or {}).get("params") or summ.get("target")),
             dim=dim, depth=depth, options=options, train=_train_fields(summ, cfg, job), summary=summ,
             wave=(job or {}).get("wave")))
         seen.add(rel)

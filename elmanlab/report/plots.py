@@ -18,7 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt                    # noqa: E402  (after choosing the backend)
 from matplotlib import ticker                      # noqa: E402
 
-from elmanlab.report.tables import WINDOW, Report, _count, _f     # noqa: E402
+from elmanlab.report.fmt import WINDOW, count, num               # noqa: E402
+from elmanlab.report.tables import Report                          # noqa: E402
 
 LN2 = math.log(2.0)
 MAX_LINES = 9                      # curves drawn in colour; the rest are grey
@@ -73,7 +74,7 @@ def plot_loss_curves(report: Report, curves: list, colors: dict, key: str):
         steps = [m["step"] for m in r.metrics()]
         ys = _smooth([m["loss"] for m in r.metrics()], steps, window=max(1, min(WINDOW, steps[-1] // 20)))
         if r.id in colors:
-            ax.plot(xs, ys, color=colors[r.id], lw=1.4, label=f"{r.id} ({_f(r.get('loss_last100'), 3)})", zorder=3)
+            ax.plot(xs, ys, color=colors[r.id], lw=1.4, label=f"{r.id} ({num(r.get('loss_last100'), 3)})", zorder=3)
         else:
             others += 1
             ax.plot(xs, ys, color="0.6", lw=0.7, alpha=0.6, zorder=2,
@@ -97,7 +98,7 @@ def plot_loss_curves(report: Report, curves: list, colors: dict, key: str):
     sec = ax.secondary_yaxis("right", functions=(lambda x: x / LN2, lambda x: x * LN2))
     sec.set_ylabel("bits/byte")
     if key == "tokens":
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _count(v) if v else "0"))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: count(v) if v else "0"))
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     elif ax.get_xscale() == "log":
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
@@ -150,7 +151,7 @@ def plot_vs_params(report: Report, what: str):
         ax.set_xticks([t for t, _ in ticks], [lab for _, lab in ticks])
     else:
         ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _count(v)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: count(v)))
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.xaxis.set_minor_locator(ticker.NullLocator())
     ax.set_xlabel("parameters (log scale)")
@@ -158,7 +159,7 @@ def plot_vs_params(report: Report, what: str):
     if logy:
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 3, 5)))
-        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _count(v)))
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: count(v)))
         ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     if not logy and report.metric == "loss_last100":      # nats -> bits; val bpb is in bits already
         sec = ax.secondary_yaxis("right", functions=(lambda x: x / LN2, lambda x: x * LN2))

@@ -1,6 +1,8 @@
-"""The report's tables: ``report.md`` (ranked runs, gaps to a baseline, scaling tables, best per
-scale, best by swept setting, mean and spread over seeds, equal-token / equal-time views, failures)
-and ``results.csv``, from the runs :mod:`elmanlab.report.collect` gathers.
+"""The report's tables: ``report.md`` (the headline of :mod:`elmanlab.report.headline` with the
+what-ran checks of :mod:`elmanlab.report.checks`, then ranked runs with their non-finite steps,
+kernel path and graph use, gaps to a baseline, scaling tables, best per scale, best by swept
+setting, mean and spread over seeds, equal-token / equal-time views, failures) and
+``results.csv``, from the runs :mod:`elmanlab.report.collect` gathers.
 
 Needs no matplotlib: :meth:`Report.write` draws the plots through :mod:`elmanlab.report.plots`,
 imported only then.
@@ -19,60 +21,16 @@ from pathlib import Path
 from elmanlab.config import BUDGET_SETTINGS
 from elmanlab.errors import ElmanlabError
 from elmanlab.fsutil import atomic_write_text
+from elmanlab.report.checks import check_implementations, record_notes, unlike_runs
 from elmanlab.report.collect import IDENTITY, Run, collect_runs, fmt_num
+from elmanlab.report.fmt import (WINDOW, count, csv_cell, dur, loss_at, md_table, mean_pm_sd, mean_sd, num,
+                                 thousands)
+from elmanlab.report.headline import section_headline
 from elmanlab.runs import PLOTS_DIR, STATE_FILE
 
-WINDOW = 100                       # steps averaged for the "last-100" style losses
 DEFAULT_BASELINES = ("mamba2", "gdn")
 SWEEP_ORDER = ("dim", "depth", "n_state", "n_heads", "expansion", "balance")
 SWEEPABLE = IDENTITY - {"seed"} - set(BUDGET_SETTINGS)     # train settings a study may sweep
-
-# ---------------------------------------------------------------- numbers
-
-def _mean_sd(vals: list[float]) -> tuple[float, float | None]:
-    m = statistics.fmean(vals)
-    return m, (statistics.stdev(vals) if len(vals) > 1 else None)
-
-
-def _f(v, nd=4, dash="-") -> str:
-    if v is None:
-        return dash
-    return f"{v:.{nd}f}"
-
-
-def _ms(vals: list[float], nd=4) -> str:
-    if not vals:
-        return "-"
-    m, sd = _mean_sd(vals)
-    return f"{m:.{nd}f}" + (f" ± {sd:.{nd}f}" if sd is not None else "")
-
-
-def _int(v) -> str:
-    return "-" if v is None else f"{v:,.0f}"
-
-
-def _count(v) -> str:
-    from elmanlab.sizing import format_count
-    return "-" if v is None else format_count(v)
-
-
-def md_table(headers: list[str], rows: list[list]) -> str:
-    def cell(x):
-        return str(x).replace("|", "\\|").replace("\n", " ")
-    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    out += ["| " + " | ".join(cell(x) for x in r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def loss_at(metrics: list[dict], key: str, limit: float, window: int = WINDOW) -> float | None:
-    """Mean loss over the last ``window`` steps logged with ``key`` (tokens / elapsed) <= limit."""
-    upto = [m for m in metrics if isinstance(m.get(key), (int, float)) and m[key] <= limit * (1 + 1e-9)]
-    if not upto:
-        return None
-    last = upto[-1]["step"]
-    win = [m["loss"] for m in upto if m["step"] > last - window]
-    return statistics.fmean(win)
-
 
 # ---------------------------------------------------------------- the report
 
@@ -109,6 +67,7 @@ class Report:
         self.baseline = self._pick_baseline(baseline)
         self.budgets = sorted({r.budget for r in self.done}, key=_budget_sort)
         self.scales = sorted({(r.scale_n, r.scale) for r in self.done})
+        self._findings = None
 
     def _pick_baseline(self, want: str | None) -> str | None:
         from elmanlab.layers import ALIASES
@@ -168,18 +127,37 @@ class Report:
         has_val = any(r.get("val_bpb") is not None for r in self.done)
         cols = [self.metric] + [k for k in METRICS if k != self.metric and (k != "val_bpb" or has_val)]
         head = ["rank", "run", "model", "params", "config"] + [METRICS[k][0] for k in cols] + \
-               ["tok/s", "peak mem (GB)", "steps", "tokens", f"gap to {bl}"]
+               ["tok/s", "peak mem (GB)", "steps", "tokens", "non-finite", "kernel", "graph", f"gap to {bl}"]
+        unlike = self.unlike()
         rows = []
         for i, r in enumerate(self.ranked(), 1):
-            rows.append([i, r.id, r.model, _count(r.params), r.label()] + [_f(r.get(k)) for k in cols]
-                        + [_int(r.get("tokens_per_s")), _f(r.get("peak_memory_gb"), 2), _int(r.get("steps")),
-                           _count(r.get("tokens")), self._gap_str(r)])
+            rows.append([i, r.id + (" †" if r.id in unlike else ""), r.model, count(r.params), r.label()]
+                        + [num(r.get(k)) for k in cols]
+                        + [thousands(r.get("tokens_per_s")), num(r.get("peak_memory_gb"), 2),
+                           thousands(r.get("steps")), count(r.get("tokens")), _opt(r.nonfinite_steps),
+                           _kernel_text(r), _opt(r.cuda_graph), self._gap_str(r)])
         note = (f"Ranked by {self.mlabel}; lower is better. Gap = {self.mlabel} minus the mean {self.mlabel} of "
                 f"{bl} at the same scale" + (" and budget" if len(self.budgets) > 1 else "")
                 + f" ({self.munit}, and in %)."
                 if self.baseline else f"Ranked by {self.mlabel}; lower is better. No baseline model among the "
                                       f"runs: no gap column values.")
+        note += (" Non-finite = optimizer steps skipped for a non-finite loss or gradient; kernel = the "
+                 "implementation the family's op ran; graph = whether CUDA graphs replayed the steps (- where the "
+                 "record does not say).")
+        if unlike:
+            note += " † = not like-for-like with other runs of its scale (see the headline)."
         return "## Ranked runs\n\n" + note + "\n\n" + md_table(head, rows)
+
+    def findings(self) -> list:
+        """How the completed runs were not made alike (:func:`elmanlab.report.checks.check_implementations`)."""
+        if self._findings is None:
+            self._findings = check_implementations(self.done)
+        return self._findings
+
+    def unlike(self) -> dict[str, list[str]]:
+        """Run id -> why its scale group's rankings are not like-for-like
+        (:func:`elmanlab.report.checks.unlike_runs`)."""
+        return unlike_runs(self.done, self.findings())
 
     def _scale_rows(self):
         keys = sorted({self.group_key(r) for r in self.done}, key=lambda k: (k[0], _budget_sort(k[2])))
@@ -192,7 +170,7 @@ class Report:
         out = []
         for title, getter, fmt in (
                 (f"Scaling: {self.mlabel} ({self.munit}; mean ± sd over seeds)", lambda r: r.loss,
-                 lambda v: _ms(v)),
+                 lambda v: mean_pm_sd(v)),
                 ("Scaling: throughput (tokens/s)", lambda r: r.get("tokens_per_s"),
                  lambda v: f"{statistics.fmean(v):,.0f}" if v else "-")):
             rows = []
@@ -212,8 +190,8 @@ class Report:
             grp = sorted((r for r in self.done if self.group_key(r) == key), key=lambda r: r.loss)
             best = grp[0]
             second = next((r for r in grp if r.model != best.model), None)
-            rows.append([self.group_name(key), best.model, best.id, _f(best.loss),
-                         f"{second.model} {_f(second.loss)} ({second.loss - best.loss:+.4f})" if second else "-",
+            rows.append([self.group_name(key), best.model, best.id, num(best.loss),
+                         f"{second.model} {num(second.loss)} ({second.loss - best.loss:+.4f})" if second else "-",
                          self._gap_str(best)])
         return "## Best model per scale\n\n" + md_table(
             ["scale", "best model", "run", self.mlabel, "next other model", f"gap to {self.baseline or '-'}"], rows)
@@ -252,7 +230,7 @@ class Report:
                     sel = [r for r in rs if json.dumps(_value(r, k), default=str) == vj]
                     best = min(sel, key=lambda r: r.loss)
                     rows.append([m, self.group_name(gk), fmt_num(json.loads(vj)) if vj != "null" else "-",
-                                 _f(best.loss), best.id, _ms([r.loss for r in sel]), len(sel)])
+                                 num(best.loss), best.id, mean_pm_sd([r.loss for r in sel]), len(sel)])
             out.append(f"### Best {self.mshort} by {k}\n\n" + md_table(
                 ["model", "scale", k, f"best {self.mshort}", "best run", "mean ± sd", "runs"], rows))
         return f"## Best {self.mshort} by swept setting\n\n" + "\n\n".join(out)
@@ -268,11 +246,11 @@ class Report:
         other = "val_bpb" if self.metric != "val_bpb" else "loss_last100"     # the metric not ranked by
         for g in sorted(multi, key=lambda g: statistics.fmean(r.loss for r in g)):
             losses = [r.loss for r in g]
-            m, sd = _mean_sd(losses)
+            m, sd = mean_sd(losses)
             vb = [r.get(other) for r in g if r.get(other) is not None]
             r0 = g[0]
-            rows.append([r0.model, _count(r0.params), r0.label(), len(g), ", ".join(str(r.seed) for r in g),
-                         _f(m), _f(sd), f"{min(losses):.4f} - {max(losses):.4f}", _ms(vb) if vb else "-"])
+            rows.append([r0.model, count(r0.params), r0.label(), len(g), ", ".join(str(r.seed) for r in g),
+                         num(m), num(sd), f"{min(losses):.4f} - {max(losses):.4f}", mean_pm_sd(vb) if vb else "-"])
         return ("## Mean and spread over seeds\n\nSame configuration, different seeds: sd is the sample "
                 "standard deviation; compare it with the gaps above.\n\n"
                 + md_table(["model", "params", "config", "runs", "seeds", f"mean {self.mshort}", "sd", "range",
@@ -319,12 +297,12 @@ class Report:
             times = [x["elapsed"] for x in tab["rows"] if x["elapsed"] is not None]
             if max(toks) <= 1.005 * min(toks):
                 out.append(f"### Equal tokens: {gname}\n\nAll runs trained on the same number of tokens "
-                           f"({_count(min(toks))}): the ranking above is the equal-token comparison.")
+                           f"({count(min(toks))}): the ranking above is the equal-token comparison.")
             else:
                 out.append(self._iso_table(tab, gname, "tokens"))
             if tab["time"] is not None and max(times) <= 1.02 * min(times):
                 out.append(f"### Equal time: {gname}\n\nAll runs trained for the same time "
-                           f"({_dur(min(times))}): the ranking above is the equal-time comparison.")
+                           f"({dur(min(times))}): the ranking above is the equal-time comparison.")
             elif tab["time"] is not None:
                 out.append(self._iso_table(tab, gname, "time"))
         return "\n\n".join(out)
@@ -335,22 +313,22 @@ class Report:
         key = "loss_at_tokens" if what == "tokens" else "loss_at_time"
         rows = sorted(tab["rows"], key=lambda x: (x[key] is None, x[key] or 0))
         if what == "tokens":
-            title = (f"### Equal tokens: {gname}, at {_count(tab['tokens'])} tokens "
+            title = (f"### Equal tokens: {gname}, at {count(tab['tokens'])} tokens "
                      f"(reached by all; fewest: {tab['shortest_tokens']})")
-            last, amount = "tokens", lambda x: _count(x["tokens"])
+            last, amount = "tokens", lambda x: count(x["tokens"])
         else:
-            title = (f"### Equal time: {gname}, at {_dur(tab['time'])} of training "
+            title = (f"### Equal time: {gname}, at {dur(tab['time'])} of training "
                      f"(reached by all; shortest: {tab['shortest_time']})")
-            last, amount = "run time", lambda x: _dur(x["elapsed"])
+            last, amount = "run time", lambda x: dur(x["elapsed"])
         return title + "\n\n" + md_table(
             ["rank", "run", "model", "params", f"loss at equal {what}", "final loss", last],
-            [[i, x["run"], x["model"], _count(x["params"]), _f(x[key]), _f(x["final"]), amount(x)]
+            [[i, x["run"], x["model"], count(x["params"]), num(x[key]), num(x["final"]), amount(x)]
              for i, x in enumerate(rows, 1)])
 
     def section_failed(self) -> str:
         if not self.notok:
             return ""
-        rows = [[r.id, r.model, _count(r.params), r.status, (r.error or "-")[:240]] for r in self.notok]
+        rows = [[r.id, r.model, count(r.params), r.status, (r.error or "-")[:240]] for r in self.notok]
         return "## Failed and unfinished runs\n\n" + md_table(["run", "model", "params", "status", "reason"], rows)
 
     def section_data(self) -> str:
@@ -379,7 +357,10 @@ class Report:
         cols = ["rank", "run", "status", "model", "scale", "params", "dim", "depth", "config"] + \
                [f"opt_{k}" for k in opt_keys] + [f"train_{k}" for k in tr_keys] + \
                ["budget", "loss_last100", "final_loss", "val_bpb", "tokens_per_s", "peak_memory_gb", "steps",
-                "tokens", "wall_s", "mfu", "baseline", "gap_to_baseline", "gap_pct", "wave", "error"]
+                "tokens", "wall_s", "mfu", "nonfinite_steps", "kernel_family", "kernel_path", "kernel_fast",
+                "implementations", "allow_reference", "cuda_graph", "warmup_s", "elmanlab_version", "commit", "dirty",
+                "like_for_like", "baseline", "gap_to_baseline", "gap_pct", "wave", "error"]
+        unlike = self.unlike()
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(cols)
@@ -387,13 +368,27 @@ class Report:
             g = self.gap(r)
             w.writerow([rank.get(r.id, ""), r.id, r.status, r.model, r.scale, r.params or "", r.dim or "",
                         r.depth or "", r.label()]
-                       + [_csv(r.options.get(k)) for k in opt_keys] + [_csv(r.train.get(k)) for k in tr_keys]
-                       + [r.budget] + [_csv(r.get(k)) for k in ("loss_last100", "final_loss", "val_bpb",
+                       + [csv_cell(r.options.get(k)) for k in opt_keys] + [csv_cell(r.train.get(k)) for k in tr_keys]
+                       + [r.budget] + [csv_cell(r.get(k)) for k in ("loss_last100", "final_loss", "val_bpb",
                                                                 "tokens_per_s", "peak_memory_gb", "steps",
                                                                 "tokens", "wall_s", "mfu")]
-                       + [self.baseline or "", _csv(g[0] if g else None), _csv(g[1] if g else None),
+                       + [csv_cell(r.nonfinite_steps), r.kernel_family or "", r.kernel_path or "",
+                          csv_cell(r.kernel_fast),
+                          "; ".join(f"{op}: {p}" for op, p in sorted(r.implementations().items())),
+                          csv_cell(r.allow_reference), csv_cell(r.cuda_graph), csv_cell(r.get("warmup_s")),
+                          r.elmanlab_version or "", r.commit or "", csv_cell(r.dirty), self._like(r, unlike)]
+                       + [self.baseline or "", csv_cell(g[0] if g else None), csv_cell(g[1] if g else None),
                           r.wave or "", r.error or ""])
         return buf.getvalue()
+
+    def _like(self, r: Run, unlike: dict) -> str:
+        """results.csv's like_for_like: "no" (see the headline), "yes" (what ran is recorded and matches),
+        empty where the run is not ranked or its record does not say."""
+        if r not in self.done:
+            return ""
+        if r.id in unlike:
+            return "no"
+        return "yes" if r.kernel_path is not None and r.cuda_graph is not None else ""
 
     def markdown(self, plot_paths: list[Path]) -> str:
         n_fail = sum(1 for r in self.notok if r.status not in ("pending", "interrupted", "running"))
@@ -416,7 +411,8 @@ class Report:
             head += ["", d]
         secs = ["\n".join(head)]
         if self.done:
-            secs += [self.section_ranked(), self.section_scaling(), self.section_best_per_scale(),
+            secs += [section_headline(self, self.findings(), record_notes(self.done)), self.section_ranked(),
+                     self.section_scaling(), self.section_best_per_scale(),
                      self.section_by_option(), self.section_seeds(), self.section_iso()]
         else:
             secs.append("No run has completed yet.")
@@ -470,21 +466,11 @@ def _budget_sort(b: str):
     return (m.group(2), float(m.group(1))) if m else ("~", 0.0)
 
 
-def _csv(v):
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return v
+def _opt(v) -> str:
+    """A recorded count or flag; - where the record predates it."""
+    return "-" if v is None else "yes" if v is True else "no" if v is False else str(v)
 
 
-def _dur(s) -> str:
-    if s is None:
-        return "-"
-    if s < 120:
-        return f"{s:.1f} s"
-    if s < 7200:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.2f} h"
-
-
+def _kernel_text(r: Run) -> str:
+    p = r.kernel_path
+    return "-" if p is None else p + (" (reference)" if r.kernel_fast is False and p != "reference" else "")
