@@ -55,11 +55,15 @@ def package_version(*dists: str) -> str | None:
 
 def source_info() -> dict:
     """The code that runs: elmanlab's git commit and whether the work tree differs from it (tracked
-    files), read with git from the package's checkout; where the package is no git checkout (an
-    installed wheel, a copied tree), ``ELMANLAB_SOURCE_COMMIT`` / ``ELMANLAB_SOURCE_DIRTY`` (0 or 1)
-    if the environment gives them, else None."""
+    files). ``ELMANLAB_SOURCE_COMMIT`` (with ``ELMANLAB_SOURCE_DIRTY``, 0 or 1) names it when set: for a
+    copied tree whose own git history is not the code's (a device machine's copy, a container);
+    else git is asked in the package's checkout; else (an installed wheel) None."""
     import subprocess
     from pathlib import Path
+    commit = os.environ.get("ELMANLAB_SOURCE_COMMIT") or None
+    if commit:
+        dirty = os.environ.get("ELMANLAB_SOURCE_DIRTY")
+        return {"commit": commit, "dirty": None if dirty not in ("0", "1") else dirty == "1", "from": "environment"}
     root = Path(__file__).resolve().parent.parent
 
     def git(*args):
@@ -75,10 +79,7 @@ def source_info() -> dict:
         if head is not None:
             return {"commit": head.stdout.strip(), "dirty": None if status is None else bool(status.stdout.strip()),
                     "from": "git"}
-    commit = os.environ.get("ELMANLAB_SOURCE_COMMIT") or None
-    dirty = os.environ.get("ELMANLAB_SOURCE_DIRTY")
-    return {"commit": commit, "dirty": None if dirty not in ("0", "1") else dirty == "1",
-            "from": "environment" if commit else None}
+    return {"commit": None, "dirty": None, "from": None}
 
 
 def versions(device: torch.device) -> dict:

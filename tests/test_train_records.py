@@ -76,10 +76,12 @@ def test_summary_records_what_ran_and_the_code(text_file, tmp_path):  # noqa: F8
     assert conf["train"]["cuda_graph"] is None               # auto: decided on the machine that runs it
 
 
-def test_source_from_the_environment_without_git(monkeypatch):
-    monkeypatch.setenv("PATH", "")                            # no git to ask
+def test_source_from_the_environment_wins_over_git(monkeypatch):
+    """A copied tree (a device machine's) may carry a git history that is not the code's: the
+    environment's commit, when given, is the record's."""
     monkeypatch.setenv("ELMANLAB_SOURCE_COMMIT", "abc123")
     monkeypatch.setenv("ELMANLAB_SOURCE_DIRTY", "1")
     assert source_info() == {"commit": "abc123", "dirty": True, "from": "environment"}
     monkeypatch.delenv("ELMANLAB_SOURCE_COMMIT")
-    assert source_info()["commit"] is None
+    monkeypatch.setenv("PATH", "")                            # no git to ask either
+    assert source_info() == {"commit": None, "dirty": None, "from": None}
