@@ -1,5 +1,6 @@
-"""The parts of one training step that are not the loop: the optimizer, the gradient norm, and the
-CUDA-graph capture of forward + backward (``GraphedStep``)."""
+"""The parts of one training step that are not the loop: the optimizer, the gradient norm, whether
+the step runs as a CUDA graph and its capture (``GraphedStep``), and the check that the model's
+family has its fast path before step 1."""
 from __future__ import annotations
 
 import torch
@@ -69,3 +70,28 @@ class GraphedStep:
         self.graph.replay()
         self.replays += 1
         return self.out
+
+
+def graph_choice(cfg: TrainConfig, device: torch.device, world: int) -> tuple[bool, str | None]:
+    """(whether the step runs as a CUDA graph, why not): as asked, else on wherever it applies."""
+    if cfg.cuda_graph is not None:
+        return bool(cfg.cuda_graph), (None if cfg.cuda_graph else "--no-cuda-graph")
+    why_not = ("on the CPU" if device.type != "cuda" else "--compile is on" if cfg.compile
+               else f"{world} processes (torchrun)" if world > 1 else None)
+    return why_not is None, why_not
+
+
+def check_fast_path(cfg: TrainConfig, device: torch.device) -> str | None:
+    """On CUDA, stop before step 1 when the model's family would run its plain-PyTorch reference,
+    unless ``allow_reference``; returns the reason the reference runs (allowed), else None."""
+    if device.type != "cuda":
+        return None
+    fam = cfg.model.family
+    info = fam.backend_info(cfg.model.dim, cfg.model.options)
+    if info["fast"]:
+        return None
+    if not cfg.allow_reference:
+        raise ElmanlabError(f"{fam.name} has no fast path on this GPU ({info['reason']}): "
+                            f"{info.get('fix') or 'see `elmanlab doctor`'}; or add --allow-reference to train on "
+                            f"the plain-PyTorch reference (slow, recorded)")
+    return info["reason"]

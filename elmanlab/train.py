@@ -65,34 +65,7 @@ from elmanlab.hardware import (autocast, dist_info, peak_bf16_flops, peak_memory
 from elmanlab.ops import implementations_used, reset_implementations_used
 from elmanlab.runs import (CONFIG_FILE, METRICS_FILE, RUN_FORMAT, SUMMARY_FILE, check_new_run_dir, load_run_config,
                            run_status)
-from elmanlab.step import GraphedStep, grad_norm, make_optimizer
-
-
-# ---------------------------------------------------------------- before the first step
-
-def _graph_choice(cfg: TrainConfig, device: torch.device, world: int) -> tuple[bool, str | None]:
-    """(whether the step runs as a CUDA graph, why not): as asked, else on wherever it applies."""
-    if cfg.cuda_graph is not None:
-        return bool(cfg.cuda_graph), (None if cfg.cuda_graph else "--no-cuda-graph")
-    why_not = ("on the CPU" if device.type != "cuda" else "--compile is on" if cfg.compile
-               else f"{world} processes (torchrun)" if world > 1 else None)
-    return why_not is None, why_not
-
-
-def check_fast_path(cfg: TrainConfig, device: torch.device) -> str | None:
-    """On CUDA, stop before step 1 when the model's family would run its plain-PyTorch reference,
-    unless ``allow_reference``; returns the reason the reference runs (allowed), else None."""
-    if device.type != "cuda":
-        return None
-    fam = cfg.model.family
-    info = fam.backend_info(cfg.model.dim, cfg.model.options)
-    if info["fast"]:
-        return None
-    if not cfg.allow_reference:
-        raise ElmanlabError(f"{fam.name} has no fast path on this GPU ({info['reason']}): "
-                            f"{info.get('fix') or 'see `elmanlab doctor`'}; or add --allow-reference to train on "
-                            f"the plain-PyTorch reference (slow, recorded)")
-    return info["reason"]
+from elmanlab.step import GraphedStep, check_fast_path, graph_choice, grad_norm, make_optimizer
 
 
 # ---------------------------------------------------------------- the trainer
@@ -124,7 +97,7 @@ class Trainer:
         if cfg.cuda_graph and self.device.type != "cuda":
             raise ElmanlabError(f"--cuda-graph needs a CUDA device, not {self.device}: drop --cuda-graph "
                                 "(with --resume: --no-cuda-graph)")
-        self.use_graph, self.graph_note = _graph_choice(cfg, self.device, self.world)
+        self.use_graph, self.graph_note = graph_choice(cfg, self.device, self.world)
         if cfg.cuda_graph is None and self.graph_note and self.device.type == "cuda" and self.is_main:
             sys.stderr.write(f"note: CUDA graphs off: {self.graph_note}\n")
         self.reference_note = check_fast_path(cfg, self.device)

@@ -11,7 +11,8 @@ from elmanlab.config import TrainConfig
 from elmanlab.errors import ElmanlabError
 from elmanlab.hardware import source_info
 from elmanlab.layers import E1
-from elmanlab.train import Trainer, _graph_choice, check_fast_path, run_training
+from elmanlab.step import check_fast_path, graph_choice as _graph_choice
+from elmanlab.train import Trainer, run_training
 from test_train import cfg, text_file, tiny  # noqa: F401,F811  (text_file is a fixture)
 
 CUDA, CPU = torch.device("cuda", 0), torch.device("cpu")
