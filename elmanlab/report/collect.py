@@ -28,6 +28,13 @@ def fmt_num(v) -> str:
     return str(v)
 
 
+def _typed(v, typ):
+    """``v`` when it is a ``typ`` (a bool is no int; an empty string counts as missing), else None."""
+    if isinstance(v, bool) and typ is not bool:
+        return None
+    return v if isinstance(v, typ) and v != "" else None
+
+
 @dataclass
 class Run:
     id: str
@@ -81,54 +88,46 @@ class Run:
         v = self.summary.get(key)
         return v if isinstance(v, dict) else {}
 
+    # what ran and which code made it (summary.json); None in records that predate a key
     @property
     def kernel_path(self) -> str | None:
         """The implementation the family's main op ran (read from the op at run time)."""
-        p = self._sub("kernel").get("path")
-        return p if isinstance(p, str) and p else None
+        return _typed(self._sub("kernel").get("path"), str)
 
     @property
     def kernel_family(self) -> str | None:
-        f = self._sub("kernel").get("family")
-        return f if isinstance(f, str) and f else None
+        return _typed(self._sub("kernel").get("family"), str)
 
     @property
     def kernel_fast(self) -> bool | None:
         """Whether that was the family's fast path (False: the plain-PyTorch reference)."""
-        v = self._sub("kernel").get("fast")
-        return v if isinstance(v, bool) else None
+        return _typed(self._sub("kernel").get("fast"), bool)
 
     @property
     def cuda_graph(self) -> bool | None:
         """Whether the training steps were replayed as a CUDA graph."""
-        v = self.summary.get("cuda_graph")
-        return v if isinstance(v, bool) else None
+        return _typed(self.summary.get("cuda_graph"), bool)
 
     @property
     def allow_reference(self) -> bool | None:
-        v = self.summary.get("allow_reference")
-        return v if isinstance(v, bool) else None
+        return _typed(self.summary.get("allow_reference"), bool)
 
     @property
     def nonfinite_steps(self) -> int | None:
         """Optimizer steps skipped because the loss or a gradient was not finite."""
-        v = self.summary.get("nonfinite_steps")
-        return v if isinstance(v, int) and not isinstance(v, bool) else None
+        return _typed(self.summary.get("nonfinite_steps"), int)
 
     @property
     def commit(self) -> str | None:
-        c = self._sub("source").get("commit")
-        return c if isinstance(c, str) and c else None
+        return _typed(self._sub("source").get("commit"), str)
 
     @property
     def dirty(self) -> bool | None:
-        v = self._sub("source").get("dirty")
-        return v if isinstance(v, bool) else None
+        return _typed(self._sub("source").get("dirty"), bool)
 
     @property
     def elmanlab_version(self) -> str | None:
-        v = self._sub("versions").get("elmanlab")
-        return v if isinstance(v, str) and v else None
+        return _typed(self._sub("versions").get("elmanlab"), str)
 
     def implementations(self) -> dict[str, str]:
         """Every op that ran -> its implementation's path (``implementations`` in summary.json)."""
