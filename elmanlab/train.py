@@ -236,10 +236,17 @@ class Trainer:
         return {"family": fam.name, "path": ran.get("path"), "fast": ran.get("fast")}
 
     def _check_kernel(self) -> None:
+        """After this process's first step: on CUDA, what the ops recorded must be their fast paths (the
+        family's op and the helpers it calls, as the prediction before step 1 said), else one error."""
+        if self.device.type != "cuda" or self.cfg.allow_reference:
+            return
         k = self.kernel()
-        if self.device.type == "cuda" and k["fast"] is False and not self.cfg.allow_reference:
-            raise ElmanlabError(f"{k['family']} ran its plain-PyTorch reference on the GPU ({k['path']}); "
-                                f"see `elmanlab doctor`, or add --allow-reference to train on it (slow, recorded)")
+        fix = "see `elmanlab doctor`, or add --allow-reference to train on it (slow, recorded)"
+        if k["fast"] is False:
+            raise ElmanlabError(f"{k['family']} ran its plain-PyTorch reference on the GPU ({k['path']}); {fix}")
+        slow = [op for op, r in implementations_used().items() if not r["fast"]]
+        if slow:
+            raise ElmanlabError(f"{k['family']} ran the plain-PyTorch reference of {', '.join(slow)} on the GPU; {fix}")
 
     # -- checkpoints -------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -56,6 +56,12 @@ def test_the_kernel_that_ran_is_read_from_the_op(text_file, tmp_path):  # noqa: 
     tr.device = CUDA                                          # as if that had been a GPU step
     with pytest.raises(ElmanlabError, match="e1 ran its plain-PyTorch reference on the GPU.*--allow-reference"):
         tr._check_kernel()
+    from elmanlab.ops._dispatch import record, reset_implementations_used
+    reset_implementations_used()                             # the family's op fast, a helper not
+    record("elman", "a fast kernel", True)
+    record("short_conv", "reference", False)
+    with pytest.raises(ElmanlabError, match="e1 ran the plain-PyTorch reference of short_conv on the GPU"):
+        tr._check_kernel()
     tr.cfg.allow_reference = True
     tr._check_kernel()
     tr.close()
