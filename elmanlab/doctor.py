@@ -64,10 +64,9 @@ def probe_families(report=None) -> dict:
     from elmanlab.hardware import autocast
     from elmanlab.lm import LM
     from elmanlab.ops import implementations_used, reset_implementations_used
-    small = {"e1": 256, "e33": 256, "e42": 256, "e88": 256, "mamba2": 256, "gdn": 512, "mingru": 256,
-             "minlstm": 256}
+    small = {"gdn": 512}                        # the others at width 256 (GDN's heads are 256 wide)
     out = {}
-    for fam, dim in small.items():
+    for fam, dim in ((f, small.get(f, 256)) for f in FAMILIES):
         try:
             torch.manual_seed(0)
             reset_implementations_used()

@@ -1,9 +1,11 @@
 """Streaming byte-by-byte generation through the recurrent state.
 
 The prompt is run through the model once (``forward`` with ``return_states``, the same as feeding
-it byte by byte), then each new byte costs one ``LM.step()``: the state is a fixed-size tensor per
-layer, so memory does not grow with the length of the text. Bytes are decoded incrementally as
-UTF-8 and printed as they come; invalid sequences are printed with U+FFFD replacement characters.
+it byte by byte), then each new byte costs one ``LM.step()``: for the recurrent families the state
+is a fixed-size tensor per layer, so memory does not grow with the length of the text; the
+transformer's state is its KV cache, which grows by one key and one value per byte and layer.
+Bytes are decoded incrementally as UTF-8 and printed as they come; invalid sequences are printed
+with U+FFFD replacement characters.
 """
 from __future__ import annotations
 

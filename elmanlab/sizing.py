@@ -1,9 +1,9 @@
-"""Parameter counts, the target-parameter solver, and state sizes.
+"""Parameter counts, the target-parameter solver, state sizes and training FLOPs.
 
 ``count_params(cfg)`` is a closed form (per family, in each layer class) that the tests check
 against the module itself. ``solve(model, target)`` picks the width (and, for E88, the number of
 heads from the balance ratio) at a given or default depth so that the count lands within ``tol``
-of the target.
+of the target. ``train_flops_per_token(cfg, seq_len)`` is the MFU numerator per token.
 """
 from __future__ import annotations
 
@@ -52,20 +52,34 @@ def non_embedding_params(cfg: ModelConfig) -> int:
     return count_params(cfg) - VOCAB * cfg.dim * (1 if cfg.tie_embeddings else 2)
 
 
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward) of ``LM(cfg)`` at sequence length ``seq_len``:
+    6 x the parameters (every parameter in one multiply-add forward and two backward; the
+    embedding counted too, as the MFU everywhere in elmanlab counts it) plus, for families with
+    attention, 12 x depth x (n_heads x head_dim) x seq_len for the score and value products (the
+    PaLM / nanoGPT convention: the full T x T products, not halved for the causal mask). The
+    recurrent families' scans are not counted (as before: their MFU is 6 x params)."""
+    fam = cfg.family
+    return 6.0 * count_params(cfg) + cfg.depth * fam.attention_flops_per_token(cfg.dim, cfg.options, seq_len)
+
+
 # Default depth by target size. The seeds' 400M configurations use E1 26 layers, Mamba2 22,
 # minGRU / minLSTM 24, and E88 38 at 500M; smaller and larger targets scale with log(params).
-_DEPTH_ANCHORS = {  # family -> (depth at 400M, depth at 50M)
+# The transformer follows GPT practice (GPT-2 medium / Pythia-410M 24 layers at 350-400M,
+# about 10 at 50M), and at least 6 layers below that (the log law reaches 2 near 10M).
+_DEPTH_ANCHORS = {  # family -> (depth at 400M, depth at 50M[, the least default depth])
     "e1": (26, 12), "e33": (26, 12), "e42": (26, 12), "e88": (36, 16),
     "mamba2": (22, 12), "gdn": (22, 12), "mingru": (24, 12), "minlstm": (24, 12),
+    "transformer": (24, 10, 6),
 }
 
 
 def default_depth(model: str, target: int) -> int:
     fam = get_family(model)
-    d400, d50 = _DEPTH_ANCHORS[fam.name]
+    d400, d50, *least = _DEPTH_ANCHORS[fam.name]
     slope = (d400 - d50) / math.log(400e6 / 50e6)
     d = d400 + slope * math.log(max(target, 1.0) / 400e6)
-    return int(max(2, min(64, round(d))))
+    return int(max(least[0] if least else 2, min(64, round(d))))
 
 
 @dataclass
@@ -77,15 +91,25 @@ class SizeReport:
     depth: int
     d_inner: int | None
     n_heads: int | None
-    state_per_layer: int
+    state_per_layer: int            # where state_grows: values per byte of context (a KV cache)
     conv_state_per_layer: int
-    state_total: int
+    state_total: int                # state_per_layer x depth (per byte of context where state_grows)
     options: dict
     target: int | None = None
     error_pct: float | None = None
+    mlp_ratio: float = 0.0
+    state_grows: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def state_text(self, seq_len: int = 512, total: bool = False) -> str:
+        """The state per layer (or of all layers) in words: '1,760 values', or for a KV cache
+        '2,048 values per byte of context (KV cache; 1,048,576 at seq_len 512)'."""
+        n = self.state_total if total else self.state_per_layer
+        if not self.state_grows:
+            return f"{n:,} values"
+        return f"{n:,} values per byte of context (KV cache; {n * seq_len:,} at seq_len {seq_len})"
 
 
 def report(cfg: ModelConfig, target: int | None = None) -> SizeReport:
@@ -98,18 +122,20 @@ def report(cfg: ModelConfig, target: int | None = None) -> SizeReport:
         state_per_layer=st,
         conv_state_per_layer=fam.conv_state_size(cfg.dim, cfg.options), state_total=st * cfg.depth,
         options=dataclasses.asdict(cfg.options), target=target,
-        error_pct=None if target is None else 100.0 * (p - target) / target)
+        error_pct=None if target is None else 100.0 * (p - target) / target, mlp_ratio=cfg.mlp_ratio,
+        state_grows=fam.state_grows)
 
 
 def solve(model: str, target, depth: int | None = None, options: dict | None = None,
-          tol: float = 0.02, mlp_ratio: float = 0.0, tie_embeddings: bool = False) -> ModelConfig:
+          tol: float = 0.02, mlp_ratio: float | None = None, tie_embeddings: bool = False) -> ModelConfig:
     """The width (and, without a given depth, the depth) that lands closest to ``target``.
 
     Widths are multiples of 64 when that lands within 1%; otherwise finer multiples (32, 16, 8;
     never below the family's own constraint) are tried and the closest taken. Without ``depth``,
     depths within 4 of the default are tried too (families whose heads come in coarse steps, like
     GDN's 256-wide heads, need that); the default depth wins whenever it lands within ``tol``.
-    Raises a one-line error when nothing gets within ``tol``.
+    Raises a one-line error when nothing gets within ``tol``. ``mlp_ratio`` None: the family's
+    default (``default_mlp_ratio``: the transformer's SwiGLU 8/3, none for the others).
     """
     fam = get_family(model)
     target = parse_count(target)
@@ -182,9 +208,10 @@ def _solve_at_depth(fam, target, depth, options, mlp_ratio, tie_embeddings):
 
 
 def model_config(model: str, params=None, dim: int | None = None, depth: int | None = None,
-                 options: dict | None = None, mlp_ratio: float = 0.0,
+                 options: dict | None = None, mlp_ratio: float | None = None,
                  tie_embeddings: bool = False) -> ModelConfig:
-    """A config from either a parameter target (solved) or an explicit width."""
+    """A config from either a parameter target (solved) or an explicit width; ``mlp_ratio`` None:
+    the family's default."""
     if (params is None) == (dim is None):
         raise ElmanlabError("give exactly one of a parameter target (--params) or a width (--dim)")
     if params is not None:

@@ -13,7 +13,7 @@ def test_doctor_cpu_output():
     assert r.returncode == 0, r.stderr
     for word in ("torch", "triton", "fla", "mamba_ssm", "TileLang", "GPU"):
         assert word in r.stdout
-    fams = ["e1", "e33", "e42", "e88", "mamba2", "gdn", "mingru", "minlstm"]
+    fams = ["e1", "e33", "e42", "e88", "mamba2", "gdn", "mingru", "minlstm", "transformer"]
     lines = {l.split()[0]: l for l in r.stdout.splitlines() if l.strip() and l.split()[0] in fams}
     assert set(lines) == set(fams)
     if not torch.cuda.is_available():
@@ -26,12 +26,12 @@ def test_doctor_json():
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["machine"]["torch"] == torch.__version__
-    assert len(d["families"]) == 8 and all("path" in v for v in d["families"].values())
+    assert list(d["families"]) == list(FAMILIES) and all("path" in v for v in d["families"].values())
 
 
 def test_family_ops_come_from_the_layers():
     assert FAMILY_OPS == {"e1": "elman", "e33": "elman", "e42": "elman", "e88": "e88", "mamba2": "ssd",
-                          "gdn": "delta", "mingru": "scan", "minlstm": "scan"}
+                          "gdn": "delta", "mingru": "scan", "minlstm": "scan", "transformer": "attention"}
     assert all(FAMILY_OPS[name] == cls.op for name, cls in FAMILIES.items())
 
 
@@ -58,7 +58,7 @@ def test_family_paths_ask_each_op_at_the_family_shapes(monkeypatch):
                 raise RuntimeError("boom")
             return {"path": op, "fast": True, "reason": "stand-in"}
         return backend_info
-    for op in ("elman", "e88", "ssd", "delta", "scan"):
+    for op in ("elman", "e88", "ssd", "delta", "scan", "attention"):
         monkeypatch.setattr(importlib.import_module(f"elmanlab.ops.{op}"), "backend_info", stand_in(op))
     _stand_in_helpers(monkeypatch)
     paths = family_paths("400M")
@@ -67,13 +67,14 @@ def test_family_paths_ask_each_op_at_the_family_shapes(monkeypatch):
                      ("elman", {"d_inner": d["e33"], "nonlinearity": "tanh"}),
                      ("elman", {"d_inner": d["e42"], "nonlinearity": "linear"}),
                      ("e88", {"n_state": 32, "head_v_dim": 32}), ("ssd", {}), ("delta", {}), ("scan", {}),
-                     ("scan", {})]
+                     ("scan", {}), ("attention", {"head_dim": 64})]
     assert list(paths) == list(FAMILY_OPS)
     helper = {"fast": True, "reason": "stand-in"}
     assert paths["gdn"] == {"op": "delta", "path": "delta", "fast": True, "reason": "stand-in",
                             "helpers": {"short_conv": {"path": "short_conv_info", **helper},
                                         "gated_rmsnorm": {"path": "rms_norm_gated_info", **helper}}}
     assert paths["e1"] == {"op": "elman", "path": "elman", "fast": True, "reason": "stand-in"}
+    assert paths["transformer"] == {"op": "attention", "path": "attention", "fast": True, "reason": "stand-in"}
     assert paths["mingru"]["path"] == "unknown" and paths["mingru"]["fast"] is False
     assert paths["mingru"]["reason"] == "probe failed: RuntimeError: boom" and paths["mingru"]["fix"]
     assert missing_fast_paths(paths) == ["mingru", "minlstm"]

@@ -28,11 +28,13 @@ CONFIGS = [
     ("mingru", 32, {"expansion": 2.0}),
     ("minlstm", 32, {}),
     ("minlstm", 32, {"expansion": 1.5}),
+    ("transformer", 32, {"head_dim": 8}),
+    ("transformer", 40, {"head_dim": 16, "n_heads": 3, "rope_base": 500.0}),
 ]
 IDS = [f"{m}-{i}" for i, (m, _, _) in enumerate(CONFIGS)]
 
 
-def make_lm(model, dim, opts, depth=2, mlp_ratio=0.0, seed=0):
+def make_lm(model, dim, opts, depth=2, mlp_ratio=None, seed=0):
     torch.manual_seed(seed)
     cfg = ModelConfig(model, dim, depth, dict(opts), mlp_ratio=mlp_ratio)
     return LM(cfg).double().eval()
@@ -40,9 +42,10 @@ def make_lm(model, dim, opts, depth=2, mlp_ratio=0.0, seed=0):
 
 @pytest.mark.parametrize("model,dim,opts", CONFIGS, ids=IDS)
 def test_param_formula_equals_module(model, dim, opts):
-    for mlp in (0.0, 2.0):
+    for mlp in (0.0, 2.0, None):                        # None: the family's default
         lm = make_lm(model, dim, opts, depth=3, mlp_ratio=mlp)
         assert lm.num_params() == count_params(lm.cfg)
+        assert (lm.blocks[0].mlp is not None) == (lm.cfg.mlp_ratio > 0)
     cfg = ModelConfig(model, dim, 2, dict(opts), tie_embeddings=True)
     assert LM(cfg).num_params() == count_params(cfg)
 
@@ -180,13 +183,81 @@ def test_gdn_layer_equals_its_definition():
     torch.testing.assert_close(out, L.o_proj(on.reshape(2, 19, -1)))
 
 
+def test_transformer_layer_equals_its_definition():
+    """The layer (one fused q/k/v projection, rotate-half RoPE, the attention op) against a GPT
+    block's attention written out: separate q, k, v products, RoPE as complex rotations of the pairs
+    (x_j, x_{j + D/2}) by position * base^(-2j/D), softmax over the causal scores / sqrt(D), o_proj;
+    and the same continued from a KV cache at an offset."""
+    from elmanlab.config import make_options
+    from elmanlab.layers import Transformer
+    torch.manual_seed(0)
+    H, D, base = 3, 8, 300.0
+    layer = Transformer(24, Transformer.resolve(24, make_options("transformer", {"head_dim": D,
+                                                                                  "rope_base": base}))).double()
+    assert layer.H == H and layer.o_proj.weight.shape == (24, H * D)
+    u = torch.randn(2, 13, 24, dtype=torch.float64)
+    out, (kc, vc) = layer(u)
+    Wq, Wk, Wv = layer.qkv_proj.weight.split(H * D)
+
+    def rope(x, pos):                                   # x [B, T, H, D]
+        c = torch.complex(x[..., :D // 2], x[..., D // 2:])
+        ang = pos[:, None] * base ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
+        c = c * torch.polar(torch.ones_like(ang), ang)[None, :, None, :]
+        return torch.cat([c.real, c.imag], dim=-1)
+    pos = torch.arange(13, dtype=torch.float64)
+    q, k, v = ((u @ W.T).reshape(2, 13, H, D) for W in (Wq, Wk, Wv))
+    q, k = rope(q, pos), rope(k, pos)
+    s = torch.einsum("bqhd,bkhd->bhqk", q, k) / D ** 0.5
+    s = s.masked_fill(torch.ones(13, 13, dtype=torch.bool).triu(1), float("-inf"))
+    o = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(s, -1), v)
+    torch.testing.assert_close(out, layer.o_proj(o.reshape(2, 13, H * D)))
+    torch.testing.assert_close(kc, k)
+    torch.testing.assert_close(vc, v)
+    # RoPE makes the scores depend on relative positions only: a cache of 5 positions, then 8 more
+    a, st = layer(u[:, :5])
+    b, st = layer(u[:, 5:], st)
+    torch.testing.assert_close(torch.cat([a, b], 1), out)
+    assert st[0].shape == (2, 13, H, D)
+
+
+def test_transformer_options_are_checked_in_one_line():
+    from elmanlab.errors import ElmanlabError
+    cases = [({"head_dim": 6}, 36, "head_dim must be an integer >= 8"),
+             ({"head_dim": 9}, 36, "head_dim must be even"),
+             ({"head_dim": 64}, 100, "transformer dim 100 is not a multiple of head_dim 64"),
+             ({"head_dim": 64, "n_heads": 0}, 128, "n_heads must be an integer >= 1"),
+             ({"rope_base": 0.5}, 64, "rope_base must be a number > 1")]
+    for opts, dim, msg in cases:
+        with pytest.raises(ElmanlabError, match=msg) as e:
+            ModelConfig("transformer", dim, 2, opts)
+        assert "\n" not in str(e.value)
+    cfg = ModelConfig("transformer", 100, 2, {"head_dim": 64, "n_heads": 2})   # explicit heads: any dim
+    assert cfg.options.n_heads == 2 and LM(cfg).num_params() == count_params(cfg)
+
+
+def test_family_default_mlp_ratio():
+    """The transformer gets its SwiGLU MLP (hidden 8/3 dim) unless asked otherwise; the recurrent
+    families none; the config records the resolved ratio."""
+    t = ModelConfig("transformer", 192, 2)
+    assert t.mlp_ratio == 8 / 3 and t.to_dict()["mlp_ratio"] == 8 / 3
+    assert ModelConfig.from_dict(t.to_dict()) == t
+    assert LM(t).blocks[0].mlp.w3.weight.shape == (192, 512)
+    assert ModelConfig("transformer", 192, 2, mlp_ratio=0).mlp_ratio == 0.0
+    assert LM(ModelConfig("transformer", 192, 2, mlp_ratio=0)).blocks[0].mlp is None
+    assert ModelConfig("e1", 96, 2).mlp_ratio == 0.0
+    from elmanlab.errors import ElmanlabError
+    for bad in (-1.0, float("nan"), True):
+        with pytest.raises(ElmanlabError, match="mlp_ratio must be a number >= 0"):
+            ModelConfig("e1", 96, 2, mlp_ratio=bad)
+
+
 # ---------------------------------------------------------------- what each family will run
 
 def test_each_family_names_its_op_and_answers_backend_info_on_cpu():
     from elmanlab.layers import FAMILIES
     ops = {name: cls.op for name, cls in FAMILIES.items()}
     assert ops == {"e1": "elman", "e33": "elman", "e42": "elman", "e88": "e88", "mamba2": "ssd", "gdn": "delta",
-                   "mingru": "scan", "minlstm": "scan"}
+                   "mingru": "scan", "minlstm": "scan", "transformer": "attention"}
     if torch.cuda.is_available():
         return
     for model, dim, opts in CONFIGS:

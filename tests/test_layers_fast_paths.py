@@ -165,7 +165,61 @@ def test_layer_fast_path_bf16_matches_float64_reference(rel, model, dim, opts):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("model", ["mamba2", "gdn", "mingru", "minlstm"])
+@pytest.mark.parametrize("dim,opts", [(256, {}), (256, {"head_dim": 128}), (192, {"head_dim": 64, "n_heads": 2})])
+def test_transformer_flash_bf16_matches_float64_reference(rel, dim, opts):
+    """The transformer as training runs it (bf16 autocast: flash SDPA, the record says "flash")
+    against the same model's reference in float64 on the CPU: loss and every parameter gradient;
+    float32 outside autocast is not flash's: the reference runs there, recorded as such."""
+    from elmanlab.lm import LM
+    cfg = _assert_fast("transformer", dim, opts)
+    assert cfg.family.backend_info(cfg.dim, cfg.options)["path"] == "flash"
+    torch.manual_seed(5)
+    fast_model = LM(cfg).to(DEV)
+    ref_model = copy.deepcopy(fast_model).to("cpu", torch.float64)
+    x = torch.randint(0, 256, (2, 131), device=DEV)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        _, loss_f = fast_model(x[:, :-1], x[:, 1:])
+    loss_f.backward()
+    assert implementations_used()["attention"] == {"path": "flash", "paths": ["flash"], "fast": True}
+    assert_fast_path_ran(cfg, expect="flash")
+    xc = x.cpu()
+    _, loss_r = ref_model(xc[:, :-1], xc[:, 1:])
+    loss_r.backward()
+    got = {"loss": loss_f.detach().reshape(1).cpu().double()}
+    ref = {"loss": loss_r.detach().reshape(1)}
+    for (n, pf), (_, pr) in zip(fast_model.named_parameters(), ref_model.named_parameters()):
+        got["d" + n], ref["d" + n] = pf.grad.cpu().double(), pr.grad
+    _check(rel, "transformer bf16", got, ref, tol=3e-2)
+    reset_implementations_used()
+    with torch.no_grad():
+        fast_model(x[:, :-1])                                    # float32, no autocast
+    assert implementations_used()["attention"]["path"] == "reference"
+
+
+@pytest.mark.gpu
+def test_transformer_generation_with_the_kv_cache_on_gpu(rel):
+    """bf16: the prompt through flash, then one byte at a time through the cache (the masked path)
+    gives the full forward's logits."""
+    from elmanlab.config import ModelConfig
+    from elmanlab.lm import LM
+    torch.manual_seed(6)
+    m = LM(ModelConfig("transformer", 256, 2)).to(DEV).eval()
+    x = torch.randint(0, 256, (2, 40), device=DEV)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        full = m(x)[0]
+        reset_implementations_used()
+        logits, _, st = m(x[:, :30], return_states=True)
+        outs = [logits]
+        for t in range(30, 40):
+            lg, st = m.step(x[:, t], st)
+            outs.append(lg[:, None])
+    from elmanlab.ops.attention.fast import CACHED
+    assert implementations_used()["attention"]["paths"] == ["flash", CACHED]
+    assert rel(torch.cat(outs, 1).float(), full.float()) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", ["mamba2", "gdn", "mingru", "minlstm", "transformer"])
 def test_layer_bf16_training_step_is_finite(model):
     """bf16 autocast, the way the training loop runs: loss and every gradient finite."""
     from elmanlab.config import ModelConfig

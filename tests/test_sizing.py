@@ -7,7 +7,7 @@ import pytest
 from elmanlab.errors import ElmanlabError
 from elmanlab.sizing import count_params, model_config, parse_count, report, solve
 
-FAMILIES = ["e1", "e33", "e42", "e88", "mamba2", "gdn", "mingru", "minlstm"]
+FAMILIES = ["e1", "e33", "e42", "e88", "mamba2", "gdn", "mingru", "minlstm", "transformer"]
 
 # The seeds' published configurations: (model, dim, depth, options, params, tolerance)
 SEEDS = [
@@ -67,6 +67,7 @@ def test_parse_count(text, value):
     (dict(model="e1", params="100"), "too small"),
     (dict(model="e1", params="1M", dim=64), "exactly one"),
     (dict(model="mamba2", dim=100, depth=2), "multiple of headdim"),
+    (dict(model="transformer", dim=100, depth=2), "transformer dim 100 is not a multiple of head_dim 64"),
     (dict(model="e88", params="100M", options={"gate_activation": "relu"}), "must be one of"),
 ])
 def test_bad_input_is_one_clear_error(kwargs, msg):
@@ -99,6 +100,8 @@ def test_cli_size_every_family_at_1b():
     (("size", "e88", "--params", "100M", "--n-state", "7"), "not supported"),
     (("size", "e1", "--params", "10"), "too small"),
     (("size", "e1", "--params", "abc"), "cannot read parameter count"),
+    (("size", "transformer", "--dim", "100", "--depth", "2"), "transformer dim 100 is not a multiple of head_dim 64"),
+    (("size", "transformer", "--params", "10M", "--head-dim", "7"), "head_dim must be an integer >= 8"),
 ])
 def test_cli_errors_are_one_line(args, msg):
     r = run_cli(*args)
@@ -140,6 +143,10 @@ BAD_OPTIONS = [  # model, CLI flag, study key, value, what the message names
     ("e42", "--expansion", "expansion", -0.5, "expansion must be a number > 0"),
     ("mingru", "--expansion", "expansion", 0, "expansion must be a number > 0"),
     ("minlstm", "--expansion", "expansion", "nan", "expansion must be a number > 0"),
+    ("transformer", "--head-dim", "head_dim", 7, "head_dim must be an integer >= 8"),
+    ("transformer", "--head-dim", "head_dim", 9, "head_dim must be even (RoPE rotates pairs), got 9"),
+    ("transformer", "--n-heads", "n_heads", 0, "n_heads must be an integer >= 1"),
+    ("transformer", "--rope-base", "rope_base", 0, "rope_base must be a number > 1"),
 ]
 BAD_IDS = [f"{m}{flag}={v}" for m, flag, _, v, _ in BAD_OPTIONS]
 
@@ -170,3 +177,58 @@ def test_every_bad_option_is_one_error_before_anything_runs(tmp_path, capsys, mo
     with pytest.raises(ElmanlabError) as e:
         load_study(study)
     assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------- the transformer
+
+@pytest.mark.parametrize("target,depth_range", [("10M", (4, 10)), ("50M", (8, 12)), ("100M", (12, 18)),
+                                                ("400M", (20, 28))])
+def test_transformer_sizes_like_a_gpt(target, depth_range):
+    """Widths a multiple of 64 (whole 64-wide heads), GPT-like depths, within 2%, the SwiGLU MLP in."""
+    cfg = solve("transformer", target)
+    t = parse_count(target)
+    assert abs(count_params(cfg) - t) / t <= 0.02
+    assert cfg.dim % 64 == 0 and cfg.options.n_heads == cfg.dim // 64
+    assert depth_range[0] <= cfg.depth <= depth_range[1], (cfg.dim, cfg.depth)
+    assert cfg.mlp_ratio == 8 / 3
+    no_mlp = solve("transformer", target, mlp_ratio=0)
+    assert no_mlp.mlp_ratio == 0 and no_mlp.dim > cfg.dim
+
+
+def test_transformer_param_formula_and_state():
+    from elmanlab.lm import LM, mlp_hidden
+    cfg = model_config("transformer", dim=320, depth=3)
+    assert LM(cfg).num_params() == count_params(cfg)
+    H = 5
+    per_layer = 4 * 320 * H * 64 + 3 * 320 * mlp_hidden(cfg) + 2 * 320
+    assert count_params(cfg) == 2 * 256 * 320 + 3 * per_layer + 320
+    r = report(cfg)
+    assert r.state_grows and r.state_per_layer == 2 * H * 64 and r.state_total == 3 * 2 * H * 64
+    assert r.state_text() == "640 values per byte of context (KV cache; 327,680 at seq_len 512)"
+    assert not report(model_config("e1", dim=64, depth=2)).state_grows
+    assert report(model_config("e1", dim=64, depth=2)).state_text() == "64 values"
+
+
+def test_train_flops_per_token():
+    from elmanlab.sizing import train_flops_per_token
+    cfg = model_config("transformer", dim=768, depth=12)
+    assert train_flops_per_token(cfg, 1024) == 6 * count_params(cfg) + 12 * 12 * 768 * 1024
+    gqa = model_config("transformer", dim=768, depth=12, options={"n_heads": 4, "head_dim": 128})
+    assert train_flops_per_token(gqa, 512) == 6 * count_params(gqa) + 12 * 12 * 512 * 512
+    e1 = model_config("e1", dim=256, depth=4)
+    assert train_flops_per_token(e1, 512) == 6 * count_params(e1)
+
+
+def test_cli_size_and_models_say_the_kv_cache_grows():
+    r = run_cli("size", "transformer", "--dim", "1024", "--depth", "24")
+    assert r.returncode == 0, r.stderr
+    assert "state per layer    2,048 values per byte of context (KV cache; 1,048,576 at seq_len 512)" in r.stdout
+    assert "SwiGLU, hidden 2752" in r.stdout         # round(8/3 x 1024) = 2731, up to a multiple of 32
+    d = json.loads(run_cli("size", "transformer", "--params", "100M", "--json").stdout)
+    assert d["state_grows"] is True and d["mlp_ratio"] == 8 / 3 and d["dim"] % 64 == 0
+    assert json.loads(run_cli("size", "e1", "--params", "100M", "--json").stdout)["state_grows"] is False
+    rows = {m["model"]: m for m in json.loads(run_cli("models", "--json").stdout)}
+    assert rows["transformer"]["state_grows"] is True and rows["transformer"]["default_mlp_ratio"] == 8 / 3
+    assert rows["e1"]["state_grows"] is False and rows["e1"]["default_mlp_ratio"] == 0
+    text = run_cli("models").stdout
+    assert "a KV cache that grows with the context" in text

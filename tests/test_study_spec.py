@@ -198,3 +198,55 @@ def test_only_settings_that_define_a_run_name_it(tmp_path):
         """))
     assert [j.id for j in st.jobs] == ["e1-200K-lr=0.001-s1"]
     assert st.jobs[0].train["log_every"] == 1 and "log_every" not in st.jobs[0].identity()["train"]
+
+
+def test_mlp_ratio_default_keeps_ids_and_identity(tmp_path):
+    """A run without mlp_ratio takes its family's default: the recurrent families keep the id and
+    identity they always had (mlp_ratio 0.0, no `mlp=` in the id, no flag), the transformer gets its
+    SwiGLU 8/3; a ratio other than the family's default is named in the id and passed to train."""
+    from elmanlab.cli import build_parser
+    from elmanlab.cli.common import model_config_from_args
+    st = load_study(write(tmp_path, """
+        train: {steps: 3, seed: 42}
+        runs:
+          - {model: e1, params: 200K}
+          - {model: e1, params: 200K, mlp_ratio: 2}
+          - {model: e1, params: 200K, mlp_ratio: 0}          # the first run again: merged
+          - {model: transformer, params: 1M}
+          - {model: transformer, params: 1M, mlp_ratio: 0, name: t-no-mlp}
+          - {model: transformer, params: 1M, mlp_ratio: 4}
+        """))
+    ids = [j.id for j in st.jobs]
+    assert ids == ["e1-200K-s42", "e1-200K-mlp=2-s42", "transformer-1M-s42", "t-no-mlp", "transformer-1M-mlp=4-s42"]
+    assert len(ids) == 5
+    plain, mlp2, t, t0, t4 = st.jobs
+    assert plain.identity() == {"model": "e1", "params": "200K", "dim": None, "depth": None, "mlp_ratio": 0.0,
+                                "tie_embeddings": False, "options": {}, "train": {"steps": 3, "seed": 42}}
+    assert t.mlp_ratio == 8 / 3 and t0.mlp_ratio == 0.0 and mlp2.mlp_ratio == 2.0
+    want = [(plain, None, 0.0), (mlp2, "2", 2.0), (t, None, 8 / 3), (t0, "0", 0.0), (t4, "4", 4.0)]
+    for job, flag, ratio in want:
+        argv = job.argv(tmp_path / job.id)
+        assert (argv[argv.index("--mlp-ratio") + 1] if "--mlp-ratio" in argv else None) == flag, job.id
+        args = build_parser().parse_args(argv)
+        assert model_config_from_args(args).mlp_ratio == ratio, job.id
+    assert t.size["state_grows"] is True and "state_grows" not in plain.size
+    from elmanlab.study import plan_table
+    rows = {r["run"]: r for r in plan_table(st)}
+    assert rows["transformer-1M-s42"]["state/layer"].endswith("/byte")
+    assert rows["e1-200K-s42"]["state/layer"] == plain.size["state_per_layer"]
+
+
+@pytest.mark.parametrize("record,study_file", [
+    ("docs/results/2026-11-25-h200/study.json", "studies/first-results-100m.yaml"),
+    ("docs/results/2026-12-02-h200-trust-check/with-fla/study.json", "studies/trust-check-100m.yaml")])
+def test_committed_studies_keep_their_job_ids_and_identities(record, study_file):
+    """The studies that ran (their study.json committed) expand to the same job ids and identities
+    today, so running them again resumes instead of starting over (e.g. after mlp_ratio's default
+    became the family's)."""
+    from elmanlab.study.job import same_run
+    root = Path(__file__).resolve().parents[1]
+    rec = json.loads((root / record).read_text())
+    jobs = {j.id: j for j in load_study(root / study_file, data=str(root / "README.md")).jobs}
+    for r in rec["jobs"]:
+        if r.get("in_study_file", True):
+            assert r["id"] in jobs and same_run(r["spec_identity"], jobs[r["id"]]), r["id"]

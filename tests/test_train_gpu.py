@@ -12,6 +12,7 @@ import torch
 
 from elmanlab.layers import FAMILIES as _FAMILIES
 from elmanlab.ops import implementations_used
+from elmanlab.ops.attention.fast import NAME as FLASH
 from elmanlab.ops.delta.fast import NAME as FLA
 from elmanlab.ops.e88.fused import NAME as E88_KERNEL
 from elmanlab.ops.elman.fused import CHUNKED, CUDNN, PERSISTENT
@@ -29,7 +30,7 @@ FAMILIES = list(_FAMILIES)
 CASES = [(f, 256, None) for f in FAMILIES] + [("e42", 2176, None), ("e1", 256, "cudnn")]
 # the kernel each case is about (the start of its path name in the ops' record)
 KERNEL = {"e1": PERSISTENT["tanh"], "e33": PERSISTENT["tanh"], "e42": PERSISTENT["linear"], "e88": E88_KERNEL,
-          "mamba2": SSD, "gdn": FLA, "mingru": TRITON_SCAN, "minlstm": TRITON_SCAN}
+          "mamba2": SSD, "gdn": FLA, "mingru": TRITON_SCAN, "minlstm": TRITON_SCAN, "transformer": FLASH}
 KERNEL_AT = {("e42", 2176, None): CHUNKED, ("e1", 256, "cudnn"): CUDNN}
 
 

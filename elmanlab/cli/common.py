@@ -37,8 +37,9 @@ def add_model_arguments(p: argparse.ArgumentParser, with_model: bool = True) -> 
     g.add_argument("--params", help="target parameter count, e.g. 100M or 1B; solves for dim")
     g.add_argument("--dim", type=int, help="model width (residual stream)")
     g.add_argument("--depth", type=int, help="number of blocks (default: by target size and family)")
-    g.add_argument("--mlp-ratio", type=float, default=0.0,
-                   help="add a SwiGLU MLP with hidden mlp_ratio * dim to each block (default 0: none)")
+    g.add_argument("--mlp-ratio", type=float, default=None,
+                   help="a SwiGLU MLP with hidden mlp_ratio * dim in each block; 0: none (default: the "
+                        "family's: 8/3 for transformer, none for the others)")
     g.add_argument("--tie-embeddings", action="store_true", help="tie the output head to the embedding")
     o = p.add_argument_group("family options (only those of the chosen family are accepted)")
     for name, (f, defaults) in model_option_fields().items():
@@ -76,7 +77,8 @@ def model_config_from_args(args, model: str | None = None):
 def model_flags_given(args) -> list[str]:
     """The size and family-option flags given on the command line, as ``--flag``."""
     given = [k for k in ("params", "dim", "depth") if getattr(args, k) is not None]
-    given += [k for k in ("mlp_ratio", "tie_embeddings") if getattr(args, k)]
+    given += [k for k in ("mlp_ratio",) if getattr(args, k) is not None]
+    given += [k for k in ("tie_embeddings",) if getattr(args, k)]
     given += list(model_options_from_args(args))
     return ["--" + g.replace("_", "-") for g in given]
 

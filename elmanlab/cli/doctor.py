@@ -51,15 +51,16 @@ def cmd_doctor(args) -> int:
                      ("schedulefree", "schedulefree"), ("nvcc", "nvcc")):
         print(f"  {label:<13} {info[k] or 'not installed'}")
     print("model families (path at the default 400M shapes)")
+    w = max(8, *map(len, paths))
     for fam, r in paths.items():
-        line = f"  {fam:<8} {r['path']}"
+        line = f"  {fam:<{w}} {r['path']}"
         if not r.get("fast") or "refused" in r["path"]:
             line += f"  [{r['reason']}]"
         print(line)
     if args.probe and g:
         print("probe (bf16 forward+backward, one small layer; a fresh machine tunes the Triton kernels "
               "of mamba2 and gdn first, minutes)", flush=True)
-        probe_families(lambda fam, r: print(f"  {fam:<8} {r}", flush=True))
+        probe_families(lambda fam, r: print(f"  {fam:<{w}} {r}", flush=True))
     elif args.probe:
         print("probe: skipped, no GPU")
     if plan is not None:

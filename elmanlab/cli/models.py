@@ -30,13 +30,20 @@ def cmd_models(args) -> int:
                 for f in dataclasses.fields(fam.Options)]
         rows.append({"model": name, "description": fam.description, "options": opts,
                      "default_depth_100M": default_depth(name, 100_000_000),
-                     "default_depth_400M": default_depth(name, 400_000_000)})
+                     "default_depth_400M": default_depth(name, 400_000_000),
+                     "default_mlp_ratio": float(fam.default_mlp_ratio), "state_grows": fam.state_grows})
     if args.json:
         print_json(rows)
         return 0
     for r in rows:
         print(f"{r['model']:<8} {r['description']}")
         print(f"{'':<8} default depth: {r['default_depth_100M']} at 100M, {r['default_depth_400M']} at 400M")
+        mlp = r["default_mlp_ratio"]
+        print(f"{'':<8} MLP: " + (f"SwiGLU, hidden {mlp:.4g} x dim by default (--mlp-ratio 0: none)" if mlp else
+                                  "none by default (--mlp-ratio R adds a SwiGLU MLP)"))
+        print(f"{'':<8} state: " + ("a KV cache that grows with the context (keys and values of every byte "
+                                    "so far, per layer)" if r["state_grows"] else
+                                    "fixed size per sequence, whatever the context length"))
         for o in r["options"]:
             flag = "--" + o["name"].replace("_", "-")
             extra = f" (one of {', '.join(o['choices'])})" if "choices" in o else ""
@@ -46,6 +53,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_size(args) -> int:
+    from elmanlab.lm import mlp_hidden
     from elmanlab.sizing import format_count, parse_count, report
     cfg = model_config_from_args(args)
     rep = report(cfg, None if args.params is None else parse_count(args.params))
@@ -61,9 +69,11 @@ def cmd_size(args) -> int:
         print(f"d_inner            {rep.d_inner}")
     if rep.n_heads is not None:
         print(f"heads              {rep.n_heads}")
-    print(f"state per layer    {rep.state_per_layer:,} values"
+    if rep.mlp_ratio:
+        print(f"MLP                SwiGLU, hidden {mlp_hidden(cfg)} ({rep.mlp_ratio:.4g} x dim)")
+    print(f"state per layer    {rep.state_text()}"
           + (f" (+ {rep.conv_state_per_layer:,} conv buffer)" if rep.conv_state_per_layer else ""))
-    print(f"state, all layers  {rep.state_total:,} values")
+    print(f"state, all layers  {rep.state_text(total=True)}")
     opts = ", ".join(f"{k}={v}" for k, v in rep.options.items())
     print(f"options            {opts or '-'}")
     return 0

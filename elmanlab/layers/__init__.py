@@ -8,9 +8,10 @@ from elmanlab.layers.elman import E1, E33, E42
 from elmanlab.layers.gdn import GDN
 from elmanlab.layers.mamba2 import Mamba2
 from elmanlab.layers.minrnn import MinGRU, MinLSTM
+from elmanlab.layers.transformer import Transformer
 
 FAMILIES: dict[str, type[RecurrentLayer]] = {
-    cls.name: cls for cls in (E1, E33, E42, E88, Mamba2, GDN, MinGRU, MinLSTM)
+    cls.name: cls for cls in (E1, E33, E42, E88, Mamba2, GDN, MinGRU, MinLSTM, Transformer)
 }
 ALIASES = {"fla-gdn": "gdn", "gated-deltanet": "gdn", "min-gru": "mingru", "min-lstm": "minlstm"}
 
@@ -23,4 +24,4 @@ def get_family(name: str) -> type[RecurrentLayer]:
 
 
 __all__ = ["FAMILIES", "get_family", "RecurrentLayer", "E1", "E33", "E42", "E88", "Mamba2", "GDN",
-           "MinGRU", "MinLSTM"]
+           "MinGRU", "MinLSTM", "Transformer"]

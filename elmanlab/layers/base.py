@@ -6,7 +6,8 @@ in the tests), its recurrent state size, and how to fill options derived from th
 
 ``forward(x [B, T, dim], state=None) -> (y [B, T, dim], new_state)``: state is a tuple of
 tensors (zeros when None); feeding ``new_state`` into the next segment equals one long pass,
-which is also how the LM's ``step()`` runs one byte at a time.
+which is also how the LM's ``step()`` runs one byte at a time. (The transformer's state is its KV
+cache, empty when None, which grows with the context: ``state_grows``.)
 
 ``op`` names the family's recurrence (its folder under ``elmanlab/ops``); ``backend_info(dim,
 opts)`` says what the family will run on this machine at its shapes (the op, and the fused helpers
@@ -35,6 +36,8 @@ class RecurrentLayer(nn.Module):
     op: str = ""                   # the recurrence's folder under elmanlab/ops (its record key too)
     Options: type = NoOptions
     dim_multiple: int = 8          # the solver keeps dim a multiple of this (at least)
+    default_mlp_ratio: float = 0.0  # ModelConfig.mlp_ratio when not given (0: no MLP sublayer)
+    state_grows: bool = False      # True: the state is a cache that grows with the context (attention)
 
     @classmethod
     def op_shapes(cls, dim: int, opts) -> dict:
@@ -79,8 +82,15 @@ class RecurrentLayer(nn.Module):
 
     @classmethod
     def state_size(cls, dim: int, opts) -> int:
-        """Recurrent state elements per sequence per layer (not counting short-conv buffers)."""
+        """Recurrent state elements per sequence per layer (not counting short-conv buffers); where
+        ``state_grows`` (a KV cache), the elements per byte of context per layer."""
         raise NotImplementedError
+
+    @classmethod
+    def attention_flops_per_token(cls, dim: int, opts, seq_len: int) -> float:
+        """Training FLOPs per token per layer beyond 6 x the parameters (attention's score and value
+        products at ``seq_len``); 0 for families without attention."""
+        return 0
 
     @classmethod
     def conv_state_size(cls, dim: int, opts) -> int:

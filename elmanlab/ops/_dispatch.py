@@ -121,7 +121,7 @@ def implementations_used() -> dict[str, dict]:
     that op ran, in the order they first ran (more than one when, e.g., layers of two widths took
     different kernels); ``path`` is the only one, or all of them joined by " + "; ``fast`` is True
     only when every one of them is a fast path. Ops: "elman", "e88", "ssd", "delta", "scan" (the
-    recurrences) and "short_conv", "gated_rmsnorm" (the layers' fused helpers). The plain-PyTorch
+    recurrences), "attention" (the transformer's) and "short_conv", "gated_rmsnorm" (the layers' fused helpers). The plain-PyTorch
     reference is the path "reference" (fast False)."""
     return {op: {"path": " + ".join(paths), "paths": list(paths), "fast": all(paths.values())}
             for op, paths in _USED.items()}

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from elmanlab.config import BUDGET_SETTINGS, field_type, identity_settings, train_settings
+from elmanlab.config import BUDGET_SETTINGS, default_mlp_ratio, field_type, identity_settings, train_settings
 from elmanlab.runs import run_status
 
 
@@ -25,7 +25,7 @@ class Job:
     params: str | None           # the target as written (normalised), or None with dim
     dim: int | None
     depth: int | None
-    mlp_ratio: float
+    mlp_ratio: float             # resolved (the family's default when the file gives none)
     tie_embeddings: bool
     options: dict
     train: dict                  # train settings (config.train_settings() keys), as given
@@ -62,8 +62,9 @@ class Job:
             args += ["--dim", str(self.dim)]
         if self.depth is not None:
             args += ["--depth", str(self.depth)]
-        if self.mlp_ratio:
-            args += ["--mlp-ratio", fmt(self.mlp_ratio)]
+        if self.mlp_ratio != default_mlp_ratio(self.model):
+            r = float(self.mlp_ratio)
+            args += ["--mlp-ratio", fmt(r) if float(fmt(r)) == r else repr(r)]
         if self.tie_embeddings:
             args += ["--tie-embeddings"]
         for k, v in self.options.items():

@@ -268,8 +268,9 @@ def _jobs_from_entry(entry: dict, where: str, wave: str | None, base_train: dict
         raise ElmanlabError(f"{where}: give a run exactly one of `params` (e.g. 100M) or `dim` with `depth`")
     if dim is not None and depth is None:
         raise ElmanlabError(f"{where}: `dim` needs `depth` too (or give `params`)")
-    mlp_ratio = entry.get("mlp_ratio", 0.0) or 0.0
-    if not isinstance(mlp_ratio, (int, float)) or isinstance(mlp_ratio, bool) or mlp_ratio < 0:
+    mlp_ratio = entry.get("mlp_ratio")          # None: the family's default (the transformer's 8/3, else 0)
+    if mlp_ratio is not None and (not isinstance(mlp_ratio, (int, float)) or isinstance(mlp_ratio, bool)
+                                  or not mlp_ratio >= 0 or mlp_ratio == float("inf")):
         raise ElmanlabError(f"{where}: mlp_ratio must be a number >= 0, got {mlp_ratio!r}")
     tie = entry.get("tie_embeddings", False)
     if not isinstance(tie, bool):
@@ -289,19 +290,24 @@ def _jobs_from_entry(entry: dict, where: str, wave: str | None, base_train: dict
     from elmanlab.sizing import model_config, report
     try:
         cfg = model_config(model, params=params, dim=dim, depth=depth, options=options,
-                           mlp_ratio=float(mlp_ratio), tie_embeddings=tie)
+                           mlp_ratio=None if mlp_ratio is None else float(mlp_ratio), tie_embeddings=tie)
         rep = report(cfg)
     except ElmanlabError as e:
         at = "" if where.endswith(")") else f" ({model} at {params or f'{dim}x{depth}'})"
         raise ElmanlabError(f"{where}{at}: {e}")
     size = {"params": rep.params, "dim": rep.dim, "depth": rep.depth, "d_inner": rep.d_inner,
             "n_heads": rep.n_heads, "state_per_layer": rep.state_per_layer}
+    if rep.state_grows:                          # a KV cache: state_per_layer is per byte of context
+        size["state_grows"] = True
+    # the job records the resolved ratio: an entry without mlp_ratio keeps the identity it always
+    # had (0.0 for the recurrent families); the id names the ratio only where it is not the default
+    mlp_ratio = cfg.mlp_ratio
 
     # id: model, size, then every setting this entry or its wave sets beyond the study's defaults
     id_parts = [model, params if params is not None else f"d{dim}x{depth}"]
     if params is not None and depth is not None:
         id_parts.append(f"L{depth}")
-    if mlp_ratio:
+    if mlp_ratio != fam.default_mlp_ratio:
         id_parts.append(f"mlp={fmt(float(mlp_ratio))}")
     if tie:
         id_parts.append("tied")

@@ -89,7 +89,7 @@ FORCED = {"path": "reference", "fast": False, "reason": "ELMANLAB_REFERENCE is s
 def test_every_op_folder_answers_backend_info(monkeypatch):
     """Each op folder answers what runs here, {'path', 'fast', 'reason'} and a 'fix' when not fast,
     its shape arguments keyword-only with defaults; without CUDA every one says the reference runs."""
-    assert OPS == ["delta", "e88", "elman", "scan", "ssd"]
+    assert OPS == ["attention", "delta", "e88", "elman", "scan", "ssd"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for name in OPS:
         backend_info = importlib.import_module(f"elmanlab.ops.{name}").backend_info

@@ -61,10 +61,10 @@ CPU_RECORDS = {
     "e1": {"elman": REF}, "e33": {"elman": REF}, "e42": {"elman": REF}, "e88": {"e88": REF},
     "mamba2": {"short_conv": REF, "ssd": REF, "gated_rmsnorm": REF},
     "gdn": {"short_conv": REF, "delta": REF, "gated_rmsnorm": REF},
-    "mingru": {"scan": REF}, "minlstm": {"scan": REF},
+    "mingru": {"scan": REF}, "minlstm": {"scan": REF}, "transformer": {"attention": REF},
 }
 CPU_OPTS = {"e88": {"n_state": 8}, "mamba2": {"d_state": 8, "headdim": 16, "chunk_size": 8},
-            "gdn": {"head_dim": 8, "n_heads": 2}}
+            "gdn": {"head_dim": 8, "n_heads": 2}, "transformer": {"head_dim": 8}}
 
 
 @pytest.mark.parametrize("model", list(CPU_RECORDS))
@@ -221,3 +221,22 @@ def test_minrnn_records_the_triton_scan_or_its_fallback(monkeypatch, model):
     monkeypatch.setattr(scan_fast, "_ERR", "ModuleNotFoundError: No module named 'triton'")
     run_lm(model)
     assert implementations_used() == {"scan": REF}
+
+
+def test_transformer_records_flash_or_its_reference(monkeypatch):
+    """The attention op's CUDA branch (torch's CPU SDPA standing in for flash): "flash" for the
+    training step; the reference, recorded, where flash cannot run (an sm_75 GPU)."""
+    import elmanlab.ops.attention as attn
+    from elmanlab.ops.attention import fast as attn_fast
+    opts = CPU_OPTS["transformer"]
+    want = run_lm("transformer", opts=opts)
+    monkeypatch.setattr(attn, "fast_path_enabled", lambda *t: True)
+    monkeypatch.setattr(attn_fast, "FLASH_DTYPES", (torch.bfloat16, torch.float16, torch.float32))
+    monkeypatch.setattr(attn_fast, "_device_index", lambda device: 0)
+    monkeypatch.setattr(attn_fast, "_capability", lambda idx: (9, 0))
+    monkeypatch.setattr(attn_fast, "_PROBE", {})
+    assert rel_err(run_lm("transformer", opts=opts), want) < 1e-5
+    assert implementations_used() == {"attention": one("flash")}
+    monkeypatch.setattr(attn_fast, "_capability", lambda idx: (7, 5))
+    assert rel_err(run_lm("transformer", opts=opts), want) < 1e-6
+    assert implementations_used() == {"attention": REF}
