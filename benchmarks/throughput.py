@@ -4,7 +4,8 @@ For each family x size x batch: builds the model at the target size (``elmanlab 
 runs the training loop's own step (``elmanlab.train``: bf16 autocast, Schedule-Free AdamW, grad
 norm, non-finite guard) on the embedded corpus, a few warm-up steps (compilation and Triton
 autotuning happen there), then times ``--steps`` steps. Reports tokens/s, MFU = 6 x params x
-tokens/s over this GPU's bf16 matmul rate measured in the same run (8192^3 products), step time
+tokens/s over this GPU's bf16 matmul rate measured in the same run (8192^3 products; the
+Transformer's attention FLOPs, 12 x layers x width x seq_len per token, are added), step time
 and peak memory (torch.cuda.max_memory_allocated over setup + all steps), and the kernel path of
 each family (``elmanlab doctor``). A configuration that runs out of memory or fails is recorded
 with its error and the rest go on. JSON and a markdown table are written after every
@@ -30,7 +31,9 @@ from pathlib import Path
 
 import torch
 
-ALL = ["e1", "e33", "e42", "e88", "mamba2", "gdn", "mingru", "minlstm"]
+from elmanlab.layers import FAMILIES
+
+ALL = list(FAMILIES)            # every family, the Transformer baseline included
 
 
 MODES = ("eager", "graph")
@@ -39,6 +42,7 @@ MODES = ("eager", "graph")
 def run_config(model: str, params: str, batch: int, seq_len: int, warmup: int, steps: int,
                mode: str = "eager") -> dict:
     from _harness import bench_trainer, run_steps
+    from elmanlab.ops import implementations_used
     from elmanlab.sizing import model_config
     mcfg = model_config(model, params=params)
     row = {"model": model, "target": params, "batch": batch, "mode": mode, "seq_len": seq_len, "dim": mcfg.dim,
@@ -55,6 +59,10 @@ def run_config(model: str, params: str, batch: int, seq_len: int, warmup: int, s
             row["tokens_per_s"] = round(batch * seq_len * steps / sum(step_times), 1)
             row["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
             row["loss_first"], row["loss_last"] = round(losses[0], 4), round(losses[-1], 4)
+            row["flops_per_token"] = trainer.flops_per_token()
+            row["ran"] = trainer.kernel()["path"]                       # what the op recorded, not a prediction
+            row["implementations"] = implementations_used()
+            row["cuda_graph"] = trainer.use_graph
             row["status"] = "ok"
     except torch.cuda.OutOfMemoryError:
         row["status"] = "OOM"
@@ -71,8 +79,8 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"# Training throughput, {m['gpu']['name']}", "",
              f"bf16 autocast, Schedule-Free AdamW, the training loop's step (elmanlab.train); warm-up steps "
-             f"untimed, then timed steps (per row in the JSON); seq_len {result['seq_len']}. MFU = 6 x params x "
-             f"tokens/s / the bf16 8192^3 matmul rate measured in the same run as the row "
+             f"untimed, then timed steps (per row in the JSON); seq_len {result['seq_len']}. MFU = training FLOPs per "
+             f"token (6 x params, plus attention's for the Transformer) x tokens/s / the bf16 8192^3 matmul rate measured in the same run as the row "
              f"({min(r.get('matmul_tflops', result['matmul_tflops']) for r in result['rows']):.0f}-"
              f"{max(r.get('matmul_tflops', result['matmul_tflops']) for r in result['rows']):.0f} TFLOP/s). "
              f"torch {m['torch']}, triton {m['triton']}, fla {m['fla']}, mamba_ssm {m['mamba_ssm']}, "
@@ -81,6 +89,8 @@ def markdown(result: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         path = r.get("path") or result["paths"].get(r["model"], {}).get("path", "?")
+        if r.get("ran"):
+            path += f" (ran: {r['ran']})"
         if r["status"] != "ok":
             lines.append(f"| {r['model']} | {r['target']} | {r.get('params', 0) / 1e6:.0f}M | {r['dim']}x{r['depth']} "
                          f"| {r['batch']} | {r.get('mode', 'eager')} | {r['status']} | | | | {path} |")
@@ -102,7 +112,7 @@ def refuse_existing(jpath: Path, args) -> bool:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default=",".join(ALL), help="comma-separated families (default: all 8)")
+    ap.add_argument("--models", default=",".join(ALL), help="comma-separated families (default: all)")
     ap.add_argument("--params", default="100M,400M", help="comma-separated target sizes")
     ap.add_argument("--batch", default="16,64", help="comma-separated batch sizes")
     ap.add_argument("--seq-len", type=int, default=512)
@@ -163,8 +173,8 @@ def main(argv=None) -> int:
                 r = run_config(fam, params, batch, args.seq_len, args.warmup, args.steps, mode)
                 r["path"] = paths_here[fam]["path"]
                 r["matmul_tflops"], r["warmup"], r["steps"] = round(peak / 1e12, 1), args.warmup, args.steps
-                if r["status"] == "ok":
-                    r["mfu"] = round(6 * r["params"] * r["tokens_per_s"] / peak, 4)
+                if r["status"] == "ok":      # attention's FLOPs counted for the Transformer (sizing.train_flops_per_token)
+                    r["mfu"] = round(r["flops_per_token"] * r["tokens_per_s"] / peak, 4)
                 rows.append(r)
                 print(f"{fam:<8} {params:>5} B{batch:<3} {mode:<5} " + (
                     f"{r['tokens_per_s'] / 1e3:8.1f}K tok/s  MFU {100 * r['mfu']:5.1f}%  {r['step_ms']:7.1f} ms  "

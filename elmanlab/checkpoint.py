@@ -29,17 +29,40 @@ def save_safetensors(state: dict, path: Path) -> None:
     save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(path))
 
 
-def save_weights(model: torch.nn.Module, run_dir: Path) -> None:
-    """The run's final weights, ``model.safetensors``, written whole or not at all."""
-    tmp = Path(run_dir) / (WEIGHTS_FILE + ".tmp")
+def save_weights(model: torch.nn.Module, run_dir: Path, name: str = WEIGHTS_FILE) -> None:
+    """The model's weights as ``run_dir/name`` (the final weights by default), written whole or not at all."""
+    tmp = Path(run_dir) / (name + ".tmp")
     save_safetensors(model.state_dict(), tmp)
-    os.replace(tmp, Path(run_dir) / WEIGHTS_FILE)
+    os.replace(tmp, Path(run_dir) / name)
 
 
-def write_checkpoint(run_dir: Path, step: int, state: dict, model: torch.nn.Module, eval_weights) -> bool:
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` as a hard link to ``src`` (no space: the run's file is replaced, never rewritten in
+    place), or a copy where links are not possible."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def restore_file(ckpt_dir: Path, run_dir: Path, name: str) -> None:
+    """Make ``run_dir/name`` what the checkpoint kept of it (a copy), or absent when it kept none: a
+    file written after the checkpoint belongs to steps the resumed run makes again."""
+    src, dst = Path(ckpt_dir) / name, Path(run_dir) / name
+    if src.is_file():
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    elif dst.exists():
+        dst.unlink()
+
+
+def write_checkpoint(run_dir: Path, step: int, state: dict, model: torch.nn.Module, eval_weights,
+                     extra_files: list[Path] = ()) -> bool:
     """Write checkpoint ``step`` of ``run_dir``: ``state`` as state.pt and ``model``'s weights, taken
-    inside the ``eval_weights()`` context, as model.safetensors; then drop all but the newest
-    checkpoints. False (and nothing written) when that step's checkpoint exists already."""
+    inside the ``eval_weights()`` context, as model.safetensors, and ``extra_files`` (e.g. the best
+    weights) linked in under their names; then drop all but the newest checkpoints. False (and
+    nothing written) when that step's checkpoint exists already."""
     root = Path(run_dir) / CHECKPOINT_DIR
     root.mkdir(exist_ok=True)
     name = checkpoint_name(step)
@@ -52,6 +75,8 @@ def write_checkpoint(run_dir: Path, step: int, state: dict, model: torch.nn.Modu
         torch.save(state, tmp / CHECKPOINT_STATE)
         with eval_weights():
             save_safetensors(model.state_dict(), tmp / WEIGHTS_FILE)
+        for f in extra_files:
+            _link_or_copy(Path(f), tmp / Path(f).name)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
@@ -80,15 +105,16 @@ def read_checkpoint(run_dir: Path) -> tuple[Path, dict]:
         raise ElmanlabError(f"cannot read checkpoint {path}: {e}") from None
 
 
-def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
-    """(model in eval mode with the run's evaluation weights, run config dict)."""
+def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu", which: str = "final"):
+    """(model in eval mode with the run's evaluation weights, run config dict); ``which="best"``: the
+    weights of the best held-out score (``--keep-best``)."""
     from safetensors.torch import load_file
 
     from elmanlab.hardware import resolve_device
     from elmanlab.lm import LM
     conf = load_run_config(run_dir)
     model = LM(ModelConfig.from_dict(conf["model"]))
-    path = weights_path(run_dir)
+    path = weights_path(run_dir, which)
     try:
         state = load_file(str(path))
     except Exception as e:  # noqa: BLE001 - corrupt or foreign file

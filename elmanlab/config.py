@@ -20,6 +20,7 @@ from elmanlab.errors import ElmanlabError
 
 DEFAULT_EVAL_BYTES = 262_144        # held-out bytes scored at the end of training and by `elmanlab eval`
 DEFAULT_STEPS = 300                 # the budget of `elmanlab train` when none is given
+AUTO_EVALS = 10                     # held-out evaluations over a budget when --eval-every is not given
 
 
 # ---------------------------------------------------------------- the model
@@ -30,7 +31,8 @@ class ModelConfig:
     dim: int
     depth: int
     options: Any = None                 # the family's Options dataclass (resolved)
-    mlp_ratio: float = 0.0              # > 0 adds a SwiGLU MLP sublayer with hidden mlp_ratio * dim
+    mlp_ratio: float | None = None      # > 0 adds a SwiGLU MLP sublayer with hidden mlp_ratio * dim;
+                                        # None: the family's default_mlp_ratio (0 but the transformer's 8/3)
     tie_embeddings: bool = False        # untied head by default (reproduces the seeds' counts)
 
     def __post_init__(self):
@@ -44,8 +46,12 @@ class ModelConfig:
             raise ElmanlabError(f"dim must be >= 1, got {self.dim}")
         if self.depth < 1:
             raise ElmanlabError(f"depth must be >= 1, got {self.depth}")
-        if self.mlp_ratio < 0:
-            raise ElmanlabError(f"mlp_ratio must be >= 0, got {self.mlp_ratio}")
+        if self.mlp_ratio is None:
+            self.mlp_ratio = float(fam.default_mlp_ratio)
+        if (isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float))
+                or not math.isfinite(self.mlp_ratio) or self.mlp_ratio < 0):
+            raise ElmanlabError(f"mlp_ratio must be a number >= 0, got {self.mlp_ratio!r}")
+        self.mlp_ratio = float(self.mlp_ratio)
         self.options = fam.resolve(self.dim, self.options)
 
     @property
@@ -69,6 +75,11 @@ class ModelConfig:
 def _family(name: str):
     from elmanlab.layers import get_family
     return get_family(name)
+
+
+def default_mlp_ratio(model: str) -> float:
+    """The MLP ratio a ModelConfig of ``model`` gets when none is given (0.0: no MLP sublayer)."""
+    return float(_family(model).default_mlp_ratio)
 
 
 def option_fields(model: str) -> dict[str, dataclasses.Field]:
@@ -144,6 +155,9 @@ class TrainConfig:
     beta2: float = setting(0.999, "Adam beta2", "optimisation")
     grad_clip: float | None = setting(None, "clip the global gradient norm to this value; default: off",
                                       "optimisation")
+    dropout: float = setting(0.0, "dropout probability on the embedding and on every residual branch's "
+                                  "output, in training only (evaluation and generation never drop); 0: off",
+                             "optimisation")
     max_nonfinite: int = setting(10, "non-finite steps (each skipped) in a row before the run stops",
                                  "optimisation", identity=False)
     seed: int = setting(42, "seeds the initial weights and the data stream", "optimisation")
@@ -161,7 +175,21 @@ class TrainConfig:
     checkpoint_every: int = setting(0, "write a checkpoint every N steps (last two kept; needed for "
                                        "--resume); 0: none", "run", identity=False, resume=True)
     log_every: int = setting(10, "steps between metrics.jsonl lines", "run", identity=False)
-    eval_bytes: int = setting(DEFAULT_EVAL_BYTES, "held-out bytes scored at the end; 0: skip", "run")
+    eval_bytes: int = setting(DEFAULT_EVAL_BYTES, "held-out bytes scored at every evaluation (during "
+                                                  "training and at the end); 0: none", "run")
+    eval_every: int | None = setting(
+        None, "score the held-out bytes every N steps as well as at the end (metrics.jsonl, the progress bar, "
+              "the summary's best); evaluation is timed apart from training. Default: "
+              f"{AUTO_EVALS} evaluations over the budget (every steps/{AUTO_EVALS} steps; with --minutes "
+              f"every minutes/{AUTO_EVALS} of training time); 0: only at the end", "run", identity=False,
+        resume=True)
+    keep_best: bool = setting(False, "also keep the weights of the best held-out score as best.safetensors "
+                                     "(`elmanlab eval/generate --weights best`)", "run", identity=False, resume=True)
+    tensorboard: bool = setting(False, "also log loss, held-out loss, lr, grad norm and tokens/s as TensorBoard "
+                                       "event files in RUN/tensorboard (needs the tensorboard package)", "run",
+                                identity=False, resume=True)
+    wandb: bool = setting(False, "also log them to an offline Weights & Biases run in RUN/wandb (`wandb sync` "
+                                 "uploads it later; needs the wandb package)", "run", identity=False, resume=True)
     progress: bool = setting(True, "progress bar on stderr", "run", identity=False, resume=True)
 
     def __post_init__(self):
@@ -209,6 +237,13 @@ class TrainConfig:
         need(self.eval_bytes == 0 or self.eval_bytes > self.seq_len,
              f"--eval-bytes must be 0 (no final evaluation) or more than --seq-len {self.seq_len}, "
              f"got {self.eval_bytes}")
+        need(self.eval_every is None or (isinstance(self.eval_every, int) and self.eval_every >= 0),
+             f"--eval-every must be 0 (only at the end) or a positive number of steps, got {self.eval_every}")
+        need(not (self.eval_every and self.eval_bytes == 0),
+             f"--eval-every {self.eval_every} needs held-out bytes to score: drop --eval-bytes 0")
+        need(not (self.keep_best and self.eval_bytes == 0), "--keep-best needs held-out bytes: drop --eval-bytes 0")
+        need(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1,
+             f"--dropout must be in [0, 1), got {self.dropout}")
         need(self.max_nonfinite >= 1, f"--max-nonfinite must be >= 1, got {self.max_nonfinite}")
         need(not (self.cuda_graph and self.compile), "--cuda-graph and --compile cannot be combined: drop one")
         need(not (self.cuda_graph and world_size > 1),

@@ -68,11 +68,12 @@ def evaluate_bytes(model, data: np.ndarray, seq_len: int, eval_bytes: int = DEFA
 
 def evaluate_run(run_dir: str, data: str | None = None, eval_bytes: int = DEFAULT_EVAL_BYTES,
                  device: str = "auto", batch_size: int | None = None, progress: bool = True,
-                 update_summary: bool = True) -> dict:
-    """Evaluate a run folder's final (or newest checkpoint) weights.
+                 update_summary: bool = True, weights: str = "final") -> dict:
+    """Evaluate a run folder's final (or newest checkpoint) weights, or with ``weights="best"`` those
+    of its best held-out score (``--keep-best``).
 
     Without ``data`` the run's own validation stream is scored and, when the run has a
-    summary.json, its val_loss / val_bpb / val_bytes are updated (atomically).
+    summary.json, its val_loss / val_bpb / val_bytes are updated (atomically; final weights only).
     """
     from elmanlab.checkpoint import load_model
     from elmanlab.data import open_bytes, validation_bytes
@@ -83,7 +84,7 @@ def evaluate_run(run_dir: str, data: str | None = None, eval_bytes: int = DEFAUL
         raise ElmanlabError(f"--bytes must be positive, got {eval_bytes}")
     run = Path(run_dir).expanduser()
     dev = resolve_device(device)
-    model, conf = load_model(run, dev)
+    model, conf = load_model(run, dev, weights)
     tc = conf["train"]
     seq_len = int(tc["seq_len"])
     if data is None:
@@ -94,9 +95,9 @@ def evaluate_run(run_dir: str, data: str | None = None, eval_bytes: int = DEFAUL
         source = str(Path(data).expanduser())
     t0 = time.perf_counter()
     res = evaluate_bytes(model, vals, seq_len, eval_bytes, batch_size or int(tc.get("batch_size", 16)), dev)
-    res.update({"run": str(run), "source": source, "seq_len": seq_len, "weights": str(weights_path(run)),
+    res.update({"run": str(run), "source": source, "seq_len": seq_len, "weights": str(weights_path(run, weights)),
                 "eval_s": time.perf_counter() - t0})
-    if data is None and update_summary and (run / SUMMARY_FILE).is_file():
+    if data is None and update_summary and weights == "final" and (run / SUMMARY_FILE).is_file():
         s = read_json(run / SUMMARY_FILE)
         s.update(val_fields(res))
         atomic_write_json(run / SUMMARY_FILE, s)

@@ -2,6 +2,10 @@
 
 A block is ``x + layer(RMSNorm(x))`` (plus ``x + mlp(RMSNorm(x))`` when ``mlp_ratio > 0``).
 The head is untied from the embedding by default: that reproduces the seeds' parameter counts.
+
+``dropout`` (a training setting, off by default) drops elements of the embedding output and of
+every residual branch's output (layer and MLP) in training mode; evaluation, generation and the
+Schedule-Free average never see it (``model.eval()``).
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from elmanlab.config import ModelConfig
+from elmanlab.errors import ElmanlabError
 
 VOCAB = 256
 
@@ -25,13 +30,22 @@ class SwiGLU(nn.Module):
         return self.w3(F.silu(a) * b)
 
 
+MLP_MULTIPLE = 32        # the Transformer's SwiGLU hidden width is rounded up to this (GPU-friendly GEMMs)
+
+
 def mlp_hidden(cfg: ModelConfig) -> int:
-    return int(round(cfg.mlp_ratio * cfg.dim))
+    """SwiGLU hidden width: round(mlp_ratio x dim); for families whose blocks carry an MLP by default
+    (the Transformer), rounded up to a multiple of MLP_MULTIPLE, as LLaMA-style models do."""
+    h = int(round(cfg.mlp_ratio * cfg.dim))
+    if cfg.family.default_mlp_ratio > 0:
+        h = -(-h // MLP_MULTIPLE) * MLP_MULTIPLE
+    return h
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, dropout: float = 0.0):
         super().__init__()
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.norm = nn.RMSNorm(cfg.dim, eps=1e-5)
         self.layer = cfg.family(cfg.dim, cfg.options, layer_idx=layer_idx, depth=cfg.depth)
         if cfg.mlp_ratio > 0:
@@ -42,18 +56,22 @@ class Block(nn.Module):
 
     def forward(self, x, state=None):
         y, state = self.layer(self.norm(x), state)
-        x = x + y
+        x = x + self.drop(y)
         if self.mlp is not None:
-            x = x + self.mlp(self.mlp_norm(x))
+            x = x + self.drop(self.mlp(self.mlp_norm(x)))
         return x, state
 
 
 class LM(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, dropout: float = 0.0):
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ElmanlabError(f"dropout must be in [0, 1), got {dropout}")
         self.cfg = cfg
+        self.dropout = dropout
         self.embed = nn.Embedding(VOCAB, cfg.dim)
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
+        self.embed_drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.blocks = nn.ModuleList(Block(cfg, i, dropout) for i in range(cfg.depth))
         self.norm = nn.RMSNorm(cfg.dim, eps=1e-5)
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, VOCAB, bias=False)
         self.reset_parameters()
@@ -83,7 +101,7 @@ class LM(nn.Module):
         With ``return_states`` the per-layer final states come back too, so a sequence can be
         processed in segments; ``states`` (one entry per layer, None for zeros) continues one.
         """
-        x = self.embed(idx)
+        x = self.embed_drop(self.embed(idx))
         new_states = []
         for i, blk in enumerate(self.blocks):
             x, st = blk(x, None if states is None else states[i])

@@ -6,6 +6,8 @@ A run folder (the ``--out`` of ``elmanlab train``)::
     metrics.jsonl        one line per logged step
     summary.json         written at the end (also for a failed run: status + error)
     model.safetensors    the final weights (Schedule-Free's evaluation weights)
+    best.safetensors     with --keep-best: the weights of the best held-out score (summary: best_val_step)
+    tensorboard/, wandb/ with --tensorboard / --wandb: the trackers' files
     checkpoints/step_XXXXXXXX/{model.safetensors, state.pt}   the newest two, with --checkpoint-every
 
 A study folder (the ``--out`` of ``elmanlab study``) holds one run folder per job, ``study.json``
@@ -29,14 +31,17 @@ CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 WEIGHTS_FILE = "model.safetensors"
+BEST_WEIGHTS_FILE = "best.safetensors"
+WEIGHT_CHOICES = ("final", "best")  # what `eval` and `generate --weights` can load
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_STATE = "state.pt"
-RUN_FILES = (CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, WEIGHTS_FILE, CHECKPOINT_DIR)
+RUN_FILES = (CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, WEIGHTS_FILE, BEST_WEIGHTS_FILE, CHECKPOINT_DIR)
 
 STATE_FILE = "study.json"           # a study folder's state: the expanded jobs and their status
 LOCK_FILE = ".study.lock"           # one `elmanlab study` process per study folder
 LOG_DIR = "logs"                    # one log per job
 PLOTS_DIR = "plots"
+GPU_JOBS_ENV = "ELMANLAB_GPU_JOBS"  # set by a study running several jobs per GPU; each run records it (gpu_jobs)
 ASIDE = re.compile(r"\.(failed|interrupted)-\d+$")     # run folders a study moved aside (RUN.failed-1)
 
 
@@ -113,9 +118,17 @@ def has_checkpoint(run_dir: str | os.PathLike) -> bool:
     return is_run_dir(run_dir) and bool(list_checkpoints(run_dir))
 
 
-def weights_path(run_dir: str | os.PathLike) -> Path:
-    """The final weights, else the newest checkpoint's."""
+def weights_path(run_dir: str | os.PathLike, which: str = "final") -> Path:
+    """The final weights, else the newest checkpoint's; ``which="best"``: the best held-out score's
+    (a run trained with --keep-best)."""
     run_dir = Path(run_dir)
+    if which not in WEIGHT_CHOICES:
+        raise ElmanlabError(f"--weights must be one of {', '.join(WEIGHT_CHOICES)}, got {which!r}")
+    if which == "best":
+        if (run_dir / BEST_WEIGHTS_FILE).is_file():
+            return run_dir / BEST_WEIGHTS_FILE
+        raise ElmanlabError(f"{run_dir} has no {BEST_WEIGHTS_FILE}: best weights are kept by runs trained with "
+                            f"--keep-best (and a held-out evaluation); use --weights final")
     if (run_dir / WEIGHTS_FILE).is_file():
         return run_dir / WEIGHTS_FILE
     ckpts = list_checkpoints(run_dir)
@@ -139,6 +152,25 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
                     continue
                 if all(isinstance(r.get(k), (int, float)) for k in ("step", "loss", "tokens")) \
                         and math.isfinite(r["loss"]):
+                    rows.append(r)
+    except OSError:
+        return []
+    rows.sort(key=lambda r: r["step"])
+    return rows
+
+
+def read_val_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The held-out lines of metrics.jsonl (finite val_loss, step and tokens), by step."""
+    rows = []
+    try:
+        with open(Path(run_dir) / METRICS_FILE) as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) for k in ("step", "val_loss", "tokens")) \
+                        and math.isfinite(r["val_loss"]):
                     rows.append(r)
     except OSError:
         return []

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -59,13 +58,17 @@ from elmanlab import checkpoint
 from elmanlab.config import TrainConfig, resumable_settings
 from elmanlab.data import fingerprint_update
 from elmanlab.errors import ElmanlabError
-from elmanlab.fsutil import atomic_write_json, atomic_write_text
+from elmanlab.fsutil import atomic_write_json
 from elmanlab.hardware import (autocast, dist_info, peak_bf16_flops, peak_memory_gb, resolve_device, source_info,
                                versions)
 from elmanlab.ops import implementations_used, reset_implementations_used
-from elmanlab.runs import (CONFIG_FILE, METRICS_FILE, RUN_FORMAT, SUMMARY_FILE, check_new_run_dir, load_run_config,
+from elmanlab.metrics import MetricsLog, check_trackers
+from elmanlab.runs import (BEST_WEIGHTS_FILE, CONFIG_FILE, GPU_JOBS_ENV, RUN_FORMAT, SUMMARY_FILE, check_new_run_dir, load_run_config,
                            run_status)
 from elmanlab.step import GraphedStep, check_fast_path, graph_choice, grad_norm, make_optimizer
+from elmanlab.validation import Validator
+
+EPOCHS_WARN = 4         # a budget that covers the training split more often than this gets a warning
 
 
 # ---------------------------------------------------------------- the trainer
@@ -93,6 +96,8 @@ class Trainer:
         from elmanlab.lm import LM
         cfg = self.cfg
         cfg.validate(self.world)
+        if self.is_main:
+            check_trackers(cfg.tensorboard, cfg.wandb)
         self.device = resolve_device(cfg.device, self.local_rank)
         if cfg.cuda_graph and self.device.type != "cuda":
             raise ElmanlabError(f"--cuda-graph needs a CUDA device, not {self.device}: drop --cuda-graph "
@@ -110,6 +115,7 @@ class Trainer:
             cfg.val_data = str(Path(cfg.val_data).expanduser().resolve())
         self.split = make_split(cfg.data, cfg.val_data, cfg.seq_len, progress=cfg.progress and self.is_main)
         self.sampler = BatchSampler(self.split.train_bytes, cfg.seq_len, cfg.batch_size, cfg.seed)
+        self.epoch_warned = False
         self.out = Path(cfg.out).expanduser()
         if self.resume_dir is None and self.is_main:
             check_new_run_dir(self.out)
@@ -124,7 +130,7 @@ class Trainer:
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)     # subnormal floats (saturated tanh) are ~100x slower on x86
         torch.manual_seed(cfg.seed)
-        self.model = LM(cfg.model).to(self.device)
+        self.model = LM(cfg.model, dropout=cfg.dropout).to(self.device)
         self.model.train()
         if self.device.type == "cuda":
             # after the first CUDA allocation: on torch 2.11 resetting before the context exists fails
@@ -146,6 +152,8 @@ class Trainer:
             self.fwd = DDP(self.fwd, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.b_local = cfg.batch_size // self.world
         self.rows = slice(self.rank * self.b_local, (self.rank + 1) * self.b_local)
+        self.validator = Validator(cfg, self.split.val, self.b_local * self.world, self.device, self.is_main)
+        self.metrics: MetricsLog | None = None
 
         # progress state (all restored on resume)
         self.step = 0
@@ -278,8 +286,11 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "validation": self.validator.state_dict(),
         }
-        if checkpoint.write_checkpoint(self.out, self.step, state, self.model, self.eval_weights):
+        best = self.out / BEST_WEIGHTS_FILE
+        extra = [best] if self.cfg.keep_best and best.is_file() else []
+        if checkpoint.write_checkpoint(self.out, self.step, state, self.model, self.eval_weights, extra):
             self.timers["checkpoint_s"] += time.perf_counter() - t0
 
     def _restore(self) -> None:
@@ -299,10 +310,13 @@ class Trainer:
             self.warm_steps = st["warm_steps"]
             self.timers.update(st["timers"])
             self.interval.update(st["interval"])
+            self.validator.load_state_dict(st.get("validation"))
         except (RuntimeError, KeyError, ValueError) as e:  # edited config.json, or a foreign state.pt
             raise ElmanlabError(f"checkpoint {path} does not match the run's config.json "
                                 f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
         self.prior_wall = self.timers["wall_s"]
+        if self.is_main:        # the best weights as of the checkpoint (a later best is made again, identically)
+            checkpoint.restore_file(path.parent, self.resume_dir, BEST_WEIGHTS_FILE)
         torch.set_rng_state(st["rng_cpu"])
         if self.device.type == "cuda" and st["rng_cuda"]:
             with contextlib.suppress(Exception):
@@ -321,21 +335,13 @@ class Trainer:
         atomic_write_json(self.out / CONFIG_FILE, conf)
 
     def _open_metrics(self) -> None:
-        """metrics.jsonl for appending; resuming, the lines past the checkpoint's step are dropped."""
+        """metrics.jsonl for appending (resuming, the lines past the checkpoint's step are dropped), and the
+        requested trackers."""
         if not self.is_main:
             return
-        path = self.out / METRICS_FILE
-        if self.resume_dir is not None and path.exists():
-            keep = []
-            for line in path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue            # a line cut short by a kill
-                if rec.get("step", 0) <= self.step:
-                    keep.append(line)
-            atomic_write_text(path, "".join(x + "\n" for x in keep))
-        self.metrics_fh = open(path, "a")
+        conf = {"model": self.cfg.model.to_dict(), "params": self.n_params, **self.cfg.settings()}
+        self.metrics = MetricsLog(self.out, None if self.resume_dir is None else self.step, conf,
+                                  tensorboard=self.cfg.tensorboard, wandb=self.cfg.wandb)
 
     def _log(self) -> None:
         iv = self.interval
@@ -345,10 +351,49 @@ class Trainer:
                "tokens_per_s": round(iv["tokens"] / iv["time"], 2) if iv["time"] > 0 else None,
                "lr": float(self.optimizer.param_groups[0].get("scheduled_lr", self.cfg.lr)),
                "grad_norm": self.last_grad_norm}
-        if self.is_main:
-            self.metrics_fh.write(json.dumps(rec) + "\n")
-            self.metrics_fh.flush()
+        if self.metrics is not None:
+            self.metrics.write(rec)
         self.interval = {"loss_sum": 0.0, "loss_n": 0, "tokens": 0, "time": 0.0}
+
+    # -- held-out evaluation -----------------------------------------------------------------
+    def validate(self) -> dict | None:
+        """Score the held-out bytes now with the evaluation weights (timed apart from training) and log
+        it; with --keep-best, write best.safetensors when the score is the best so far. None on the
+        ranks that do not write."""
+        if not self.validator.enabled:
+            return None
+        t0 = time.perf_counter()
+        with self.eval_weights():
+            point, is_best = self.validator.score(self.model, self.step, self.tokens, self.timers["train_s"])
+            if is_best and self.cfg.keep_best:
+                checkpoint.save_weights(self.model, self.out, BEST_WEIGHTS_FILE)
+        self.timers["eval_s"] += time.perf_counter() - t0
+        if self.metrics is not None:
+            self.metrics.write(point)
+        return point
+
+    def _check_epochs(self) -> None:
+        """Warn once when the budget covers the training split more than EPOCHS_WARN times."""
+        if self.epoch_warned or not self.is_main:
+            return
+        per_step = self.cfg.batch_size * self.cfg.seq_len
+        planned = self.cfg.steps * per_step if self.cfg.steps is not None else self.tokens
+        epochs = planned / self.split.train_bytes
+        if epochs > EPOCHS_WARN:
+            self.epoch_warned = True
+            what = f"{self.cfg.steps:,} steps" if self.cfg.steps is not None else "this run"
+            sys.stderr.write(f"warning: {what} of {self.cfg.batch_size} x {self.cfg.seq_len} bytes cover(s) the "
+                             f"training split ({self.split.train_bytes:,} bytes) {epochs:.1f} times: watch the "
+                             f"held-out loss (--eval-every) and consider --dropout or more data\n")
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 6 x parameters, plus attention's for families that attend."""
+        from elmanlab.sizing import train_flops_per_token
+        return train_flops_per_token(self.cfg.model, self.cfg.seq_len)
+
+    def epochs(self) -> float:
+        """Passes over the training split so far (tokens trained / training bytes)."""
+        return self.tokens / self.split.train_bytes
 
     # -- the loop ----------------------------------------------------------------------------
     def _budget_done(self) -> bool:
@@ -386,6 +431,7 @@ class Trainer:
                        desc=f"train {cfg.model.model}", bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s "
                        "[{elapsed}<{remaining}{postfix}]")
         status = "completed"
+        self._check_epochs()
         warm_left = self.warm_up_steps                     # this process's steps timed apart
         old_handler = self._catch_sigint()
         try:
@@ -419,6 +465,12 @@ class Trainer:
                 done_now = self._budget_done()
                 if self.step % cfg.log_every == 0 or done_now:
                     self._log()
+                if self.cfg.minutes is not None:
+                    self._check_epochs()
+                if self.validator.due(self.step, self.timers["train_s"]) or (
+                        done_now and self.validator.enabled and self.validator.last_at(self.step) is None):
+                    self.validate()             # at the end of the budget: the final score (before the checkpoint)
+                    bar.set_postfix_str(self._postfix(loss_v), refresh=True)
                 if self.nonfinite_run >= cfg.max_nonfinite:
                     status = "stopped_nonfinite"
                     if self.interval["loss_n"] or self.interval["time"]:
@@ -463,8 +515,11 @@ class Trainer:
 
     def _postfix(self, loss_v: float) -> str:
         tps = self.tokens_per_s()
-        loss_txt = f"{loss_v:.4f}" if math.isfinite(loss_v) else str(loss_v)
-        return f"loss {loss_txt}, {tps:,.0f} tok/s" if tps else f"loss {loss_txt}"
+        txt = f"loss {loss_v:.4f}" if math.isfinite(loss_v) else f"loss {loss_v}"
+        last, best = (self.validator.history or [None])[-1], self.validator.best()
+        if last is not None:
+            txt += f", val {last['val_loss']:.4f}" + (f" (best {best['val_loss']:.4f})" if best is not last else "")
+        return txt + (f", {tps:,.0f} tok/s" if tps else "")
 
     def tokens_per_s(self) -> float | None:
         timed_steps = self.step - self.warm_steps
@@ -484,18 +539,19 @@ class Trainer:
             "loss_last100": float(np.mean(losses)) if losses else None,
             "final_loss": self.final_loss,
             "tokens_per_s": tps,
-            "mfu": (6.0 * self.n_params * tps / (peak * self.world)) if (peak and tps) else None,
+            "mfu": (self.flops_per_token() * tps / (peak * self.world)) if (peak and tps) else None,
             "peak_memory_gb": peak_memory_gb(self.device),
             "wall_s": self._wall(),
             "train_s": self.timers["train_s"], "warmup_s": self.timers["warmup_s"],
             "checkpoint_s": self.timers["checkpoint_s"], "eval_s": self.timers["eval_s"],
             "data_fingerprint": self.fingerprint,
-            "world_size": self.world, "device": self.device.type, "versions": versions(self.device),
+            "world_size": self.world, "device": self.device.type, "gpu_jobs": gpu_jobs(), "versions": versions(self.device),
             "status": status,
             "config": cfg.model.to_dict(), "options": dataclasses.asdict(cfg.model.options),
             "seed": cfg.seed, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "lr": cfg.lr,
             "weight_decay": cfg.weight_decay, "warmup_steps": cfg.warmup_steps, "grad_clip": cfg.grad_clip,
-            "budget": cfg.budget, "nonfinite_steps": self.nonfinite_total,
+            "budget": cfg.budget, "nonfinite_steps": self.nonfinite_total, "dropout": cfg.dropout, "keep_best": cfg.keep_best,
+            "epochs": self.epochs(), "train_bytes": self.split.train_bytes, **self.validator.summary_fields(),
             "compile": cfg.compile, "cuda_graph": self.use_graph, "cuda_graph_off": self.graph_note,
             "allow_reference": cfg.allow_reference, "reference_reason": self.reference_note,
             "kernel": self.kernel(), "implementations": implementations_used(), "source": source_info(),
@@ -508,17 +564,23 @@ class Trainer:
 
     def _finish(self, status: str) -> dict:
         """The final weights, the held-out score (a completed run) and summary.json."""
-        from elmanlab.evaluate import evaluate_bytes, val_fields
+        from elmanlab.evaluate import VAL_FIELDS
         extra = {}
         if self.is_main:
             t0 = time.perf_counter()
             self.optimizer.eval()                          # final weights: Schedule-Free's average x
             self.model.eval()
             checkpoint.save_weights(self.model, self.out)
-            if self.cfg.eval_bytes > 0 and status == "completed":
-                extra = val_fields(evaluate_bytes(self.model, self.split.val, self.cfg.seq_len,
-                                                  self.cfg.eval_bytes, self.b_local * self.world, self.device))
             self.timers["eval_s"] += time.perf_counter() - t0
+            if self.cfg.eval_bytes > 0 and status == "completed":
+                point = self.validator.last_at(self.step)     # the evaluation after this step, if made
+                if point is None:
+                    self.optimizer.train()                   # validate() takes the train point
+                    self.model.train()
+                    point = self.validate()
+                    self.optimizer.eval()
+                    self.model.eval()
+                extra = {k: point[k] for k in VAL_FIELDS}
         summary = self.summary(status)
         summary.update(extra)
         if self.is_main:
@@ -534,10 +596,9 @@ class Trainer:
 
     def close(self) -> None:
         """Release what the run holds: the metrics file, CPU float mode, the process group."""
-        fh = getattr(self, "metrics_fh", None)
-        if fh is not None:
-            fh.close()
-            self.metrics_fh = None
+        if getattr(self, "metrics", None) is not None:
+            self.metrics.close()
+            self.metrics = None
         torch.set_flush_denormal(False)                    # the default; set only for the loop on CPU
         if self.world > 1:
             import torch.distributed as dist
@@ -577,6 +638,12 @@ class Trainer:
                                 f"(recorded in {self.out / SUMMARY_FILE})") from e
         finally:
             self.close()
+
+
+def gpu_jobs() -> int:
+    """Jobs sharing this run's GPU, as a study's --jobs-per-gpu says (1: the GPU was this run's alone)."""
+    raw = os.environ.get(GPU_JOBS_ENV, "1")
+    return int(raw) if raw.isdigit() and int(raw) >= 1 else 1
 
 
 def run_training(cfg: TrainConfig) -> dict:

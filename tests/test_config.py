@@ -57,7 +57,9 @@ def test_roles_are_declared_per_setting():
     ident, res = set(identity_settings()), set(resumable_settings())
     assert {"lr", "batch_size", "seq_len", "seed", "steps", "minutes", "eval_bytes"} <= ident
     assert not ident & {"data", "val_data", "device", "cuda_graph", "checkpoint_every", "log_every", "progress"}
-    assert res == {"steps", "minutes", "device", "cuda_graph", "allow_reference", "checkpoint_every", "progress"}
+    assert res == {"steps", "minutes", "device", "cuda_graph", "allow_reference", "checkpoint_every", "progress",
+                   "eval_every", "keep_best", "tensorboard", "wandb"}
+    assert "dropout" in ident and not ident & {"eval_every", "keep_best", "tensorboard", "wandb"}
     for f in train_settings().values():
         assert f.metadata["help"] and f.metadata["group"]
 

@@ -14,8 +14,8 @@ LEVELS = [
     {"layers"},
     {"config"},
     {"lm", "sizing", "data"},
-    {"runs", "hardware", "checkpoint", "step"},
-    {"train", "evaluate", "generate", "doctor", "warmup"},
+    {"runs", "hardware", "checkpoint", "step", "metrics"},
+    {"train", "evaluate", "generate", "doctor", "warmup", "validation"},
     {"study", "report"},
     {"cli", "__main__"},
 ]

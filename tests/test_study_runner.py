@@ -139,7 +139,8 @@ def test_tiny_study_end_to_end(tmp_path):
     md = (out / "report.md").read_text()
     assert "| 1 |" in md and "gap to e1" in md and "too short" in md
     assert sorted(x.name for x in (out / "plots").iterdir()) == [
-        "loss_vs_params.png", "loss_vs_time.png", "loss_vs_tokens.png", "tokens_per_s_vs_params.png"]
+        "loss_vs_params.png", "loss_vs_time.png", "loss_vs_tokens.png", "tokens_per_s_vs_params.png",
+        "val_vs_time.png", "val_vs_tokens.png"]
     # second invocation: nothing runs (the failed job is not retried without --retry-failed)
     before = {rid: (out / rid / "summary.json").stat().st_mtime_ns for rid in ("e1-200K-s42", "e33-200K-s42")}
     r = _study_cli(p, "--out", out, "--gpus", "cpu", "--no-report")
@@ -241,6 +242,36 @@ def test_queue_one_job_per_slot(tmp_path, monkeypatch):
         assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))      # one job at a time per slot
     a, b = (sorted((j["t_start"], j["t_end"]) for j in jobs if j["gpu"] == s)[0] for s in ("0", "1"))
     assert a[0] < b[1] and b[0] < a[1]                                  # the two slots ran together
+
+
+def test_jobs_per_gpu_share_a_slot_and_are_recorded(tmp_path, monkeypatch):
+    """--jobs-per-gpu 2 on one GPU: two jobs at once there, each run records gpu_jobs 2, and the
+    report ranks them at equal tokens only (their times measure the sharing)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    p = write(tmp_path, """
+        name: shared
+        train: {steps: 30, batch_size: 2, seq_len: 32, seed: 42, eval_bytes: 256, device: cpu, log_every: 5}
+        grid: {model: [e1, e33], params: [200K]}
+        """)
+    out = tmp_path / "s"
+    state = Runner(load_study(p), out, ["0"], echo=lambda m: None, jobs_per_gpu=2).run()
+    jobs = state["jobs"]
+    assert [j["status"] for j in jobs] == ["completed"] * 2 and {j["gpu"] for j in jobs} == {"0"}
+    assert state["jobs_per_gpu"] == 2
+    (a0, a1), (b0, b1) = sorted((j["t_start"], j["t_end"]) for j in jobs)
+    assert b0 < a1                                                      # together on the one GPU
+    for j in jobs:
+        assert json.loads((out / j["id"] / "summary.json").read_text())["gpu_jobs"] == 2
+    from elmanlab.report import Report
+    from elmanlab.report.headline import build_headline, section_headline
+    rep = Report(out)
+    heads = build_headline(rep)
+    assert heads and all(g.time is None and g.tokens is not None for g in heads)
+    assert "no equal-time ranking" in section_headline(rep, [], [])
+    r = cli("study", p, "--out", tmp_path / "x", "--jobs-per-gpu", 0)
+    assert r.returncode == 2 and "--jobs-per-gpu" in r.stderr and "Traceback" not in r.stderr
+    r = cli("study", p, "--out", tmp_path / "x", "--jobs-per-gpu", 2, "--gpus", "cpu")
+    assert r.returncode == 2 and "--jobs-per-gpu" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_one_study_process_per_folder(tmp_path):

@@ -75,8 +75,15 @@ def test_run_record(text_file, tmp_path):
     assert s["versions"]["torch"] == torch.__version__
     assert s["val_bytes"] == (4096 - 1) // 32 * 32
     assert abs(s["val_bpb"] - s["val_loss"] / np.log(2)) < 1e-12
-    m = metrics(out)
+    everything = metrics(out)
+    m = [r for r in everything if "loss" in r]                      # the training lines
     assert [r["step"] for r in m] == [5, 10, 15, 20, 25, 30, 35, 40]
+    # by default 10 held-out evaluations over the budget, the last one the final score
+    val = [r for r in everything if "val_loss" in r]
+    assert [r["step"] for r in val] == [4, 8, 12, 16, 20, 24, 28, 32, 36, 40] and s["val_evals"] == 10
+    assert val[-1]["val_loss"] == s["val_loss"] and s["eval_every"] == {"steps": 4}
+    best = min(val, key=lambda r: r["val_loss"])
+    assert (s["best_val_loss"], s["best_val_step"]) == (best["val_loss"], best["step"])
     for r in m:
         for k in METRIC_KEYS:
             assert k in r
@@ -149,7 +156,7 @@ def _wait_while_running(proc, ready, what, timeout=120):
 def test_kill_and_resume_matches_uninterrupted(text_file, tmp_path):
     args = ["train", "e1", "--dim", 32, "--depth", 2, "--data", text_file, "--steps", 1500, "--seq-len", 32,
             "--batch-size", 4, "--lr", 3e-3, "--checkpoint-every", 100, "--device", "cpu", "--no-progress",
-            "--eval-bytes", 4096]
+            "--eval-bytes", 4096, "--eval-every", 150, "--keep-best"]
     ref, run, proc = _reference_and_background_run(args, tmp_path, "killed", stderr=subprocess.DEVNULL)
     _wait_while_running(proc, lambda: (run / "checkpoints" / "step_00000200").is_dir(), "killed")
     os.kill(proc.pid, signal.SIGKILL)
@@ -166,10 +173,17 @@ def test_kill_and_resume_matches_uninterrupted(text_file, tmp_path):
     assert resumed["tokens"] == reference["tokens"]
     a, b = metrics(run), metrics(ref)
     assert [x["step"] for x in a] == [x["step"] for x in b]
-    assert np.allclose([x["loss"] for x in a], [x["loss"] for x in b], rtol=1e-6, atol=0)
+    for key in ("loss", "val_loss"):            # training lines and the held-out history, before and after the kill
+        xa, xb = [x[key] for x in a if key in x], [x[key] for x in b if key in x]
+        assert len(xa) == len(xb) > 0 and np.allclose(xa, xb, rtol=1e-6, atol=0), key
+    assert [x["step"] for x in a if "val_loss" in x] == list(range(150, 1501, 150))
+    assert resumed["val_evals"] == reference["val_evals"] == 10
+    assert resumed["best_val_step"] == reference["best_val_step"]
+    assert resumed["best_val_loss"] == pytest.approx(reference["best_val_loss"], rel=1e-6)
     from safetensors.torch import load_file
-    wa, wb = load_file(str(run / "model.safetensors")), load_file(str(ref / "model.safetensors"))
-    assert all(torch.allclose(wa[k], wb[k], rtol=1e-6, atol=1e-7) for k in wb)
+    for name in ("model.safetensors", "best.safetensors"):
+        wa, wb = load_file(str(run / name)), load_file(str(ref / name))
+        assert all(torch.allclose(wa[k], wb[k], rtol=1e-6, atol=1e-7) for k in wb), name
 
 
 def test_sigint_saves_a_checkpoint_and_resume_matches_uninterrupted(text_file, tmp_path):

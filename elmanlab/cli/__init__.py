@@ -38,6 +38,10 @@ def main(argv=None) -> None:
             raise
         sys.stderr.write(f"error: {e}\n")
         sys.exit(2)
+    except BrokenPipeError:                 # the reader went away (`elmanlab size ... | head`): not an error
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except KeyboardInterrupt:
         import signal
         signal.signal(signal.SIGINT, signal.SIG_IGN)    # exiting: a repeated interrupt has nothing left to stop

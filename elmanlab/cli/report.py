@@ -14,9 +14,11 @@ def register(sub) -> None:
     p.add_argument("dir", help="a study's --out folder (or any folder holding run folders)")
     p.add_argument("--baseline", help="model (or run name) to measure gaps against (default: the study's "
                                       "baseline, else mamba2 or gdn when present)")
-    p.add_argument("--metric", default="loss_last100", choices=("loss_last100", "val_bpb"),
+    p.add_argument("--metric", default="loss_last100", choices=("loss_last100", "val_bpb", "best_val_bpb"),
                    help="what runs are ranked and compared by, lower is better: the last-100 training loss "
-                        "(nats/byte, the seeds' measure; default) or the held-out bits per byte (val_bpb)")
+                        "(nats/byte, the seeds' measure; default), the final held-out bits per byte (val_bpb) or "
+                        "the best held-out bits per byte seen during training (best_val_bpb; for small corpora "
+                        "that a run overfits)")
     p.add_argument("--quiet", action="store_true", help="print only the paths written")
     p.set_defaults(func=cmd_report)
 

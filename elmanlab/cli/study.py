@@ -21,6 +21,11 @@ def register(sub) -> None:
     p.add_argument("--gpus", default=None,
                    help="GPU indices to use, one job per GPU at a time, e.g. 0,1,2,3; `cpu` runs jobs in "
                         "sequence on the CPU (default: every visible GPU, else the CPU)")
+    p.add_argument("--jobs-per-gpu", type=int, default=1, metavar="N",
+                   help="run N jobs at once on each GPU (default 1). For loss studies of models that leave the GPU "
+                        "idle: losses do not depend on what else runs, but tokens/s and training time then measure "
+                        "the sharing; each run records it (gpu_jobs) and the report ranks such runs at equal "
+                        "tokens only")
     p.add_argument("--data", help="training data file for every job (overrides `data` in the study file)")
     p.add_argument("--val-data", dest="val_data", help="validation data file (overrides `val_data` in the file)")
     p.add_argument("--dry-run", action="store_true",
@@ -40,6 +45,10 @@ def cmd_study(args) -> int:
     study = load_study(args.study, data=args.data, val_data=args.val_data, out=out,
                        retry_failed=args.retry_failed)
     gpus = parse_gpus(args.gpus)
+    if args.jobs_per_gpu < 1:
+        raise ElmanlabError(f"--jobs-per-gpu must be >= 1, got {args.jobs_per_gpu}")
+    if args.jobs_per_gpu > 1 and gpus is None:
+        raise ElmanlabError("--jobs-per-gpu shares GPUs; on the CPU jobs run one at a time: drop it")
     check_out_dir(out, study)
     if args.dry_run:
         rows = plan_table(study, out if out.exists() else None)
@@ -62,7 +71,7 @@ def cmd_study(args) -> int:
             print(line)
         return 0
     try:
-        state = Runner(study, out, gpus, retry_failed=args.retry_failed).run()
+        state = Runner(study, out, gpus, retry_failed=args.retry_failed, jobs_per_gpu=args.jobs_per_gpu).run()
     except KeyboardInterrupt:
         sys.stderr.write(f"error: interrupted; state saved in {out / 'study.json'}, run the same command to "
                          f"resume\n")

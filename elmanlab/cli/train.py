@@ -123,6 +123,13 @@ def print_summary(s: dict) -> None:
     if s.get("val_bpb") is not None:
         w(f"validation   {s['val_loss']:.4f} nats/byte = {s['val_bpb']:.4f} bits/byte "
           f"over {s['val_bytes']:,} held-out bytes\n")
+    if s.get("best_val_loss") is not None and s.get("val_evals", 0) > 1:
+        w(f"best         {s['best_val_loss']:.4f} nats/byte = {s['best_val_bpb']:.4f} bits/byte at step "
+          f"{s['best_val_step']:,} ({s['val_evals']} evaluations"
+          + (f"; weights in {s['run_dir']}/best.safetensors" if s.get("keep_best") else "") + ")\n")
+    if s.get("epochs") is not None:
+        w(f"data         {s['epochs']:.2f} passes over the {s.get('train_bytes', 0):,} training bytes"
+          + (f", dropout {s['dropout']:g}" if s.get("dropout") else "") + "\n")
     mfu = f", MFU {100 * s['mfu']:.1f}%" if s.get("mfu") else ""
     w(f"speed        {_fmt(s.get('tokens_per_s'), ',.0f')} bytes/s{mfu}, peak memory "
       f"{_fmt(s.get('peak_memory_gb'), '.2f')} GB\n")

@@ -13,12 +13,13 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from elmanlab.config import BUDGET_SETTINGS, identity_settings
+from elmanlab.config import BUDGET_SETTINGS, identity_settings, train_settings
 from elmanlab.errors import ElmanlabError
 from elmanlab.runs import (ASIDE, CONFIG_FILE, LOG_DIR, PLOTS_DIR, SUMMARY_FILE, read_json_or_none, read_metrics,
-                           read_state_or_none, run_status)
+                           read_state_or_none, read_val_metrics, run_status)
 
 IDENTITY = frozenset(identity_settings())          # the train settings a Run keeps
+_DEFAULTS = {k: f.default for k, f in train_settings().items() if k in IDENTITY}
 
 
 def fmt_num(v) -> str:
@@ -53,6 +54,7 @@ class Run:
     scale: str = "-"
     scale_n: float = 0.0
     _metrics: list | None = None
+    _val_metrics: list | None = None
     metric: str = "loss_last100"          # what ``loss`` ranks by (set by Report)
 
     # summary values
@@ -177,9 +179,16 @@ class Run:
         return out
 
     def metrics(self) -> list[dict]:
+        """The training lines of metrics.jsonl."""
         if self._metrics is None:
             self._metrics = read_metrics(self.path)
         return self._metrics
+
+    def val_metrics(self) -> list[dict]:
+        """The held-out evaluations of metrics.jsonl (the validation curve)."""
+        if self._val_metrics is None:
+            self._val_metrics = read_val_metrics(self.path)
+        return self._val_metrics
 
 
 def _first(*vals):
@@ -220,6 +229,8 @@ def _train_fields(summ: dict, cfg: dict, job: dict | None) -> dict:
     tr = cfg.get("train") if isinstance(cfg.get("train"), dict) else None
     if tr:
         out = {k: v for k, v in _identity(tr).items() if isinstance(v, (int, float, str, bool))}
+        # a setting added after the run was made: its default is what the code did before it existed
+        out.update({k: d for k, d in _DEFAULTS.items() if k not in tr and d is not None})
     else:
         out = _identity((job or {}).get("train"))
     for k in ("seed", "batch_size", "seq_len", "lr", "weight_decay"):

@@ -177,8 +177,8 @@ def _ranking(report, tab: dict, what: str, rs_by_key: dict, labels: dict) -> Ran
     if what == "tokens":
         at, ends, tol, key = tab["tokens"], [x["tokens"] for x in rows.values()], SAME_TOKENS, "loss_at_tokens"
     else:
-        if tab["time"] is None:
-            return None
+        if tab["time"] is None or shared_gpu(r for rs in rs_by_key.values() for r in rs):
+            return None             # training times measured under sharing rank the sharing, not the models
         at, ends, tol, key = tab["time"], [x["elapsed"] for x in rows.values()], SAME_TIME, "loss_at_time"
     final = max(ends) <= tol * min(ends)
     if final:
@@ -242,6 +242,11 @@ class GroupHeadline:
                 f"by the seed spread is reversed in the other. {firsts}")
 
 
+def shared_gpu(runs) -> list[str]:
+    """The runs that trained while other jobs shared their GPU (a study's --jobs-per-gpu)."""
+    return [r.id for r in runs if (r.get("gpu_jobs") or 1) > 1]
+
+
 def build_headline(report) -> list[GroupHeadline]:
     """The headline of every scale group with at least two runs that logged a loss curve."""
     done = {r.id: r for r in report.done}
@@ -286,6 +291,13 @@ def section_headline(report, findings: list, notes: list[str]) -> str:
                    + "\n".join(f"- {f.text}" + ("" if any(f.mixes(ids) for ids in groups) else
                                                " They are at different scales: no ranking mixes them, the "
                                                "scaling tables do.") for f in findings))
+    shared = shared_gpu(report.done)
+    if shared:
+        notes = list(notes) + [
+            f"{len(shared)} run(s) trained with other jobs on the same GPU (`elmanlab study --jobs-per-gpu`): "
+            f"their losses at equal tokens are unaffected, but their tokens/s and training times measure the "
+            f"sharing, so there is no equal-time ranking here; time each configuration alone "
+            f"(benchmarks/throughput.py) for speed."]
     if notes:
         out.append("\n".join(f"- {n}" for n in notes))
     if not heads:

@@ -1,5 +1,6 @@
 """The report's PNG plots (matplotlib, Agg backend): training loss against tokens and against
-wall-clock per run, and loss and throughput against parameters per model.
+wall-clock per run, held-out loss (the evaluations during training) against tokens and against
+training time per run, and loss and throughput against parameters per model.
 
 Imported only when plots are drawn (:meth:`elmanlab.report.tables.Report.write`), so the tables
 need no matplotlib.
@@ -33,6 +34,12 @@ def write_plots(report: Report, outdir: Path) -> list[Path]:
     colors = _curve_colors(report, curves)
     for name, key in (("loss_vs_tokens", "tokens"), ("loss_vs_time", "elapsed")):
         fig = plot_loss_curves(report, curves, colors, key)
+        if fig is not None:
+            written.append(_save(fig, outdir / f"{name}.png"))
+    vcurves = [r for r in report.ranked() if len(r.val_metrics()) >= 2]
+    vcolors = _curve_colors(report, vcurves)
+    for name, key in (("val_vs_tokens", "tokens"), ("val_vs_time", "elapsed")):
+        fig = plot_val_curves(report, vcurves, vcolors, key)
         if fig is not None:
             written.append(_save(fig, outdir / f"{name}.png"))
     for name, what in (("loss_vs_params", "loss"), ("tokens_per_s_vs_params", "tokens_per_s")):
@@ -105,6 +112,48 @@ def plot_loss_curves(report: Report, curves: list, colors: dict, key: str):
     ax.grid(True, alpha=0.3)
     ax.set_title(f"{report.title()}: loss vs {'tokens' if key == 'tokens' else 'wall-clock'}"
                  " (legend: run, last-100 loss)")
+    _legend(ax, n_leg)
+    return fig
+
+
+def plot_val_curves(report: Report, curves: list, colors: dict, key: str):
+    """Held-out loss of each run (its evaluations during training, unsmoothed, a marker per
+    evaluation) against ``key`` ("tokens" or "elapsed": training time); None if no run has a curve."""
+    sel = [r for r in curves if all(isinstance(m.get(key), (int, float)) for m in r.val_metrics())]
+    if not sel:
+        return None
+    if key == "tokens":
+        xlabel, xscale = "tokens (bytes)", 1.0
+    else:
+        longest = max(r.val_metrics()[-1][key] for r in sel)
+        xlabel, xscale = (("training time (seconds)", 1.0) if longest < 180 else
+                          ("training time (minutes)", 1 / 60.0) if longest < 3 * 3600 else
+                          ("training time (hours)", 1 / 3600.0))
+    n_leg = sum(r.id in colors for r in sel) + (len(sel) > len(colors))
+    fig, ax = plt.subplots(figsize=(10, 5.5 if n_leg <= 8 else 5.5 + 0.2 * math.ceil(n_leg / 2)))
+    others = 0
+    for r in sel:
+        pts = r.val_metrics()
+        xs, ys = [m[key] * xscale for m in pts], [m["val_loss"] for m in pts]
+        best = min(pts, key=lambda m: m["val_loss"])
+        if r.id in colors:
+            ax.plot(xs, ys, color=colors[r.id], lw=1.4, marker="o", ms=3, zorder=3,
+                    label=f"{r.id} (best {num(best['val_loss'] / LN2, 3)} bpb at step {best['step']:,})")
+            ax.plot([best[key] * xscale], [best["val_loss"]], marker="*", ms=11, color=colors[r.id], zorder=4)
+        else:
+            others += 1
+            ax.plot(xs, ys, color="0.6", lw=0.7, alpha=0.6, zorder=2,
+                    label=f"{len(sel) - len([x for x in sel if x.id in colors])} other runs (grey)"
+                    if others == 1 else None)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("held-out loss (nats/byte)")
+    sec = ax.secondary_yaxis("right", functions=(lambda x: x / LN2, lambda x: x * LN2))
+    sec.set_ylabel("bits/byte")
+    if key == "tokens":
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: count(v) if v else "0"))
+    ax.grid(True, alpha=0.3)
+    ax.set_title(f"{report.title()}: held-out loss vs {'tokens' if key == 'tokens' else 'training time'}"
+                 " (star: each run's best)")
     _legend(ax, n_leg)
     return fig
 

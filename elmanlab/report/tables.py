@@ -35,7 +35,8 @@ SWEEPABLE = IDENTITY - {"seed"} - set(BUDGET_SETTINGS)     # train settings a st
 # ---------------------------------------------------------------- the report
 
 # the metrics runs can be ranked by (the same as a best_of wave's): (column label, unit, short name); lower is better
-METRICS = {"loss_last100": ("loss last-100", "nats/byte", "loss"), "val_bpb": ("val bpb", "bits/byte", "val bpb")}
+METRICS = {"loss_last100": ("loss last-100", "nats/byte", "loss"), "val_bpb": ("val bpb", "bits/byte", "val bpb"),
+           "best_val_bpb": ("best val bpb", "bits/byte", "best val bpb")}
 
 
 class Report:
@@ -124,8 +125,10 @@ class Report:
     # -------------------------------------------------------------- sections
     def section_ranked(self) -> str:
         bl = self.baseline or "baseline"
-        has_val = any(r.get("val_bpb") is not None for r in self.done)
-        cols = [self.metric] + [k for k in METRICS if k != self.metric and (k != "val_bpb" or has_val)]
+        cols = [self.metric] + [k for k in METRICS if k != self.metric and k != "best_val_bpb"
+                                and any(r.get(k) is not None for r in self.done)]
+        if self.metric != "best_val_bpb" and any((r.get("val_evals") or 0) > 1 for r in self.done):
+            cols.append("best_val_bpb")        # a validation curve was recorded: its best point too
         head = ["rank", "run", "model", "params", "config"] + [METRICS[k][0] for k in cols] + \
                ["tok/s", "peak mem (GB)", "steps", "tokens", "non-finite", "kernel", "graph", f"gap to {bl}"]
         unlike = self.unlike()
@@ -356,7 +359,8 @@ class Report:
         tr_keys = sorted({k for r in self.runs for k in r.train})
         cols = ["rank", "run", "status", "model", "scale", "params", "dim", "depth", "config"] + \
                [f"opt_{k}" for k in opt_keys] + [f"train_{k}" for k in tr_keys] + \
-               ["budget", "loss_last100", "final_loss", "val_bpb", "tokens_per_s", "peak_memory_gb", "steps",
+               ["budget", "loss_last100", "final_loss", "val_bpb", "best_val_bpb", "best_val_step", "epochs",
+                "tokens_per_s", "peak_memory_gb", "steps",
                 "tokens", "wall_s", "mfu", "nonfinite_steps", "kernel_family", "kernel_path", "kernel_fast",
                 "implementations", "allow_reference", "cuda_graph", "warmup_s", "elmanlab_version", "commit", "dirty",
                 "like_for_like", "baseline", "gap_to_baseline", "gap_pct", "wave", "error"]
@@ -370,6 +374,7 @@ class Report:
                         r.depth or "", r.label()]
                        + [csv_cell(r.options.get(k)) for k in opt_keys] + [csv_cell(r.train.get(k)) for k in tr_keys]
                        + [r.budget] + [csv_cell(r.get(k)) for k in ("loss_last100", "final_loss", "val_bpb",
+                                                                "best_val_bpb", "best_val_step", "epochs",
                                                                 "tokens_per_s", "peak_memory_gb", "steps",
                                                                 "tokens", "wall_s", "mfu")]
                        + [csv_cell(r.nonfinite_steps), r.kernel_family or "", r.kernel_path or "",

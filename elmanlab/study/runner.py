@@ -24,7 +24,7 @@ from pathlib import Path
 
 from elmanlab.errors import ElmanlabError
 from elmanlab.fsutil import atomic_write_json
-from elmanlab.runs import LOCK_FILE, LOG_DIR, STATE_FILE, has_checkpoint, read_state, run_status
+from elmanlab.runs import GPU_JOBS_ENV, LOCK_FILE, LOG_DIR, STATE_FILE, has_checkpoint, read_state, run_status
 from elmanlab.study.job import job_status, same_run
 from elmanlab.study.spec import Study
 
@@ -193,10 +193,11 @@ class Runner:
     """Runs a study's pending jobs on GPU slots (or the CPU), keeping ``study.json`` current."""
 
     def __init__(self, study: Study, out, gpus: list[str] | None, retry_failed: bool = False,
-                 echo=None, python: str | None = None, extra_env: dict | None = None):
+                 echo=None, python: str | None = None, extra_env: dict | None = None, jobs_per_gpu: int = 1):
         self.study = study
         self.out = Path(out)
         self.gpus = gpus
+        self.jobs_per_gpu = jobs_per_gpu if gpus else 1
         self.retry_failed = retry_failed
         self.python = python or sys.executable
         self.extra_env = extra_env or {}
@@ -250,7 +251,7 @@ class Runner:
         created = (previous or {}).get("created") or _now()
         return {"name": self.study.name, "study_file": self.study.path, "description": self.study.description,
                 "baseline": self.study.baseline, "created": created, "updated": _now(),
-                "gpus": self.gpus or "cpu", "best_of": self.study.best_of,
+                "gpus": self.gpus or "cpu", "jobs_per_gpu": self.jobs_per_gpu, "best_of": self.study.best_of,
                 "deferred": self.study.deferred_records(),
                 "jobs": jobs}
 
@@ -285,8 +286,10 @@ class Runner:
             done0 = total - len(todo)
             n_failed_before = sum(1 for r in self.state["jobs"]
                                   if r.get("in_study_file", True) and r["status"] == "failed")
-            slots = self.gpus or [None]
-            where = f"GPUs {','.join(self.gpus)}" if self.gpus else "CPU, one job at a time"
+            slots = [g for g in self.gpus for _ in range(self.jobs_per_gpu)] if self.gpus else [None]
+            where = (f"GPUs {','.join(self.gpus)}" + (f", {self.jobs_per_gpu} jobs at once on each"
+                                                      if self.jobs_per_gpu > 1 else "")
+                     if self.gpus else "CPU, one job at a time")
             self.echo(f"study {self.study.name}: {total} runs, {done0} already done"
                       + (f" ({n_failed_before} failed earlier, not retried: use --retry-failed)"
                          if n_failed_before else "")
@@ -377,6 +380,8 @@ class Runner:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env)
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot
+        if self.jobs_per_gpu > 1:
+            env[GPU_JOBS_ENV] = str(self.jobs_per_gpu)      # recorded by the run: its speed is shared
         where = f"GPU {slot}" if slot is not None else "CPU"
         size = job.size.get("params")
         from elmanlab.sizing import format_count
@@ -440,6 +445,16 @@ class Runner:
 
 # ---------------------------------------------------------------- dry run
 
+def _state_cell(size: dict):
+    """The state per layer as the plan shows it: the count, or for a KV cache (``state_grows``) the
+    count per byte of context, e.g. '2.05K/byte'."""
+    st = size.get("state_per_layer")
+    if st is None or not size.get("state_grows"):
+        return st
+    from elmanlab.sizing import format_count
+    return f"{format_count(st)}/byte"
+
+
 def plan_table(study: Study, out: Path | None = None) -> list[dict]:
     """Rows for ``--dry-run``: every job with its size and whether it is already done."""
     from elmanlab.sizing import format_count
@@ -453,6 +468,6 @@ def plan_table(study: Study, out: Path | None = None) -> list[dict]:
                      "params": j.size.get("params"), "params_h": format_count(j.size.get("params", 0)),
                      "dim": j.size.get("dim"), "depth": j.size.get("depth"),
                      "heads": j.size.get("n_heads"), "d_inner": j.size.get("d_inner"),
-                     "state/layer": j.size.get("state_per_layer"), "budget": j.budget,
+                     "state/layer": _state_cell(j.size), "budget": j.budget,
                      "seed": j.train.get("seed"), "status": status})
     return rows
