@@ -381,8 +381,8 @@ class Trainer:
         epochs = planned / self.split.train_bytes
         if epochs > EPOCHS_WARN:
             self.epoch_warned = True
-            what = f"{self.cfg.steps:,} steps" if self.cfg.steps is not None else "this run"
-            sys.stderr.write(f"warning: {what} of {self.cfg.batch_size} x {self.cfg.seq_len} bytes cover(s) the "
+            what = f"{self.cfg.steps:,} steps" if self.cfg.steps is not None else "the steps so far"
+            sys.stderr.write(f"warning: {what} of {self.cfg.batch_size} x {self.cfg.seq_len} bytes pass over the "
                              f"training split ({self.split.train_bytes:,} bytes) {epochs:.1f} times: watch the "
                              f"held-out loss (--eval-every) and consider --dropout or more data\n")
 

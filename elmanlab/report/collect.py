@@ -191,6 +191,12 @@ class Run:
         return self._val_metrics
 
 
+def shared_gpu(runs) -> list[str]:
+    """The ids of the runs that trained while other jobs shared their GPU (a study's --jobs-per-gpu):
+    their losses at equal tokens stand, their tokens/s and training times measure the sharing."""
+    return [r.id for r in runs if (r.get("gpu_jobs") or 1) > 1]
+
+
 def _first(*vals):
     for v in vals:
         if v is not None:

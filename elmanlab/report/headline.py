@@ -21,6 +21,7 @@ import statistics
 from dataclasses import dataclass
 
 from elmanlab.report.checks import scale_groups
+from elmanlab.report.collect import shared_gpu
 from elmanlab.report.fmt import WINDOW, count, dur, md_table, names, num
 
 SAME_TOKENS = 1.005            # runs whose token counts differ less than this are at equal tokens
@@ -211,6 +212,7 @@ class GroupHeadline:
     runs: list[str]
     tokens: Ranking | None
     time: Ranking | None
+    shared: bool = False            # runs of the group shared their GPU: no equal-time ranking
 
     def rankings(self) -> list[Ranking]:
         return [r for r in (self.tokens, self.time) if r is not None]
@@ -218,6 +220,9 @@ class GroupHeadline:
     def agreement(self) -> str:
         """Whether the equal-token and equal-time rankings agree."""
         if self.tokens is None or self.time is None:
+            if self.shared:
+                return ("Only the equal-token ranking: these runs shared their GPU with other jobs, so their training "
+                        "times are not comparable.")
             return ("Only one ranking: the runs did not log their training time, or had no value at the point every "
                     "run reached.")
         t, e = self.tokens, self.time
@@ -242,11 +247,6 @@ class GroupHeadline:
                 f"by the seed spread is reversed in the other. {firsts}")
 
 
-def shared_gpu(runs) -> list[str]:
-    """The runs that trained while other jobs shared their GPU (a study's --jobs-per-gpu)."""
-    return [r.id for r in runs if (r.get("gpu_jobs") or 1) > 1]
-
-
 def build_headline(report) -> list[GroupHeadline]:
     """The headline of every scale group with at least two runs that logged a loss curve."""
     done = {r.id: r for r in report.done}
@@ -259,7 +259,8 @@ def build_headline(report) -> list[GroupHeadline]:
         labels = _labels(rs_by_key)
         out.append(GroupHeadline(tab["group"][1], [x["run"] for x in tab["rows"]],
                                  _ranking(report, tab, "tokens", rs_by_key, labels),
-                                 _ranking(report, tab, "time", rs_by_key, labels)))
+                                 _ranking(report, tab, "time", rs_by_key, labels),
+                                 bool(shared_gpu(r for rs in rs_by_key.values() for r in rs))))
     for what in WHAT:              # the spread one-seed configurations borrow: this group's, else the others'
         for g in out:
             rk = getattr(g, what)

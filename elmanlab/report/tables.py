@@ -22,7 +22,7 @@ from elmanlab.config import BUDGET_SETTINGS
 from elmanlab.errors import ElmanlabError
 from elmanlab.fsutil import atomic_write_text
 from elmanlab.report.checks import check_implementations, record_notes, unlike_runs
-from elmanlab.report.collect import IDENTITY, Run, collect_runs, fmt_num
+from elmanlab.report.collect import IDENTITY, Run, collect_runs, fmt_num, shared_gpu
 from elmanlab.report.fmt import (WINDOW, count, csv_cell, dur, loss_at, md_table, mean_pm_sd, mean_sd, num,
                                  thousands)
 from elmanlab.report.headline import section_headline
@@ -303,7 +303,11 @@ class Report:
                            f"({count(min(toks))}): the ranking above is the equal-token comparison.")
             else:
                 out.append(self._iso_table(tab, gname, "tokens"))
-            if tab["time"] is not None and max(times) <= 1.02 * min(times):
+            shared = shared_gpu(r for r in self.done if r.id in {x["run"] for x in tab["rows"]})
+            if tab["time"] is not None and shared:
+                out.append(f"### Equal time: {gname}\n\nNot compared: {len(shared)} of these runs shared their GPU "
+                           f"with other jobs (`--jobs-per-gpu`), so their training times measure the sharing.")
+            elif tab["time"] is not None and max(times) <= 1.02 * min(times):
                 out.append(f"### Equal time: {gname}\n\nAll runs trained for the same time "
                            f"({dur(min(times))}): the ranking above is the equal-time comparison.")
             elif tab["time"] is not None:
