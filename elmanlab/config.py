@@ -20,7 +20,8 @@ from elmanlab.errors import ElmanlabError
 
 DEFAULT_EVAL_BYTES = 262_144        # held-out bytes scored at the end of training and by `elmanlab eval`
 DEFAULT_STEPS = 300                 # the budget of `elmanlab train` when none is given
-AUTO_EVALS = 10                     # held-out evaluations over a budget when --eval-every is not given
+AUTO_EVALS = 10                     # held-out evaluations over a budget when --eval-every is not given,
+AUTO_EVAL_SHARE = 0.25              # unless they would score more than this share of the bytes trained on
 
 
 # ---------------------------------------------------------------- the model
@@ -181,7 +182,9 @@ class TrainConfig:
         None, "score the held-out bytes every N steps as well as at the end (metrics.jsonl, the progress bar, "
               "the summary's best); evaluation is timed apart from training. Default: "
               f"{AUTO_EVALS} evaluations over the budget (every steps/{AUTO_EVALS} steps; with --minutes "
-              f"every minutes/{AUTO_EVALS} of training time); 0: only at the end", "run", identity=False,
+              f"every minutes/{AUTO_EVALS} of training time), fewer where they would score more than "
+              f"{AUTO_EVAL_SHARE:.0%} of the bytes trained on (a short run: only at the end); 0: only at the end",
+        "run", identity=False,
         resume=True)
     keep_best: bool = setting(False, "also keep the weights of the best held-out score as best.safetensors "
                                      "(`elmanlab eval/generate --weights best`)", "run", identity=False, resume=True)

@@ -138,8 +138,9 @@ def weights_path(run_dir: str | os.PathLike, which: str = "final") -> Path:
                         f"let the run finish or train with --checkpoint-every N")
 
 
-def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """metrics.jsonl rows with a finite loss, tokens and step, by step (a torn last line is ignored)."""
+def _metric_lines(run_dir: str | os.PathLike, value: str) -> list[dict]:
+    """The lines of metrics.jsonl with a finite ``value`` and numeric step and tokens, by step (a torn
+    last line is ignored)."""
     rows = []
     try:
         with open(Path(run_dir) / METRICS_FILE) as f:
@@ -148,34 +149,23 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
                     r = json.loads(line)
                 except ValueError:
                     continue
-                if not isinstance(r, dict):
-                    continue
-                if all(isinstance(r.get(k), (int, float)) for k in ("step", "loss", "tokens")) \
-                        and math.isfinite(r["loss"]):
+                if isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) for k in ("step", value, "tokens")) \
+                        and math.isfinite(r[value]):
                     rows.append(r)
     except OSError:
         return []
     rows.sort(key=lambda r: r["step"])
     return rows
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The training lines of metrics.jsonl (finite loss, step and tokens), by step."""
+    return _metric_lines(run_dir, "loss")
 
 
 def read_val_metrics(run_dir: str | os.PathLike) -> list[dict]:
     """The held-out lines of metrics.jsonl (finite val_loss, step and tokens), by step."""
-    rows = []
-    try:
-        with open(Path(run_dir) / METRICS_FILE) as f:
-            for line in f:
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) for k in ("step", "val_loss", "tokens")) \
-                        and math.isfinite(r["val_loss"]):
-                    rows.append(r)
-    except OSError:
-        return []
-    rows.sort(key=lambda r: r["step"])
-    return rows
+    return _metric_lines(run_dir, "val_loss")
 
 
 def check_new_run_dir(out: str | os.PathLike) -> Path:

@@ -2,7 +2,9 @@
 
 The schedule (``--eval-every``): every N steps; by default ``AUTO_EVALS`` evaluations spread over
 the budget (every ``steps / AUTO_EVALS`` steps, or with ``--minutes`` every ``minutes /
-AUTO_EVALS`` of training time); 0: only the final evaluation. Each evaluation scores the first
+AUTO_EVALS`` of training time), fewer for a step budget where they would score more than
+``AUTO_EVAL_SHARE`` of the bytes training reads (a short run is scored only at the end); 0: only
+the final evaluation. Each evaluation scores the first
 ``--eval-bytes`` held-out bytes with the evaluation weights (Schedule-Free's average, dropout off)
 exactly as ``elmanlab eval`` does (:func:`elmanlab.evaluate.evaluate_bytes`), so the last point of
 the curve is the final score. The history and the best point travel in checkpoints, so a resumed
@@ -16,7 +18,7 @@ import time
 
 import torch
 
-from elmanlab.config import AUTO_EVALS, TrainConfig
+from elmanlab.config import AUTO_EVAL_SHARE, AUTO_EVALS, TrainConfig
 from elmanlab.evaluate import evaluate_bytes
 
 VAL_KEYS = ("val_loss", "val_bpb", "val_bytes")
@@ -29,7 +31,8 @@ def schedule(cfg: TrainConfig) -> dict | None:
     if cfg.eval_every is not None:
         return {"steps": int(cfg.eval_every)}
     if cfg.steps is not None:
-        return {"steps": max(1, math.ceil(cfg.steps / AUTO_EVALS))}
+        n = min(AUTO_EVALS, int(AUTO_EVAL_SHARE * cfg.steps * cfg.batch_size * cfg.seq_len / cfg.eval_bytes))
+        return {"steps": max(1, math.ceil(cfg.steps / n))} if n >= 2 else None
     return {"seconds": 60.0 * cfg.minutes / AUTO_EVALS}
 
 

@@ -4,9 +4,11 @@ with its float64 reference (``_compare`` for the Elman / E88 kernels, ``_leaf`` 
 ``_check`` for the baselines' library kernels and the layers)."""
 import zlib
 
+import pytest
 import torch
 
 from conftest import rel_err
+from elmanlab.ops import reset_implementations_used
 
 D64 = torch.float64
 LENGTHS = [1, 7, 63, 130]   # sequence lengths of the reference-against-definition tests
@@ -93,3 +95,18 @@ def assert_fast_path_ran(cfg, expect: str | None = None) -> dict:
     if expect is not None:
         assert used[fam.op]["path"].startswith(expect), f"{fam.name}: ran {used[fam.op]['path']!r}, not {expect!r}"
     return used
+
+
+# what implementations_used() records for one path (fast or the reference)
+REF = {"path": "reference", "paths": ["reference"], "fast": False}
+
+
+def one(path, fast=True):
+    return {"path": path, "paths": [path], "fast": fast}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_record():
+    reset_implementations_used()
+    yield
+    reset_implementations_used()

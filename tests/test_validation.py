@@ -37,8 +37,15 @@ def cfg(text_file, out, **kw) -> TrainConfig:
 
 
 def test_schedule_defaults_to_ten_evaluations_over_the_budget(text_file, tmp_path):
-    assert schedule(cfg(text_file, tmp_path, steps=30)) == {"steps": 3}
-    assert schedule(cfg(text_file, tmp_path, steps=35)) == {"steps": 4}
+    # 30 steps of 4 x 32 bytes: evaluations of 96 bytes cost at most a quarter of what training reads
+    assert schedule(cfg(text_file, tmp_path, steps=30, eval_bytes=96)) == {"steps": 3}
+    assert schedule(cfg(text_file, tmp_path, steps=35, eval_bytes=96)) == {"steps": 4}
+    # fewer where ten would cost more: 3,840 training bytes, 192-byte evaluations -> 5 of them
+    assert schedule(cfg(text_file, tmp_path, steps=30, eval_bytes=192)) == {"steps": 6}
+    # a short run (the README's demo: 614,400 bytes, 262,144-byte evaluations): only at the end
+    assert schedule(cfg(text_file, tmp_path, steps=300, batch_size=16, seq_len=128, eval_bytes=262_144)) is None
+    # the seeds' 400M runs (1,500 steps of 16 x 512) and a --minutes budget: ten
+    assert schedule(cfg(text_file, tmp_path, steps=1500, batch_size=16, seq_len=512, eval_bytes=262_144)) == {"steps": 150}
     assert schedule(cfg(text_file, tmp_path, steps=None, minutes=2.0)) == {"seconds": 12.0}
     assert schedule(cfg(text_file, tmp_path, eval_every=7)) == {"steps": 7}
     assert schedule(cfg(text_file, tmp_path, eval_every=0)) is None

@@ -62,18 +62,9 @@ def _curve_colors(report: Report, curves: list) -> dict:
 def plot_loss_curves(report: Report, curves: list, colors: dict, key: str):
     """Smoothed training loss of each run against ``key`` ("tokens" or "elapsed"); None if no run
     logged it."""
-    sel = [r for r in curves if all(isinstance(m.get(key), (int, float)) for m in r.metrics())]
+    sel, xlabel, xscale, n_leg, fig, ax = _curve_figure(curves, colors, key, lambda r: r.metrics(), "wall-clock")
     if not sel:
         return None
-    if key == "tokens":
-        xlabel, xscale = "tokens (bytes)", 1.0
-    else:
-        longest = max(r.metrics()[-1][key] for r in sel)
-        xlabel, xscale = (("wall-clock (seconds)", 1.0) if longest < 180 else
-                          ("wall-clock (minutes)", 1 / 60.0) if longest < 3 * 3600 else
-                          ("wall-clock (hours)", 1 / 3600.0))
-    n_leg = sum(r.id in colors for r in sel) + (len(sel) > len(colors))
-    fig, ax = plt.subplots(figsize=(10, 5.5 if n_leg <= 8 else 5.5 + 0.2 * math.ceil(n_leg / 2)))
     hi, lo = [], []
     others = 0
     for r in sel:
@@ -116,21 +107,32 @@ def plot_loss_curves(report: Report, curves: list, colors: dict, key: str):
     return fig
 
 
-def plot_val_curves(report: Report, curves: list, colors: dict, key: str):
-    """Held-out loss of each run (its evaluations during training, unsmoothed, a marker per
-    evaluation) against ``key`` ("tokens" or "elapsed": training time); None if no run has a curve."""
-    sel = [r for r in curves if all(isinstance(m.get(key), (int, float)) for m in r.val_metrics())]
+def _curve_figure(curves: list, colors: dict, key: str, points, time_label: str):
+    """The runs whose ``points(run)`` all have ``key``, the x label and scale (tokens, or time in
+    seconds, minutes or hours by the longest run), the legend size, and a figure sized for it; the
+    figure is None (and nothing drawn) when no run qualifies."""
+    sel = [r for r in curves if all(isinstance(m.get(key), (int, float)) for m in points(r))]
     if not sel:
-        return None
+        return sel, None, None, 0, None, None
     if key == "tokens":
         xlabel, xscale = "tokens (bytes)", 1.0
     else:
-        longest = max(r.val_metrics()[-1][key] for r in sel)
-        xlabel, xscale = (("training time (seconds)", 1.0) if longest < 180 else
-                          ("training time (minutes)", 1 / 60.0) if longest < 3 * 3600 else
-                          ("training time (hours)", 1 / 3600.0))
+        longest = max(points(r)[-1][key] for r in sel)
+        xlabel, xscale = ((f"{time_label} (seconds)", 1.0) if longest < 180 else
+                          (f"{time_label} (minutes)", 1 / 60.0) if longest < 3 * 3600 else
+                          (f"{time_label} (hours)", 1 / 3600.0))
     n_leg = sum(r.id in colors for r in sel) + (len(sel) > len(colors))
     fig, ax = plt.subplots(figsize=(10, 5.5 if n_leg <= 8 else 5.5 + 0.2 * math.ceil(n_leg / 2)))
+    return sel, xlabel, xscale, n_leg, fig, ax
+
+
+def plot_val_curves(report: Report, curves: list, colors: dict, key: str):
+    """Held-out loss of each run (its evaluations during training, unsmoothed, a marker per
+    evaluation) against ``key`` ("tokens" or "elapsed": training time); None if no run has a curve."""
+    sel, xlabel, xscale, n_leg, fig, ax = _curve_figure(curves, colors, key, lambda r: r.val_metrics(),
+                                                        "training time")
+    if not sel:
+        return None
     others = 0
     for r in sel:
         pts = r.val_metrics()

@@ -10,20 +10,8 @@ from conftest import rel_err
 from elmanlab.ops import implementations_used, reset_implementations_used
 from elmanlab.ops.attention import attention, attention_ref, backend_info
 from elmanlab.ops.attention import fast as attn_fast
-from op_checks import D64, DEV, LENGTHS, _check
+from op_checks import D64, DEV, LENGTHS, REF, _check, _fresh_record, one  # noqa: F401 (an autouse fixture)
 
-REF = {"path": "reference", "paths": ["reference"], "fast": False}
-
-
-def one(path, fast=True):
-    return {"path": path, "paths": [path], "fast": fast}
-
-
-@pytest.fixture(autouse=True)
-def _fresh_record():
-    reset_implementations_used()
-    yield
-    reset_implementations_used()
 
 
 def qkv(B, T, H, D, seed, dtype=D64, Tk=None):

@@ -15,19 +15,8 @@ from elmanlab.config import ModelConfig
 from elmanlab.lm import LM
 from elmanlab.ops import implementations_used, reset_implementations_used
 from elmanlab.ops._dispatch import record
+from op_checks import REF, _fresh_record, one  # noqa: F401 (an autouse fixture)
 
-REF = {"path": "reference", "paths": ["reference"], "fast": False}
-
-
-def one(path, fast=True):
-    return {"path": path, "paths": [path], "fast": fast}
-
-
-@pytest.fixture(autouse=True)
-def _fresh_record():
-    reset_implementations_used()
-    yield
-    reset_implementations_used()
 
 
 def run_lm(model, dim=32, opts=None, seed=0):
