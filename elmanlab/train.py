@@ -540,6 +540,7 @@ class Trainer:
             "final_loss": self.final_loss,
             "tokens_per_s": tps,
             "mfu": (self.flops_per_token() * tps / (peak * self.world)) if (peak and tps) else None,
+            "flops_per_token": self.flops_per_token(),
             "peak_memory_gb": peak_memory_gb(self.device),
             "wall_s": self._wall(),
             "train_s": self.timers["train_s"], "warmup_s": self.timers["warmup_s"],

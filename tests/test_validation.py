@@ -242,3 +242,21 @@ def test_a_missing_tracker_package_stops_before_the_run(text_file, tmp_path, mon
         with pytest.raises(ElmanlabError, match=f"pip install {pkg}"):
             run_training(cfg(text_file, tmp_path / flag, steps=3, **{flag: True}))
         assert not (tmp_path / flag / "metrics.jsonl").exists()
+
+
+def test_report_plots_the_validation_curves_and_ranks_by_the_best(text_file, tmp_path):
+    root = tmp_path / "study"
+    for model in ("e1", "e33"):
+        run_training(cfg(text_file, root / model, model=ModelConfig(model, 32, 2), steps=20, eval_every=5))
+    from elmanlab.report import Report, write_report
+    res = write_report(root, None)
+    names = sorted(p.name for p in res["plots"])
+    assert "val_vs_tokens.png" in names and "val_vs_time.png" in names
+    md = (root / "report.md").read_text()
+    assert "best val bpb" in md
+    csv_head = (root / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"best_val_bpb", "best_val_step", "epochs"} <= set(csv_head)
+    rep = Report(root, metric="best_val_bpb")
+    want = sorted((json.loads((root / m / "summary.json").read_text())["best_val_bpb"], m) for m in ("e1", "e33"))
+    assert [r.id for r in rep.ranked()] == [m for _, m in want]
+    assert [len(r.val_metrics()) for r in rep.ranked()] == [4, 4]
