@@ -10,7 +10,10 @@ def register(sub) -> None:
                     "seeds, gaps inside the seed spread printed as ties, runs that ran different kernels or "
                     "graph/eager flagged), runs ranked by last-100 loss with the gap to the baseline, scale x model tables of "
                     "loss and tokens/s, best model per scale, best loss by each swept setting, mean +- sd over "
-                    "seeds, loss at equal tokens and at equal time, and failed runs with their reason.")
+                    "seeds, loss at equal tokens and at equal time, and failed runs with their reason. With --fit (and "
+                    "in every report where a family ran at three sizes or more): scaling fits L = E + A x^-alpha per "
+                    "family against parameters and training FLOPs at equal tokens, bootstrap intervals, where two "
+                    "families' curves cross, DIR/fit.json and plots/fit_vs_params.png, fit_vs_flops.png.")
     p.add_argument("dir", help="a study's --out folder (or any folder holding run folders)")
     p.add_argument("--baseline", help="model (or run name) to measure gaps against (default: the study's "
                                       "baseline, else mamba2 or gdn when present)")
@@ -19,13 +22,23 @@ def register(sub) -> None:
                         "(nats/byte, the seeds' measure; default), the final held-out bits per byte (val_bpb) or "
                         "the best held-out bits per byte seen during training (best_val_bpb; for small corpora "
                         "that a run overfits)")
+    p.add_argument("--fit", action="store_true",
+                   help="fit L(N) = E + A N^-alpha (and L(C) against training FLOPs) per family to the runs at "
+                        "equal tokens, with bootstrap intervals and the size where two families' curves cross; "
+                        "printed and written to report.md and fit.json (a report with a family at three sizes "
+                        "or more has the fits anyway, unprinted)")
+    p.add_argument("--predict", action="append", metavar="SIZE",
+                   help="with the fits: each family's fitted value and each pair's gap at this parameter count, "
+                        "with intervals (e.g. 400M; several: 400M,1B or repeat the flag); implies --fit")
+    p.add_argument("--bootstrap", type=int, metavar="B",
+                   help="bootstrap refits per family for the fits' intervals (default 1000, at least 50)")
     p.add_argument("--quiet", action="store_true", help="print only the paths written")
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args) -> int:
     from elmanlab.report import Report
-    rep = Report(args.dir, args.baseline, args.metric)
+    rep = Report(args.dir, args.baseline, args.metric, fit=args.fit, predict=args.predict, bootstrap=args.bootstrap)
     res = rep.write()
     if not args.quiet and rep.done:
         from elmanlab.report.checks import record_notes
@@ -34,6 +47,9 @@ def cmd_report(args) -> int:
         print()
         print(rep.section_ranked())
         print()
-    print(f"wrote {res['report']}, {res['csv']}" + (f" and {len(res['plots'])} plots in {res['plots'][0].parent}"
-                                                   if res["plots"] else ""))
+        if rep.fit_wanted and rep.fits() is not None:
+            print(rep.section_fit())
+            print()
+    print(f"wrote {res['report']}, {res['csv']}" + (f", {res['fit']}" if res["fit"] else "")
+          + (f" and {len(res['plots'])} plots in {res['plots'][0].parent}" if res["plots"] else ""))
     return 0

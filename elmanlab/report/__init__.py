@@ -4,7 +4,8 @@ scaling tables, iso-token / iso-time views, plots.
 
 ``write_report(DIR)`` reads every run record under DIR (each folder with a ``summary.json``, plus
 the study's ``study.json`` for runs that failed before writing one or never ran) and writes
-``DIR/report.md``, ``DIR/results.csv`` and PNG plots under ``DIR/plots/``.
+``DIR/report.md``, ``DIR/results.csv`` and PNG plots under ``DIR/plots/`` (and ``DIR/fit.json``
+when it fits scaling laws: with ``fit=True``, or where a family ran at three sizes or more).
 
 The loss is the training cross-entropy in nats per byte averaged over the last 100 steps
 (``loss_last100``), the seeds' metric; bits per byte = nats / ln 2.
@@ -14,6 +15,8 @@ The loss is the training cross-entropy in nats per byte averaged over the last 1
 - :mod:`elmanlab.report.checks`: what ran, and where runs of one study were not made alike;
 - :mod:`elmanlab.report.headline`: the two rankings with the seed spread;
 - :mod:`elmanlab.report.tables`: :class:`Report`, report.md and results.csv (no matplotlib needed);
+- :mod:`elmanlab.report.fit`: scaling-law fits L = E + A x^-alpha with bootstrap intervals, crossings
+  and predictions (numpy only; imported when a report fits);
 - :mod:`elmanlab.report.fmt`: number and table formatting, ``loss_at``;
 - :mod:`elmanlab.report.plots`: the PNG plots (matplotlib), imported only when plots are drawn.
 """

@@ -1,6 +1,7 @@
 """The report's PNG plots (matplotlib, Agg backend): training loss against tokens and against
 wall-clock per run, held-out loss (the evaluations during training) against tokens and against
-training time per run, and loss and throughput against parameters per model.
+training time per run, loss and throughput against parameters per model, and the scaling fits
+(points, fitted curves, bootstrap bands) against parameters and training FLOPs.
 
 Imported only when plots are drawn (:meth:`elmanlab.report.tables.Report.write`), so the tables
 need no matplotlib.
@@ -221,6 +222,75 @@ def plot_vs_params(report: Report, what: str):
     ax.margins(y=0.08)
     ax.legend(title="model", fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.13),
               ncol=min(drawn, 6), frameon=False)
+    return fig
+
+
+def write_fit_plots(report: Report, fits, outdir: Path) -> list[Path]:
+    """The scaling fits (:class:`elmanlab.report.fit.FitReport`): the runs, each family's fitted curve
+    and its bootstrap band, against parameters (``fit_vs_params.png``) and against training FLOPs
+    (``fit_vs_flops.png``); a study fitted at several token counts gets one pair per count (the count
+    with the most runs unsuffixed, the others suffixed with their token count)."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    written = []
+    groups = sorted((g for g in fits.groups if g.params.fitted), key=lambda g: (-len(g.runs), g.tokens))
+    for i, g in enumerate(groups):
+        suffix = "" if i == 0 else f"-{count(g.tokens)}-tokens"
+        for fs, name in ((g.params, "fit_vs_params"), (g.flops, "fit_vs_flops")):
+            written.append(_save(plot_fit(report, fs, g.tokens), outdir / f"{name}{suffix}.png"))
+    return written
+
+
+def plot_fit(report: Report, fs, tokens: float):
+    """One :class:`elmanlab.report.fit.FitSet`: points, fitted curves, 95% bootstrap bands, log x; the
+    sizes predicted at dashed; families not fitted as open markers."""
+    import numpy as np
+    from elmanlab.report.fit import LEVEL, XKINDS
+    sym, word = XKINDS[fs.xkind]
+    fig, ax = plt.subplots(figsize=(9, 6))
+    px = [p.x for f in fs.fits for p in f.points]
+    lo, hi = min(px) / 1.5, max(px) * 1.5
+    for pr in fs.predictions:
+        lo, hi = min(lo, pr.x / 1.3), max(hi, pr.x * 1.3)
+    xs = np.geomspace(lo, hi, 240)
+    ys_seen = [p.y for f in fs.fits for p in f.points]
+    q = (100 - LEVEL) / 2
+    for f, c in zip(fs.fits, _colors(len(fs.fits))):
+        x, y = [p.x for p in f.points], [p.y for p in f.points]
+        if f.refused:
+            ax.scatter(x, y, s=30, facecolors="none", edgecolors=[c], zorder=3,
+                       label=f"{f.label}: not fitted ({len(f.sizes)} size{'s' if len(f.sizes) != 1 else ''})")
+            continue
+        ax.scatter(x, y, s=24, color=c, zorder=3)
+        fy = f(xs)
+        ys_seen += list(fy)
+        ax.plot(xs, fy, color=c, lw=1.6, zorder=2,
+                label=f"{f.label}: {f.E:.3f} + {f.A:.3g} {sym}^-{f.alpha:.3f} (RMS {f.rms:.4f})")
+        bc = f.boot_curves(xs)
+        if bc is not None:
+            blo, bhi = np.percentile(bc, [q, 100 - q], axis=0)
+            ax.fill_between(xs, blo, bhi, color=c, alpha=0.15, lw=0, zorder=1)
+    for pr in fs.predictions:
+        ax.axvline(pr.x, color="0.4", ls="--", lw=1)
+        ax.text(pr.x, 1.0, f" {count(pr.x)}", transform=ax.get_xaxis_transform(), va="top", fontsize=8,
+                color="0.3")
+    top, bot = max(ys_seen), min(ys_seen)                # the bands may run far out when extrapolated
+    pad = 0.08 * max(top - bot, 1e-3)
+    ax.set_ylim(bot - pad, top + pad)
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    if fs.xkind == "params":
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: count(v)))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_xlabel(f"{word} {sym} (log scale)")
+    ax.set_ylabel(f"{report.mlabel} ({report.munit})")
+    if report.metric == "loss_last100":
+        sec = ax.secondary_yaxis("right", functions=(lambda v: v / LN2, lambda v: v * LN2))
+        sec.set_ylabel("bits/byte")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(f"{report.title()}: L({sym}) = E + A {sym}^-α at {count(tokens)} tokens, "
+                 f"{LEVEL}% bootstrap bands", fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     return fig
 
 

@@ -1,7 +1,8 @@
 """The report's tables: ``report.md`` (the headline of :mod:`elmanlab.report.headline` with the
 what-ran checks of :mod:`elmanlab.report.checks`, then ranked runs with their non-finite steps,
 kernel path and graph use, gaps to a baseline, scaling tables, best per scale, best by swept
-setting, mean and spread over seeds, equal-token / equal-time views, failures) and
+setting, mean and spread over seeds, equal-token / equal-time views, the scaling fits of
+:mod:`elmanlab.report.fit` with ``fit.json``, failures) and
 ``results.csv``, from the runs :mod:`elmanlab.report.collect` gathers.
 
 Needs no matplotlib: :meth:`Report.write` draws the plots through :mod:`elmanlab.report.plots`,
@@ -42,12 +43,24 @@ METRICS = {"loss_last100": ("loss last-100", "nats/byte", "loss"), "val_bpb": ("
 class Report:
     """The runs under ``root`` ranked by ``metric``, with gaps to ``baseline`` (a model or a run name;
     default: the study's baseline, else mamba2 or gdn when present). ``done`` are the completed runs
-    with a value of the metric, ``notok`` the rest."""
+    with a value of the metric, ``notok`` the rest. ``fit``: add the scaling fits
+    (:mod:`elmanlab.report.fit`) even when no family ran at three sizes; ``predict``: sizes ("400M")
+    to predict each family's value and each pair's gap at; ``bootstrap``: the fits' refits."""
 
-    def __init__(self, root, baseline: str | None = None, metric: str = "loss_last100"):
+    def __init__(self, root, baseline: str | None = None, metric: str = "loss_last100", fit: bool = False,
+                 predict=(), bootstrap: int | None = None):
         self.root = Path(root)
         if metric not in METRICS:
             raise ElmanlabError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        if bootstrap is not None and (isinstance(bootstrap, bool) or not isinstance(bootstrap, int)
+                                      or bootstrap < 50):
+            raise ElmanlabError(f"--bootstrap must be a whole number of refits, at least 50 (default 1000), "
+                                f"got {bootstrap!r}")
+        self.predict = []
+        if predict:
+            from elmanlab.report.scaling import parse_predict
+            self.predict = parse_predict(predict)
+        self.fit_wanted, self.bootstrap, self._fits = bool(fit or self.predict), bootstrap, None
         self.metric = metric
         self.mlabel, self.munit, self.mshort = METRICS[metric]
         self.runs, self.state = collect_runs(self.root)
@@ -356,6 +369,20 @@ class Report:
     def title(self) -> str:
         return (self.state or {}).get("name") or self.root.resolve().name
 
+    def fits(self):
+        """The scaling fits (:func:`elmanlab.report.fit.fit_study`), when asked for (``fit``) or when some
+        family completed runs at three sizes or more; else None."""
+        if self._fits is None and self.done:
+            from elmanlab.report.fit import BOOTSTRAP
+            from elmanlab.report.scaling import fit_study, multi_scale
+            if self.fit_wanted or multi_scale(self.done):
+                self._fits = fit_study(self, self.predict, self.bootstrap or BOOTSTRAP)
+        return self._fits
+
+    def section_fit(self) -> str:
+        f = self.fits()
+        return f.markdown() if f is not None else ""
+
     # -------------------------------------------------------------- outputs
     def csv_text(self) -> str:
         rank = {r.id: i for i, r in enumerate(self.ranked(), 1)}
@@ -422,7 +449,7 @@ class Report:
         if self.done:
             secs += [section_headline(self, self.findings(), record_notes(self.done)), self.section_ranked(),
                      self.section_scaling(), self.section_best_per_scale(),
-                     self.section_by_option(), self.section_seeds(), self.section_iso()]
+                     self.section_by_option(), self.section_seeds(), self.section_iso(), self.section_fit()]
         else:
             secs.append("No run has completed yet.")
         secs.append(self.section_failed())
@@ -434,19 +461,28 @@ class Report:
     def write(self) -> dict:
         """Write report.md, results.csv and the plots; returns their paths and the markdown."""
         plot_paths = []
+        fits = self.fits()
         if self.done:
-            from elmanlab.report.plots import write_plots
+            from elmanlab.report.plots import write_fit_plots, write_plots
             plot_paths = write_plots(self, self.root / PLOTS_DIR)
+            if fits is not None and fits.any_fitted():
+                plot_paths += write_fit_plots(self, fits, self.root / PLOTS_DIR)
         md = self.markdown(plot_paths)
         atomic_write_text(self.root / "report.md", md)
         atomic_write_text(self.root / "results.csv", self.csv_text())
+        fit_json = self.root / "fit.json"
+        if fits is not None:
+            atomic_write_text(fit_json, json.dumps(fits.to_json(), indent=2) + "\n")
+        elif fit_json.exists():                 # from an earlier report of runs that fitted then
+            fit_json.unlink()
         return {"report": self.root / "report.md", "csv": self.root / "results.csv", "plots": plot_paths,
-                "markdown": md}
+                "markdown": md, "fit": fit_json if fits is not None else None}
 
 
-def write_report(root, baseline: str | None = None, metric: str = "loss_last100") -> dict:
-    """Report on the runs under ``root`` (see :meth:`Report.write`)."""
-    return Report(root, baseline, metric).write()
+def write_report(root, baseline: str | None = None, metric: str = "loss_last100", **fit) -> dict:
+    """Report on the runs under ``root`` (see :meth:`Report.write`; ``fit``: Report's fit, predict and
+    bootstrap)."""
+    return Report(root, baseline, metric, **fit).write()
 
 
 # ---------------------------------------------------------------- small helpers

@@ -1,0 +1,219 @@
+"""The report's scaling fits (elmanlab.report.fit): L(x) = E + A x^-alpha per family at equal tokens,
+bootstrap intervals, crossings, predictions, L(C) against training FLOPs, refusals, failed runs, and
+`elmanlab report --fit` end to end.
+
+The runs are synthetic run folders (``make_run``) whose last-100 loss is set from known constants
+plus seeded noise: two families whose curves cross at a known size (a shallow one, "e1", ahead
+below 80M, and a steep one, "mamba2", ahead above), five sizes from 20M to 400M, two seeds each.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from elmanlab.errors import ElmanlabError
+from elmanlab.report import Report
+from test_report import _study, make_run
+
+B = 300                                   # refits per family here (the report's default is 1000)
+SIZES = {"20M": 20e6, "50M": 50e6, "100M": 100e6, "200M": 200e6, "400M": 400e6}
+CROSS = 80e6                              # where the two true curves cross
+
+
+def law(c, n):
+    return c[0] + c[1] * n ** -c[2]
+
+
+SHALLOW = (1.10, 6.34, 0.15)                                      # e1: E, A, alpha
+STEEP = (0.90, (law(SHALLOW, CROSS) - 0.90) * CROSS ** 0.40, 0.40)   # mamba2: crosses e1 at CROSS
+TOKENS = 300 * 4 * 64                     # make_run's default budget: 300 steps of 4 x 64 bytes
+
+
+def run(root, rid, model, n, loss, *, seed=42, target=None, fpt=None, steps=300, status="completed",
+        error=None):
+    """A run folder with last-100 loss ``loss`` (and val bpb ``loss / ln 2 + 0.1``)."""
+    make_run(root, rid, model, int(n), 64, 4, seed=seed, steps=steps, status=status, error=error,
+             val_bpb=loss / math.log(2) + 0.1)
+    p = root / rid / "summary.json"
+    s = json.loads(p.read_text())
+    s.update(loss_last100=loss, target=target)
+    if fpt is not None:
+        s["flops_per_token"] = fpt
+    p.write_text(json.dumps(s))
+
+
+def scaling_study(tmp_path, *, noise=0.005, name="scaling", sizes=SIZES, seeds=(42, 43), extra=True):
+    """e1 (no flops_per_token in its records) and mamba2 (flops_per_token 6.6 x params) at ``sizes``
+    with ``seeds``; with ``extra``, e88 at two sizes and a failed e1 run whose loss would wreck the fit."""
+    root = tmp_path / name
+    root.mkdir()
+    rng = np.random.default_rng(7)
+    for t, n in sizes.items():
+        for s in seeds:
+            run(root, f"e1-{t}-s{s}", "e1", n * 1.003, law(SHALLOW, n) + noise * rng.standard_normal(),
+                seed=s, target=t)
+            run(root, f"mamba2-{t}-s{s}", "mamba2", n * 0.996, law(STEEP, n) + noise * rng.standard_normal(),
+                seed=s, target=t, fpt=6.6 * n * 0.996)
+    if extra:
+        run(root, "e88-20M-s42", "e88", 20e6, 1.70, target="20M")
+        run(root, "e88-400M-s42", "e88", 400e6, 1.30, target="400M")
+        run(root, "e1-100M-bad", "e1", 100e6, 9.0, target="100M", status="stopped_nonfinite",
+            error="loss was not finite for 10 steps in a row")
+    return root
+
+
+def fam(fs, label):
+    return next(f for f in fs.fits if f.label == label)
+
+
+def test_fit_recovers_known_constants_and_crossing_within_intervals(tmp_path):
+    rep = Report(scaling_study(tmp_path), fit=True, bootstrap=B)
+    fits = rep.fits()
+    (g,) = fits.groups
+    assert g.tokens == TOKENS
+    fs = g.params
+    for label, true in (("e1", SHALLOW), ("mamba2", STEEP)):
+        f = fam(fs, label)
+        assert f.n == 10 and len(f.sizes) == 5 and f.dof == 7
+        for k, v in zip(("E", "A", "alpha"), true):
+            lo, hi = f.interval(k)
+            assert lo <= v <= hi, (label, k, v, lo, hi)
+        assert f.rms < 0.01 and f.r2 > 0.99
+        assert f.seed_sd() is not None
+    (c,) = fs.crossings
+    assert (c.a, c.b) == ("e1", "mamba2")            # the baseline (mamba2) second
+    (root,) = c.roots
+    lo, hi = root["interval"]
+    assert lo <= CROSS <= hi and root["verdict"] == "decided" and c.frac >= 0.8
+    assert root["ahead_below"] == "e1" and root["ahead_above"] == "mamba2"
+    # the failed run is left out (its loss of 9 would wreck e1's fit) and listed
+    assert ("e1-100M-bad", "stopped_nonfinite: loss was not finite for 10 steps in a row") in fits.left_out
+    assert all(p.run != "e1-100M-bad" for f in fs.fits for p in f.points)
+    md = rep.markdown([])
+    sec = md.split("## Scaling fits")[1]
+    assert "### L(N): loss last-100 vs parameters at 76.8K tokens" in sec
+    assert "### L(C): loss last-100 vs training FLOPs" in sec
+    assert "Left out of the fits: e1-100M-bad (stopped_nonfinite" in sec
+    assert "| e1 vs mamba2 | 7" in sec and "decided" in sec
+
+
+def test_noiseless_runs_give_the_constants_and_the_crossing():
+    from elmanlab.report.fit import Point, crossing, fit_family
+    pts = {c: [Point(f"{n}", n, law(c, n), n) for n in SIZES.values()] for c in (SHALLOW, STEEP)}
+    fa, fb = fit_family("a", "e1", pts[SHALLOW], B=60), fit_family("b", "mamba2", pts[STEEP], B=60)
+    for f, (E, A, alpha) in ((fa, SHALLOW), (fb, STEEP)):
+        assert f.E == pytest.approx(E, rel=1e-3) and f.alpha == pytest.approx(alpha, rel=1e-3)
+        assert f.A == pytest.approx(A, rel=1e-2) and f.rms < 1e-5 and f.bounds() == []
+    (root,) = crossing(fa, fb).roots
+    assert root["x"] == pytest.approx(CROSS, rel=1e-3)
+
+
+def test_refuses_two_sizes_and_says_why(tmp_path):
+    # inside a fitted study: e88 ran at two sizes
+    fs = Report(scaling_study(tmp_path), fit=True, bootstrap=B).fits().groups[0].params
+    e88 = fam(fs, "e88")
+    assert e88.refused == "2 sizes (20M, 400M): a fit of three constants needs at least 3 distinct sizes"
+    assert all("e88" not in (c.a, c.b) for c in fs.crossings)
+    # a study where no family has three sizes: one clear line, nothing fitted, no fit plots
+    root = scaling_study(tmp_path, name="two", sizes={"20M": 20e6, "400M": 400e6}, extra=False)
+    rep = Report(root, fit=True, bootstrap=B)
+    assert not rep.fits().any_fitted()
+    sec = rep.markdown([]).split("## Scaling fits")[1]
+    assert ("**Not fitted:** no family has completed runs at 3 sizes or more at one token count (three constants "
+            "need three sizes): e1: 2 sizes (20M, 400M); mamba2: 2 sizes (20M, 400M).") in sec
+    res = rep.write()
+    assert not any(p.name.startswith("fit_") for p in res["plots"])
+    assert json.loads((root / "fit.json").read_text())["groups"] == []
+
+
+def test_three_runs_at_three_sizes_have_no_interval(tmp_path):
+    root = scaling_study(tmp_path, sizes={k: SIZES[k] for k in ("20M", "100M", "400M")}, seeds=(42,), extra=False)
+    fs = Report(root, fit=True, bootstrap=B).fits().groups[0].params
+    f = fam(fs, "e1")
+    assert f.boot is None and f.interval("alpha") is None and "3 runs for 3 constants" in f.no_interval
+    assert fs.crossings[0].roots[0]["verdict"].startswith("undecided: no interval")
+
+
+def test_unequal_tokens_are_not_fitted_together(tmp_path):
+    root = tmp_path / "tok"
+    root.mkdir()
+    for i, (t, n) in enumerate(SIZES.items()):      # more steps for bigger models: every size its own tokens
+        run(root, f"e1-{t}", "e1", n, law(SHALLOW, n), target=t, steps=200 + 100 * i)
+    rep = Report(root, fit=True, bootstrap=B)
+    assert not rep.fits().any_fitted()
+    assert "the runs trained on 5 different token counts" in rep.markdown([])
+
+
+def test_flops_fit_uses_recorded_flops_and_says_when_estimated(tmp_path):
+    rep = Report(scaling_study(tmp_path), fit=True, bootstrap=B)
+    g = rep.fits().groups[0]
+    params = {p.run: p.x for f in g.params.fits for p in f.points}
+    for label, per_param in (("mamba2", 6.6), ("e1", 6.0)):      # e1's records have no flops_per_token
+        for p in fam(g.flops, label).points:
+            assert p.x == pytest.approx(per_param * params[p.run] * TOKENS)
+    assert sorted(g.flops_estimated) == sorted(r for r in params if not r.startswith("mamba2"))
+    # C = 6 N D for e1: the same exponent as against N
+    assert fam(g.flops, "e1").alpha == pytest.approx(fam(g.params, "e1").alpha, rel=1e-3)
+    assert "predate `flops_per_token`: C = 6 x params x tokens" in rep.markdown([])
+
+
+def test_prediction_gap_interval_metric_and_determinism(tmp_path):
+    root = scaling_study(tmp_path)
+    rep = Report(root, fit=True, predict=["400M"], bootstrap=B)
+    (pred,) = rep.fits().groups[0].params.predictions
+    (gap,) = pred.gaps
+    true = law(SHALLOW, 400e6) - law(STEEP, 400e6)
+    assert gap["a"] == "e1" and gap["b"] == "mamba2" and gap["gap"] == pytest.approx(true, abs=0.01)
+    assert gap["interval"][0] <= true <= gap["interval"][1] and gap["verdict"] == "mamba2 ahead"
+    assert "Predicted at N = 400M" in rep.markdown([])
+    # deterministic: the same fit.json from a second report
+    again = Report(root, fit=True, predict=["400M"], bootstrap=B)
+    assert json.dumps(again.fits().to_json()) == json.dumps(rep.fits().to_json())
+    # the fit follows the report's metric
+    fs = Report(root, metric="val_bpb", fit=True, bootstrap=B).fits().groups[0].params
+    p = fam(fs, "e1").points[0]
+    assert p.y == pytest.approx(json.loads((root / p.run / "summary.json").read_text())["val_bpb"])
+
+
+def test_bad_fit_settings_are_one_line_errors(tmp_path):
+    root = scaling_study(tmp_path, extra=False)
+    with pytest.raises(ElmanlabError, match=r"^--bootstrap must be a whole number of refits, at least 50"):
+        Report(root, bootstrap=5)
+    with pytest.raises(ElmanlabError, match=r"^--predict '1Q' is not a parameter count; give a size such as 400M"):
+        Report(root, predict=["400M,1Q"])
+    assert Report(root, predict=["1B", "400M,1B"]).predict == [400_000_000, 1_000_000_000]
+
+
+def test_multi_scale_reports_fit_without_asking(tmp_path):
+    assert "## Scaling fits" in Report(scaling_study(tmp_path), bootstrap=B).markdown([])
+    root, _ = _study(tmp_path)                                    # two scales: no fit section
+    res = Report(root).write()
+    assert "Scaling fits" not in res["markdown"] and res["fit"] is None and not (root / "fit.json").exists()
+
+
+def test_report_fit_cli_end_to_end(tmp_path):
+    root = scaling_study(tmp_path)
+
+    def cli(*a):
+        return subprocess.run([sys.executable, "-m", "elmanlab", "report", str(root), *a], capture_output=True,
+                              text=True)
+    p = cli("--fit", "--predict", "garbage")
+    assert p.returncode == 2 and p.stderr.startswith("error: --predict 'garbage' is not a parameter count")
+    assert len(p.stderr.strip().splitlines()) == 1 and not (root / "report.md").exists()
+    p = cli("--fit", "--predict", "400M,1B", "--bootstrap", str(B))
+    assert p.returncode == 0, p.stderr
+    assert "## Scaling fits" in p.stdout and "| e1 vs mamba2 |" in p.stdout and "Predicted at N = 1B" in p.stdout
+    fit = json.loads((root / "fit.json").read_text())
+    assert fit["predict"] == [400_000_000, 1_000_000_000] and fit["method"]["bootstrap"] == B
+    (grp,) = fit["groups"]
+    assert [f["family"] for f in grp["params"]["families"]] == ["e1", "e88", "mamba2"]
+    assert grp["params"]["crossings"][0]["crossings"][0]["verdict"] == "decided"
+    md = (root / "report.md").read_text()
+    for name in ("fit_vs_params.png", "fit_vs_flops.png"):
+        assert (root / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"plots/{name}" in md
