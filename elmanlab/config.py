@@ -26,6 +26,8 @@ AUTO_EVAL_SHARE = 0.25              # unless they would score more than this sha
 
 # ---------------------------------------------------------------- the model
 
+NORMS = ("rms", "layer")            # ModelConfig.norm: RMSNorm (default) or LayerNorm with bias
+
 @dataclass
 class ModelConfig:
     model: str
@@ -34,7 +36,9 @@ class ModelConfig:
     options: Any = None                 # the family's Options dataclass (resolved)
     mlp_ratio: float | None = None      # > 0 adds a SwiGLU MLP sublayer with hidden mlp_ratio * dim;
                                         # None: the family's default_mlp_ratio (0 but the transformer's 8/3)
-    tie_embeddings: bool = False        # untied head by default (reproduces the seeds' counts)
+    tie_embeddings: bool = False        # untied head by default (ekg/elman's runs tied it)
+    norm: str = "rms"                   # the wrapper's norms: rms (RMSNorm) or layer (LayerNorm with bias,
+                                        # ekg/elman's 400M runs); see lm.make_norm
 
     def __post_init__(self):
         fam = _family(self.model)
@@ -53,6 +57,8 @@ class ModelConfig:
                 or not math.isfinite(self.mlp_ratio) or self.mlp_ratio < 0):
             raise ElmanlabError(f"mlp_ratio must be a number >= 0, got {self.mlp_ratio!r}")
         self.mlp_ratio = float(self.mlp_ratio)
+        if self.norm not in NORMS:
+            raise ElmanlabError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         self.options = fam.resolve(self.dim, self.options)
 
     @property
@@ -62,7 +68,7 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return {"model": self.model, "dim": self.dim, "depth": self.depth,
                 "options": dataclasses.asdict(self.options), "mlp_ratio": self.mlp_ratio,
-                "tie_embeddings": self.tie_embeddings}
+                "tie_embeddings": self.tie_embeddings, "norm": self.norm}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":

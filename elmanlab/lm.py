@@ -1,7 +1,11 @@
-"""The byte-level language model: embedding -> pre-norm residual blocks -> RMSNorm -> head.
+"""The byte-level language model: embedding -> pre-norm residual blocks -> norm -> head.
 
-A block is ``x + layer(RMSNorm(x))`` (plus ``x + mlp(RMSNorm(x))`` when ``mlp_ratio > 0``).
-The head is untied from the embedding by default: that reproduces the seeds' parameter counts.
+A block is ``x + layer(norm(x))`` (plus ``x + mlp(norm(x))`` when ``mlp_ratio > 0``). The norm is
+RMSNorm by default; ``ModelConfig.norm = "layer"`` makes every norm a LayerNorm with weight and bias
+(eps 1e-5), as ekg/elman's 400M runs had. The head is untied from the embedding by default;
+``tie_embeddings`` ties it (the reference's). Output projections of the residual branches are
+rescaled with depth (GPT-2 style) unless the layer keeps its own initialisation (``own_out_init``,
+e.g. a family's ``init: reference``).
 
 ``dropout`` (a training setting, off by default) drops elements of the embedding output and of
 every residual branch's output (layer and MLP) in training mode; evaluation, generation and the
@@ -42,14 +46,21 @@ def mlp_hidden(cfg: ModelConfig) -> int:
     return h
 
 
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    """The wrapper's normalisation (pre-norm of each block and the final norm) for ``cfg.norm``."""
+    if cfg.norm == "layer":
+        return nn.LayerNorm(cfg.dim, eps=1e-5)
+    return nn.RMSNorm(cfg.dim, eps=1e-5)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int, dropout: float = 0.0):
         super().__init__()
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.norm = nn.RMSNorm(cfg.dim, eps=1e-5)
+        self.norm = make_norm(cfg)
         self.layer = cfg.family(cfg.dim, cfg.options, layer_idx=layer_idx, depth=cfg.depth)
         if cfg.mlp_ratio > 0:
-            self.mlp_norm = nn.RMSNorm(cfg.dim, eps=1e-5)
+            self.mlp_norm = make_norm(cfg)
             self.mlp = SwiGLU(cfg.dim, mlp_hidden(cfg))
         else:
             self.mlp = None
@@ -72,7 +83,7 @@ class LM(nn.Module):
         self.embed = nn.Embedding(VOCAB, cfg.dim)
         self.embed_drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.blocks = nn.ModuleList(Block(cfg, i, dropout) for i in range(cfg.depth))
-        self.norm = nn.RMSNorm(cfg.dim, eps=1e-5)
+        self.norm = make_norm(cfg)
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, VOCAB, bias=False)
         self.reset_parameters()
 
@@ -80,12 +91,12 @@ class LM(nn.Module):
         nn.init.normal_(self.embed.weight, std=0.02)
         if self.head is not None:
             nn.init.normal_(self.head.weight, std=0.02)
-        # residual branch outputs scaled down with depth (GPT-2 style)
+        # residual branch outputs scaled down with depth (GPT-2 style), unless the layer keeps its own
         std = 0.02 / (2 * self.cfg.depth) ** 0.5
         for blk in self.blocks:
             for name in ("out_proj", "o_proj"):
                 lin = getattr(blk.layer, name, None)
-                if isinstance(lin, nn.Linear):
+                if isinstance(lin, nn.Linear) and not blk.layer.own_out_init:
                     nn.init.normal_(lin.weight, std=std)
             if blk.mlp is not None:
                 nn.init.normal_(blk.mlp.w3.weight, std=std)

@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from elmanlab.config import ModelConfig, make_options
+from elmanlab.config import NORMS, ModelConfig, make_options
 from elmanlab.errors import ElmanlabError
 from elmanlab.layers import get_family
 from elmanlab.lm import VOCAB, mlp_hidden
@@ -37,15 +37,20 @@ def format_count(n: float) -> str:
     return str(int(n))
 
 
+def norm_params(cfg: ModelConfig) -> int:
+    """Parameters of one of the wrapper's norms: RMSNorm dim (weight), LayerNorm 2 dim (weight, bias)."""
+    return (2 if cfg.norm == "layer" else 1) * cfg.dim
+
+
 def count_params(cfg: ModelConfig) -> int:
     """Exact parameter count of ``LM(cfg)`` in closed form."""
     fam = cfg.family
-    per_block = fam.param_count(cfg.dim, cfg.options) + cfg.dim                    # layer + its RMSNorm
+    per_block = fam.param_count(cfg.dim, cfg.options) + norm_params(cfg)           # layer + its norm
     if cfg.mlp_ratio > 0:
-        per_block += 3 * cfg.dim * mlp_hidden(cfg) + cfg.dim
+        per_block += 3 * cfg.dim * mlp_hidden(cfg) + norm_params(cfg)
     embed = VOCAB * cfg.dim
     head = 0 if cfg.tie_embeddings else VOCAB * cfg.dim
-    return embed + cfg.depth * per_block + cfg.dim + head
+    return embed + cfg.depth * per_block + norm_params(cfg) + head
 
 
 def non_embedding_params(cfg: ModelConfig) -> int:
@@ -99,6 +104,8 @@ class SizeReport:
     error_pct: float | None = None
     mlp_ratio: float = 0.0
     state_grows: bool = False
+    tie_embeddings: bool = False
+    norm: str = "rms"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -123,11 +130,12 @@ def report(cfg: ModelConfig, target: int | None = None) -> SizeReport:
         conv_state_per_layer=fam.conv_state_size(cfg.dim, cfg.options), state_total=st * cfg.depth,
         options=dataclasses.asdict(cfg.options), target=target,
         error_pct=None if target is None else 100.0 * (p - target) / target, mlp_ratio=cfg.mlp_ratio,
-        state_grows=fam.state_grows)
+        state_grows=fam.state_grows, tie_embeddings=cfg.tie_embeddings, norm=cfg.norm)
 
 
 def solve(model: str, target, depth: int | None = None, options: dict | None = None,
-          tol: float = 0.02, mlp_ratio: float | None = None, tie_embeddings: bool = False) -> ModelConfig:
+          tol: float = 0.02, mlp_ratio: float | None = None, tie_embeddings: bool = False,
+          norm: str = "rms") -> ModelConfig:
     """The width (and, without a given depth, the depth) that lands closest to ``target``.
 
     Widths are multiples of 64 when that lands within 1%; otherwise finer multiples (32, 16, 8;
@@ -135,7 +143,8 @@ def solve(model: str, target, depth: int | None = None, options: dict | None = N
     depths within 4 of the default are tried too (families whose heads come in coarse steps, like
     GDN's 256-wide heads, need that); the default depth wins whenever it lands within ``tol``.
     Raises a one-line error when nothing gets within ``tol``. ``mlp_ratio`` None: the family's
-    default (``default_mlp_ratio``: the transformer's SwiGLU 8/3, none for the others).
+    default (``default_mlp_ratio``: the transformer's SwiGLU 8/3, none for the others). ``norm``: the
+    wrapper's norm (rms or layer, see ModelConfig).
     """
     fam = get_family(model)
     target = parse_count(target)
@@ -143,6 +152,8 @@ def solve(model: str, target, depth: int | None = None, options: dict | None = N
         raise ElmanlabError(f"the parameter target must be positive, got {target}")
     options = dict(options or {})
     fam.resolve(512, make_options(fam.name, options))  # surface option errors before searching
+    if norm not in NORMS:
+        raise ElmanlabError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
     if depth is not None and depth < 1:
         raise ElmanlabError(f"depth must be >= 1, got {depth}")
     d0 = default_depth(fam.name, target) if depth is None else depth
@@ -151,7 +162,7 @@ def solve(model: str, target, depth: int | None = None, options: dict | None = N
         depths += sorted((d for d in range(1, 65) if d not in depths), key=lambda d: (abs(d - d0), d))
     best = None
     for d in depths:
-        cand = _solve_at_depth(fam, target, d, options, mlp_ratio, tie_embeddings)
+        cand = _solve_at_depth(fam, target, d, options, mlp_ratio, tie_embeddings, norm)
         if cand is None:
             continue
         if best is None or cand[0] < best[0] - 1e-12:
@@ -170,10 +181,11 @@ def solve(model: str, target, depth: int | None = None, options: dict | None = N
                         f"dim {cfg.dim}, depth {cfg.depth} with {format_count(p)} ({100 * err:.1f}% off); try {hint}")
 
 
-def _solve_at_depth(fam, target, depth, options, mlp_ratio, tie_embeddings):
+def _solve_at_depth(fam, target, depth, options, mlp_ratio, tie_embeddings, norm="rms"):
     def build(dim):
         try:
-            return ModelConfig(fam.name, dim, depth, make_options(fam.name, options), mlp_ratio, tie_embeddings)
+            return ModelConfig(fam.name, dim, depth, make_options(fam.name, options), mlp_ratio, tie_embeddings,
+                               norm)
         except ElmanlabError:
             return None
 
@@ -209,14 +221,15 @@ def _solve_at_depth(fam, target, depth, options, mlp_ratio, tie_embeddings):
 
 def model_config(model: str, params=None, dim: int | None = None, depth: int | None = None,
                  options: dict | None = None, mlp_ratio: float | None = None,
-                 tie_embeddings: bool = False) -> ModelConfig:
+                 tie_embeddings: bool = False, norm: str = "rms") -> ModelConfig:
     """A config from either a parameter target (solved) or an explicit width; ``mlp_ratio`` None:
     the family's default."""
     if (params is None) == (dim is None):
         raise ElmanlabError("give exactly one of a parameter target (--params) or a width (--dim)")
     if params is not None:
-        return solve(model, params, depth, options, mlp_ratio=mlp_ratio, tie_embeddings=tie_embeddings)
+        return solve(model, params, depth, options, mlp_ratio=mlp_ratio, tie_embeddings=tie_embeddings,
+                     norm=norm)
     if depth is None:
         raise ElmanlabError("--dim needs --depth (or give --params to pick both)")
     return ModelConfig(model, int(dim), int(depth), make_options(model, options or {}), mlp_ratio,
-                       tie_embeddings)
+                       tie_embeddings, norm)

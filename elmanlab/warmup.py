@@ -17,7 +17,7 @@ def warmup_plan(jobs) -> list[dict]:
     plan: dict[str, dict] = {}
     for j in jobs:
         cfg = model_config(j.model, params=j.params, dim=j.dim, depth=j.depth, options=j.options,
-                           mlp_ratio=j.mlp_ratio, tie_embeddings=j.tie_embeddings)
+                           mlp_ratio=j.mlp_ratio, tie_embeddings=j.tie_embeddings, norm=j.norm)
         b = int(j.train.get("batch_size", defaults["batch_size"].default))
         t = int(j.train.get("seq_len", defaults["seq_len"].default))
         key = repr((cfg.to_dict(), b, t))

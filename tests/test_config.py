@@ -18,7 +18,8 @@ def _train_parser():
 
 
 # flags of `elmanlab train` that are not train settings: the model and its size, where the run goes
-NOT_SETTINGS = {"help", "model", "params", "dim", "depth", "mlp_ratio", "tie_embeddings", "out", "resume", "json"}
+NOT_SETTINGS = {"help", "model", "params", "dim", "depth", "mlp_ratio", "tie_embeddings", "norm", "out", "resume",
+                "json"}
 
 
 def test_every_setting_is_a_flag_and_every_flag_a_setting():

@@ -30,6 +30,14 @@ CONFIGS = [
     ("minlstm", 32, {"expansion": 1.5}),
     ("transformer", 32, {"head_dim": 8}),
     ("transformer", 40, {"head_dim": 16, "n_heads": 3, "rope_base": 500.0}),
+    # ekg/elman's choices (docs/reference/ekg-elman-differences.md)
+    ("e1", 24, {"init": "reference", "spectral_norm": True, "spectral_mode": "fixed"}),
+    ("e1", 24, {"init": "reference", "expansion": 2.0}),
+    ("e33", 32, {"init": "reference", "spectral_norm": True, "spectral_mode": "fixed"}),
+    ("e42", 32, {"init": "reference", "spectral_mode": "fixed"}),
+    ("mamba2", 32, {"d_state": 8, "headdim": 16, "chunk_size": 8, "init": "reference"}),
+    ("mingru", 32, {"init": "reference", "expansion": 2.0}),
+    ("minlstm", 32, {"init": "reference"}),
 ]
 IDS = [f"{m}-{i}" for i, (m, _, _) in enumerate(CONFIGS)]
 
@@ -48,6 +56,9 @@ def test_param_formula_equals_module(model, dim, opts):
         assert (lm.blocks[0].mlp is not None) == (lm.cfg.mlp_ratio > 0)
     cfg = ModelConfig(model, dim, 2, dict(opts), tie_embeddings=True)
     assert LM(cfg).num_params() == count_params(cfg)
+    for tie in (False, True):                          # LayerNorms (weight and bias), with an MLP's too
+        cfg = ModelConfig(model, dim, 2, dict(opts), mlp_ratio=2.0, tie_embeddings=tie, norm="layer")
+        assert LM(cfg).num_params() == count_params(cfg)
 
 
 @pytest.mark.parametrize("model,dim,opts", CONFIGS, ids=IDS)

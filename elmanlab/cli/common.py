@@ -6,7 +6,7 @@ import dataclasses
 import json
 import sys
 
-from elmanlab.config import field_type
+from elmanlab.config import NORMS, field_type
 
 
 class Parser(argparse.ArgumentParser):
@@ -26,7 +26,7 @@ def model_option_fields() -> dict[str, tuple[dataclasses.Field, dict]]:
     return out
 
 
-SIZE_FLAGS = ("params", "dim", "depth", "mlp_ratio", "tie_embeddings")
+SIZE_FLAGS = ("params", "dim", "depth", "mlp_ratio", "tie_embeddings", "norm")
 
 
 def add_model_arguments(p: argparse.ArgumentParser, with_model: bool = True) -> None:
@@ -41,6 +41,9 @@ def add_model_arguments(p: argparse.ArgumentParser, with_model: bool = True) -> 
                    help="a SwiGLU MLP with hidden mlp_ratio * dim in each block; 0: none (default: the "
                         "family's: 8/3 for transformer, none for the others)")
     g.add_argument("--tie-embeddings", action="store_true", help="tie the output head to the embedding")
+    g.add_argument("--norm", choices=NORMS, default=None,
+                   help="the wrapper's norms: rms (RMSNorm, default) or layer (LayerNorm with bias, as "
+                        "ekg/elman's 400M runs)")
     o = p.add_argument_group("family options (only those of the chosen family are accepted)")
     for name, (f, defaults) in model_option_fields().items():
         flag = "--" + name.replace("_", "-")
@@ -71,13 +74,13 @@ def model_config_from_args(args, model: str | None = None):
     from elmanlab.sizing import model_config
     return model_config(model or args.model, params=args.params, dim=args.dim, depth=args.depth,
                         options=model_options_from_args(args), mlp_ratio=args.mlp_ratio,
-                        tie_embeddings=args.tie_embeddings)
+                        tie_embeddings=args.tie_embeddings, norm=args.norm or "rms")
 
 
 def model_flags_given(args) -> list[str]:
     """The size and family-option flags given on the command line, as ``--flag``."""
     given = [k for k in ("params", "dim", "depth") if getattr(args, k) is not None]
-    given += [k for k in ("mlp_ratio",) if getattr(args, k) is not None]
+    given += [k for k in ("mlp_ratio", "norm") if getattr(args, k) is not None]
     given += [k for k in ("tie_embeddings",) if getattr(args, k)]
     given += list(model_options_from_args(args))
     return ["--" + g.replace("_", "-") for g in given]

@@ -38,6 +38,8 @@ class RecurrentLayer(nn.Module):
     dim_multiple: int = 8          # the solver keeps dim a multiple of this (at least)
     default_mlp_ratio: float = 0.0  # ModelConfig.mlp_ratio when not given (0: no MLP sublayer)
     state_grows: bool = False      # True: the state is a cache that grows with the context (attention)
+    own_out_init: bool = False     # True (set per instance): the LM leaves out_proj as the layer initialised it
+                                   # instead of rescaling it with depth (an option such as init: reference)
 
     @classmethod
     def op_shapes(cls, dim: int, opts) -> dict:

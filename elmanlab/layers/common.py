@@ -98,26 +98,57 @@ class GatedRMSNorm(nn.Module):
 
 
 class SpectralNormWeight(nn.Module):
-    """A square weight whose spectral norm is kept <= ``radius``.
+    """A square weight whose spectral norm is kept <= ``radius`` (``mode="bound"``) or set to
+    ``radius`` (``mode="fixed"``).
 
-    W_eff = W / max(1, sigma(W) / radius), sigma estimated by power iteration on W^T W, warm-started
-    from the previous forward's vector: ``power_iters`` steps per training forward, none in eval mode
-    (so eval is deterministic). One step per forward (the usual spectral-norm recipe) is not enough
-    here: Adam's first updates are sign-like, lr * sign(g), and a low-rank gradient then raises
+    bound: W_eff = W / max(1, sigma(W) / radius); fixed: W_eff = W * radius / sigma(W) (ekg/elman's
+    E1/E33/E42 cells, which rescale W_h to spectral norm 0.99 in every forward, up or down). sigma is
+    estimated by power iteration on W^T W, warm-started from the previous forward's vector:
+    ``power_iters`` steps per training forward, none in eval mode (so eval is deterministic). One
+    step per forward (the usual spectral-norm recipe) is not enough for a bound on a linear
+    recurrence: Adam's first updates are sign-like, lr * sign(g), and a low-rank gradient then raises
     sigma by up to lr * dim in one step (E42 at d_inner 2176, lr 1e-3: 0.89 -> 1.8), while one step
     from the stale vector still reads 0.89; the linear recurrence then diverges within a sequence.
     From the stale vector, 8 steps reached sigma to 2e-4 there; each is two matrix-vector products.
+
+    ``init``: "orthogonal" (W orthogonal times ``init_scale``) or "xavier" (xavier-uniform with gain
+    ``init_scale``, the reference's). Every combination but the original (bound, orthogonal) starts
+    from a converged vector, so that a forward before any training step (also in eval mode) divides
+    by sigma(W) rather than by a random vector's estimate; the original keeps its random start, so
+    its weights and buffers are bit for bit those of before.
     """
 
-    def __init__(self, dim: int, radius: float = 0.99, init_scale: float = 0.9, power_iters: int = 8):
+    MODES = ("bound", "fixed")
+
+    def __init__(self, dim: int, radius: float = 0.99, init_scale: float = 0.9, power_iters: int = 8,
+                 mode: str = "bound", init: str = "orthogonal"):
         super().__init__()
+        if mode not in self.MODES or init not in ("orthogonal", "xavier"):
+            raise ValueError(f"SpectralNormWeight: mode {mode!r} / init {init!r}")
         self.radius = radius
         self.power_iters = power_iters
+        self.mode = mode
         w = torch.empty(dim, dim)
-        nn.init.orthogonal_(w)
-        self.weight = nn.Parameter(w * init_scale)
+        if init == "orthogonal":
+            nn.init.orthogonal_(w)
+            w = w * init_scale
+        else:
+            nn.init.xavier_uniform_(w, gain=init_scale)
+        self.weight = nn.Parameter(w)
         u = torch.randn(dim)
         self.register_buffer("u", u / u.norm())
+        if (mode, init) != ("bound", "orthogonal"):
+            self.settle()
+
+    @torch.no_grad()
+    def settle(self, steps: int = 64) -> None:
+        """Run ``steps`` power-iteration steps now (no random numbers drawn): after an initialisation
+        that replaced the weight, so that the stored vector matches it."""
+        Wf = self.weight.detach().double()
+        u = self.u.double()
+        for _ in range(steps):
+            u = F.normalize(Wf @ (Wf.t() @ u), dim=0)
+        self.u.copy_(u.to(self.u.dtype))
 
     def forward(self) -> torch.Tensor:
         W = self.weight
@@ -131,6 +162,8 @@ class SpectralNormWeight(nn.Module):
         u = self.u.to(Wf.dtype)
         v = F.normalize(Wf.t() @ u, dim=0).detach()
         sigma = torch.dot(u, Wf @ v)
+        if self.mode == "fixed":
+            return W * (self.radius / (sigma + 1e-8)).to(W.dtype)
         return W / torch.clamp(sigma / self.radius, min=1.0).to(W.dtype)
 
 

@@ -1,4 +1,14 @@
-"""The Elman family: E1 (gated), E33 (self-gated), E42 (linear, tied weights)."""
+"""The Elman family: E1 (gated), E33 (self-gated), E42 (linear, tied weights).
+
+``init`` picks the initialisation. default: the projections keep PyTorch's Linear init, W_h is
+orthogonal times ``w_h_scale`` (E42: the tied W orthogonal times 0.9 x its radius) and the LM
+rescales out_proj to N(0, 0.02 / sqrt(2 depth)) (GPT-2 style). reference: ekg/elman's, as its
+LadderLM builds these layers: xavier-uniform in_proj, W_x and out_proj (out_proj is not rescaled
+with depth), W_h (E42: W) xavier-uniform with gain 0.1 (LadderLM's ``r_h_init_gain``), b zero.
+The reference's LadderLM also turns its spectral normalisation on (``r_h_mode='spectral_norm'``),
+which *sets* ||W_h|| to 0.99 in every forward: here ``spectral_norm: true, spectral_mode: fixed``
+(docs/reference/ekg-elman-differences.md).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,17 +22,54 @@ from elmanlab.layers.common import SpectralNormWeight, orthogonal_
 from elmanlab.ops.elman import elman_scan
 
 
+INITS = ("default", "reference")
+SPECTRAL_MODES = ("bound", "fixed")
+REFERENCE_W_H_GAIN = 0.1        # ekg/elman LadderLM's r_h_init_gain: xavier-uniform gain of W_h
+FIXED_POWER_ITERS = 3           # ekg/elman's power-iteration steps per forward (spectral_mode fixed)
+BOUND_POWER_ITERS = 8           # elmanlab's, for the bound (see SpectralNormWeight)
+
+_INIT_HELP = ("default: PyTorch Linear init, W_h orthogonal x w_h_scale, out_proj rescaled with depth by "
+              "the LM; reference: ekg/elman's, xavier-uniform projections (out_proj not rescaled) and W_h "
+              f"xavier-uniform with gain {REFERENCE_W_H_GAIN}")
+_MODE_HELP = ("with spectral_norm: bound keeps ||W_h|| <= 0.99 (8 power-iteration steps per training "
+              "forward); fixed sets ||W_h|| = 0.99, W_h x 0.99 / sigma (3 steps; ekg/elman's)")
+
+
 @dataclass
 class ElmanOptions:
     expansion: float = field(default=1.0, metadata={"help": "d_inner = dim * expansion"})
-    spectral_norm: bool = field(default=False, metadata={"help": "keep ||W_h|| <= 0.99 by power iteration"})
-    w_h_scale: float = field(default=0.9, metadata={"help": "W_h initialised orthogonal times this scale (< 1)"})
+    spectral_norm: bool = field(default=False, metadata={"help": "constrain ||W_h|| by power iteration "
+                                                                 "(spectral_mode says how)"})
+    w_h_scale: float = field(default=0.9, metadata={"help": "W_h initialised orthogonal times this scale (< 1; "
+                                                            "init default)"})
+    init: str = field(default="default", metadata={"help": _INIT_HELP, "choices": INITS})
+    spectral_mode: str = field(default="bound", metadata={"help": _MODE_HELP, "choices": SPECTRAL_MODES})
 
 
 @dataclass
 class E42Options:
     expansion: float = field(default=1.0, metadata={"help": "d_inner = dim * expansion"})
     spectral_radius: float = field(default=0.99, metadata={"help": "spectral norm bound of the tied W"})
+    init: str = field(default="default", metadata={
+        "help": "default: PyTorch Linear init, W orthogonal x 0.9 x spectral_radius, out_proj rescaled with "
+                "depth by the LM; reference: ekg/elman's, xavier-uniform projections (out_proj not "
+                f"rescaled) and W xavier-uniform with gain {REFERENCE_W_H_GAIN}", "choices": INITS})
+    spectral_mode: str = field(default="bound", metadata={
+        "help": "bound keeps ||W|| <= spectral_radius (8 power-iteration steps per training forward); fixed "
+                "sets ||W|| = spectral_radius (3 steps; ekg/elman's)", "choices": SPECTRAL_MODES})
+
+
+def _check_choices(cls, opts) -> None:
+    """init and spectral_mode: one of their choices (options built without make_options too)."""
+    for name, choices in (("init", INITS), ("spectral_mode", SPECTRAL_MODES)):
+        v = getattr(opts, name)
+        cls.check(v in choices, f"{cls.name} option {name} must be one of {', '.join(choices)}, got {v!r}")
+
+
+def _xavier_(*weights) -> None:
+    with torch.no_grad():
+        for w in weights:
+            nn.init.xavier_uniform_(w)
 
 
 class _ElmanBase(RecurrentLayer):
@@ -33,7 +80,17 @@ class _ElmanBase(RecurrentLayer):
     def resolve(cls, dim, opts):
         cls.check_number("expansion", opts.expansion)
         cls.check_number("w_h_scale", opts.w_h_scale, 0.0, 1.0)
+        _check_choices(cls, opts)
         return super().resolve(dim, opts)
+
+    @classmethod
+    def inactive_options(cls, values: dict) -> set[str]:
+        off = set()
+        if not values.get("spectral_norm", False):
+            off.add("spectral_mode")
+        if values.get("init", "default") == "reference":
+            off.add("w_h_scale")
+        return off
 
     @classmethod
     def op_shapes(cls, dim, opts):
@@ -44,12 +101,27 @@ class _ElmanBase(RecurrentLayer):
         return d_inner_of(dim, opts.expansion)
 
     def _init_recurrence(self, di: int, opts: ElmanOptions):
+        ref = opts.init == "reference"
+        self.own_out_init = ref                 # the LM leaves out_proj as the layer made it
         self.W_x = nn.Linear(di, di, bias=False)
         if opts.spectral_norm:
-            self.W_h_param = SpectralNormWeight(di, radius=0.99, init_scale=opts.w_h_scale)
+            fixed = opts.spectral_mode == "fixed"
+            self.W_h_param = SpectralNormWeight(
+                di, radius=0.99, init_scale=REFERENCE_W_H_GAIN if ref else opts.w_h_scale,
+                power_iters=FIXED_POWER_ITERS if fixed else BOUND_POWER_ITERS, mode=opts.spectral_mode,
+                init="xavier" if ref else "orthogonal")
+        elif ref:
+            w = torch.empty(di, di)
+            nn.init.xavier_uniform_(w, gain=REFERENCE_W_H_GAIN)
+            self.W_h = nn.Parameter(w)
         else:
             self.W_h = nn.Parameter(orthogonal_(torch.empty(di, di), opts.w_h_scale))
         self.b = nn.Parameter(torch.zeros(di))
+
+    def _reference_projections(self):
+        """init reference: xavier-uniform in_proj, W_x and out_proj (after the default ones were made)."""
+        if self.opts.init == "reference":
+            _xavier_(self.in_proj.weight, self.W_x.weight, self.out_proj.weight)
 
     def _W_h(self):
         return self.W_h_param() if self.opts.spectral_norm else self.W_h
@@ -71,6 +143,7 @@ class E1(_ElmanBase):
         self.in_proj = nn.Linear(dim, 2 * di, bias=False)
         self._init_recurrence(di, opts)
         self.out_proj = nn.Linear(di, dim, bias=False)
+        self._reference_projections()
 
     def forward(self, u, state=None):
         x, z = self.in_proj(u).chunk(2, dim=-1)
@@ -94,6 +167,7 @@ class E33(_ElmanBase):
         self.in_proj = nn.Linear(dim, di, bias=False)
         self._init_recurrence(di, opts)
         self.out_proj = nn.Linear(di, dim, bias=False)
+        self._reference_projections()
 
     def forward(self, u, state=None):
         h, new_state = self._recur(F.silu(self.in_proj(u)), state)
@@ -115,10 +189,18 @@ class E42(RecurrentLayer):
         super().__init__()
         self.opts = opts
         di = d_inner_of(dim, opts.expansion)
+        ref = opts.init == "reference"
+        self.own_out_init = ref                 # the LM leaves out_proj as the layer made it
         self.in_proj = nn.Linear(dim, di, bias=False)
-        self.W = SpectralNormWeight(di, radius=opts.spectral_radius, init_scale=opts.spectral_radius * 0.9)
+        fixed = opts.spectral_mode == "fixed"
+        self.W = SpectralNormWeight(di, radius=opts.spectral_radius,
+                                    init_scale=REFERENCE_W_H_GAIN if ref else opts.spectral_radius * 0.9,
+                                    power_iters=FIXED_POWER_ITERS if fixed else BOUND_POWER_ITERS,
+                                    mode=opts.spectral_mode, init="xavier" if ref else "orthogonal")
         self.b = nn.Parameter(torch.zeros(di))
         self.out_proj = nn.Linear(di, dim, bias=False)
+        if ref:
+            _xavier_(self.in_proj.weight, self.out_proj.weight)
 
     def forward(self, u, state=None):
         x = F.silu(self.in_proj(u))
@@ -131,6 +213,7 @@ class E42(RecurrentLayer):
     def resolve(cls, dim, opts):
         cls.check_number("expansion", opts.expansion)
         cls.check_number("spectral_radius", opts.spectral_radius, 0.0, 1.0)
+        _check_choices(cls, opts)
         return super().resolve(dim, opts)
 
     @classmethod

@@ -30,6 +30,10 @@ class Mamba2Options:
     d_conv: int = field(default=4, metadata={"help": "causal conv kernel size"})
     chunk_size: int = field(default=256, metadata={"help": "SSD chunk length (speed only: the result does not "
                                                        "depend on it; mamba_ssm's Mamba2 default)"})
+    init: str = field(default="default", metadata={
+        "help": "default: out_proj rescaled with depth by the LM, conv bias zero; reference: mamba_ssm's Mamba2 "
+                "module as ekg/elman used it (PyTorch's Linear init for out_proj, not rescaled; PyTorch's Conv1d "
+                "bias init)", "choices": ("default", "reference")})
 
 
 class Mamba2(RecurrentLayer):
@@ -53,6 +57,11 @@ class Mamba2(RecurrentLayer):
         self.D = nn.Parameter(torch.ones(self.H))
         self.norm = GatedRMSNorm(di)
         self.out_proj = nn.Linear(di, dim, bias=False)
+        self.own_out_init = opts.init == "reference"    # the LM leaves out_proj as made here
+        if self.own_out_init:                          # nn.Conv1d's bias init: U(-1/sqrt(K), 1/sqrt(K))
+            bound = 1.0 / opts.d_conv ** 0.5
+            with torch.no_grad():
+                self.conv.bias.uniform_(-bound, bound)
 
     def forward(self, u, state=None):
         B, T, _ = u.shape
@@ -92,6 +101,8 @@ class Mamba2(RecurrentLayer):
                   f"d_inner = expand * dim = {di} must be a multiple of headdim {opts.headdim}; pick dim accordingly")
         cls.check((di // opts.headdim) % opts.ngroups == 0,
                   f"n_heads {di // opts.headdim} must be a multiple of ngroups {opts.ngroups}")
+        cls.check(opts.init in ("default", "reference"),
+                  f"mamba2 option init must be one of default, reference, got {opts.init!r}")
         return super().resolve(dim, opts)
 
     @classmethod

@@ -7,11 +7,14 @@ Both are diagonal linear recurrences, computed by a parallel scan (never a loop 
 ``ops.scan.minrnn_scan`` takes the raw projection, so on CUDA the gates are computed inside the
 Triton scan and only the projection is kept for the backward (memory-lean).
 An output projection d_inner -> dim exists only when expansion != 1.
+``init: reference`` initialises the projections as ekg/elman's MinGRULM / MinLSTMLM do:
+xavier-uniform, the output projection not rescaled with depth.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn as nn
 
 from elmanlab.layers.base import RecurrentLayer, d_inner_of
@@ -21,6 +24,9 @@ from elmanlab.ops.scan import minrnn_scan
 @dataclass
 class MinRNNOptions:
     expansion: float = field(default=1.0, metadata={"help": "d_inner = dim * expansion (out projection when != 1)"})
+    init: str = field(default="default", metadata={
+        "help": "default: PyTorch's Linear init, out_proj rescaled with depth by the LM; reference: "
+                "ekg/elman's, xavier-uniform projections (out_proj not rescaled)", "choices": ("default", "reference")})
 
 
 class _MinRNN(RecurrentLayer):
@@ -35,6 +41,12 @@ class _MinRNN(RecurrentLayer):
         self.di = di
         self.proj = nn.Linear(dim, self.n_proj * di, bias=False)
         self.out_proj = nn.Linear(di, dim, bias=False) if di != dim else None
+        self.own_out_init = opts.init == "reference"    # the LM leaves out_proj as made here
+        if self.own_out_init:
+            with torch.no_grad():
+                for lin in (self.proj, self.out_proj):
+                    if lin is not None:
+                        nn.init.xavier_uniform_(lin.weight)
 
     def forward(self, u, state=None):
         h0 = None if state is None else state[0]
@@ -45,6 +57,8 @@ class _MinRNN(RecurrentLayer):
     @classmethod
     def resolve(cls, dim, opts):
         cls.check_number("expansion", opts.expansion)
+        cls.check(opts.init in ("default", "reference"),
+                  f"{cls.name} option init must be one of default, reference, got {opts.init!r}")
         return super().resolve(dim, opts)
 
     @classmethod

@@ -30,15 +30,20 @@ class Job:
     options: dict
     train: dict                  # train settings (config.train_settings() keys), as given
     size: dict = field(default_factory=dict)   # the solved size (sizing.report)
+    norm: str = "rms"            # the wrapper's norms (ModelConfig.norm)
 
     def identity(self) -> dict:
         """What defines the run: model, size, options and the train settings that define a run
-        (``config.identity_settings()``: no paths, devices, logging or checkpointing)."""
+        (``config.identity_settings()``: no paths, devices, logging or checkpointing). ``norm`` is
+        named only where it is not the default, so identities recorded before it existed still match."""
         keys = identity_settings()
-        return {"model": self.model, "params": self.params, "dim": self.dim, "depth": self.depth,
-                "mlp_ratio": self.mlp_ratio, "tie_embeddings": self.tie_embeddings,
-                "options": dict(self.options),
-                "train": {k: v for k, v in self.train.items() if k in keys}}
+        out = {"model": self.model, "params": self.params, "dim": self.dim, "depth": self.depth,
+               "mlp_ratio": self.mlp_ratio, "tie_embeddings": self.tie_embeddings,
+               "options": dict(self.options),
+               "train": {k: v for k, v in self.train.items() if k in keys}}
+        if self.norm != "rms":
+            out["norm"] = self.norm
+        return out
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -67,6 +72,8 @@ class Job:
             args += ["--mlp-ratio", fmt(r) if float(fmt(r)) == r else repr(r)]
         if self.tie_embeddings:
             args += ["--tie-embeddings"]
+        if self.norm != "rms":
+            args += ["--norm", self.norm]
         for k, v in self.options.items():
             args += _flag(k, v, isinstance(v, bool))
         for k, v in self.train.items():

@@ -41,7 +41,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from elmanlab.config import BUDGET_SETTINGS, field_type, identity_settings, option_fields, train_settings
+from elmanlab.config import BUDGET_SETTINGS, NORMS, field_type, identity_settings, option_fields, train_settings
 from elmanlab.errors import ElmanlabError
 from elmanlab.runs import read_state
 from elmanlab.study.best_of import expand_best_of
@@ -51,7 +51,7 @@ TOP_KEYS = ("name", "description", "baseline", "train", "runs", "grid", "seeds",
 WAVE_KEYS = ("name", "description", "train", "runs", "grid", "seeds", "best_of")
 BEST_OF_KEYS = ("wave", "n", "metric", "baseline")
 BEST_OF_METRICS = ("val_bpb", "loss_last100")      # lower is better
-SIZE_KEYS = ("params", "dim", "depth", "mlp_ratio", "tie_embeddings")
+SIZE_KEYS = ("params", "dim", "depth", "mlp_ratio", "tie_embeddings", "norm")
 ENTRY_KEYS = ("model", "name", "options") + SIZE_KEYS
 
 
@@ -275,6 +275,9 @@ def _jobs_from_entry(entry: dict, where: str, wave: str | None, base_train: dict
     tie = entry.get("tie_embeddings", False)
     if not isinstance(tie, bool):
         raise ElmanlabError(f"{where}: tie_embeddings is true or false, got {tie!r}")
+    norm = entry.get("norm", "rms")
+    if norm not in NORMS:
+        raise ElmanlabError(f"{where}: norm must be one of {', '.join(NORMS)}, got {norm!r}")
 
     own_train = {k: _coerce_train(k, v, where) for k, v in entry.items() if k in settings}
     train = merge_train(base_train, own_train)
@@ -290,7 +293,8 @@ def _jobs_from_entry(entry: dict, where: str, wave: str | None, base_train: dict
     from elmanlab.sizing import model_config, report
     try:
         cfg = model_config(model, params=params, dim=dim, depth=depth, options=options,
-                           mlp_ratio=None if mlp_ratio is None else float(mlp_ratio), tie_embeddings=tie)
+                           mlp_ratio=None if mlp_ratio is None else float(mlp_ratio), tie_embeddings=tie,
+                           norm=norm)
         rep = report(cfg)
     except ElmanlabError as e:
         at = "" if where.endswith(")") else f" ({model} at {params or f'{dim}x{depth}'})"
@@ -311,6 +315,8 @@ def _jobs_from_entry(entry: dict, where: str, wave: str | None, base_train: dict
         id_parts.append(f"mlp={fmt(float(mlp_ratio))}")
     if tie:
         id_parts.append("tied")
+    if norm != "rms":
+        id_parts.append(f"norm={norm}")
     id_parts += [f"{k}={fmt(v)}" for k, v in options.items()]
     defining = identity_settings()
     id_parts += [f"{k}={fmt(v)}" for k, v in train.items()
@@ -327,7 +333,7 @@ def _jobs_from_entry(entry: dict, where: str, wave: str | None, base_train: dict
         if len(seed_list) > 1 and entry.get("name"):
             jid = f"{entry['name']}-s{t['seed']}"
         jobs.append(Job(safe_id(jid), where, wave, model, params, dim, depth, float(mlp_ratio), tie, options,
-                        t, size))
+                        t, size, norm))
     return jobs
 
 
