@@ -83,3 +83,27 @@ def test_runs_outside_a_study_group_by_similar_size(tmp_path):
     runs = collect_runs(root)[0]
     assert {r.scale for r in runs} == {"~200K"} and {r.target for r in runs} == {None}
     assert len(Report(root).iso_tables()) == 1
+
+
+def test_runs_that_differ_only_in_the_wrapper_are_not_pooled(tmp_path):
+    """A tied head, LayerNorm or another MLP width makes another configuration (not another seed),
+    named in the label; records without `norm` (older ones) read as RMSNorm."""
+    root = tmp_path / "wrap"
+    root.mkdir()
+    make_run(root, "plain", "e1", 500_000, 100, 4, final=1.50)
+    make_run(root, "plain43", "e1", 500_000, 100, 4, final=1.51, seed=43)
+    make_run(root, "tied", "e1", 500_000, 100, 4, final=1.52)
+    make_run(root, "layer", "e1", 500_000, 100, 4, final=1.53)
+    make_run(root, "rms", "e1", 500_000, 100, 4, final=1.54, seed=44)
+    for rid, change in (("tied", {"tie_embeddings": True}), ("layer", {"norm": "layer"}), ("rms", {"norm": "rms"})):
+        for name in ("config.json", "summary.json"):
+            path = root / rid / name
+            d = json.loads(path.read_text())
+            (d["model"] if name == "config.json" else d["config"]).update(change)
+            path.write_text(json.dumps(d))
+    runs = {r.id: r for r in collect_runs(root)[0]}
+    keys = {rid: r.config_key() for rid, r in runs.items()}
+    assert keys["plain"] == keys["plain43"] == keys["rms"]
+    assert len({keys["plain"], keys["tied"], keys["layer"]}) == 3
+    assert runs["tied"].label().endswith("tied") and runs["layer"].label().endswith("layernorm")
+    assert runs["plain"].label() == "100x4"

@@ -48,6 +48,7 @@ class Run:
     dim: int | None = None
     depth: int | None = None
     options: dict = field(default_factory=dict)
+    wrapper: dict = field(default_factory=dict)   # the LM wrapper's settings: mlp_ratio, tie_embeddings, norm
     train: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
     wave: str | None = None
@@ -141,9 +142,31 @@ class Run:
         return out
 
     def config_key(self) -> str:
-        """Everything that defines the configuration except the seed (to pool seeds)."""
+        """Everything that defines the configuration except the seed (to pool seeds): the wrapper's
+        settings too, where they are not the defaults (a tied head, LayerNorm, another MLP)."""
         tr = {k: v for k, v in self.train.items() if k != "seed"}
-        return json.dumps([self.model, self.dim, self.depth, self.options, tr], sort_keys=True, default=str)
+        key = [self.model, self.dim, self.depth, self.options, tr]
+        wrapper = self.nondefault_wrapper()
+        return json.dumps(key + [wrapper] if wrapper else key, sort_keys=True, default=str)
+
+    def nondefault_wrapper(self) -> dict:
+        """The wrapper settings that differ from a default ModelConfig of this model (older records
+        lack ``norm``: RMSNorm, the only norm then)."""
+        out = {}
+        if self.wrapper.get("tie_embeddings"):
+            out["tied"] = True
+        if self.wrapper.get("norm", "rms") != "rms":
+            out["norm"] = self.wrapper["norm"]
+        mlp = self.wrapper.get("mlp_ratio")
+        if isinstance(mlp, (int, float)):
+            try:
+                from elmanlab.config import default_mlp_ratio
+                default = default_mlp_ratio(self.model)
+            except ElmanlabError:
+                default = 0.0
+            if abs(mlp - default) > 1e-9:
+                out["mlp"] = mlp
+        return out
 
     def label(self) -> str:
         parts = [f"{self.dim}x{self.depth}" if self.dim else "?"]
@@ -154,6 +177,9 @@ class Run:
             if self.model == "e88" and k in ("n_heads", "n_state", "balance"):
                 continue
             parts.append(k if v is True else f"no {k}" if v is False else f"{k}={fmt_num(v)}")
+        w = self.nondefault_wrapper()
+        parts += (["tied"] if w.get("tied") else []) + ([f"{w['norm']}norm"] if "norm" in w else []) \
+            + ([f"mlp={fmt_num(w['mlp'])}"] if "mlp" in w else [])
         return " ".join(parts)
 
     def active_options(self) -> dict:
@@ -225,6 +251,14 @@ def _model_fields(summ: dict, cfg: dict) -> tuple:
     return model, dim, depth, dict(options or {})
 
 
+def _wrapper_fields(summ: dict, cfg: dict) -> dict:
+    """mlp_ratio, tie_embeddings and norm of the run's model config (summary.json's, else config.json's)."""
+    for c in (summ.get("config"), cfg.get("model")):
+        if isinstance(c, dict):
+            return {k: c[k] for k in ("mlp_ratio", "tie_embeddings", "norm") if k in c}
+    return {}
+
+
 def _identity(train: dict | None) -> dict:
     """The settings of ``train`` that define a run."""
     return {k: v for k, v in (train or {}).items() if k in IDENTITY}
@@ -290,7 +324,8 @@ def collect_runs(root) -> tuple[list[Run], dict | None]:
             id=rel, path=rdir, status=status, model=str(model or (job or {}).get("model") or "?"), error=reason,
             params=summ.get("params") if isinstance(summ.get("params"), int) else None,
             target=_parse_target((job or {}).get("params") or summ.get("target")),
-            dim=dim, depth=depth, options=options, train=_train_fields(summ, cfg, job), summary=summ,
+            dim=dim, depth=depth, options=options, wrapper=_wrapper_fields(summ, cfg),
+            train=_train_fields(summ, cfg, job), summary=summ,
             wave=(job or {}).get("wave")))
         seen.add(rel)
     for rel, job in jobs.items():
