@@ -326,21 +326,22 @@ class Trainer:
         return self.prior_wall + (time.perf_counter() - self.t_start)
 
     # -- records -----------------------------------------------------------------------------
-    def write_config(self) -> None:
-        if not self.is_main:
-            return
-        conf = {"format": RUN_FORMAT, "model": self.cfg.model.to_dict(), "params": self.n_params,
+    def run_config(self) -> dict:
+        """config.json: everything that rebuilds the model and the run (also the trackers' config)."""
+        return {"format": RUN_FORMAT, "model": self.cfg.model.to_dict(), "params": self.n_params,
                 "train": {k: v for k, v in self.cfg.to_dict().items() if k != "model"},
                 "data": self.split.describe(), "world_size": self.world}
-        atomic_write_json(self.out / CONFIG_FILE, conf)
+
+    def write_config(self) -> None:
+        if self.is_main:
+            atomic_write_json(self.out / CONFIG_FILE, self.run_config())
 
     def _open_metrics(self) -> None:
         """metrics.jsonl for appending (resuming, the lines past the checkpoint's step are dropped), and the
         requested trackers."""
         if not self.is_main:
             return
-        conf = {"model": self.cfg.model.to_dict(), "params": self.n_params, **self.cfg.settings()}
-        self.metrics = MetricsLog(self.out, None if self.resume_dir is None else self.step, conf,
+        self.metrics = MetricsLog(self.out, None if self.resume_dir is None else self.step, self.run_config(),
                                   tensorboard=self.cfg.tensorboard, wandb=self.cfg.wandb)
 
     def _log(self) -> None:
@@ -568,20 +569,15 @@ class Trainer:
         from elmanlab.evaluate import VAL_FIELDS
         extra = {}
         if self.is_main:
+            if self.cfg.eval_bytes > 0 and status == "completed":
+                # the loop scores the last step; a run that had no step left to take is scored here
+                point = self.validator.last_at(self.step) or self.validate()
+                extra = {k: point[k] for k in VAL_FIELDS}
             t0 = time.perf_counter()
             self.optimizer.eval()                          # final weights: Schedule-Free's average x
             self.model.eval()
             checkpoint.save_weights(self.model, self.out)
             self.timers["eval_s"] += time.perf_counter() - t0
-            if self.cfg.eval_bytes > 0 and status == "completed":
-                point = self.validator.last_at(self.step)     # the evaluation after this step, if made
-                if point is None:
-                    self.optimizer.train()                   # validate() takes the train point
-                    self.model.train()
-                    point = self.validate()
-                    self.optimizer.eval()
-                    self.model.eval()
-                extra = {k: point[k] for k in VAL_FIELDS}
         summary = self.summary(status)
         summary.update(extra)
         if self.is_main:

@@ -75,7 +75,14 @@ class RecurrentLayer(nn.Module):
 
     @classmethod
     def resolve(cls, dim: int, opts):
-        """Validate ``opts`` for width ``dim`` and return a copy with derived fields filled."""
+        """Validate ``opts`` for width ``dim`` and return a copy with derived fields filled. Here: every
+        option declared with ``choices`` in its field metadata holds one of them (also for options
+        built without ``config.make_options``); families add their own checks and call this."""
+        for f in dataclasses.fields(opts):
+            choices = f.metadata.get("choices")
+            v = getattr(opts, f.name)
+            cls.check(not choices or v in choices,
+                      f"{cls.name} option {f.name} must be one of {', '.join(choices or ())}, got {v!r}")
         return dataclasses.replace(opts)
 
     @classmethod

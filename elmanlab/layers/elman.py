@@ -59,13 +59,6 @@ class E42Options:
                 "sets ||W|| = spectral_radius (3 steps; ekg/elman's)", "choices": SPECTRAL_MODES})
 
 
-def _check_choices(cls, opts) -> None:
-    """init and spectral_mode: one of their choices (options built without make_options too)."""
-    for name, choices in (("init", INITS), ("spectral_mode", SPECTRAL_MODES)):
-        v = getattr(opts, name)
-        cls.check(v in choices, f"{cls.name} option {name} must be one of {', '.join(choices)}, got {v!r}")
-
-
 def _xavier_(*weights) -> None:
     with torch.no_grad():
         for w in weights:
@@ -80,7 +73,6 @@ class _ElmanBase(RecurrentLayer):
     def resolve(cls, dim, opts):
         cls.check_number("expansion", opts.expansion)
         cls.check_number("w_h_scale", opts.w_h_scale, 0.0, 1.0)
-        _check_choices(cls, opts)
         return super().resolve(dim, opts)
 
     @classmethod
@@ -213,7 +205,6 @@ class E42(RecurrentLayer):
     def resolve(cls, dim, opts):
         cls.check_number("expansion", opts.expansion)
         cls.check_number("spectral_radius", opts.spectral_radius, 0.0, 1.0)
-        _check_choices(cls, opts)
         return super().resolve(dim, opts)
 
     @classmethod

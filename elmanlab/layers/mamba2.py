@@ -101,8 +101,6 @@ class Mamba2(RecurrentLayer):
                   f"d_inner = expand * dim = {di} must be a multiple of headdim {opts.headdim}; pick dim accordingly")
         cls.check((di // opts.headdim) % opts.ngroups == 0,
                   f"n_heads {di // opts.headdim} must be a multiple of ngroups {opts.ngroups}")
-        cls.check(opts.init in ("default", "reference"),
-                  f"mamba2 option init must be one of default, reference, got {opts.init!r}")
         return super().resolve(dim, opts)
 
     @classmethod

@@ -57,8 +57,6 @@ class _MinRNN(RecurrentLayer):
     @classmethod
     def resolve(cls, dim, opts):
         cls.check_number("expansion", opts.expansion)
-        cls.check(opts.init in ("default", "reference"),
-                  f"{cls.name} option init must be one of default, reference, got {opts.init!r}")
         return super().resolve(dim, opts)
 
     @classmethod

@@ -31,18 +31,15 @@ def write_plots(report: Report, outdir: Path) -> list[Path]:
     """Draw every plot the report's runs allow into ``outdir``; returns the PNGs written."""
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
-    curves = [r for r in report.ranked() if len(r.metrics()) >= 2]
-    colors = _curve_colors(report, curves)
-    for name, key in (("loss_vs_tokens", "tokens"), ("loss_vs_time", "elapsed")):
-        fig = plot_loss_curves(report, curves, colors, key)
-        if fig is not None:
-            written.append(_save(fig, outdir / f"{name}.png"))
-    vcurves = [r for r in report.ranked() if len(r.val_metrics()) >= 2]
-    vcolors = _curve_colors(report, vcurves)
-    for name, key in (("val_vs_tokens", "tokens"), ("val_vs_time", "elapsed")):
-        fig = plot_val_curves(report, vcurves, vcolors, key)
-        if fig is not None:
-            written.append(_save(fig, outdir / f"{name}.png"))
+    # per run: the training loss and the held-out evaluations, each against tokens and against time
+    for what, points, plot in (("loss", lambda r: r.metrics(), plot_loss_curves),
+                               ("val", lambda r: r.val_metrics(), plot_val_curves)):
+        curves = [r for r in report.ranked() if len(points(r)) >= 2]
+        colors = _curve_colors(report, curves)
+        for x, key in (("tokens", "tokens"), ("time", "elapsed")):
+            fig = plot(report, curves, colors, key)
+            if fig is not None:
+                written.append(_save(fig, outdir / f"{what}_vs_{x}.png"))
     for name, what in (("loss_vs_params", "loss"), ("tokens_per_s_vs_params", "tokens_per_s")):
         fig = plot_vs_params(report, what)
         if fig is not None:
