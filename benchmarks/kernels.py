@@ -81,6 +81,36 @@ def elman_inputs(B, T, D, linear=False):
     return make
 
 
+def cudnn_module(B, T, D):
+    """cuDNN's tanh RNN as ``nn.RNN`` uses it: the weights flattened once into one buffer (W_ih = I,
+    frozen, so its gradient GEMM is not timed), bf16. (make, run) for :func:`bench_pair`."""
+    rnn = torch.nn.RNN(D, D, nonlinearity="tanh", batch_first=True).to("cuda", BF)
+    with torch.no_grad():
+        rnn.weight_ih_l0.copy_(torch.eye(D))
+        rnn.weight_hh_l0.copy_(torch.randn(D, D) / D ** 0.5)
+    rnn.weight_ih_l0.requires_grad_(False)
+    rnn.flatten_parameters()
+
+    def make():
+        return (torch.randn(B, T, D, device="cuda", dtype=BF, requires_grad=True),)
+
+    def run(wx):
+        return (rnn(wx)[0],)
+    return make, run
+
+
+def forced(variant, fn):
+    """``fn`` with the persistent kernel's variant forced ("mma" or "wide")."""
+    def run(*x):
+        old = CudaBackend.force_variant
+        CudaBackend.force_variant = variant
+        try:
+            return fn(*x)
+        finally:
+            CudaBackend.force_variant = old
+    return run
+
+
 def e88_inputs(B, T, H, n):
     def make():
         q = torch.nn.functional.normalize(torch.randn(B, T, H, n, device="cuda"), dim=-1).to(BF).requires_grad_()
@@ -125,6 +155,12 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="B=16 shapes only, no plain loops")
     ap.add_argument("--only", default="", help="comma list of recurrences to run (E1,E33,E42,E88); default all")
     ap.add_argument("--no-loops", action="store_true", help="skip the plain PyTorch loops")
+    ap.add_argument("--widths", default="1024,1760,2112,2200,2272,2560,3584,4096",
+                    help="d_inner of the width sweep (recurrences 'tanh' and 'linear' in --only): ours (the "
+                         "variant that runs by default, and each variant forced where both fit) against "
+                         "cuDNN's nn.RNN with flattened weights")
+    ap.add_argument("--long", default="1760,4096",
+                    help="d_inner of the T=2048 rows of the sweep (B16), empty for none")
     args = ap.parse_args(argv)
     only = {x.strip().upper() for x in args.only.split(",") if x.strip()}
     if args.quick:
@@ -203,6 +239,38 @@ def main(argv=None):
                                  note=gdn_note))
             add("E88", shape, "ours", lambda: bench_pair(mk, lambda q, k, v, a: e88_scan_cuda(q, k, v, a),
                                                          args.reps))
+
+    # width sweep: every d_inner the sizing solver produces up to 4096, tanh and linear, T 512
+    # (and T 2048 for --long), against cuDNN's flattened nn.RNN
+    widths = [int(x) for x in args.widths.split(",") if x.strip()]
+    longs = [int(x) for x in args.long.split(",") if x.strip()]
+    sweep = [(nl, B, T, D) for nl in ("tanh", "linear") for D in widths for B in batches]
+    sweep += [("tanh", 16, 2048, D) for D in longs]
+    for nl, B, TT, D in sweep:
+        if not want(nl.upper()):
+            continue
+        shape = f"B{B} T{TT} D{D}"
+        mk = elman_inputs(B, TT, D, linear=nl == "linear")
+        if nl == "tanh":
+            add(nl, shape, "cudnn-nn", lambda: bench_pair(*cudnn_module(B, TT, D), args.reps),
+                note="nn.RNN(tanh), weights flattened once, W_ih frozen")
+        plan = CudaBackend.plan(torch.cuda.current_device(), D)
+        kind = CudaBackend.variant(torch.cuda.current_device(), D, BF)
+        run = (lambda *x, nl=nl: elman_scan_persistent(*x, nonlinearity=nl))
+        if kind is None:
+            rows.append(dict(recurrence=nl, shape=shape, impl="ours", fwd_ms=None, fwdbwd_ms=None,
+                             note=f"no persistent kernel fits d_inner {D}"))
+            continue
+        add(nl, shape, "ours", lambda: bench_pair(mk, run, args.reps), note=f"default variant: {kind}")
+        if plan["mma_ok"] and plan["wide_ok"] and TT == 512:
+            other = "wide" if kind == "mma" else "mma"
+            add(nl, shape, f"ours-{other}", lambda: bench_pair(mk, forced(other, run), args.reps),
+                note=f"{other} variant forced")
+        if nl == "linear" and not plan["mma_ok"] and TT == 512 and B == 16 and D == min(
+                d for d in widths if not CudaBackend.plan(torch.cuda.current_device(), d)["mma_ok"]):
+            from elmanlab.ops.elman.chunked import elman_linear_chunked
+            add(nl, shape, "chunked", lambda: bench_pair(mk, lambda wx, W, b, h0: elman_linear_chunked(
+                wx, W.to(BF), b, h0), args.reps), note="the chunked GEMM form (the path before the wide kernel)")
 
     # speedups of ours against each other implementation of the same row
     by = {}

@@ -183,6 +183,44 @@ def test_elman_fp32_core_kernel_on_bf16(monkeypatch, B, T, D, nl):
     _elman_case(B, T, D, torch.bfloat16, nl, True, True)
 
 
+WIDE_CASES = [  # B, T, D, nonlinearity, h0, bias, forced: the wide kernel below 16 x SMs too
+    (1, 1, 100, "tanh", True, True, True),
+    (3, 37, 1000, "linear", False, True, True),
+    (16, 513, 1760, "tanh", True, True, True),
+    (64, 37, 1760, "tanh", True, False, True),
+    (16, 37, 2200, "tanh", True, True, False),       # E1 expansion 2.5 (the widths past the mma kernel)
+    (16, 513, 2272, "linear", True, True, False),    # E42 at 400M
+    (3, 77, 2560, "tanh", False, True, False),
+    (16, 129, 3584, "tanh", True, True, False),      # E1 3584 x 6
+    (16, 37, 3990, "linear", True, True, False),     # not a multiple of 64
+    (16, 129, 4096, "tanh", True, True, False),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B,T,D,nl,with_h0,with_b,forced", WIDE_CASES,
+                         ids=[f"B{c[0]}T{c[1]}D{c[2]}-{c[3]}{'-forced' if c[6] else ''}" for c in WIDE_CASES])
+def test_elman_wide_kernel(monkeypatch, B, T, D, nl, with_h0, with_b, forced):
+    """The 32-unit tensor-core kernel (W split between registers and shared memory): every width
+    from 2113 to 4096 runs it by default on an H200; forced at narrower widths too. Which kernel ran
+    is asserted, for the forward and the backward launch."""
+    from elmanlab.ops.elman.fused import CudaBackend
+
+    if forced:
+        monkeypatch.setattr(CudaBackend, "force_variant", "wide")
+    elif D <= 16 * torch.cuda.get_device_properties(0).multi_processor_count:
+        pytest.skip(f"D {D} runs the 16-unit kernel on this GPU")
+    seen, real = [], CudaBackend._launch.__func__
+
+    def launch(cls, *a, **k):
+        cls.last_variant = None
+        real(cls, *a, **k)
+        seen.append(cls.last_variant)
+    monkeypatch.setattr(CudaBackend, "_launch", classmethod(launch))
+    _elman_case(B, T, D, torch.bfloat16, nl, with_h0, with_b)
+    assert seen == ["wide", "wide"], seen           # the forward and the backward scan
+
+
 def _elman_case(B, T, D, dtype, nl, with_h0, with_b):
     from elmanlab.ops.elman.fused import elman_scan_persistent
     from elmanlab.ops.elman.reference import elman_scan_ref
@@ -205,7 +243,8 @@ def _elman_case(B, T, D, dtype, nl, with_h0, with_b):
 @pytest.mark.gpu
 @pytest.mark.parametrize("B,T,D,dtype", [(3, 77, 2272, torch.float32), (16, 513, 2304, torch.bfloat16)])
 def test_elman_linear_wider_than_persistent_uses_chunked(B, T, D, dtype, monkeypatch):
-    """E42 at 400M+ (d_inner > 16 x SMs): elman_scan's linear fast path is the chunked GEMM form."""
+    """E42 at 400M+ (d_inner > 16 x SMs): with bf16 inputs the wide persistent kernel, with fp32
+    inputs (whose kernel stops at 16 x SMs) the chunked GEMM form."""
     import elmanlab.ops.elman.chunked as chunked
     from elmanlab.ops.elman import elman_scan
     from elmanlab.ops.elman.fused import persistent_supported
@@ -224,12 +263,14 @@ def test_elman_linear_wider_than_persistent_uses_chunked(B, T, D, dtype, monkeyp
     ins = [x.to(dtype).requires_grad_() for x in (wx, W, b, h0)]
     ins64 = [x.double().requires_grad_() for x in (wx, W, b, h0)]
     from elmanlab.ops import implementations_used, reset_implementations_used
-    from elmanlab.ops.elman.fused import CHUNKED, PERSISTENT
+    from elmanlab.ops.elman.fused import CHUNKED, WIDE
     reset_implementations_used()
     out = elman_scan(*ins, nonlinearity="linear")
     assert out[0].shape == (B, T, D)
     ran = implementations_used()["elman"]
-    want = PERSISTENT["linear"] if persistent_supported(ins[0]) else CHUNKED
+    # bf16 at these widths runs the wide persistent kernel; fp32 past 16 x SMs the chunked form
+    want = WIDE["linear"] if persistent_supported(ins[0]) else CHUNKED
+    assert (want == WIDE["linear"]) == (dtype == torch.bfloat16), want
     assert ran == {"path": want, "paths": [want], "fast": True}, ran
     assert bool(calls) == (want == CHUNKED), "the chunked form's record and its call disagree"
     _compare(out, elman_scan_ref(*ins64, nonlinearity="linear"), ins, ins64, TOL[dtype],

@@ -28,6 +28,9 @@ from elmanlab.ops.elman.reference import elman_scan_ref
 _SRC = Path(__file__).with_name("persistent.cu")
 _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1}
 MODES = {"tanh": 0, "linear": 1}
+MMA_MAX_KP = 16 * 8 * 17       # the 16-unit tensor-core kernel: 8 warps x 17 k-steps of 16
+WIDE_MAX_KP = 16 * 16 * 16     # the 32-unit one: 16 warps x 16 k-steps of 16 (d_inner <= 4096)
+WIDE_UNITS = 32                # output units per block of the wide kernel
 POISON = False      # tests set this: kernel outputs start as NaN, so an unwritten element fails
 
 
@@ -69,7 +72,8 @@ class TorchBackend:
 
 
 class CudaBackend:
-    """The persistent kernel: W slices resident in shared memory, one grid barrier per step."""
+    """The persistent kernels: each block keeps its slice of W resident for the whole sequence (in
+    registers and/or shared memory), one grid barrier per step; :meth:`variant` picks which."""
 
     name = "persistent"
     _plans: dict = {}
@@ -77,6 +81,8 @@ class CudaBackend:
     # runs them through the fp32 CUDA-core kernel instead (kept for comparison). None: read from
     # ELMANLAB_ELMAN_MMA (1/true or 0/false; default on) on the first launch.
     use_mma: bool | None = None
+    force_variant: str | None = None      # "mma" or "wide": tests and benchmarks only
+    last_variant: str | None = None       # the variant of the last launch (tests assert it)
 
     @classmethod
     def mma_enabled(cls) -> bool:
@@ -97,11 +103,18 @@ class CudaBackend:
             lib.elman_persistent_launch.restype = I
             lib.elman_mma_launch.argtypes = [I, P, I] + [P] * 9 + [I] * 7
             lib.elman_mma_launch.restype = I
+            lib.elman_mma_wide_launch.argtypes = [I, P, I] + [P] * 9 + [I] * 7
+            lib.elman_mma_wide_launch.restype = I
+            lib.elman_mma_wide_smem.argtypes = [I]
+            lib.elman_mma_wide_smem.restype = I
             lib._elk_typed = True
         return lib
 
     @classmethod
     def plan(cls, device_index: int, D: int):
+        """The kernels' limits at width ``D`` on this GPU: ``ok`` (the fp32 CUDA-core kernel runs),
+        ``mma_ok`` (the 16-unit tensor-core kernel: D <= 16 x SMs), ``wide_ok`` (the 32-unit one:
+        D <= 4096 and <= 32 x SMs, its shared memory fits)."""
         key = (device_index, D)
         if key not in cls._plans:
             from elmanlab.ops._build import check
@@ -110,9 +123,30 @@ class CudaBackend:
             vals = [ctypes.c_int(0) for _ in range(5)]
             check(lib, lib.elman_plan(device_index, D, *[ctypes.byref(v) for v in vals]), "elman_plan")
             KP, KC, smem, blocks, sms = (v.value for v in vals)
-            cls._plans[key] = dict(KP=KP, KC=KC, smem=smem, blocks=blocks, sms=sms,
-                                   ok=KC > 0 and blocks <= sms)
+            optin = torch.cuda.get_device_properties(device_index).shared_memory_per_block_optin
+            wide_blocks = -(-D // WIDE_UNITS)
+            wide_smem = lib.elman_mma_wide_smem(KP)
+            cls._plans[key] = dict(
+                KP=KP, KC=KC, smem=smem, blocks=blocks, sms=sms, ok=KC > 0 and blocks <= sms,
+                mma_ok=KP <= MMA_MAX_KP and blocks <= sms, wide_blocks=wide_blocks, wide_smem=wide_smem,
+                wide_ok=KP <= WIDE_MAX_KP and wide_blocks <= sms and wide_smem <= optin, smem_optin=optin)
         return cls._plans[key]
+
+    @classmethod
+    def variant(cls, device_index: int, D: int, dtype) -> str | None:
+        """Which kernel runs ``dtype`` inputs of width ``D``: "mma" (bf16, 16 units per block, W in
+        registers), "wide" (bf16, 32 units per block, W split between registers and shared memory),
+        "fp32" (CUDA cores, W in shared memory), or None (none fits). ``force_variant`` (tests,
+        benchmarks) picks "mma" or "wide" where that one fits."""
+        p = cls.plan(device_index, D)
+        if dtype == torch.bfloat16 and cls.mma_enabled():
+            if cls.force_variant is not None:
+                return cls.force_variant if p[f"{cls.force_variant}_ok"] else None
+            if p["mma_ok"]:
+                return "mma"
+            if p["wide_ok"]:
+                return "wide"
+        return "fp32" if p["ok"] else None
 
     @classmethod
     def _launch(cls, X, aux, bias, M, c0, out, sfinal, B, T, D, reverse, mode, has_s0, s0=None):
@@ -122,15 +156,20 @@ class CudaBackend:
         idx = dev.index if dev.index is not None else torch.cuda.current_device()
         p = cls.plan(idx, D)
         lib = cls.lib(idx)
-        if X.dtype == torch.bfloat16 and cls.mma_enabled() and p["KP"] <= 16 * 8 * 17:
+        kind = cls.variant(idx, D, X.dtype)
+        if kind is None:
+            raise RuntimeError(f"persistent Elman kernel does not support D={D}, dtype={X.dtype}")
+        cls.last_variant = kind
+        if kind in ("mma", "wide"):
             sbuf = torch.zeros(2, B, p["KP"], dtype=torch.bfloat16, device=dev)
             if s0 is not None:
                 sbuf[0, :, :D] = s0
             counter = torch.zeros(1, dtype=torch.int32, device=dev)
-            code = lib.elman_mma_launch(
+            launch = lib.elman_mma_launch if kind == "mma" else lib.elman_mma_wide_launch
+            code = launch(
                 idx, stream_ptr(dev), _DTYPE_CODE[out.dtype], ptr(X), ptr(aux), ptr(bias), ptr(M), ptr(c0),
                 ptr(out), ptr(sfinal), ptr(sbuf), ptr(counter), B, T, D, p["KP"], reverse, mode, has_s0)
-            check(lib, code, "elman mma kernel launch")
+            check(lib, code, f"elman {kind} kernel launch")
             return
         sbuf = torch.zeros(2, B, p["KP"], dtype=torch.float32, device=dev)
         if s0 is not None:
@@ -246,6 +285,7 @@ def _warn_once(key, msg):
 # (cuDNN, the chunked form) are the fastest that runs, and count as fast; where it could run but
 # its build failed (no nvcc, a compile error) they are a fallback and do not.
 PERSISTENT = {nl: f"elmanlab persistent Elman CUDA kernel ({nl})" for nl in MODES}
+WIDE = {nl: f"elmanlab persistent Elman CUDA kernel ({nl}, wide: 32 units per block)" for nl in MODES}
 CUDNN = "cuDNN tanh RNN"
 CUDNN_STEP = "cuDNN tanh RNN (stepping stone)"
 CHUNKED = "chunked linear scan (PyTorch GEMMs, ops/elman/chunked.py)"
@@ -265,29 +305,50 @@ def persistent_status(wx) -> tuple[str, str, str]:
         return ("input", f"{wx.dtype} input of {wx.dim()} dims (the kernel takes [B, T, D] float32 or bfloat16)",
                 "train in bf16 autocast or float32")
     idx = wx.device.index if wx.device.index is not None else torch.cuda.current_device()
-    return plan_status(idx, wx.shape[-1])
+    return plan_status(idx, wx.shape[-1], wx.dtype)
 
 
-def plan_status(device_index: int, D: int) -> tuple[str, str, str]:
-    """:func:`persistent_status` for width ``D`` on a GPU (builds the kernel once)."""
+def plan_status(device_index: int, D: int, dtype=torch.bfloat16) -> tuple[str, str, str]:
+    """:func:`persistent_status` for ``dtype`` inputs of width ``D`` on a GPU (builds the kernel once)."""
     try:
         p = CudaBackend.plan(device_index, D)
+        kind = CudaBackend.variant(device_index, D, dtype)
     except Exception as exc:  # no nvcc, compile error: the caller falls back (or refuses); say so once
         from elmanlab.ops._build import failure
         reason, fix = failure(exc)
         _warn_once("build", f"elmanlab: persistent Elman kernel unavailable ({reason}); using the fallback")
         return "build", f"persistent kernel unavailable: {reason}", fix
-    if p["ok"]:
+    if kind is not None:
         return "ok", "", ""
-    if p["KC"] <= 0:
-        return "size", f"d_inner {D}: W_h does not fit in the GPU's shared memory", "use a smaller d_inner"
-    return "size", f"d_inner {D} needs {p['blocks']} resident blocks, the GPU has {p['sms']} SMs", \
-        "use a smaller d_inner"
+    if dtype == torch.bfloat16 and CudaBackend.mma_enabled() and CudaBackend.force_variant is None:
+        if D > WIDE_MAX_KP:
+            return "size", f"d_inner {D}: the widest persistent kernel holds d_inner <= {WIDE_MAX_KP}", \
+                "use a smaller d_inner"
+        return "size", (f"d_inner {D} needs {p['wide_blocks']} resident blocks of {WIDE_UNITS} units, the GPU has "
+                        f"{p['sms']} SMs"), "use a smaller d_inner"
+    if dtype != torch.bfloat16:
+        return "size", (f"d_inner {D} with {dtype} inputs needs {p['blocks']} resident blocks of 16 units, "
+                        f"the GPU has {p['sms']} SMs"), "train in bf16 autocast (its kernels hold wider layers)"
+    return "size", f"d_inner {D} does not fit the selected persistent kernel", "use a smaller d_inner"
 
 
 def persistent_supported(wx) -> bool:
-    """True when the persistent kernel can run this input (CUDA, fp32/bf16, D <= 16 x SMs)."""
+    """True when a persistent kernel can run this input (CUDA, fp32 up to 16 x SMs, bf16 up to 4096
+    and 32 x SMs)."""
     return persistent_status(wx)[0] == "ok"
+
+
+def _persistent_name(nl: str, wx=None, d_inner: int | None = None) -> str:
+    """The record name of the persistent kernel that runs here (the wide variant has its own)."""
+    variant = getattr(CudaBackend, "variant", None)
+    if variant is None:                     # tests stand the PyTorch backend in for the kernel
+        return PERSISTENT[nl]
+    if wx is not None:
+        idx = wx.device.index if wx.device.index is not None else torch.cuda.current_device()
+        kind = variant(idx, wx.shape[-1], wx.dtype)
+    else:
+        kind = variant(torch.cuda.current_device(), d_inner, torch.bfloat16)
+    return WIDE[nl] if kind == "wide" else PERSISTENT[nl]
 
 
 def _impl_choice() -> str:
@@ -315,7 +376,7 @@ def fast_tanh(wx, W_h, b=None, h0=None):
     if choice != "cudnn":
         kind, why, _ = persistent_status(wx)
         if kind == "ok":
-            record("elman", PERSISTENT["tanh"], True)
+            record("elman", _persistent_name("tanh", wx), True)
             return elman_scan_backend(wx, W_h, b, h0, "tanh", CudaBackend)
         if choice == "persistent":
             raise _refused(choice, f"the persistent kernel cannot run here ({why})")
@@ -339,7 +400,7 @@ def fast_linear(wx, W_h, b=None, h0=None):
         raise _refused(choice, CUDNN_LINEAR)
     kind, why, _ = persistent_status(wx)
     if kind == "ok":
-        record("elman", PERSISTENT["linear"], True)
+        record("elman", _persistent_name("linear", wx), True)
         return elman_scan_backend(wx, W_h, b, h0, "linear", CudaBackend)
     if choice == "persistent":
         raise _refused(choice, f"the persistent kernel cannot run here ({why})")
@@ -364,7 +425,8 @@ def backend_info(d_inner: int, nonlinearity: str) -> dict:
                 "fix": UNSET_IMPL}
     kind, why, fix = plan_status(torch.cuda.current_device(), d_inner)
     if kind == "ok":
-        return {"path": PERSISTENT[nonlinearity], "fast": True, "reason": f"d_inner {d_inner} fits"}
+        return {"path": _persistent_name(nonlinearity, d_inner=d_inner), "fast": True,
+                "reason": f"d_inner {d_inner} fits"}
     if choice == "persistent":
         return {"path": "refused: ELMANLAB_ELMAN_IMPL=persistent", "fast": False,
                 "reason": f"the persistent kernel cannot run here ({why})", "fix": f"{UNSET_IMPL}, or {fix}"}

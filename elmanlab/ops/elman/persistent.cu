@@ -330,6 +330,156 @@ __global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
   }
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Wide bf16 variant (d_inner up to 4096, and at most 32 x SMs). Block `blk` owns 32 output units
+// j0 = 32 blk .. j0 + 31 (four n8 tiles). The block's slice of M, 32 x KP bf16, is split between
+// the register file (tiles 0-1: units j0 .. j0+15, as in elman_mma_kernel) and shared memory
+// (tiles 2-3: units j0+16 .. j0+31), each stored as B fragments in the order the lanes read them.
+// 16 warps; warp w handles k-steps w, w+16, ... (at most WMAXR = 16 each, KP <= 4096)
+// and reads each A fragment of the state once for all four tiles. The state is loaded in groups of
+// WG k-steps (registers stay under 128 per thread at 512 threads). The 16 warps' partial 16 x 32
+// tiles are summed through shared memory (row stride 40 floats: conflict-free float2 stores).
+#define WNW 16         // warps per block
+#define WTH (WNW * 32) // threads per block
+#define WJP 32         // output units per block
+#define WG 4           // k-steps of state loaded per group
+#define WRS 40         // row stride of the reduction tile (floats)
+#define WMAXR 16       // k-steps per warp: KP <= 16 * 16 * 16 = 4096
+
+static int wide_smem_bytes(int KP) {
+  return (KP / 16) * 2 * 32 * 8 + WNW * 16 * WRS * 4;
+}
+
+template <typename TO>
+__global__ void __launch_bounds__(WTH, 1) elman_mma_wide_kernel(ElmanParams p) {
+  extern __shared__ uint2 wsm[];                       // [KS][2][32] B fragments of tiles 2-3
+  const int KP = p.KP, D = p.D, B = p.B, T = p.T, KS = KP / 16;
+  float* red = reinterpret_cast<float*>(wsm + (size_t)KS * 2 * 32);   // [WNW][16][WRS]
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
+  const int j0 = blockIdx.x * WJP;
+  uint32_t wr[WMAXR][2][2];
+#pragma unroll
+  for (int r = 0; r < WMAXR; ++r) {
+    const int ks = warp + WNW * r;
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      const int j = j0 + nt * 8 + g;
+      float w[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int k = ks * 16 + 4 * tq + q;
+        w[q] = (ks < KS && j < D && k < D) ? p.M[(size_t)j * D + k] : 0.f;
+      }
+      const uint32_t f0 = pack_bf16(w[0], w[1]), f1 = pack_bf16(w[2], w[3]);
+      if (nt < 2) {
+        wr[r][nt][0] = f0;
+        wr[r][nt][1] = f1;
+      } else if (ks < KS) {
+        wsm[((size_t)ks * 2 + (nt - 2)) * 32 + lane] = make_uint2(f0, f1);
+      }
+    }
+  }
+  __syncthreads();
+  const __nv_bfloat16* X = reinterpret_cast<const __nv_bfloat16*>(p.X);
+  const __nv_bfloat16* AUX = reinterpret_cast<const __nv_bfloat16*>(p.aux);
+  TO* OUT = reinterpret_cast<TO*>(p.out);
+  __nv_bfloat16* sb = reinterpret_cast<__nv_bfloat16*>(p.sbuf);
+  const int ob = tid >> 5, oj = tid & 31, j = j0 + oj;          // epilogue: one output per thread
+  const float bj = (p.bias != nullptr && j < D) ? p.bias[j] : 0.f;
+  const int ntiles = (B + BT - 1) / BT;
+
+  for (int i = 0; i < T; ++i) {
+    const int t = p.reverse ? T - 1 - i : i;
+    const __nv_bfloat16* sprev = sb + (size_t)(i & 1) * B * KP;
+    __nv_bfloat16* snext = sb + (size_t)((i + 1) & 1) * B * KP;
+    const bool do_mm = (i > 0) || p.has_s0;
+    for (int tile = 0; tile < ntiles; ++tile) {
+      const int b0 = tile * BT, b = b0 + ob;
+      const bool valid = (b < B) && (j < D);
+      float xv = 0.f, hv = 0.f;
+      if (valid) {
+        const size_t off = ((size_t)b * T + t) * D + j;
+        xv = __bfloat162float(X[off]);
+        if (p.mode == 2) hv = __bfloat162float(AUX[off]);
+        if (i == 0 && p.c0 != nullptr) xv += p.c0[(size_t)b * D + j];
+      }
+      if (do_mm) {
+        const bool r0 = b0 + g < B, r1 = b0 + g + 8 < B;
+        const __nv_bfloat16* p0 = sprev + (size_t)(b0 + g) * KP + 4 * tq;
+        const __nv_bfloat16* p1 = sprev + (size_t)(b0 + g + 8) * KP + 4 * tq;
+        float c[4][4];
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) c[nt][q] = 0.f;
+#pragma unroll
+        for (int rg = 0; rg < WMAXR; rg += WG) {
+          uint2 lo[WG], hi[WG];
+#pragma unroll
+          for (int u = 0; u < WG; ++u) {
+            const int r = rg + u, ks = warp + WNW * r;
+            lo[u] = make_uint2(0u, 0u);
+            hi[u] = make_uint2(0u, 0u);
+            if (r < WMAXR && ks < KS) {
+              if (r0) lo[u] = __ldcg(reinterpret_cast<const uint2*>(p0 + ks * 16));
+              if (r1) hi[u] = __ldcg(reinterpret_cast<const uint2*>(p1 + ks * 16));
+            }
+          }
+#pragma unroll
+          for (int u = 0; u < WG; ++u) {
+            const int r = rg + u, ks = warp + WNW * r;
+            if (r < WMAXR && ks < KS) {
+              const uint2 w2 = wsm[((size_t)ks * 2) * 32 + lane];
+              const uint2 w3 = wsm[((size_t)ks * 2 + 1) * 32 + lane];
+              mma_bf16(c[0], lo[u].x, hi[u].x, lo[u].y, hi[u].y, wr[r][0][0], wr[r][0][1]);
+              mma_bf16(c[1], lo[u].x, hi[u].x, lo[u].y, hi[u].y, wr[r][1][0], wr[r][1][1]);
+              mma_bf16(c[2], lo[u].x, hi[u].x, lo[u].y, hi[u].y, w2.x, w2.y);
+              mma_bf16(c[3], lo[u].x, hi[u].x, lo[u].y, hi[u].y, w3.x, w3.y);
+            }
+          }
+        }
+        float* rw = red + (size_t)warp * 16 * WRS;
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          *reinterpret_cast<float2*>(rw + g * WRS + nt * 8 + 2 * tq) = make_float2(c[nt][0], c[nt][1]);
+          *reinterpret_cast<float2*>(rw + (g + 8) * WRS + nt * 8 + 2 * tq) = make_float2(c[nt][2], c[nt][3]);
+        }
+        __syncthreads();
+      }
+      if (valid) {
+        float m = 0.f;
+        if (do_mm) {
+#pragma unroll
+          for (int w = 0; w < WNW; ++w) m += red[((size_t)w * 16 + ob) * WRS + oj];
+        }
+        const float v = xv + bj + m;
+        float sn;
+        switch (p.mode) {
+          case 0: sn = tanhf(v); break;
+          case 2: sn = v * (1.f - hv * hv); break;
+          default: sn = v; break;
+        }
+        OUT[((size_t)b * T + t) * D + j] = from_f<TO>(sn);
+        snext[(size_t)b * KP + j] = __float2bfloat16(sn);
+        if (i == T - 1 && p.sfinal != nullptr) p.sfinal[(size_t)b * D + j] = sn;
+      }
+      __syncthreads();
+    }
+    if (i + 1 < T) {
+      if (tid == 0) {
+        __threadfence();
+        atomicAdd(p.counter, 1u);
+        const unsigned target = (unsigned)(i + 1) * gridDim.x;
+        while (ld_acquire_u32(p.counter) < target) {
+        }
+        __threadfence();
+      }
+      __syncthreads();
+    }
+  }
+}
+
 static int smem_bytes(int KP, int KC) {
   int s_floats = BT * (KC + 8);
   if (s_floats < KSPLIT * 256) s_floats = KSPLIT * 256;
@@ -399,6 +549,32 @@ int elman_mma_launch(int device, void* stream, int odtype, const void* X, const 
   void* args[] = {&p};
   dim3 grid((D + JP - 1) / JP), block(NTH);
   e = cudaLaunchCooperativeKernel(fn, grid, block, args, 0, (cudaStream_t)stream);
+  if (e != cudaSuccess) return (int)e;
+  return (int)cudaGetLastError();
+}
+
+// The wide variant: 32 units per block, (D + 31) / 32 blocks, 512 threads, dynamic shared memory
+// wide_smem_bytes(KP). Returns cudaErrorInvalidValue when KP > 4096 or the smem does not fit.
+int elman_mma_wide_smem(int KP) { return wide_smem_bytes(KP); }
+
+int elman_mma_wide_launch(int device, void* stream, int odtype, const void* X, const void* aux, const float* bias,
+                          const float* M, const float* c0, void* out, float* sfinal, void* sbuf, unsigned* counter,
+                          int B, int T, int D, int KP, int reverse, int mode, int has_s0) {
+  cudaError_t e = cudaSetDevice(device);
+  if (e != cudaSuccess) return (int)e;
+  if (KP % 16 != 0 || KP / 16 > WNW * WMAXR) return (int)cudaErrorInvalidValue;
+  ElmanParams p;
+  p.X = X; p.aux = aux; p.bias = bias; p.M = M; p.c0 = c0; p.out = out; p.sfinal = sfinal;
+  p.sbuf = reinterpret_cast<float*>(sbuf); p.counter = counter; p.B = B; p.T = T; p.D = D; p.KP = KP;
+  p.KC = KP; p.reverse = reverse; p.mode = mode; p.has_s0 = has_s0;
+  const void* fn = odtype == 1 ? (const void*)elman_mma_wide_kernel<__nv_bfloat16>
+                               : (const void*)elman_mma_wide_kernel<float>;
+  const int smem = wide_smem_bytes(KP);
+  e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e != cudaSuccess) return (int)e;
+  void* args[] = {&p};
+  dim3 grid((D + WJP - 1) / WJP), block(WTH);
+  e = cudaLaunchCooperativeKernel(fn, grid, block, args, (size_t)smem, (cudaStream_t)stream);
   if (e != cudaSuccess) return (int)e;
   return (int)cudaGetLastError();
 }
