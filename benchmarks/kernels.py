@@ -99,15 +99,18 @@ def cudnn_module(B, T, D):
     return make, run
 
 
-def forced(variant, fn):
-    """``fn`` with the persistent kernel's variant forced ("mma" or "wide")."""
+def forced(variant, fn, sync=None):
+    """``fn`` with the persistent kernel's variant ("mma", "wide" or None: the default) and its
+    step synchronisation ("flags", "counter" or None: the default) forced."""
     def run(*x):
-        old = CudaBackend.force_variant
+        old = CudaBackend.force_variant, CudaBackend.sync
         CudaBackend.force_variant = variant
+        if sync is not None:
+            CudaBackend.sync = sync
         try:
             return fn(*x)
         finally:
-            CudaBackend.force_variant = old
+            CudaBackend.force_variant, CudaBackend.sync = old
     return run
 
 
@@ -261,11 +264,16 @@ def main(argv=None):
             rows.append(dict(recurrence=nl, shape=shape, impl="ours", fwd_ms=None, fwdbwd_ms=None,
                              note=f"no persistent kernel fits d_inner {D}"))
             continue
-        add(nl, shape, "ours", lambda: bench_pair(mk, run, args.reps), note=f"default variant: {kind}")
+        sync = CudaBackend.sync_mode()
+        add(nl, shape, "ours", lambda: bench_pair(mk, run, args.reps), note=f"default: {kind}, {sync} sync")
+        other_sync = "counter" if sync == "flags" else "flags"
+        add(nl, shape, f"ours-{other_sync}", lambda: bench_pair(mk, forced(None, run, other_sync), args.reps),
+            note=f"{kind}, {other_sync} sync forced")
         if plan["mma_ok"] and plan["wide_ok"] and TT == 512:
             other = "wide" if kind == "mma" else "mma"
-            add(nl, shape, f"ours-{other}", lambda: bench_pair(mk, forced(other, run), args.reps),
-                note=f"{other} variant forced")
+            for sy in (sync, other_sync):
+                add(nl, shape, f"ours-{other}-{sy}", lambda: bench_pair(mk, forced(other, run, sy), args.reps),
+                    note=f"{other} variant, {sy} sync forced")
         if nl == "linear" and not plan["mma_ok"] and TT == 512 and B == 16 and D == min(
                 d for d in widths if not CudaBackend.plan(torch.cuda.current_device(), d)["mma_ok"]):
             from elmanlab.ops.elman.chunked import elman_linear_chunked
@@ -294,7 +302,8 @@ def main(argv=None):
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        payload = dict(gpu=gpu, torch=torch.__version__, T=T, dtype="bfloat16", reps=args.reps,
+        from elmanlab.hardware import source_info
+        payload = dict(gpu=gpu, torch=torch.__version__, source=source_info(), T=T, dtype="bfloat16", reps=args.reps,
                        loop_reps=args.loop_reps, time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        rows=rows)
         from elmanlab.fsutil import atomic_write_text

@@ -198,18 +198,29 @@ WIDE_CASES = [  # B, T, D, nonlinearity, h0, bias, forced: the wide kernel below
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("sync", ["flags", "counter"])
 @pytest.mark.parametrize("B,T,D,nl,with_h0,with_b,forced", WIDE_CASES,
                          ids=[f"B{c[0]}T{c[1]}D{c[2]}-{c[3]}{'-forced' if c[6] else ''}" for c in WIDE_CASES])
-def test_elman_wide_kernel(monkeypatch, B, T, D, nl, with_h0, with_b, forced):
+def test_elman_wide_kernel(monkeypatch, B, T, D, nl, with_h0, with_b, forced, sync):
     """The 32-unit tensor-core kernel (W split between registers and shared memory): every width
-    from 2113 to 4096 runs it by default on an H200; forced at narrower widths too. Which kernel ran
-    is asserted, for the forward and the backward launch."""
+    from 2113 to 4096 runs it by default on an H200; forced at narrower widths too; with either step
+    synchronisation. Which kernel ran is asserted, for the forward and the backward launch."""
     from elmanlab.ops.elman.fused import CudaBackend
 
+    monkeypatch.setattr(CudaBackend, "sync", sync)
     if forced:
         monkeypatch.setattr(CudaBackend, "force_variant", "wide")
     elif D <= 16 * torch.cuda.get_device_properties(0).multi_processor_count:
         pytest.skip(f"D {D} runs the 16-unit kernel on this GPU")
+    seen = _variants_seen(monkeypatch)
+    _elman_case(B, T, D, torch.bfloat16, nl, with_h0, with_b)
+    assert seen == ["wide", "wide"], seen           # the forward and the backward scan
+
+
+def _variants_seen(monkeypatch) -> list:
+    """The kernel variant of every launch from now on (the forward, then the backward scan)."""
+    from elmanlab.ops.elman.fused import CudaBackend
+
     seen, real = [], CudaBackend._launch.__func__
 
     def launch(cls, *a, **k):
@@ -217,8 +228,25 @@ def test_elman_wide_kernel(monkeypatch, B, T, D, nl, with_h0, with_b, forced):
         real(cls, *a, **k)
         seen.append(cls.last_variant)
     monkeypatch.setattr(CudaBackend, "_launch", classmethod(launch))
-    _elman_case(B, T, D, torch.bfloat16, nl, with_h0, with_b)
-    assert seen == ["wide", "wide"], seen           # the forward and the backward scan
+    return seen
+
+
+MMA_SYNC_CASES = [c for c in ELMAN_CASES if c[3] == torch.bfloat16]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sync", ["flags", "counter"])
+@pytest.mark.parametrize("B,T,D,dtype,nl,with_h0,with_b", MMA_SYNC_CASES,
+                         ids=[f"B{c[0]}T{c[1]}D{c[2]}-{c[4]}" for c in MMA_SYNC_CASES])
+def test_elman_mma_kernel_sync_modes(monkeypatch, B, T, D, dtype, nl, with_h0, with_b, sync):
+    """The 16-unit tensor-core kernel under both step synchronisations (per-block flags, the atomic
+    counter barrier)."""
+    from elmanlab.ops.elman.fused import CudaBackend
+
+    monkeypatch.setattr(CudaBackend, "sync", sync)
+    seen = _variants_seen(monkeypatch)
+    _elman_case(B, T, D, dtype, nl, with_h0, with_b)
+    assert seen == ["mma", "mma"], seen
 
 
 def _elman_case(B, T, D, dtype, nl, with_h0, with_b):

@@ -30,8 +30,9 @@ struct ElmanParams {
   void* out;           // [B, T, D]   TO
   float* sfinal;       // [B, D] last state, or null
   float* sbuf;         // [2, B, KP] ping-pong state, zero padded beyond D
-  unsigned* counter;   // zeroed before launch
+  unsigned* counter;   // zeroed before launch: [1] (sync 0) or [gridDim.x] (sync 1)
   int B, T, D, KP, KC, reverse, mode, has_s0;
+  int sync;            // tensor-core kernels: 0 one atomic counter per step, 1 per-block flags
 };
 
 template <typename T> __device__ __forceinline__ float to_f(T x);
@@ -45,6 +46,50 @@ __device__ __forceinline__ unsigned ld_acquire_u32(const unsigned* p) {
   unsigned v;
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
   return v;
+}
+
+__device__ __forceinline__ void st_release_u32(unsigned* p, unsigned v) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;" : : "l"(p), "r"(v) : "memory");
+}
+
+// The end of step i of a tensor-core kernel (after the block's last __syncthreads of the step).
+// sync 0: a grid-wide barrier on one atomic counter. sync 1: the block publishes "i + 1 steps done"
+// in its own flag and goes on; consumers wait (wait_producers) only for the blocks whose units they
+// read, each warp for its own k-steps, so no block waits on an atomic that all 132 serialise on.
+__device__ __forceinline__ void step_done(const ElmanParams& p, int i, int tid) {
+  if (i + 1 >= p.T) return;
+  if (p.sync) {
+    if (tid == 0) {
+      __threadfence();
+      st_release_u32(p.counter + blockIdx.x, (unsigned)(i + 1));
+    }
+    return;
+  }
+  if (tid == 0) {
+    __threadfence();
+    atomicAdd(p.counter, 1u);
+    const unsigned target = (unsigned)(i + 1) * gridDim.x;
+    while (ld_acquire_u32(p.counter) < target) {
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+// sync 1, before step i > 0 reads the state: lane r of the warp waits until the block producing
+// k-step warp + nw * r (its 16 units: block ks >> shift) has finished step i - 1.
+template <int NR>
+__device__ __forceinline__ void wait_producers(const ElmanParams& p, int i, int warp, int lane, int nw, int KS,
+                                               int shift) {
+  if (!p.sync || i == 0) return;
+  if (lane < NR) {
+    const int ks = warp + nw * lane, pb = ks >> shift;
+    if (ks < KS && pb < (int)gridDim.x) {
+      while (ld_acquire_u32(p.counter + pb) < (unsigned)i) {
+      }
+    }
+  }
+  __syncwarp();
 }
 
 template <typename TX, typename TO>
@@ -250,6 +295,7 @@ __global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
     const __nv_bfloat16* sprev = sb + (size_t)(i & 1) * B * KP;
     __nv_bfloat16* snext = sb + (size_t)((i + 1) & 1) * B * KP;
     const bool do_mm = (i > 0) || p.has_s0;
+    wait_producers<MAXR>(p, i, warp, lane, 8, KS, 0);
     for (int tile = 0; tile < ntiles; ++tile) {
       const int b0 = tile * BT, b = b0 + ob;
       const bool valid = (b < B) && (j < D);
@@ -316,17 +362,7 @@ __global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
       }
       __syncthreads();
     }
-    if (i + 1 < T) {
-      if (tid == 0) {
-        __threadfence();
-        atomicAdd(p.counter, 1u);
-        const unsigned target = (unsigned)(i + 1) * gridDim.x;
-        while (ld_acquire_u32(p.counter) < target) {
-        }
-        __threadfence();
-      }
-      __syncthreads();
-    }
+    step_done(p, i, tid);
   }
 }
 
@@ -394,6 +430,7 @@ __global__ void __launch_bounds__(WTH, 1) elman_mma_wide_kernel(ElmanParams p) {
     const __nv_bfloat16* sprev = sb + (size_t)(i & 1) * B * KP;
     __nv_bfloat16* snext = sb + (size_t)((i + 1) & 1) * B * KP;
     const bool do_mm = (i > 0) || p.has_s0;
+    wait_producers<WMAXR>(p, i, warp, lane, WNW, KS, 1);
     for (int tile = 0; tile < ntiles; ++tile) {
       const int b0 = tile * BT, b = b0 + ob;
       const bool valid = (b < B) && (j < D);
@@ -466,17 +503,7 @@ __global__ void __launch_bounds__(WTH, 1) elman_mma_wide_kernel(ElmanParams p) {
       }
       __syncthreads();
     }
-    if (i + 1 < T) {
-      if (tid == 0) {
-        __threadfence();
-        atomicAdd(p.counter, 1u);
-        const unsigned target = (unsigned)(i + 1) * gridDim.x;
-        while (ld_acquire_u32(p.counter) < target) {
-        }
-        __threadfence();
-      }
-      __syncthreads();
-    }
+    step_done(p, i, tid);
   }
 }
 
@@ -518,7 +545,7 @@ int elman_persistent_launch(int device, void* stream, int xdtype, int odtype, co
   ElmanParams p;
   p.X = X; p.aux = aux; p.bias = bias; p.M = M; p.c0 = c0; p.out = out; p.sfinal = sfinal;
   p.sbuf = sbuf; p.counter = counter; p.B = B; p.T = T; p.D = D; p.KP = KP; p.KC = KC;
-  p.reverse = reverse; p.mode = mode; p.has_s0 = has_s0;
+  p.reverse = reverse; p.mode = mode; p.has_s0 = has_s0; p.sync = 0;
   const void* fn = nullptr;
   if (xdtype == 0 && odtype == 0) fn = (const void*)elman_persistent_kernel<float, float>;
   else if (xdtype == 1 && odtype == 1) fn = (const void*)elman_persistent_kernel<__nv_bfloat16, __nv_bfloat16>;
@@ -537,14 +564,14 @@ int elman_persistent_launch(int device, void* stream, int xdtype, int odtype, co
 // bf16 inputs on the tensor cores; sbuf is bf16 [2, B, KP]. odtype: 1 = bf16 (forward), 0 = fp32.
 int elman_mma_launch(int device, void* stream, int odtype, const void* X, const void* aux, const float* bias,
                      const float* M, const float* c0, void* out, float* sfinal, void* sbuf, unsigned* counter,
-                     int B, int T, int D, int KP, int reverse, int mode, int has_s0) {
+                     int B, int T, int D, int KP, int reverse, int mode, int has_s0, int sync) {
   cudaError_t e = cudaSetDevice(device);
   if (e != cudaSuccess) return (int)e;
   if (KP / 16 > 8 * MAXR) return (int)cudaErrorInvalidValue;
   ElmanParams p;
   p.X = X; p.aux = aux; p.bias = bias; p.M = M; p.c0 = c0; p.out = out; p.sfinal = sfinal;
   p.sbuf = reinterpret_cast<float*>(sbuf); p.counter = counter; p.B = B; p.T = T; p.D = D; p.KP = KP;
-  p.KC = KP; p.reverse = reverse; p.mode = mode; p.has_s0 = has_s0;
+  p.KC = KP; p.reverse = reverse; p.mode = mode; p.has_s0 = has_s0; p.sync = sync;
   const void* fn = odtype == 1 ? (const void*)elman_mma_kernel<__nv_bfloat16> : (const void*)elman_mma_kernel<float>;
   void* args[] = {&p};
   dim3 grid((D + JP - 1) / JP), block(NTH);
@@ -559,14 +586,14 @@ int elman_mma_wide_smem(int KP) { return wide_smem_bytes(KP); }
 
 int elman_mma_wide_launch(int device, void* stream, int odtype, const void* X, const void* aux, const float* bias,
                           const float* M, const float* c0, void* out, float* sfinal, void* sbuf, unsigned* counter,
-                          int B, int T, int D, int KP, int reverse, int mode, int has_s0) {
+                          int B, int T, int D, int KP, int reverse, int mode, int has_s0, int sync) {
   cudaError_t e = cudaSetDevice(device);
   if (e != cudaSuccess) return (int)e;
   if (KP % 16 != 0 || KP / 16 > WNW * WMAXR) return (int)cudaErrorInvalidValue;
   ElmanParams p;
   p.X = X; p.aux = aux; p.bias = bias; p.M = M; p.c0 = c0; p.out = out; p.sfinal = sfinal;
   p.sbuf = reinterpret_cast<float*>(sbuf); p.counter = counter; p.B = B; p.T = T; p.D = D; p.KP = KP;
-  p.KC = KP; p.reverse = reverse; p.mode = mode; p.has_s0 = has_s0;
+  p.KC = KP; p.reverse = reverse; p.mode = mode; p.has_s0 = has_s0; p.sync = sync;
   const void* fn = odtype == 1 ? (const void*)elman_mma_wide_kernel<__nv_bfloat16>
                                : (const void*)elman_mma_wide_kernel<float>;
   const int smem = wide_smem_bytes(KP);
