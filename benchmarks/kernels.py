@@ -101,7 +101,7 @@ def cudnn_module(B, T, D):
 
 def forced(variant, fn, sync=None):
     """``fn`` with the persistent kernel's variant ("mma", "wide" or None: the default) and its
-    step synchronisation ("flags", "counter" or None: the default) forced."""
+    grid barrier ("fence", "release" or None: the default) forced."""
     def run(*x):
         old = CudaBackend.force_variant, CudaBackend.sync
         CudaBackend.force_variant = variant
@@ -266,7 +266,7 @@ def main(argv=None):
             continue
         sync = CudaBackend.sync_mode()
         add(nl, shape, "ours", lambda: bench_pair(mk, run, args.reps), note=f"default: {kind}, {sync} sync")
-        other_sync = "counter" if sync == "flags" else "flags"
+        other_sync = "fence" if sync == "release" else "release"
         add(nl, shape, f"ours-{other_sync}", lambda: bench_pair(mk, forced(None, run, other_sync), args.reps),
             note=f"{kind}, {other_sync} sync forced")
         if plan["mma_ok"] and plan["wide_ok"] and TT == 512:

@@ -20,7 +20,19 @@ a)
     tail -n 60 "$out/kernels-wide.log"
     ;;
 b)
-    echo "phase b is written when the E88 variant lands"
+    timeout 100 python3 -m pytest -q -m gpu tests/ops/test_elman.py -k "sync_modes or wide_kernel" -p no:cacheprovider \
+        > "$out/gputests-elman-sync.log" 2>&1
+    echo "pytest exit $?" >> "$out/gputests-elman-sync.log"
+    tail -n 3 "$out/gputests-elman-sync.log"
+    timeout 120 python3 benchmarks/kernels.py --only TANH --quick --widths 1024,1760,2112,2560,4096 --long "" \
+        --out "$out/kernels-sync-h200.json" > "$out/kernels-sync.log" 2>&1
+    grep "^| tanh" "$out/kernels-sync.log"
+    timeout 150 python3 -m pytest -q -m gpu tests/ops/test_e88.py -p no:cacheprovider > "$out/gputests-e88.log" 2>&1
+    echo "pytest exit $?" >> "$out/gputests-e88.log"
+    tail -n 8 "$out/gputests-e88.log"
+    timeout 200 python3 scripts/e88-ab.py --out "$out/e88-ab-h200.json" --c-sweep 4,6,9 > "$out/e88-ab.log" 2>&1
+    echo "e88-ab exit $?" >> "$out/e88-ab.log"
+    tail -n 45 "$out/e88-ab.log"
     ;;
 esac
 ls -la "$out"

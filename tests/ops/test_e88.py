@@ -2,14 +2,17 @@
 autograd Function through the plain-PyTorch backend (checkpointed backward) against autograd
 through the float64 reference; on the GPU (marked ``gpu``, skipped without CUDA) the CUDA kernel
 against the float64 reference: forward, final state and every gradient, odd shapes, outputs
-poisoned with NaN before each call. Relative RMS error <= 1e-4 with fp32 inputs, <= 1e-2 with bf16."""
+poisoned with NaN before each call, for each kernel variant (v2, v3; the record of what ran names
+it), v3 also at chosen checkpoint intervals, odd bf16 value widths and unaligned inputs (its
+element-copy staging). Relative RMS error <= 1e-4 with fp32 inputs, <= 1e-2 with bf16."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import rel_err
 from elmanlab.ops.e88 import e88_scan_ref
-from elmanlab.ops.e88.fused import TorchBackend as E88Torch, e88_scan_backend
+from elmanlab.ops import implementations_used, reset_implementations_used
+from elmanlab.ops.e88.fused import KERNELS, PATHS, TorchBackend as E88Torch, e88_scan_backend
 from op_checks import D64, _compare, _grads, _seed
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
@@ -86,6 +89,48 @@ def test_e88_checkpoints_are_linear_in_T():
     assert ckpt.shape == (1, 2, 5, 8, 8)
 
 
+def test_e88_kernel_variant_choice(monkeypatch):
+    """Which variant runs: an explicit one, else CudaBackend.kernel, else $ELMANLAB_E88_KERNEL, else
+    the default; an unknown name is a one-line error; a pinned backend keeps its variant."""
+    import elmanlab.ops.e88.fused as ef
+    from elmanlab.errors import ElmanlabError
+
+    monkeypatch.delenv(ef.KERNEL_ENV, raising=False)
+    assert ef.kernel_variant() == ef.DEFAULT_KERNEL in KERNELS
+    monkeypatch.setenv(ef.KERNEL_ENV, "V3")
+    assert ef.kernel_variant() == "v3" and ef.CudaBackend.pinned() is ef.CudaBackendV3
+    monkeypatch.setattr(ef.CudaBackend, "kernel", "v2")
+    assert ef.kernel_variant() == "v2" and ef.kernel_variant("v3") == "v3"
+    assert ef.CudaBackend.pinned() is ef.CudaBackendV2 and ef.CudaBackendV3.variant() == "v3"
+    assert ef.CudaBackendV3.pinned() is ef.CudaBackendV3
+    monkeypatch.setattr(ef.CudaBackend, "kernel", None)
+    monkeypatch.setenv(ef.KERNEL_ENV, "v9")
+    with pytest.raises(ElmanlabError, match="ELMANLAB_E88_KERNEL='v9'.*v2, v3"):
+        ef.kernel_variant()
+    assert PATHS["v2"] == ef.NAME and all(p.startswith(ef.NAME) for p in PATHS.values())
+    assert len(set(PATHS.values())) == len(KERNELS)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_e88_records_the_variant_that_ran(monkeypatch, kernel):
+    """fast_e88 records the variant it runs (the PyTorch backend standing in for the kernel)."""
+    import elmanlab.ops.e88.fused as ef
+
+    monkeypatch.setenv(ef.KERNEL_ENV, kernel)
+    monkeypatch.setattr(ef, "cuda_status", lambda q, v, kernel=None: (True, "", ""))
+    pinned = []
+    monkeypatch.setattr(ef.CudaBackend, "pinned",
+                        classmethod(lambda cls, kernel=None: pinned.append(ef.kernel_variant(kernel)) or E88Torch))
+    q = F.normalize(torch.randn(2, 9, 3, 8), dim=-1)
+    v, a = torch.randn(2, 9, 3, 8), torch.rand(2, 9, 3)
+    reset_implementations_used()
+    y, ST = ef.fast_e88(q, q, v, a)
+    assert pinned == [kernel]
+    assert implementations_used() == {"e88": {"path": PATHS[kernel], "paths": [PATHS[kernel]], "fast": True}}
+    yr, STr = e88_scan_ref(q, q, v, a)
+    assert rel_err(y, yr) < 1e-5 and rel_err(ST, STr) < 1e-5
+
+
 E88_CASES = [  # B, T, H, n, m, dtype, nonlinearity, gate, S0
     (1, 1, 2, 16, 16, torch.float32, "tanh", None, True),
     (3, 37, 5, 32, 32, torch.float32, "tanh", "silu", True),
@@ -96,36 +141,87 @@ E88_CASES = [  # B, T, H, n, m, dtype, nonlinearity, gate, S0
     (3, 37, 2, 16, 32, torch.float32, "tanh", "silu", False),
     (3, 37, 2, 48, 24, torch.bfloat16, "linear", None, True),
     (64, 65, 56, 32, 32, torch.bfloat16, "tanh", None, True),    # the seeds' heads at B64
+    (16, 130, 44, 48, 48, torch.bfloat16, "tanh", None, True),   # issue 17's n48 heads
+    (2, 37, 3, 16, 5, torch.bfloat16, "tanh", "sigmoid", True),  # odd bf16 value width: v3 copies elements
+]
+
+
+def _case_inputs(B, T, H, n, m, dtype, gate, with_s0, seed, offset=0):
+    """q, k, v, decay, S0, g; ``offset`` > 0: q, k, v, g start ``offset`` elements into their storage
+    (unaligned pointers: v3 stages them by element copies)."""
+    g = _seed(*seed)
+    dev = dict(device="cuda", generator=g)
+
+    def place(x):
+        if not offset:
+            return x
+        buf = torch.empty(x.numel() + offset, device="cuda", dtype=x.dtype)
+        out = buf[offset:].view(x.shape)
+        out.copy_(x)
+        return out
+    q = place(torch.nn.functional.normalize(torch.randn(B, T, H, n, **dev), dim=-1).to(dtype))
+    k = place(torch.nn.functional.normalize(torch.randn(B, T, H, n, **dev), dim=-1).to(dtype))
+    v = place(torch.randn(B, T, H, m, **dev).to(dtype))
+    a = 0.6 + 0.4 * torch.rand(B, T, H, **dev)
+    S0 = 0.3 * torch.randn(B, H, m, n, **dev) if with_s0 else None
+    gg = place(torch.randn(B, T, H, m, **dev).to(dtype)) if gate else None
+    return q, k, v, a, S0, gg
+
+
+def _check_kernel(raw, nl, gate, tol, label, kernel, C=None):
+    from elmanlab.ops.e88.fused import e88_scan_cuda
+
+    ins = [x if x is None else x.detach().clone().requires_grad_() for x in raw]
+    if raw[0].storage_offset():      # keep the unaligned placement for the kernel's inputs
+        ins = [x if x is None or not x.storage_offset() else x.detach().requires_grad_() for x in raw]
+    ins64 = [x if x is None else x.detach().double().requires_grad_() for x in raw]
+    reset_implementations_used()
+    out = e88_scan_cuda(ins[0], ins[1], ins[2], ins[3], ins[4], nl, ins[5], gate or "silu", kernel=kernel, C=C)
+    assert implementations_used()["e88"]["paths"] == [PATHS[kernel]], implementations_used()
+    ref = e88_scan_ref(ins64[0], ins64[1], ins64[2], ins64[3], ins64[4], nl, ins64[5], gate or "silu")
+    _compare(out, ref, ins, ins64, tol, f"{label} {kernel} C={C}|q,k,v,decay,S0,g")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("B,T,H,n,m,dtype,nl,gate,with_s0", E88_CASES,
+                         ids=[f"B{c[0]}T{c[1]}H{c[2]}n{c[3]}m{c[4]}-{str(c[5])[6:]}-{c[6]}-{c[7]}" for c in E88_CASES])
+def test_e88_kernel(B, T, H, n, m, dtype, nl, gate, with_s0, kernel):
+    raw = _case_inputs(B, T, H, n, m, dtype, gate, with_s0, (B, T, H, n, m, nl, gate))
+    _check_kernel(raw, nl, gate, TOL[dtype], f"e88 B{B} T{T} H{H} n{n} m{m} {dtype} {nl} {gate}", kernel)
+
+
+V3_C_CASES = [  # B, T, H, n, m, dtype, nonlinearity, gate, S0, C, input offset (elements)
+    (3, 37, 3, 48, 48, torch.bfloat16, "tanh", "silu", True, 1, 0),
+    (3, 37, 3, 48, 48, torch.bfloat16, "tanh", "silu", True, 5, 0),
+    (2, 37, 2, 32, 32, torch.float32, "tanh", "sigmoid", True, 7, 0),
+    (2, 37, 2, 64, 64, torch.float32, "linear", None, False, 16, 0),
+    (2, 9, 2, 32, 32, torch.bfloat16, "tanh", None, True, 16, 0),     # T < C: one partial chunk
+    (2, 37, 3, 32, 32, torch.bfloat16, "tanh", "silu", True, 4, 1),   # unaligned q, k, v, g
+    (2, 37, 3, 24, 17, torch.float32, "tanh", "silu", True, 3, 1),
 ]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("B,T,H,n,m,dtype,nl,gate,with_s0", E88_CASES,
-                         ids=[f"B{c[0]}T{c[1]}H{c[2]}n{c[3]}m{c[4]}-{str(c[5])[6:]}-{c[6]}-{c[7]}" for c in E88_CASES])
-def test_e88_kernel(B, T, H, n, m, dtype, nl, gate, with_s0):
-    from elmanlab.ops.e88.fused import e88_scan_cuda
-    from elmanlab.ops.e88.reference import e88_scan_ref
-
-    g = _seed(B, T, H, n, m, nl, gate)
-    dev = dict(device="cuda", generator=g)
-    q = torch.nn.functional.normalize(torch.randn(B, T, H, n, **dev), dim=-1).to(dtype)
-    k = torch.nn.functional.normalize(torch.randn(B, T, H, n, **dev), dim=-1).to(dtype)
-    v = torch.randn(B, T, H, m, **dev).to(dtype)
-    a = 0.6 + 0.4 * torch.rand(B, T, H, **dev)
-    S0 = 0.3 * torch.randn(B, H, m, n, **dev) if with_s0 else None
-    gg = torch.randn(B, T, H, m, **dev).to(dtype) if gate else None
-    raw = (q, k, v, a, S0, gg)
-    ins = [x if x is None else x.clone().requires_grad_() for x in raw]
-    ins64 = [x if x is None else x.double().requires_grad_() for x in raw]
-    out = e88_scan_cuda(ins[0], ins[1], ins[2], ins[3], ins[4], nl, ins[5], gate or "silu")
-    ref = e88_scan_ref(ins64[0], ins64[1], ins64[2], ins64[3], ins64[4], nl, ins64[5], gate or "silu")
-    _compare(out, ref, ins, ins64, TOL[dtype], f"e88 B{B} T{T} H{H} n{n} m{m} {dtype} {nl} {gate}|q,k,v,decay,S0,g")
+@pytest.mark.parametrize("B,T,H,n,m,dtype,nl,gate,with_s0,C,offset", V3_C_CASES,
+                         ids=[f"B{c[0]}T{c[1]}H{c[2]}n{c[3]}m{c[4]}-{str(c[5])[6:]}-{c[6]}-{c[7]}-C{c[9]}-off{c[10]}"
+                              for c in V3_C_CASES])
+def test_e88_v3_checkpoint_intervals_and_staging(B, T, H, n, m, dtype, nl, gate, with_s0, C, offset):
+    raw = _case_inputs(B, T, H, n, m, dtype, gate, with_s0, (B, T, H, n, m, nl, gate, C), offset)
+    if offset:
+        assert raw[0].data_ptr() % 4 != 0 or dtype == torch.float32
+    _check_kernel(raw, nl, gate, TOL[dtype], f"e88 B{B} T{T} H{H} n{n} m{m} {dtype} {nl} {gate}", "v3", C)
 
 
 @pytest.mark.gpu
-def test_e88_checkpoint_memory_is_linear():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_e88_checkpoint_memory_is_linear(kernel):
     from elmanlab.ops.e88.fused import CudaBackend
 
     q = torch.randn(2, 512, 4, 32, device="cuda")
-    C = CudaBackend.plan(q, 32)
+    C = CudaBackend.pinned(kernel).plan(q, 32)
     assert C >= 4          # the saved states are T / C per head: O(B T H n) for n = 32
+    if kernel == "v3":     # v3: C >= 4 at every width the layers use, at small and large batches
+        for B, H, n in [(2, 4, 48), (16, 44, 48), (64, 32, 48), (16, 56, 32), (64, 64, 32), (8, 8, 64)]:
+            qq = torch.empty(B, 1, H, n, device="cuda")
+            assert 4 <= CudaBackend.pinned("v3").plan(qq, n) <= 16

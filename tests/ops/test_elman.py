@@ -198,13 +198,13 @@ WIDE_CASES = [  # B, T, D, nonlinearity, h0, bias, forced: the wide kernel below
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("sync", ["flags", "counter"])
+@pytest.mark.parametrize("sync", ["fence", "release"])
 @pytest.mark.parametrize("B,T,D,nl,with_h0,with_b,forced", WIDE_CASES,
                          ids=[f"B{c[0]}T{c[1]}D{c[2]}-{c[3]}{'-forced' if c[6] else ''}" for c in WIDE_CASES])
 def test_elman_wide_kernel(monkeypatch, B, T, D, nl, with_h0, with_b, forced, sync):
     """The 32-unit tensor-core kernel (W split between registers and shared memory): every width
-    from 2113 to 4096 runs it by default on an H200; forced at narrower widths too; with either step
-    synchronisation. Which kernel ran is asserted, for the forward and the backward launch."""
+    from 2113 to 4096 runs it by default on an H200; forced at narrower widths too; with either grid
+    barrier. Which kernel ran is asserted, for the forward and the backward launch."""
     from elmanlab.ops.elman.fused import CudaBackend
 
     monkeypatch.setattr(CudaBackend, "sync", sync)
@@ -235,12 +235,12 @@ MMA_SYNC_CASES = [c for c in ELMAN_CASES if c[3] == torch.bfloat16]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("sync", ["flags", "counter"])
+@pytest.mark.parametrize("sync", ["fence", "release"])
 @pytest.mark.parametrize("B,T,D,dtype,nl,with_h0,with_b", MMA_SYNC_CASES,
                          ids=[f"B{c[0]}T{c[1]}D{c[2]}-{c[4]}" for c in MMA_SYNC_CASES])
 def test_elman_mma_kernel_sync_modes(monkeypatch, B, T, D, dtype, nl, with_h0, with_b, sync):
-    """The 16-unit tensor-core kernel under both step synchronisations (per-block flags, the atomic
-    counter barrier)."""
+    """The 16-unit tensor-core kernel under both grid barriers (fences + atomicAdd, release
+    reduction)."""
     from elmanlab.ops.elman.fused import CudaBackend
 
     monkeypatch.setattr(CudaBackend, "sync", sync)

@@ -13,10 +13,22 @@
 
 :class:`CudaBackend` runs both in ``e88_kernel.cu`` (one block per (batch, head));
 :class:`TorchBackend` is the same algorithm in plain PyTorch (CPU tests of the algebra).
+
+The kernel comes in two variants (same algorithm, same results up to float rounding order):
+
+* ``v2``: inputs read from global memory step by step (one step prefetched), C from a 64 KB
+  shared-memory budget (8 at n = 32, 4 at n = 48, 2 at n = 64);
+* ``v3``: inputs staged in shared memory a chunk at a time (cp.async, double-buffered), the
+  recompute keeps delta = v - S_prev k for the reverse step, capped registers, and C chosen per
+  shape and batch for the fewest waves of blocks (then the largest C, 4 <= C <= 16).
+
+Which one runs: ``CudaBackend.kernel`` when set, else ``$ELMANLAB_E88_KERNEL`` (v2 or v3), else
+:data:`DEFAULT_KERNEL`; the record of what ran names it (:data:`PATHS`).
 """
 from __future__ import annotations
 
 import ctypes
+import os
 import warnings
 from pathlib import Path
 
@@ -28,7 +40,11 @@ from elmanlab.ops.e88.reference import e88_scan_ref
 _SRC = Path(__file__).with_name("e88_kernel.cu")
 GATES = {None: 0, "silu": 1, "sigmoid": 2}
 POISON = False      # tests set this: kernel outputs start as NaN, so an unwritten element fails
-SMEM_BUDGET = 64 * 1024      # backward shared memory per block that picks the checkpoint interval
+SMEM_BUDGET = 64 * 1024      # v2: backward shared memory per block that picks the checkpoint interval
+KERNELS = ("v2", "v3")
+DEFAULT_KERNEL = "v2"        # the variant that runs when neither CudaBackend.kernel nor the env var says
+KERNEL_ENV = "ELMANLAB_E88_KERNEL"
+V3_C_RANGE = (4, 16)         # v3: the checkpoint intervals its plan chooses from (then 1..3 if none fits)
 
 
 def _gate_val_grad(g, gate):
@@ -46,6 +62,12 @@ def _step(S, k, v, a, tanh_on):
 
 class TorchBackend:
     name = "torch"
+    kernel = None
+
+    @classmethod
+    def pinned(cls, kernel=None):
+        """The same algorithm for every kernel variant."""
+        return cls
 
     @staticmethod
     def plan(q, m):
@@ -118,9 +140,33 @@ def _empty(shape, dtype, device):
     return t.fill_(float("nan")) if POISON else t
 
 
+def kernel_variant(kernel: str | None = None) -> str:
+    """The E88 kernel variant that runs: ``kernel`` when given, else ``CudaBackend.kernel``, else
+    ``$ELMANLAB_E88_KERNEL``, else :data:`DEFAULT_KERNEL`. An unknown name is a one-line error."""
+    k = kernel or getattr(CudaBackend, "kernel", None)
+    source = "kernel"
+    if not k:
+        k, source = os.environ.get(KERNEL_ENV) or DEFAULT_KERNEL, KERNEL_ENV
+    k = k.strip().lower()
+    if k not in KERNELS:
+        from elmanlab.errors import ElmanlabError
+        raise ElmanlabError(f"{source}={k!r} is not an E88 kernel: use one of {', '.join(KERNELS)}")
+    return k
+
+
 class CudaBackend:
     name = "cuda"
+    kernel: str | None = None      # None: $ELMANLAB_E88_KERNEL, else DEFAULT_KERNEL (see kernel_variant)
     _plans: dict = {}
+
+    @classmethod
+    def variant(cls) -> str:
+        return kernel_variant(cls.kernel)
+
+    @classmethod
+    def pinned(cls, kernel=None):
+        """This backend with the variant fixed (forward and backward of one call run the same one)."""
+        return _PINNED[kernel_variant(kernel or cls.kernel)]
 
     @staticmethod
     def lib(device_index):
@@ -133,6 +179,10 @@ class CudaBackend:
             lib.e88_plan.restype = I
             lib.e88_launch.argtypes = [I, I, P, I] + [P] * 17 + [I] * 9
             lib.e88_launch.restype = I
+            lib.e88v3_plan.argtypes = [I] * 7 + [ctypes.POINTER(ctypes.c_int)] * 4
+            lib.e88v3_plan.restype = I
+            lib.e88v3_launch.argtypes = [I, I, P, I] + [P] * 17 + [I] * 9
+            lib.e88v3_launch.restype = I
             lib._elk_typed = True
         return lib
 
@@ -140,7 +190,31 @@ class CudaBackend:
     def plan(cls, q, m):
         """Checkpoint interval C for this shape, or 0 when the kernel does not support it."""
         idx = q.device.index if q.device.index is not None else torch.cuda.current_device()
-        return cls.plan_for(idx, 1 if q.dtype == torch.bfloat16 else 0, q.shape[-1], m)
+        dtype = 1 if q.dtype == torch.bfloat16 else 0
+        if cls.variant() == "v3":
+            return cls.plan_v3_for(idx, dtype, q.shape[-1], m, q.shape[0] * q.shape[2])
+        return cls.plan_for(idx, dtype, q.shape[-1], m)
+
+    @classmethod
+    def plan_v3_for(cls, idx: int, dtype: int, n: int, m: int, bh: int = 1) -> int:
+        """v3's checkpoint interval for key dim n, value dim m, B*H = bh blocks (0: not supported):
+        the fewest waves of backward blocks over the SMs, then the largest C in V3_C_RANGE (1..3
+        when none of those fits the device's shared memory)."""
+        from elmanlab.ops._build import check
+
+        key = ("v3", idx, dtype, n, m, bh)
+        if key not in cls._plans:
+            lib = cls.lib(idx)
+            C = 0
+            for lo, hi in (V3_C_RANGE, (1, V3_C_RANGE[0] - 1)):
+                vals = [ctypes.c_int(0) for _ in range(4)]
+                check(lib, lib.e88v3_plan(idx, dtype, n, m, bh, lo, hi, *[ctypes.byref(x) for x in vals]),
+                      "e88v3_plan")
+                C = vals[0].value
+                if C > 0:
+                    break
+            cls._plans[key] = C
+        return cls._plans[key]
 
     @classmethod
     def plan_for(cls, idx: int, dtype: int, n: int, m: int) -> int:
@@ -163,7 +237,8 @@ class CudaBackend:
         m = v.shape[-1]
         idx = q.device.index if q.device.index is not None else torch.cuda.current_device()
         lib = cls.lib(idx)
-        code = lib.e88_launch(int(fwd), idx, stream_ptr(q.device), 1 if q.dtype == torch.bfloat16 else 0,
+        launch = lib.e88v3_launch if cls.variant() == "v3" else lib.e88_launch
+        code = launch(int(fwd), idx, stream_ptr(q.device), 1 if q.dtype == torch.bfloat16 else 0,
                               ptr(q), ptr(k), ptr(v), ptr(g), ptr(a), ptr(S0), ptr(y), ptr(ST), ptr(ckpt),
                               ptr(dy), ptr(dST), ptr(dq), ptr(dk), ptr(dv), ptr(da), ptr(dg), ptr(dS0),
                               B, T, H, n, m, C, ckpt.shape[2], int(tanh_on), gate)
@@ -195,6 +270,17 @@ class CudaBackend:
         cls._launch(False, q, k, v, g, a, None, None, None, ckpt, dy, dST, dq, dk, dv, da, dg, dS0,
                     tanh_on, gate, C)
         return dq, dk, dv, da, dg, dS0
+
+
+class CudaBackendV2(CudaBackend):
+    kernel = "v2"
+
+
+class CudaBackendV3(CudaBackend):
+    kernel = "v3"
+
+
+_PINNED = {"v2": CudaBackendV2, "v3": CudaBackendV3}
 
 
 class E88ScanFn(torch.autograd.Function):
@@ -244,25 +330,30 @@ def e88_scan_backend(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_
 
 
 _WARNED = set()
-NAME = "elmanlab E88 CUDA kernel"          # the path name in backend_info and in the record of what ran
+NAME = "elmanlab E88 CUDA kernel"          # the path name of v2 (every variant's starts with it)
+PATHS = {"v2": NAME, "v3": f"{NAME} v3"}   # the path name in backend_info and in the record of what ran
 WIDTH_FIX = ("choose n_state and expansion so that the value dim (n_state * expansion) is one the kernel "
              "takes (expansion 1.0 always is)")
 
 
-def cuda_status(q, v) -> tuple[bool, str, str]:
-    """(runs, reason, fix): whether the CUDA kernel takes heads of key dim q.shape[-1] and value dim
-    v.shape[-1] in q's dtype, and if not why (the build's first error line, or the shape) and what
-    to do about it. A build that failed warns once."""
+def cuda_status(q, v, kernel: str | None = None) -> tuple[bool, str, str]:
+    """(runs, reason, fix): whether the CUDA kernel (variant ``kernel``, default
+    :func:`kernel_variant`) takes heads of key dim q.shape[-1] and value dim v.shape[-1] in q's
+    dtype, and if not why (the build's first error line, or the shape) and what to do about it. A
+    build that failed warns once."""
     if not q.is_cuda or q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return False, f"{q.dtype} {'CUDA' if q.is_cuda else 'CPU'} tensors", "run on a CUDA GPU in bf16 or float32"
     idx = q.device.index if q.device.index is not None else torch.cuda.current_device()
-    return plan_status(idx, 1 if q.dtype == torch.bfloat16 else 0, q.shape[-1], v.shape[-1])
+    return plan_status(idx, 1 if q.dtype == torch.bfloat16 else 0, q.shape[-1], v.shape[-1], kernel)
 
 
-def plan_status(idx: int, dtype: int, n: int, m: int) -> tuple[bool, str, str]:
+def plan_status(idx: int, dtype: int, n: int, m: int, kernel: str | None = None) -> tuple[bool, str, str]:
     """:func:`cuda_status` for key dim n, value dim m, dtype code (1 bf16, 0 float32) on GPU idx."""
+    kern = kernel_variant(kernel)
     try:
-        C = CudaBackend.plan_for(idx, dtype, n, m)
+        C = CudaBackend.plan_for(idx, dtype, n, m)           # builds the library; v2's shape rules
+        if C > 0 and kern == "v3":
+            C = CudaBackend.plan_v3_for(idx, dtype, n, m)
     except Exception as exc:  # no nvcc or a build failure: fall back once, say so
         from elmanlab.ops._build import failure
         reason, fix = failure(exc)
@@ -275,23 +366,29 @@ def plan_status(idx: int, dtype: int, n: int, m: int) -> tuple[bool, str, str]:
     return False, f"the E88 kernel does not take key dim {n} with value dim {m} on this GPU", WIDTH_FIX
 
 
-def cuda_supported(q, v) -> bool:
-    return cuda_status(q, v)[0]
+def cuda_supported(q, v, kernel: str | None = None) -> bool:
+    return (cuda_status(q, v) if kernel is None else cuda_status(q, v, kernel))[0]
 
 
-def e88_scan_cuda(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_activation="silu"):
-    """The CUDA kernel (raises when the shape is not supported)."""
-    if not cuda_supported(q, v):
-        raise RuntimeError(f"E88 kernel does not support n={q.shape[-1]}, m={v.shape[-1]}")
-    return e88_scan_backend(q, k, v, decay, S0, nonlinearity, g, gate_activation, CudaBackend)
+def e88_scan_cuda(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_activation="silu",
+                  kernel: str | None = None, C: int | None = None):
+    """The CUDA kernel, variant ``kernel`` (default :func:`kernel_variant`), checkpoint interval
+    ``C`` (default: the variant's plan); raises when the shape is not supported. Records what ran."""
+    kern = kernel_variant(kernel)
+    if not cuda_supported(q, v, kern):
+        raise RuntimeError(f"E88 kernel {kern} does not support n={q.shape[-1]}, m={v.shape[-1]}")
+    record("e88", PATHS[kern], True)
+    return e88_scan_backend(q, k, v, decay, S0, nonlinearity, g, gate_activation, CudaBackend.pinned(kern), C)
 
 
 def fast_e88(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_activation="silu"):
     """FAST_IMPLS['default']: the CUDA kernel where it supports the shape, else the reference
-    (recorded as such: ``backend_info`` at the layer's shapes says so before a run starts)."""
+    (recorded as such: ``backend_info`` at the layer's shapes says so before a run starts). The
+    record names the kernel variant that ran."""
+    kern = kernel_variant()
     if cuda_supported(q, v):
-        record("e88", NAME, True)
-        return e88_scan_backend(q, k, v, decay, S0, nonlinearity, g, gate_activation, CudaBackend)
+        record("e88", PATHS[kern], True)
+        return e88_scan_backend(q, k, v, decay, S0, nonlinearity, g, gate_activation, CudaBackend.pinned(kern))
     record("e88", REFERENCE, False)
     return e88_scan_ref(q, k, v, decay, S0, nonlinearity, g, gate_activation)
 
@@ -299,7 +396,8 @@ def fast_e88(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_activati
 def backend_info(n_state: int, head_v_dim: int) -> dict:
     """What :func:`fast_e88` runs for bf16 heads of key dim ``n_state`` and value dim ``head_v_dim``
     on the current GPU (asks the kernel's plan: builds the kernel once)."""
-    ok, reason, fix = plan_status(torch.cuda.current_device(), 1, n_state, head_v_dim)
+    kern = kernel_variant()
+    ok, reason, fix = plan_status(torch.cuda.current_device(), 1, n_state, head_v_dim, kern)
     if ok:
-        return {"path": NAME, "fast": True, "reason": f"n_state {n_state}, value dim {head_v_dim}"}
+        return {"path": PATHS[kern], "fast": True, "reason": f"n_state {n_state}, value dim {head_v_dim}"}
     return {"path": REFERENCE, "fast": False, "reason": reason, "fix": fix}

@@ -31,8 +31,8 @@ MODES = {"tanh": 0, "linear": 1}
 MMA_MAX_KP = 16 * 8 * 17       # the 16-unit tensor-core kernel: 8 warps x 17 k-steps of 16
 WIDE_MAX_KP = 16 * 16 * 16     # the 32-unit one: 16 warps x 16 k-steps of 16 (d_inner <= 4096)
 WIDE_UNITS = 32                # output units per block of the wide kernel
-SYNC_MODES = ("flags", "counter")
-SYNC_DEFAULT = "counter"
+SYNC_MODES = ("fence", "release")
+SYNC_DEFAULT = "fence"
 POISON = False      # tests set this: kernel outputs start as NaN, so an unwritten element fails
 
 
@@ -84,9 +84,9 @@ class CudaBackend:
     # ELMANLAB_ELMAN_MMA (1/true or 0/false; default on) on the first launch.
     use_mma: bool | None = None
     force_variant: str | None = None      # "mma" or "wide": tests and benchmarks only
-    # how the tensor-core kernels' blocks wait for each other's state every step: "flags" (each block
-    # publishes its own step count; each warp waits only for the blocks whose units it reads) or
-    # "counter" (a grid-wide barrier on one atomic counter). None: ELMANLAB_ELMAN_SYNC, default flags.
+    # the tensor-core kernels' grid barrier every step: "fence" (__threadfence, atomicAdd, spin,
+    # __threadfence) or "release" (one release reduction, then the acquire spin). None: read
+    # ELMANLAB_ELMAN_SYNC (fence or release), default SYNC_DEFAULT.
     sync: str | None = None
     last_variant: str | None = None       # the variant of the last launch (tests assert it)
 
@@ -144,8 +144,8 @@ class CudaBackend:
             raw = os.environ.get("ELMANLAB_ELMAN_SYNC") or SYNC_DEFAULT
             if raw.lower() not in SYNC_MODES:
                 from elmanlab.errors import ElmanlabError
-                raise ElmanlabError(f"ELMANLAB_ELMAN_SYNC={raw!r} is not understood: use flags or counter, "
-                                    "or unset it")
+                raise ElmanlabError(f"ELMANLAB_ELMAN_SYNC={raw!r} is not understood: use "
+                                    f"{' or '.join(SYNC_MODES)}, or unset it")
             cls.sync = raw.lower()
         return cls.sync
 
@@ -181,13 +181,12 @@ class CudaBackend:
             sbuf = torch.zeros(2, B, p["KP"], dtype=torch.bfloat16, device=dev)
             if s0 is not None:
                 sbuf[0, :, :D] = s0
-            flags = cls.sync_mode() == "flags"
-            counter = torch.zeros(max(p["blocks"], 1) if flags else 1, dtype=torch.int32, device=dev)
+            counter = torch.zeros(1, dtype=torch.int32, device=dev)
             launch = lib.elman_mma_launch if kind == "mma" else lib.elman_mma_wide_launch
             code = launch(
                 idx, stream_ptr(dev), _DTYPE_CODE[out.dtype], ptr(X), ptr(aux), ptr(bias), ptr(M), ptr(c0),
                 ptr(out), ptr(sfinal), ptr(sbuf), ptr(counter), B, T, D, p["KP"], reverse, mode, has_s0,
-                int(flags))
+                int(cls.sync_mode() == "release"))
             check(lib, code, f"elman {kind} kernel launch")
             return
         sbuf = torch.zeros(2, B, p["KP"], dtype=torch.float32, device=dev)
