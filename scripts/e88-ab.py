@@ -163,6 +163,9 @@ def main(argv=None) -> int:
     ap.add_argument("--c-sweep", default="", help="v3 also at these checkpoint intervals (comma list)")
     ap.add_argument("--no-fla", action="store_true", help="skip fla's chunk Gated DeltaNet")
     ap.add_argument("--no-check", action="store_true", help="skip the correctness checks")
+    ap.add_argument("--shapes", default=",".join(f"{h}:{n}" for h, n in SHAPES),
+                    help="heads:n_state pairs to time (comma list; default the four of issue 17)")
+    ap.add_argument("--batches", default=",".join(str(b) for b in BATCHES), help="batch sizes to time")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: scripts/e88-ab.py needs a CUDA GPU", file=sys.stderr)
@@ -186,8 +189,9 @@ def main(argv=None) -> int:
                       f"worst {r.get('worst', float('nan')):.2e} {r.get('error', '')}", flush=True)
 
     rows = []
-    for H, n in SHAPES:
-        for B in BATCHES:
+    shapes = [tuple(int(v) for v in x.split(":")) for x in args.shapes.split(",") if x.strip()]
+    for H, n in shapes:
+        for B in [int(x) for x in args.batches.split(",") if x.strip()]:
             shape = f"B{B} T{T} H{H} n{n}"
             variants = [(kk, None) for kk in kernels] + [("v3", c) for c in sweep if "v3" in kernels]
             for kernel, C in variants:

@@ -171,9 +171,9 @@ def _case_inputs(B, T, H, n, m, dtype, gate, with_s0, seed, offset=0):
 def _check_kernel(raw, nl, gate, tol, label, kernel, C=None):
     from elmanlab.ops.e88.fused import e88_scan_cuda
 
-    ins = [x if x is None else x.detach().clone().requires_grad_() for x in raw]
-    if raw[0].storage_offset():      # keep the unaligned placement for the kernel's inputs
-        ins = [x if x is None or not x.storage_offset() else x.detach().requires_grad_() for x in raw]
+    # a copy of each input as a leaf; an input placed at an offset keeps its (unaligned) placement
+    ins = [None if x is None else (x.detach() if x.storage_offset() else x.detach().clone()).requires_grad_()
+           for x in raw]
     ins64 = [x if x is None else x.detach().double().requires_grad_() for x in raw]
     reset_implementations_used()
     out = e88_scan_cuda(ins[0], ins[1], ins[2], ins[3], ins[4], nl, ins[5], gate or "silu", kernel=kernel, C=C)
@@ -195,7 +195,7 @@ V3_C_CASES = [  # B, T, H, n, m, dtype, nonlinearity, gate, S0, C, input offset 
     (3, 37, 3, 48, 48, torch.bfloat16, "tanh", "silu", True, 1, 0),
     (3, 37, 3, 48, 48, torch.bfloat16, "tanh", "silu", True, 5, 0),
     (2, 37, 2, 32, 32, torch.float32, "tanh", "sigmoid", True, 7, 0),
-    (2, 37, 2, 64, 64, torch.float32, "linear", None, False, 16, 0),
+    (2, 37, 2, 64, 64, torch.float32, "linear", None, False, 4, 0),
     (2, 9, 2, 32, 32, torch.bfloat16, "tanh", None, True, 16, 0),     # T < C: one partial chunk
     (2, 37, 3, 32, 32, torch.bfloat16, "tanh", "silu", True, 4, 1),   # unaligned q, k, v, g
     (2, 37, 3, 24, 17, torch.float32, "tanh", "silu", True, 3, 1),
@@ -207,10 +207,22 @@ V3_C_CASES = [  # B, T, H, n, m, dtype, nonlinearity, gate, S0, C, input offset 
                          ids=[f"B{c[0]}T{c[1]}H{c[2]}n{c[3]}m{c[4]}-{str(c[5])[6:]}-{c[6]}-{c[7]}-C{c[9]}-off{c[10]}"
                               for c in V3_C_CASES])
 def test_e88_v3_checkpoint_intervals_and_staging(B, T, H, n, m, dtype, nl, gate, with_s0, C, offset):
+    """v3 at forced checkpoint intervals (1..16, T < C) and with unaligned inputs (element-wise staging)."""
     raw = _case_inputs(B, T, H, n, m, dtype, gate, with_s0, (B, T, H, n, m, nl, gate, C), offset)
     if offset:
         assert raw[0].data_ptr() % 4 != 0 or dtype == torch.float32
     _check_kernel(raw, nl, gate, TOL[dtype], f"e88 B{B} T{T} H{H} n{n} m{m} {dtype} {nl} {gate}", "v3", C)
+
+
+@pytest.mark.gpu
+def test_e88_v3_refuses_a_checkpoint_interval_that_does_not_fit():
+    """A forced C whose backward does not fit the shared memory is refused before anything runs
+    (before: the backward launch failed with 'invalid argument' after the forward had run)."""
+    from elmanlab.ops.e88.fused import e88_scan_cuda
+
+    raw = _case_inputs(2, 37, 2, 64, 64, torch.float32, None, False, ("refuse",))
+    with pytest.raises(ValueError, match="C=16 does not fit"):
+        e88_scan_cuda(*raw[:5], "linear", None, kernel="v3", C=16)
 
 
 @pytest.mark.gpu

@@ -217,6 +217,18 @@ class CudaBackend:
         return cls._plans[key]
 
     @classmethod
+    def v3_fits(cls, q, m: int, C: int) -> bool:
+        """Whether v3's backward at checkpoint interval ``C`` fits the device (shared memory, one block)."""
+        from elmanlab.ops._build import check
+
+        idx = q.device.index if q.device.index is not None else torch.cuda.current_device()
+        lib = cls.lib(idx)
+        vals = [ctypes.c_int(0) for _ in range(4)]
+        check(lib, lib.e88v3_plan(idx, 1 if q.dtype == torch.bfloat16 else 0, q.shape[-1], m, 1, C, C,
+                                  *[ctypes.byref(x) for x in vals]), "e88v3_plan")
+        return vals[0].value == C
+
+    @classmethod
     def plan_for(cls, idx: int, dtype: int, n: int, m: int) -> int:
         """:meth:`plan` for key dim n, value dim m, dtype code (1 bf16, 0 float32) on GPU idx."""
         from elmanlab.ops._build import check
@@ -377,6 +389,9 @@ def e88_scan_cuda(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_act
     kern = kernel_variant(kernel)
     if not cuda_supported(q, v, kern):
         raise RuntimeError(f"E88 kernel {kern} does not support n={q.shape[-1]}, m={v.shape[-1]}")
+    if C is not None and kern == "v3" and not CudaBackend.v3_fits(q, v.shape[-1], C):
+        raise ValueError(f"E88 kernel v3: checkpoint interval C={C} does not fit the GPU's shared memory at "
+                         f"n={q.shape[-1]}, m={v.shape[-1]}, {q.dtype} (omit C: the plan picks one that fits)")
     record("e88", PATHS[kern], True)
     return e88_scan_backend(q, k, v, decay, S0, nonlinearity, g, gate_activation, CudaBackend.pinned(kern), C)
 
