@@ -84,6 +84,27 @@ def test_mma_switch_rejects_other_values(monkeypatch):
     assert "ELMANLAB_ELMAN_MMA='tensor-cores'" in one_line(e)
 
 
+@pytest.mark.parametrize("value,mode", [(None, fused.SYNC_DEFAULT), ("", fused.SYNC_DEFAULT), ("fence", "fence"),
+                                        ("RELEASE", "release")])
+def test_sync_switch(monkeypatch, value, mode):
+    """ELMANLAB_ELMAN_SYNC: the tensor-core kernels' grid barrier (fence or release)."""
+    monkeypatch.setattr(fused.CudaBackend, "sync", None)
+    if value is None:
+        monkeypatch.delenv("ELMANLAB_ELMAN_SYNC", raising=False)
+    else:
+        monkeypatch.setenv("ELMANLAB_ELMAN_SYNC", value)
+    assert fused.CudaBackend.sync_mode() == mode
+
+
+def test_sync_switch_rejects_other_values(monkeypatch):
+    monkeypatch.setattr(fused.CudaBackend, "sync", None)
+    monkeypatch.setenv("ELMANLAB_ELMAN_SYNC", "flags")
+    with pytest.raises(ElmanlabError) as e:
+        fused.CudaBackend.sync_mode()
+    msg = one_line(e)
+    assert "ELMANLAB_ELMAN_SYNC='flags'" in msg and "fence or release" in msg
+
+
 # ---------------------------------------------------------------- ELMANLAB_ELMAN_IMPL
 
 def _inputs():

@@ -42,7 +42,9 @@ GATES = {None: 0, "silu": 1, "sigmoid": 2}
 POISON = False      # tests set this: kernel outputs start as NaN, so an unwritten element fails
 SMEM_BUDGET = 64 * 1024      # v2: backward shared memory per block that picks the checkpoint interval
 KERNELS = ("v2", "v3")
-DEFAULT_KERNEL = "v2"        # the variant that runs when neither CudaBackend.kernel nor the env var says
+DEFAULT_KERNEL = "v3"        # the variant that runs when neither CudaBackend.kernel nor the env var says
+                             # (v3: 1.5-1.8x faster than v2 at every shape of issue 17 on an H200,
+                             # benchmarks/results/e88-ab-h200-2026-12-03*.md)
 KERNEL_ENV = "ELMANLAB_E88_KERNEL"
 V3_C_RANGE = (4, 16)         # v3: the checkpoint intervals its plan chooses from (then 1..3 if none fits)
 
