@@ -15,6 +15,7 @@ configurations already in the JSON.
     python3 benchmarks/throughput.py                         # all 8 families, 100M and 400M, B16 and B64
     python3 benchmarks/throughput.py --models mamba2,gdn --params 400M --batch 16
     python3 benchmarks/throughput.py --models gdn --params 400M --batch 16 --mode eager,graph
+    python3 benchmarks/throughput.py --models none --config e88:2944x20:n_state=48,n_heads=44 --batch 16
 
 ``--mode graph`` runs the step as ``elmanlab train --cuda-graph`` does (forward + backward replayed
 as one CUDA graph; the eager step and the capture fall in the warm-up); ``eager,graph`` measures
@@ -23,6 +24,7 @@ both side by side.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -39,14 +41,42 @@ ALL = list(FAMILIES)            # every family, the Transformer baseline include
 MODES = ("eager", "graph")
 
 
+def parse_config(spec: str):
+    """``family:DIMxDEPTH[:key=value,...]`` (family options, typed as the family declares them) ->
+    ModelConfig; a bad spec is an ElmanlabError naming the problem."""
+    from elmanlab.cli.common import model_option_fields
+    from elmanlab.config import field_type
+    from elmanlab.errors import ElmanlabError
+    from elmanlab.sizing import model_config
+    parts = spec.split(":")
+    shape = parts[1].lower().split("x") if len(parts) in (2, 3) else []
+    if len(shape) != 2 or not all(x.isdigit() for x in shape):
+        raise ElmanlabError(f"--config {spec!r}: write family:DIMxDEPTH[:key=value,...], e.g. "
+                            "e88:2944x20:n_state=48,n_heads=44")
+    fields = model_option_fields()
+    opts = {}
+    for kv in (parts[2].split(",") if len(parts) == 3 and parts[2] else []):
+        key, _, val = kv.partition("=")
+        if key not in fields or not val:
+            raise ElmanlabError(f"--config {spec!r}: {kv!r} is not key=value with a family option as key")
+        typ = field_type(fields[key][0])
+        try:
+            opts[key] = (val.lower() in ("1", "true", "yes")) if typ is bool else typ(val)
+        except ValueError:
+            raise ElmanlabError(f"--config {spec!r}: {key} takes a {typ.__name__}, got {val!r}") from None
+    return model_config(parts[0], dim=int(shape[0]), depth=int(shape[1]), options=opts)
+
+
 def run_config(model: str, params: str, batch: int, seq_len: int, warmup: int, steps: int,
-               mode: str = "eager") -> dict:
+               mode: str = "eager", mcfg=None) -> dict:
+    """One row: ``model`` at the target ``params`` (solved), or the explicit config ``mcfg`` (then
+    ``params`` is its label)."""
     from _harness import bench_trainer, run_steps
     from elmanlab.ops import implementations_used
     from elmanlab.sizing import model_config
-    mcfg = model_config(model, params=params)
+    mcfg = mcfg or model_config(model, params=params)
     row = {"model": model, "target": params, "batch": batch, "mode": mode, "seq_len": seq_len, "dim": mcfg.dim,
-           "depth": mcfg.depth}
+           "depth": mcfg.depth, "options": dataclasses.asdict(mcfg.options)}
     try:
         t0 = time.perf_counter()
         with bench_trainer(mcfg, batch, seq_len, warmup + steps, cuda_graph=mode == "graph") as trainer:
@@ -112,7 +142,11 @@ def refuse_existing(jpath: Path, args) -> bool:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default=",".join(ALL), help="comma-separated families (default: all)")
+    ap.add_argument("--models", default=",".join(ALL), help="comma-separated families (default: all; none: "
+                    "only the --config rows)")
+    ap.add_argument("--config", action="append", default=[], metavar="SPEC",
+                    help="an explicit configuration as well, family:DIMxDEPTH[:key=value,...] (repeatable), "
+                         "e.g. e88:2944x20:n_state=48,n_heads=44 (the seeds' E88 500M)")
     ap.add_argument("--params", default="100M,400M", help="comma-separated target sizes")
     ap.add_argument("--batch", default="16,64", help="comma-separated batch sizes")
     ap.add_argument("--seq-len", type=int, default=512)
@@ -124,7 +158,7 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true", help="keep the rows already in the JSON, run the rest")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing JSON / table (default: refuse)")
     args = ap.parse_args(argv)
-    models = [m for m in args.models.split(",") if m]
+    models = [m for m in args.models.split(",") if m and m != "none"]
     unknown = [m for m in models if m not in ALL]
     if unknown:
         print(f"error: unknown --models {','.join(unknown)}; choose from {','.join(ALL)}", file=sys.stderr)
@@ -135,6 +169,12 @@ def main(argv=None) -> int:
         return 2
     if "graph" in modes and args.warmup < 2:
         print("error: --mode graph needs --warmup 2 or more (one eager step, then the capture)", file=sys.stderr)
+        return 2
+    from elmanlab.errors import ElmanlabError
+    try:
+        configs = [(spec, parse_config(spec)) for spec in args.config]
+    except ElmanlabError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if args.out and refuse_existing(Path(args.out).with_suffix(".json"), args):
         return 2
@@ -164,24 +204,27 @@ def main(argv=None) -> int:
     result = {"machine": machine, "matmul_tflops": peak / 1e12, "warmup": args.warmup, "steps": args.steps,
               "seq_len": args.seq_len, "paths": paths, "rows": rows, "notes": notes}
     done = {(r["model"], r["target"], r["batch"], r.get("mode", "eager")) for r in rows}
-    for params in args.params.split(","):
-        paths_here = family_paths(params)                 # the path can depend on the size (E42)
-        for fam in models:
-            for batch, mode in ((int(b), m) for b in args.batch.split(",") for m in modes):
-                if (fam, params, batch, mode) in done:
-                    continue
-                r = run_config(fam, params, batch, args.seq_len, args.warmup, args.steps, mode)
+    jobs = [(fam, params, None) for params in args.params.split(",") for fam in models]
+    jobs += [(cfg.model, spec.split(":", 1)[1], cfg) for spec, cfg in configs]
+    for fam, params, cfg in jobs:
+        if cfg is None:
+            paths_here = family_paths(params)             # the path can depend on the size (E42)
+        for batch, mode in ((int(b), m) for b in args.batch.split(",") for m in modes):
+            if (fam, params, batch, mode) in done:
+                continue
+            r = run_config(fam, params, batch, args.seq_len, args.warmup, args.steps, mode, cfg)
+            if cfg is None:
                 r["path"] = paths_here[fam]["path"]
-                r["matmul_tflops"], r["warmup"], r["steps"] = round(peak / 1e12, 1), args.warmup, args.steps
-                if r["status"] == "ok":      # attention's FLOPs counted for the Transformer (sizing.train_flops_per_token)
-                    r["mfu"] = round(r["flops_per_token"] * r["tokens_per_s"] / peak, 4)
-                rows.append(r)
-                print(f"{fam:<8} {params:>5} B{batch:<3} {mode:<5} " + (
-                    f"{r['tokens_per_s'] / 1e3:8.1f}K tok/s  MFU {100 * r['mfu']:5.1f}%  {r['step_ms']:7.1f} ms  "
-                    f"{r['peak_memory_gb']:6.1f} GB  (warm-up {r['warmup_s']} s)" if r["status"] == "ok" else r["status"]),
-                    flush=True)
-                atomic_write_text(jpath, json.dumps(result, indent=1))
-                atomic_write_text(mpath, markdown(result))
+            r["matmul_tflops"], r["warmup"], r["steps"] = round(peak / 1e12, 1), args.warmup, args.steps
+            if r["status"] == "ok":      # attention's FLOPs counted for the Transformer (sizing.train_flops_per_token)
+                r["mfu"] = round(r["flops_per_token"] * r["tokens_per_s"] / peak, 4)
+            rows.append(r)
+            print(f"{fam:<8} {params:>5} B{batch:<3} {mode:<5} " + (
+                f"{r['tokens_per_s'] / 1e3:8.1f}K tok/s  MFU {100 * r['mfu']:5.1f}%  {r['step_ms']:7.1f} ms  "
+                f"{r['peak_memory_gb']:6.1f} GB  (warm-up {r['warmup_s']} s)" if r["status"] == "ok" else r["status"]),
+                flush=True)
+            atomic_write_text(jpath, json.dumps(result, indent=1))
+            atomic_write_text(mpath, markdown(result))
     print(markdown(result))
     return 0
 

@@ -27,6 +27,23 @@ def test_throughput_checks_its_modes(tmp_path):
         assert all(w in r.stderr for w in words), r.stderr
 
 
+def test_throughput_config_spec():
+    """--config family:DIMxDEPTH[:key=value,...]: parsed into the family's typed options; a bad spec is
+    one error line before anything runs."""
+    import throughput
+    cfg = throughput.parse_config("e88:2944x20:n_state=48,n_heads=44,use_gate=false")
+    assert (cfg.model, cfg.dim, cfg.depth) == ("e88", 2944, 20)
+    assert (cfg.options.n_state, cfg.options.n_heads, cfg.options.use_gate) == (48, 44, False)
+    assert throughput.parse_config("e1:1760x26").options == throughput.parse_config("e1:1760x26:").options
+    for spec, words in (("e88:2944:n_state=48", "family:DIMxDEPTH"), ("e88:2944x20:n_state", "key=value"),
+                        ("e88:2944x20:n_state=forty", "takes a int"), ("e88:2944x20:bogus=1", "key=value"),
+                        ("e88:2944x20:n_state=47", "n_state 47 is not supported")):
+        r = subprocess.run([sys.executable, str(BENCH / "throughput.py"), "--models", "none", "--config", spec],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert words in r.stderr, r.stderr
+
+
 def test_profile_step_checks_its_flags():
     for args, words in ((["--cuda-graph", "--warmup", "1"], ["--warmup 2 or more"]),
                         (["--cuda-graph", "--compile"], ["cannot be combined"])):
