@@ -269,6 +269,17 @@ def main(argv=None):
         other_sync = "fence" if sync == "release" else "release"
         add(nl, shape, f"ours-{other_sync}", lambda: bench_pair(mk, forced(None, run, other_sync), args.reps),
             note=f"{kind}, {other_sync} sync forced")
+        if kind == "mma" and B > 16:
+            def multi(*x, run=run):
+                old = CudaBackend.multi_tile
+                CudaBackend.multi_tile = not old
+                try:
+                    return run(*x)
+                finally:
+                    CudaBackend.multi_tile = old
+            label = "one-by-one" if CudaBackend.multi_tile else "multi"
+            add(nl, shape, f"ours-{label}", lambda: bench_pair(mk, multi, args.reps),
+                note=f"mma, batch tiles {'one by one' if CudaBackend.multi_tile else 'in one pass'}")
         if plan["mma_ok"] and plan["wide_ok"] and TT == 512:
             other = "wide" if kind == "mma" else "mma"
             for sy in (sync, other_sync):

@@ -249,6 +249,27 @@ def test_elman_mma_kernel_sync_modes(monkeypatch, B, T, D, dtype, nl, with_h0, w
     assert seen == ["mma", "mma"], seen
 
 
+MULTI_CASES = [  # B, T, D, nonlinearity, h0, bias: B > 16 through the multi-tile pass
+    (17, 37, 96, "tanh", True, True),
+    (33, 129, 1000, "linear", False, True),
+    (64, 513, 1760, "tanh", True, True),
+    (100, 37, 2112, "tanh", True, False),      # two groups of 64 rows, the second partial
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B,T,D,nl,with_h0,with_b", MULTI_CASES,
+                         ids=[f"B{c[0]}T{c[1]}D{c[2]}-{c[3]}" for c in MULTI_CASES])
+def test_elman_mma_multi_tile(monkeypatch, B, T, D, nl, with_h0, with_b):
+    """The 16-unit kernel with all batch tiles of a step in one pass over W."""
+    from elmanlab.ops.elman.fused import CudaBackend
+
+    monkeypatch.setattr(CudaBackend, "multi_tile", True)
+    seen = _variants_seen(monkeypatch)
+    _elman_case(B, T, D, torch.bfloat16, nl, with_h0, with_b)
+    assert seen == ["mma-multi", "mma-multi"], seen
+
+
 def _elman_case(B, T, D, dtype, nl, with_h0, with_b):
     from elmanlab.ops.elman.fused import elman_scan_persistent
     from elmanlab.ops.elman.reference import elman_scan_ref

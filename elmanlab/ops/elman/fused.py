@@ -88,6 +88,9 @@ class CudaBackend:
     # __threadfence) or "release" (one release reduction, then the acquire spin). None: read
     # ELMANLAB_ELMAN_SYNC (fence or release), default SYNC_DEFAULT.
     sync: str | None = None
+    # B > 16 on the 16-unit kernel: True runs all (up to 4) batch tiles of a step in one pass over W
+    # ("mma-multi"), False one tile after another. Off until measured on a GPU.
+    multi_tile: bool = False
     last_variant: str | None = None       # the variant of the last launch (tests assert it)
 
     @classmethod
@@ -107,7 +110,7 @@ class CudaBackend:
             lib.elman_plan.restype = I
             lib.elman_persistent_launch.argtypes = [I, P, I, I] + [P] * 9 + [I] * 8
             lib.elman_persistent_launch.restype = I
-            lib.elman_mma_launch.argtypes = [I, P, I] + [P] * 9 + [I] * 8
+            lib.elman_mma_launch.argtypes = [I, P, I] + [P] * 9 + [I] * 9
             lib.elman_mma_launch.restype = I
             lib.elman_mma_wide_launch.argtypes = [I, P, I] + [P] * 9 + [I] * 8
             lib.elman_mma_wide_launch.restype = I
@@ -176,7 +179,8 @@ class CudaBackend:
         kind = cls.variant(idx, D, X.dtype)
         if kind is None:
             raise RuntimeError(f"persistent Elman kernel does not support D={D}, dtype={X.dtype}")
-        cls.last_variant = kind
+        multi = int(kind == "mma" and B > 16 and cls.multi_tile)
+        cls.last_variant = "mma-multi" if multi else kind
         if kind in ("mma", "wide"):
             sbuf = torch.zeros(2, B, p["KP"], dtype=torch.bfloat16, device=dev)
             if s0 is not None:
@@ -186,7 +190,7 @@ class CudaBackend:
             code = launch(
                 idx, stream_ptr(dev), _DTYPE_CODE[out.dtype], ptr(X), ptr(aux), ptr(bias), ptr(M), ptr(c0),
                 ptr(out), ptr(sfinal), ptr(sbuf), ptr(counter), B, T, D, p["KP"], reverse, mode, has_s0,
-                int(cls.sync_mode() == "release"))
+                int(cls.sync_mode() == "release"), *((multi,) if kind == "mma" else ()))
             check(lib, code, f"elman {kind} kernel launch")
             return
         sbuf = torch.zeros(2, B, p["KP"], dtype=torch.float32, device=dev)

@@ -352,6 +352,145 @@ __global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
 
 
 // ---------------------------------------------------------------------------------------------
+// Multi-tile variant of elman_mma_kernel for B > 16: the same 16 units per block and W slice in
+// registers, but up to MT = 4 batch tiles (64 rows) go through one pass over the k-steps: each B
+// fragment of W is used for MT mma's, the MT tiles' state loads are in flight together, and one
+// reduction and one epilogue (MT outputs per thread) serve them all, instead of MT serial
+// load -> mma -> reduce -> epilogue chains per step. Rows beyond 64 loop over groups of 64.
+#define MT 4           // batch tiles per pass
+#define MG 2           // k-steps of state loaded per group (MT x MG x 4 registers)
+
+template <typename TO>
+__global__ void __launch_bounds__(NTH, 1) elman_mma_multi_kernel(ElmanParams p) {
+  __shared__ float red[8][MT * 256];
+  const int KP = p.KP, D = p.D, B = p.B, T = p.T, KS = KP / 16;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
+  const int j0 = blockIdx.x * JP;
+  uint32_t wr[MAXR][2][2];
+#pragma unroll
+  for (int r = 0; r < MAXR; ++r) {
+    const int ks = warp + 8 * r;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      const int j = j0 + nt * 8 + g;
+      float w[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int k = ks * 16 + 4 * tq + q;
+        w[q] = (ks < KS && j < D && k < D) ? p.M[(size_t)j * D + k] : 0.f;
+      }
+      wr[r][nt][0] = pack_bf16(w[0], w[1]);
+      wr[r][nt][1] = pack_bf16(w[2], w[3]);
+    }
+  }
+  const __nv_bfloat16* X = reinterpret_cast<const __nv_bfloat16*>(p.X);
+  const __nv_bfloat16* AUX = reinterpret_cast<const __nv_bfloat16*>(p.aux);
+  TO* OUT = reinterpret_cast<TO*>(p.out);
+  __nv_bfloat16* sb = reinterpret_cast<__nv_bfloat16*>(p.sbuf);
+  const int ob = tid >> 4, oj = tid & 15, j = j0 + oj;
+  const float bj = (p.bias != nullptr && j < D) ? p.bias[j] : 0.f;
+  const int ngroups = (B + MT * BT - 1) / (MT * BT);
+
+  for (int i = 0; i < T; ++i) {
+    const int t = p.reverse ? T - 1 - i : i;
+    const __nv_bfloat16* sprev = sb + (size_t)(i & 1) * B * KP;
+    __nv_bfloat16* snext = sb + (size_t)((i + 1) & 1) * B * KP;
+    const bool do_mm = (i > 0) || p.has_s0;
+    for (int grp = 0; grp < ngroups; ++grp) {
+      const int b0 = grp * MT * BT;
+      float xv[MT], hv[MT];
+#pragma unroll
+      for (int u = 0; u < MT; ++u) {
+        const int b = b0 + u * BT + ob;
+        xv[u] = 0.f;
+        hv[u] = 0.f;
+        if (b < B && j < D) {
+          const size_t off = ((size_t)b * T + t) * D + j;
+          xv[u] = __bfloat162float(X[off]);
+          if (p.mode == 2) hv[u] = __bfloat162float(AUX[off]);
+          if (i == 0 && p.c0 != nullptr) xv[u] += p.c0[(size_t)b * D + j];
+        }
+      }
+      if (do_mm) {
+        float c[MT][2][4];
+#pragma unroll
+        for (int u = 0; u < MT; ++u)
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) c[u][nt][q] = 0.f;
+#pragma unroll
+        for (int rg = 0; rg < MAXR; rg += MG) {
+          uint2 lo[MT][MG], hi[MT][MG];
+#pragma unroll
+          for (int u = 0; u < MT; ++u) {
+            const int rb = b0 + u * BT + g;
+            const bool r0 = rb < B, r1 = rb + 8 < B;
+            const __nv_bfloat16* p0 = sprev + (size_t)rb * KP + 4 * tq;
+            const __nv_bfloat16* p1 = sprev + (size_t)(rb + 8) * KP + 4 * tq;
+#pragma unroll
+            for (int v = 0; v < MG; ++v) {
+              const int r = rg + v, ks = warp + 8 * r;
+              lo[u][v] = make_uint2(0u, 0u);
+              hi[u][v] = make_uint2(0u, 0u);
+              if (r < MAXR && ks < KS) {
+                if (r0) lo[u][v] = __ldcg(reinterpret_cast<const uint2*>(p0 + ks * 16));
+                if (r1) hi[u][v] = __ldcg(reinterpret_cast<const uint2*>(p1 + ks * 16));
+              }
+            }
+          }
+#pragma unroll
+          for (int v = 0; v < MG; ++v) {
+            const int r = rg + v;
+            if (r < MAXR && warp + 8 * r < KS) {
+#pragma unroll
+              for (int u = 0; u < MT; ++u)
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt)
+                  mma_bf16(c[u][nt], lo[u][v].x, hi[u][v].x, lo[u][v].y, hi[u][v].y, wr[r][nt][0], wr[r][nt][1]);
+            }
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < MT; ++u)
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+            float* rw = red[warp] + u * 256;
+            rw[g * 16 + nt * 8 + 2 * tq] = c[u][nt][0];
+            rw[g * 16 + nt * 8 + 2 * tq + 1] = c[u][nt][1];
+            rw[(g + 8) * 16 + nt * 8 + 2 * tq] = c[u][nt][2];
+            rw[(g + 8) * 16 + nt * 8 + 2 * tq + 1] = c[u][nt][3];
+          }
+        __syncthreads();
+      }
+#pragma unroll
+      for (int u = 0; u < MT; ++u) {
+        const int b = b0 + u * BT + ob;
+        if (b < B && j < D) {
+          float m = 0.f;
+          if (do_mm) {
+#pragma unroll
+            for (int w = 0; w < 8; ++w) m += red[w][u * 256 + ob * 16 + oj];
+          }
+          const float v = xv[u] + bj + m;
+          float sn;
+          switch (p.mode) {
+            case 0: sn = tanhf(v); break;
+            case 2: sn = v * (1.f - hv[u] * hv[u]); break;
+            default: sn = v; break;
+          }
+          OUT[((size_t)b * T + t) * D + j] = from_f<TO>(sn);
+          snext[(size_t)b * KP + j] = __float2bfloat16(sn);
+          if (i == T - 1 && p.sfinal != nullptr) p.sfinal[(size_t)b * D + j] = sn;
+        }
+      }
+      __syncthreads();
+    }
+    step_done(p, i, tid);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Wide bf16 variant (d_inner up to 4096, and at most 32 x SMs). Block `blk` owns 32 output units
 // j0 = 32 blk .. j0 + 31 (four n8 tiles). The block's slice of M, 32 x KP bf16, is split between
 // the register file (tiles 0-1: units j0 .. j0+15, as in elman_mma_kernel) and shared memory
@@ -545,9 +684,10 @@ int elman_persistent_launch(int device, void* stream, int xdtype, int odtype, co
 }
 
 // bf16 inputs on the tensor cores; sbuf is bf16 [2, B, KP]. odtype: 1 = bf16 (forward), 0 = fp32.
+// multi: 1 = elman_mma_multi_kernel (up to 4 batch tiles per pass; for B > 16).
 int elman_mma_launch(int device, void* stream, int odtype, const void* X, const void* aux, const float* bias,
                      const float* M, const float* c0, void* out, float* sfinal, void* sbuf, unsigned* counter,
-                     int B, int T, int D, int KP, int reverse, int mode, int has_s0, int sync) {
+                     int B, int T, int D, int KP, int reverse, int mode, int has_s0, int sync, int multi) {
   cudaError_t e = cudaSetDevice(device);
   if (e != cudaSuccess) return (int)e;
   if (KP / 16 > 8 * MAXR) return (int)cudaErrorInvalidValue;
@@ -555,7 +695,9 @@ int elman_mma_launch(int device, void* stream, int odtype, const void* X, const 
   p.X = X; p.aux = aux; p.bias = bias; p.M = M; p.c0 = c0; p.out = out; p.sfinal = sfinal;
   p.sbuf = reinterpret_cast<float*>(sbuf); p.counter = counter; p.B = B; p.T = T; p.D = D; p.KP = KP;
   p.KC = KP; p.reverse = reverse; p.mode = mode; p.has_s0 = has_s0; p.sync = sync;
-  const void* fn = odtype == 1 ? (const void*)elman_mma_kernel<__nv_bfloat16> : (const void*)elman_mma_kernel<float>;
+  const void* fn = multi ? (odtype == 1 ? (const void*)elman_mma_multi_kernel<__nv_bfloat16>
+                                        : (const void*)elman_mma_multi_kernel<float>)
+                         : (odtype == 1 ? (const void*)elman_mma_kernel<__nv_bfloat16> : (const void*)elman_mma_kernel<float>);
   void* args[] = {&p};
   dim3 grid((D + JP - 1) / JP), block(NTH);
   e = cudaLaunchCooperativeKernel(fn, grid, block, args, 0, (cudaStream_t)stream);
