@@ -244,6 +244,61 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
+// The B fragment (bf16 pairs) of M's row j at k-step ks for lane quad tq: M[j][16 ks + 4 tq .. + 3],
+// zero beyond D and KS.
+__device__ __forceinline__ uint2 w_fragment(const ElmanParams& p, int ks, int j, int tq, int KS) {
+  float w[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const int k = ks * 16 + 4 * tq + q;
+    w[q] = (ks < KS && j < p.D && k < p.D) ? p.M[(size_t)j * p.D + k] : 0.f;
+  }
+  return make_uint2(pack_bf16(w[0], w[1]), pack_bf16(w[2], w[3]));
+}
+
+// The block's 16 units j0 .. j0+15 as register B fragments: k-steps warp, warp + nw, ...
+template <int R>
+__device__ __forceinline__ void load_w_registers(uint32_t (&wr)[R][2][2], const ElmanParams& p, int warp, int nw,
+                                                 int j0, int g, int tq, int KS) {
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      const uint2 f = w_fragment(p, warp + nw * r, j0 + nt * 8 + g, tq, KS);
+      wr[r][nt][0] = f.x;
+      wr[r][nt][1] = f.y;
+    }
+}
+
+// Unit j's step inputs for row b: x (+ c0 at the first step) and, backward tanh, h.
+__device__ __forceinline__ void load_step_inputs(const ElmanParams& p, int b, int t, int i, int j, float& xv,
+                                                 float& hv) {
+  xv = 0.f;
+  hv = 0.f;
+  if (b < p.B && j < p.D) {
+    const size_t off = ((size_t)b * p.T + t) * p.D + j;
+    xv = __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(p.X)[off]);
+    if (p.mode == 2) hv = __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(p.aux)[off]);
+    if (i == 0 && p.c0 != nullptr) xv += p.c0[(size_t)b * p.D + j];
+  }
+}
+
+// The step's epilogue for row b, unit j: v = x + bias + (state @ M^T) -> the new state, written to
+// the output, the next step's bf16 state and (last step) the fp32 final state.
+template <typename TO>
+__device__ __forceinline__ void epilogue(const ElmanParams& p, __nv_bfloat16* snext, int b, int t, int i, int j,
+                                         float v, float hv) {
+  float sn;
+  switch (p.mode) {
+    case 0: sn = tanhf(v); break;
+    case 2: sn = v * (1.f - hv * hv); break;
+    default: sn = v; break;
+  }
+  reinterpret_cast<TO*>(p.out)[((size_t)b * p.T + t) * p.D + j] = from_f<TO>(sn);
+  snext[(size_t)b * p.KP + j] = __float2bfloat16(sn);
+  if (i == p.T - 1 && p.sfinal != nullptr) p.sfinal[(size_t)b * p.D + j] = sn;
+}
+
 template <typename TO>
 __global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
   __shared__ float red[8][256];
@@ -251,25 +306,7 @@ __global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
   const int j0 = blockIdx.x * JP;
   uint32_t wr[MAXR][2][2];
-#pragma unroll
-  for (int r = 0; r < MAXR; ++r) {
-    const int ks = warp + 8 * r;
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
-      const int j = j0 + nt * 8 + g;
-      float w[4];
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const int k = ks * 16 + 4 * tq + q;
-        w[q] = (ks < KS && j < D && k < D) ? p.M[(size_t)j * D + k] : 0.f;
-      }
-      wr[r][nt][0] = pack_bf16(w[0], w[1]);
-      wr[r][nt][1] = pack_bf16(w[2], w[3]);
-    }
-  }
-  const __nv_bfloat16* X = reinterpret_cast<const __nv_bfloat16*>(p.X);
-  const __nv_bfloat16* AUX = reinterpret_cast<const __nv_bfloat16*>(p.aux);
-  TO* OUT = reinterpret_cast<TO*>(p.out);
+  load_w_registers<MAXR>(wr, p, warp, 8, j0, g, tq, KS);
   __nv_bfloat16* sb = reinterpret_cast<__nv_bfloat16*>(p.sbuf);
   const int ob = tid >> 4, oj = tid & 15, j = j0 + oj;
   const float bj = (p.bias != nullptr && j < D) ? p.bias[j] : 0.f;
@@ -283,13 +320,8 @@ __global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
     for (int tile = 0; tile < ntiles; ++tile) {
       const int b0 = tile * BT, b = b0 + ob;
       const bool valid = (b < B) && (j < D);
-      float xv = 0.f, hv = 0.f;
-      if (valid) {
-        const size_t off = ((size_t)b * T + t) * D + j;
-        xv = __bfloat162float(X[off]);
-        if (p.mode == 2) hv = __bfloat162float(AUX[off]);
-        if (i == 0 && p.c0 != nullptr) xv += p.c0[(size_t)b * D + j];
-      }
+      float xv, hv;
+      load_step_inputs(p, b, t, i, j, xv, hv);
       if (do_mm) {
         uint2 lo[MAXR], hi[MAXR];
         const bool r0 = b0 + g < B, r1 = b0 + g + 8 < B;
@@ -333,16 +365,7 @@ __global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
 #pragma unroll
           for (int w = 0; w < 8; ++w) m += red[w][ob * 16 + oj];
         }
-        const float v = xv + bj + m;
-        float sn;
-        switch (p.mode) {
-          case 0: sn = tanhf(v); break;
-          case 2: sn = v * (1.f - hv * hv); break;
-          default: sn = v; break;
-        }
-        OUT[((size_t)b * T + t) * D + j] = from_f<TO>(sn);
-        snext[(size_t)b * KP + j] = __float2bfloat16(sn);
-        if (i == T - 1 && p.sfinal != nullptr) p.sfinal[(size_t)b * D + j] = sn;
+        epilogue<TO>(p, snext, b, t, i, j, xv + bj + m, hv);
       }
       __syncthreads();
     }
@@ -367,25 +390,7 @@ __global__ void __launch_bounds__(NTH, 1) elman_mma_multi_kernel(ElmanParams p) 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
   const int j0 = blockIdx.x * JP;
   uint32_t wr[MAXR][2][2];
-#pragma unroll
-  for (int r = 0; r < MAXR; ++r) {
-    const int ks = warp + 8 * r;
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
-      const int j = j0 + nt * 8 + g;
-      float w[4];
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const int k = ks * 16 + 4 * tq + q;
-        w[q] = (ks < KS && j < D && k < D) ? p.M[(size_t)j * D + k] : 0.f;
-      }
-      wr[r][nt][0] = pack_bf16(w[0], w[1]);
-      wr[r][nt][1] = pack_bf16(w[2], w[3]);
-    }
-  }
-  const __nv_bfloat16* X = reinterpret_cast<const __nv_bfloat16*>(p.X);
-  const __nv_bfloat16* AUX = reinterpret_cast<const __nv_bfloat16*>(p.aux);
-  TO* OUT = reinterpret_cast<TO*>(p.out);
+  load_w_registers<MAXR>(wr, p, warp, 8, j0, g, tq, KS);
   __nv_bfloat16* sb = reinterpret_cast<__nv_bfloat16*>(p.sbuf);
   const int ob = tid >> 4, oj = tid & 15, j = j0 + oj;
   const float bj = (p.bias != nullptr && j < D) ? p.bias[j] : 0.f;
@@ -400,17 +405,7 @@ __global__ void __launch_bounds__(NTH, 1) elman_mma_multi_kernel(ElmanParams p) 
       const int b0 = grp * MT * BT;
       float xv[MT], hv[MT];
 #pragma unroll
-      for (int u = 0; u < MT; ++u) {
-        const int b = b0 + u * BT + ob;
-        xv[u] = 0.f;
-        hv[u] = 0.f;
-        if (b < B && j < D) {
-          const size_t off = ((size_t)b * T + t) * D + j;
-          xv[u] = __bfloat162float(X[off]);
-          if (p.mode == 2) hv[u] = __bfloat162float(AUX[off]);
-          if (i == 0 && p.c0 != nullptr) xv[u] += p.c0[(size_t)b * D + j];
-        }
-      }
+      for (int u = 0; u < MT; ++u) load_step_inputs(p, b0 + u * BT + ob, t, i, j, xv[u], hv[u]);
       if (do_mm) {
         float c[MT][2][4];
 #pragma unroll
@@ -472,16 +467,7 @@ __global__ void __launch_bounds__(NTH, 1) elman_mma_multi_kernel(ElmanParams p) 
 #pragma unroll
             for (int w = 0; w < 8; ++w) m += red[w][u * 256 + ob * 16 + oj];
           }
-          const float v = xv[u] + bj + m;
-          float sn;
-          switch (p.mode) {
-            case 0: sn = tanhf(v); break;
-            case 2: sn = v * (1.f - hv[u] * hv[u]); break;
-            default: sn = v; break;
-          }
-          OUT[((size_t)b * T + t) * D + j] = from_f<TO>(sn);
-          snext[(size_t)b * KP + j] = __float2bfloat16(sn);
-          if (i == T - 1 && p.sfinal != nullptr) p.sfinal[(size_t)b * D + j] = sn;
+          epilogue<TO>(p, snext, b, t, i, j, xv[u] + bj + m, hv[u]);
         }
       }
       __syncthreads();
@@ -518,31 +504,13 @@ __global__ void __launch_bounds__(WTH, 1) elman_mma_wide_kernel(ElmanParams p) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
   const int j0 = blockIdx.x * WJP;
   uint32_t wr[WMAXR][2][2];
-#pragma unroll
-  for (int r = 0; r < WMAXR; ++r) {
+  load_w_registers<WMAXR>(wr, p, warp, WNW, j0, g, tq, KS);     // units j0 .. j0+15
+  for (int r = 0; r < WMAXR; ++r) {                              // units j0+16 .. j0+31
     const int ks = warp + WNW * r;
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
-      const int j = j0 + nt * 8 + g;
-      float w[4];
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const int k = ks * 16 + 4 * tq + q;
-        w[q] = (ks < KS && j < D && k < D) ? p.M[(size_t)j * D + k] : 0.f;
-      }
-      const uint32_t f0 = pack_bf16(w[0], w[1]), f1 = pack_bf16(w[2], w[3]);
-      if (nt < 2) {
-        wr[r][nt][0] = f0;
-        wr[r][nt][1] = f1;
-      } else if (ks < KS) {
-        wsm[((size_t)ks * 2 + (nt - 2)) * 32 + lane] = make_uint2(f0, f1);
-      }
-    }
+    if (ks < KS)
+      for (int nt = 0; nt < 2; ++nt) wsm[((size_t)ks * 2 + nt) * 32 + lane] = w_fragment(p, ks, j0 + 16 + nt * 8 + g, tq, KS);
   }
   __syncthreads();
-  const __nv_bfloat16* X = reinterpret_cast<const __nv_bfloat16*>(p.X);
-  const __nv_bfloat16* AUX = reinterpret_cast<const __nv_bfloat16*>(p.aux);
-  TO* OUT = reinterpret_cast<TO*>(p.out);
   __nv_bfloat16* sb = reinterpret_cast<__nv_bfloat16*>(p.sbuf);
   const int ob = tid >> 5, oj = tid & 31, j = j0 + oj;          // epilogue: one output per thread
   const float bj = (p.bias != nullptr && j < D) ? p.bias[j] : 0.f;
@@ -556,13 +524,8 @@ __global__ void __launch_bounds__(WTH, 1) elman_mma_wide_kernel(ElmanParams p) {
     for (int tile = 0; tile < ntiles; ++tile) {
       const int b0 = tile * BT, b = b0 + ob;
       const bool valid = (b < B) && (j < D);
-      float xv = 0.f, hv = 0.f;
-      if (valid) {
-        const size_t off = ((size_t)b * T + t) * D + j;
-        xv = __bfloat162float(X[off]);
-        if (p.mode == 2) hv = __bfloat162float(AUX[off]);
-        if (i == 0 && p.c0 != nullptr) xv += p.c0[(size_t)b * D + j];
-      }
+      float xv, hv;
+      load_step_inputs(p, b, t, i, j, xv, hv);
       if (do_mm) {
         const bool r0 = b0 + g < B, r1 = b0 + g + 8 < B;
         const __nv_bfloat16* p0 = sprev + (size_t)(b0 + g) * KP + 4 * tq;
@@ -612,16 +575,7 @@ __global__ void __launch_bounds__(WTH, 1) elman_mma_wide_kernel(ElmanParams p) {
 #pragma unroll
           for (int w = 0; w < WNW; ++w) m += red[((size_t)w * 16 + ob) * WRS + oj];
         }
-        const float v = xv + bj + m;
-        float sn;
-        switch (p.mode) {
-          case 0: sn = tanhf(v); break;
-          case 2: sn = v * (1.f - hv * hv); break;
-          default: sn = v; break;
-        }
-        OUT[((size_t)b * T + t) * D + j] = from_f<TO>(sn);
-        snext[(size_t)b * KP + j] = __float2bfloat16(sn);
-        if (i == T - 1 && p.sfinal != nullptr) p.sfinal[(size_t)b * D + j] = sn;
+        epilogue<TO>(p, snext, b, t, i, j, xv + bj + m, hv);
       }
       __syncthreads();
     }
