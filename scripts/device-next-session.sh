@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The GPU work left after 2026-12-03 (issue 17), in calls on one warm machine (each <= 10 minutes;
+# the machine stays warm about 30 s between calls, so make them back to back):
+#   a  install; every Elman/E88 GPU test (the refactored kernels, the multi-tile pass, E88 v4 when it
+#      exists); the Elman B16/B64 rows with the multi-tile pass beside the tile loop; E88 v3 against v4
+#   b  end to end: the seeds' E88 500M n48 rows and Mamba2/E1 400M beside them (graph step, B16), then
+#      start E42 400M for 1,500 steps at the seeds' settings in the background (non-finite steps counted)
+#   c  collect the E42 run (about 6 minutes after b)
+#   usage: scripts/device-next-session.sh a|b|c OUTDIR   (ELMANLAB_SOURCE_COMMIT=<sha> set; carry .wheels
+#          and .data, made by: python3 scripts/make-corpus-slice.py)
+set -o pipefail
+phase=${1:?a, b or c}
+out=$(realpath "${2:?OUTDIR}")
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+work=/tmp/elmanlab-next
+mkdir -p "$work"
+python3 -c "import fla, schedulefree, mamba_ssm" 2>/dev/null || bash scripts/install-gpu.sh .wheels > "$out/install.log" 2>&1
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt"
+case $phase in
+a)
+    timeout 200 python3 -m pytest -q -m gpu tests/ops/test_elman.py tests/ops/test_e88.py -p no:cacheprovider \
+        > "$out/gputests-kernels.log" 2>&1
+    echo "pytest exit $?" >> "$out/gputests-kernels.log"
+    tail -n 6 "$out/gputests-kernels.log"
+    timeout 120 python3 benchmarks/kernels.py --only TANH,LINEAR --widths 1024,1760,2112,3584 --long "" \
+        --out "$out/kernels-multi-h200.json" > "$out/kernels-multi.log" 2>&1
+    grep "^| " "$out/kernels-multi.log" | grep -v linear
+    kernels=v3; python3 -c "import elmanlab.ops.e88.fused as f; assert 'v4' in f.KERNELS" 2>/dev/null && kernels=v3,v4
+    timeout 200 python3 scripts/e88-ab.py --out "$out/e88-ab-h200.json" --kernels "$kernels" > "$out/e88-ab.log" 2>&1
+    echo "e88-ab exit $?" >> "$out/e88-ab.log"
+    grep -v TileLang "$out/e88-ab.log" | tail -n 40
+    ;;
+b)
+    timeout 330 python3 benchmarks/throughput.py --models mamba2,e1 --params 400M --batch 16 --mode graph \
+        --config e88:2944x20:n_state=48,n_heads=44 --config e88:3328x24:n_state=48,n_heads=32 \
+        --warmup 4 --steps 15 --out "$out/throughput-e88-500m-h200" > "$out/throughput.log" 2>&1
+    echo "throughput exit $?" >> "$out/throughput.log"
+    tail -n 12 "$out/throughput.log"
+    setsid nohup python3 -m elmanlab train e42 --params 400M --steps 1500 --batch-size 16 --seq-len 512 \
+        --lr 3e-4 --weight-decay 0.1 --seed 42 --data .data/corpus-slice-16M.txt.zst --eval-bytes 500000 \
+        --no-progress --out "$work/e42-400m-1500" > "$work/e42.log" 2>&1 < /dev/null &
+    echo "E42 400M started: $work/e42-400m-1500"
+    ;;
+c)
+    for _ in $(seq 1 270); do [ -f "$work/e42-400m-1500/summary.json" ] && break; sleep 2; done
+    tail -n 20 "$work/e42.log" | tee "$out/e42-tail.log"
+    cp "$work/e42.log" "$out/" 2>/dev/null
+    tar -C "$work" -czf "$out/e42-400m-1500.tar.gz" --exclude=checkpoints --exclude="*.safetensors" e42-400m-1500
+    ;;
+esac
+ls -la "$out"
