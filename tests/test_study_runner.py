@@ -274,6 +274,30 @@ def test_jobs_per_gpu_share_a_slot_and_are_recorded(tmp_path, monkeypatch):
     assert r.returncode == 2 and "--jobs-per-gpu" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_stop_after_starts_no_new_run_and_resumes(tmp_path, monkeypatch):
+    """--stop-after: the run in flight finishes, no new one starts after the deadline, and the same
+    command later runs the rest (a study split over time-limited sessions)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    p = write(tmp_path, """
+        name: split
+        train: {steps: 3, batch_size: 2, seq_len: 32, seed: 42, eval_bytes: 256, device: cpu}
+        grid: {model: [e1, e33, e42], params: [200K]}
+        """)
+    out = tmp_path / "split"
+    said = []
+    # the first run starts at once; a run's process takes seconds, so the 0.5 s deadline has passed
+    # when it ends and the other two never start
+    r1 = Runner(load_study(p), out, None, echo=said.append, stop_after_s=0.5)
+    state = r1.run()
+    assert [j["status"] for j in state["jobs"]] == ["completed", "pending", "pending"]
+    assert r1.n_held_back == 2 and any("--stop-after" in m and "2 left" in m for m in said)
+    assert not (out / state["jobs"][1]["id"]).exists()
+    state = Runner(load_study(p), out, None, echo=lambda m: None).run()
+    assert [j["status"] for j in state["jobs"]] == ["completed"] * 3
+    r = cli("study", p, "--out", tmp_path / "x", "--stop-after", 0)
+    assert r.returncode == 2 and "--stop-after takes a positive number" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_one_study_process_per_folder(tmp_path):
     import os
     import socket

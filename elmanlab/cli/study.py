@@ -21,6 +21,10 @@ def register(sub) -> None:
     p.add_argument("--gpus", default=None,
                    help="GPU indices to use, one job per GPU at a time, e.g. 0,1,2,3; `cpu` runs jobs in "
                         "sequence on the CPU (default: every visible GPU, else the CPU)")
+    p.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
+                   help="start no new run after MINUTES minutes (the runs in flight finish); the rest stay "
+                        "pending and the same command resumes them later: for a study split over time-limited "
+                        "sessions")
     p.add_argument("--jobs-per-gpu", type=int, default=1, metavar="N",
                    help="run N jobs at once on each GPU (default 1). For loss studies of models that leave the GPU "
                         "idle: losses do not depend on what else runs, but tokens/s and training time then measure "
@@ -49,6 +53,8 @@ def cmd_study(args) -> int:
         raise ElmanlabError(f"--jobs-per-gpu must be >= 1, got {args.jobs_per_gpu}")
     if args.jobs_per_gpu > 1 and gpus is None:
         raise ElmanlabError("--jobs-per-gpu shares GPUs; on the CPU jobs run one at a time: drop it")
+    if args.stop_after is not None and not args.stop_after > 0:
+        raise ElmanlabError(f"--stop-after takes a positive number of minutes, got {args.stop_after:g}")
     check_out_dir(out, study)
     if args.dry_run:
         rows = plan_table(study, out if out.exists() else None)
@@ -71,7 +77,9 @@ def cmd_study(args) -> int:
             print(line)
         return 0
     try:
-        state = Runner(study, out, gpus, retry_failed=args.retry_failed, jobs_per_gpu=args.jobs_per_gpu).run()
+        runner = Runner(study, out, gpus, retry_failed=args.retry_failed, jobs_per_gpu=args.jobs_per_gpu,
+                        stop_after_s=None if args.stop_after is None else 60 * args.stop_after)
+        state = runner.run()
     except KeyboardInterrupt:
         sys.stderr.write(f"error: interrupted; state saved in {out / 'study.json'}, run the same command to "
                          f"resume\n")
@@ -79,7 +87,8 @@ def cmd_study(args) -> int:
     jobs = [j for j in state["jobs"] if j.get("in_study_file", True)]
     n_ok = sum(j["status"] == "completed" for j in jobs)
     failed = [j for j in jobs if j["status"] == "failed"]
-    print(f"study {study.name}: {n_ok}/{len(jobs)} runs completed, {len(failed)} failed")
+    print(f"study {study.name}: {n_ok}/{len(jobs)} runs completed, {len(failed)} failed"
+          + (f", {runner.n_held_back} not started (--stop-after)" if runner.n_held_back else ""))
     for j in failed:
         print(f"  failed {j['id']}: {j.get('error')}")
     if not args.no_report:

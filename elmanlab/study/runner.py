@@ -193,7 +193,8 @@ class Runner:
     """Runs a study's pending jobs on GPU slots (or the CPU), keeping ``study.json`` current."""
 
     def __init__(self, study: Study, out, gpus: list[str] | None, retry_failed: bool = False,
-                 echo=None, python: str | None = None, extra_env: dict | None = None, jobs_per_gpu: int = 1):
+                 echo=None, python: str | None = None, extra_env: dict | None = None, jobs_per_gpu: int = 1,
+                 stop_after_s: float | None = None):
         self.study = study
         self.out = Path(out)
         self.gpus = gpus
@@ -208,6 +209,10 @@ class Runner:
         self.state: dict = {}
         self.bar = None
         self.n_started = 0
+        # no job starts once this many seconds have passed since run() began (those in flight finish)
+        self.stop_after_s = stop_after_s
+        self.deadline: float | None = None
+        self.n_held_back = 0
 
     # -- state
     def echo(self, msg: str) -> None:
@@ -299,6 +304,8 @@ class Runner:
             for d in self.study.deferred:
                 self.echo(d["line"])
             self.total = total
+            if self.stop_after_s is not None:
+                self.deadline = time.monotonic() + self.stop_after_s
             self.bar = tqdm(total=total, initial=done0, desc=self.study.name, unit="run",
                             file=sys.stderr, dynamic_ncols=True, leave=True)
             threads: list[threading.Thread] = []
@@ -311,7 +318,7 @@ class Runner:
                     while any(t.is_alive() for t in threads):
                         for t in threads:
                             t.join(timeout=0.2)
-                    if self.stop.is_set() or not self.study.deferred:
+                    if self.stop.is_set() or not self.study.deferred or self._past_deadline():
                         break
                     # waves that waited for others: decided now that those have finished
                     todo = self._expand_deferred()
@@ -350,12 +357,22 @@ class Runner:
                 raise
             self.bar.close()
             self.bar = None
+            if self._past_deadline():
+                left = sum(1 for r in self.state["jobs"] if _to_run(r))
+                self.n_held_back = left
+                if left or self.study.deferred:
+                    self.echo(f"--stop-after {self.stop_after_s / 60:g} min reached: no new runs started; "
+                              f"{left} left" + (" (and waves waiting on them)" if self.study.deferred else "")
+                              + "; run the same command again to resume")
         return self.state
+
+    def _past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     def _worker(self, slot: str | None, todo: deque) -> None:
         while not self.stop.is_set():
             with self.lock:
-                if not todo:
+                if not todo or self._past_deadline():
                     return
                 rec = todo.popleft()
                 self.n_started += 1
