@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from elmanlab.ops.e88.fused import e88_scan_cuda  # noqa: E402
 from elmanlab.ops.e88.reference import e88_scan_ref  # noqa: E402
-from elmanlab.ops.elman.fused import CudaBackend, elman_scan_cudnn, elman_scan_persistent  # noqa: E402
+from elmanlab.ops.elman.fused import SYNC_MODES, CudaBackend, elman_scan_cudnn, elman_scan_persistent  # noqa: E402
 from elmanlab.ops.elman.reference import elman_scan_ref  # noqa: E402
 
 BF = torch.bfloat16
@@ -111,6 +111,18 @@ def forced(variant, fn, sync=None):
             return fn(*x)
         finally:
             CudaBackend.force_variant, CudaBackend.sync = old
+    return run
+
+
+def flipped(attr, fn):
+    """``fn`` with the boolean CudaBackend attribute ``attr`` (multi_tile, pipelined) flipped."""
+    def run(*x):
+        old = getattr(CudaBackend, attr)
+        setattr(CudaBackend, attr, not old)
+        try:
+            return fn(*x)
+        finally:
+            setattr(CudaBackend, attr, old)
     return run
 
 
@@ -266,23 +278,19 @@ def main(argv=None):
             continue
         sync = CudaBackend.sync_mode()
         add(nl, shape, "ours", lambda: bench_pair(mk, run, args.reps), note=f"default: {kind}, {sync} sync")
-        other_sync = "fence" if sync == "release" else "release"
-        add(nl, shape, f"ours-{other_sync}", lambda: bench_pair(mk, forced(None, run, other_sync), args.reps),
-            note=f"{kind}, {other_sync} sync forced")
-        if kind == "mma" and B > 16:
-            def multi(*x, run=run):
-                old = CudaBackend.multi_tile
-                CudaBackend.multi_tile = not old
-                try:
-                    return run(*x)
-                finally:
-                    CudaBackend.multi_tile = old
-            label = "one-by-one" if CudaBackend.multi_tile else "multi"
-            add(nl, shape, f"ours-{label}", lambda: bench_pair(mk, multi, args.reps),
-                note=f"mma, batch tiles {'one by one' if CudaBackend.multi_tile else 'in one pass'}")
+        other_syncs = [m for m in SYNC_MODES if m != sync]
+        for other_sync in other_syncs:
+            add(nl, shape, f"ours-{other_sync}", lambda: bench_pair(mk, forced(None, run, other_sync), args.reps),
+                note=f"{kind}, {other_sync} sync forced")
+        if kind == "mma":               # the 16-unit kernel's other build at this batch size, flipped
+            attr = "multi_tile" if B > 16 else "pipelined"
+            on = getattr(CudaBackend, attr)
+            add(nl, shape, f"ours-{'no-' if on else ''}{attr.replace('_', '-')}",
+                lambda: bench_pair(mk, flipped(attr, run), args.reps),
+                note=f"mma, {attr} {'off' if on else 'on'}")
         if plan["mma_ok"] and plan["wide_ok"] and TT == 512:
             other = "wide" if kind == "mma" else "mma"
-            for sy in (sync, other_sync):
+            for sy in (sync, other_syncs[0]):
                 add(nl, shape, f"ours-{other}-{sy}", lambda: bench_pair(mk, forced(other, run, sy), args.reps),
                     note=f"{other} variant, {sy} sync forced")
         if nl == "linear" and not plan["mma_ok"] and TT == 512 and B == 16 and D == min(

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU work left after 2026-12-03 (issue 17), in calls on one warm machine (each <= 10 minutes;
 # the machine stays warm about 30 s between calls, so make them back to back):
-#   a  install; every Elman/E88 GPU test (the refactored kernels, the multi-tile pass, E88 v4 when it
-#      exists); the Elman B16/B64 rows with the multi-tile pass beside the tile loop; E88 v3 against v4
+#   a  install; every Elman/E88 GPU test (the refactored kernels, the multi-tile pass, the pipelined
+#      build, the back-off barrier, E88 v4 when it exists); the Elman tanh rows at B16/B64 with each
+#      barrier and the multi-tile / pipelined builds beside the defaults; E88 v3 against v4
 #   b  end to end: the seeds' E88 500M n48 rows and Mamba2/E1 400M beside them (graph step, B16), then
 #      start E42 400M for 1,500 steps at the seeds' settings in the background (non-finite steps counted)
 #   c  collect the E42 run (about 6 minutes after b)
@@ -23,9 +24,9 @@ a)
         > "$out/gputests-kernels.log" 2>&1
     echo "pytest exit $?" >> "$out/gputests-kernels.log"
     tail -n 6 "$out/gputests-kernels.log"
-    timeout 120 python3 benchmarks/kernels.py --only TANH,LINEAR --widths 1024,1760,2112,3584 --long "" \
+    timeout 180 python3 benchmarks/kernels.py --only TANH --widths 1024,1760,2112,3584 --long "" \
         --out "$out/kernels-multi-h200.json" > "$out/kernels-multi.log" 2>&1
-    grep "^| " "$out/kernels-multi.log" | grep -v linear
+    grep "^| " "$out/kernels-multi.log"
     kernels=v3; python3 -c "import elmanlab.ops.e88.fused as f; assert 'v4' in f.KERNELS" 2>/dev/null && kernels=v3,v4
     timeout 200 python3 scripts/e88-ab.py --out "$out/e88-ab-h200.json" --kernels "$kernels" > "$out/e88-ab.log" 2>&1
     echo "e88-ab exit $?" >> "$out/e88-ab.log"

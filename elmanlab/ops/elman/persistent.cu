@@ -32,7 +32,7 @@ struct ElmanParams {
   float* sbuf;         // [2, B, KP] ping-pong state, zero padded beyond D
   unsigned* counter;   // zeroed before launch
   int B, T, D, KP, KC, reverse, mode, has_s0;
-  int sync;            // tensor-core kernels' barrier: 0 fences + atomicAdd, 1 release reduction
+  int sync;            // tensor-core kernels' barrier: 0 fences + atomicAdd, 1 release reduction, 2 + back-off
 };
 
 template <typename T> __device__ __forceinline__ float to_f(T x);
@@ -55,14 +55,18 @@ __device__ __forceinline__ void red_release_add_u32(unsigned* p, unsigned v) {
 // The grid-wide barrier at the end of step i of a tensor-core kernel (after the block's last
 // __syncthreads of the step). sync 0: __threadfence, atomicAdd (a round trip for its return
 // value), spin, __threadfence. sync 1: one fire-and-forget release reduction (the fence and the
-// add in one instruction, no return value to wait for), then the acquire spin alone.
+// add in one instruction, no return value to wait for), then the acquire spin alone. sync 2: the same
+// with a 32 ns back-off between polls (fewer reads of the counter's L2 line while the adds arrive).
 // (Measured and dropped: per-block step flags that each warp polled for the blocks whose units it
 // reads, 1.1-1.6x slower than sync 0 at every width: the polling flooded L2.)
 __device__ __forceinline__ void step_done(const ElmanParams& p, int i, int tid) {
   if (i + 1 >= p.T) return;
   const unsigned target = (unsigned)(i + 1) * gridDim.x;
   if (tid == 0) {
-    if (p.sync) {
+    if (p.sync == 2) {
+      red_release_add_u32(p.counter, 1u);
+      while (ld_acquire_u32(p.counter) < target) __nanosleep(32);
+    } else if (p.sync) {
       red_release_add_u32(p.counter, 1u);
       while (ld_acquire_u32(p.counter) < target) {
       }
@@ -299,9 +303,15 @@ __device__ __forceinline__ void epilogue(const ElmanParams& p, __nv_bfloat16* sn
   if (i == p.T - 1 && p.sfinal != nullptr) p.sfinal[(size_t)b * p.D + j] = sn;
 }
 
-template <typename TO>
+// PIPE (the "pipelined" variant, for one batch tile, B <= 16): the next step's inputs (x, h) are
+// loaded at the end of each step, before its barrier, so their global-memory latency is off the next
+// step's chain; two accumulator chains per n8 tile (even and odd k-steps) halve the dependent mma
+// chain; the partial sums go through a padded tile (float2 stores without bank conflicts).
+#define RRS 24         // PIPE: row stride of the reduction tile (floats)
+
+template <typename TO, bool PIPE>
 __global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
-  __shared__ float red[8][256];
+  __shared__ float red[8][16 * (PIPE ? RRS : 16)];
   const int KP = p.KP, D = p.D, B = p.B, T = p.T, KS = KP / 16;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
   const int j0 = blockIdx.x * JP;
@@ -311,6 +321,9 @@ __global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
   const int ob = tid >> 4, oj = tid & 15, j = j0 + oj;
   const float bj = (p.bias != nullptr && j < D) ? p.bias[j] : 0.f;
   const int ntiles = (B + BT - 1) / BT;
+  const bool pipe = PIPE && ntiles == 1;
+  float xn = 0.f, hn = 0.f;                                   // PIPE: this step's inputs, loaded early
+  if (pipe) load_step_inputs(p, ob, p.reverse ? T - 1 : 0, 0, j, xn, hn);
 
   for (int i = 0; i < T; ++i) {
     const int t = p.reverse ? T - 1 - i : i;
@@ -321,7 +334,12 @@ __global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
       const int b0 = tile * BT, b = b0 + ob;
       const bool valid = (b < B) && (j < D);
       float xv, hv;
-      load_step_inputs(p, b, t, i, j, xv, hv);
+      if (pipe) {
+        xv = xn;
+        hv = hn;
+      } else {
+        load_step_inputs(p, b, t, i, j, xv, hv);
+      }
       if (do_mm) {
         uint2 lo[MAXR], hi[MAXR];
         const bool r0 = b0 + g < B, r1 = b0 + g + 8 < B;
@@ -337,25 +355,39 @@ __global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
             if (r1) hi[r] = __ldcg(reinterpret_cast<const uint2*>(p1 + ks * 16));
           }
         }
-        float c[2][4];
+        constexpr int NC = PIPE ? 2 : 1;                      // accumulator chains per n8 tile
+        float c[NC][2][4];
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
+        for (int h = 0; h < NC; ++h)
 #pragma unroll
-          for (int q = 0; q < 4; ++q) c[nt][q] = 0.f;
+          for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) c[h][nt][q] = 0.f;
 #pragma unroll
         for (int r = 0; r < MAXR; ++r) {
           if (warp + 8 * r < KS) {
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt)
-              mma_bf16(c[nt], lo[r].x, hi[r].x, lo[r].y, hi[r].y, wr[r][nt][0], wr[r][nt][1]);
+              mma_bf16(c[r % NC][nt], lo[r].x, hi[r].x, lo[r].y, hi[r].y, wr[r][nt][0], wr[r][nt][1]);
           }
         }
+        if (PIPE) {
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-          red[warp][g * 16 + nt * 8 + 2 * tq] = c[nt][0];
-          red[warp][g * 16 + nt * 8 + 2 * tq + 1] = c[nt][1];
-          red[warp][(g + 8) * 16 + nt * 8 + 2 * tq] = c[nt][2];
-          red[warp][(g + 8) * 16 + nt * 8 + 2 * tq + 1] = c[nt][3];
+          for (int nt = 0; nt < 2; ++nt) {
+            float* rw = red[warp];
+            *reinterpret_cast<float2*>(rw + g * RRS + nt * 8 + 2 * tq) =
+                make_float2(c[0][nt][0] + c[NC - 1][nt][0], c[0][nt][1] + c[NC - 1][nt][1]);
+            *reinterpret_cast<float2*>(rw + (g + 8) * RRS + nt * 8 + 2 * tq) =
+                make_float2(c[0][nt][2] + c[NC - 1][nt][2], c[0][nt][3] + c[NC - 1][nt][3]);
+          }
+        } else {
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+            red[warp][g * 16 + nt * 8 + 2 * tq] = c[0][nt][0];
+            red[warp][g * 16 + nt * 8 + 2 * tq + 1] = c[0][nt][1];
+            red[warp][(g + 8) * 16 + nt * 8 + 2 * tq] = c[0][nt][2];
+            red[warp][(g + 8) * 16 + nt * 8 + 2 * tq + 1] = c[0][nt][3];
+          }
         }
         __syncthreads();
       }
@@ -363,10 +395,11 @@ __global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
         float m = 0.f;
         if (do_mm) {
 #pragma unroll
-          for (int w = 0; w < 8; ++w) m += red[w][ob * 16 + oj];
+          for (int w = 0; w < 8; ++w) m += red[w][ob * (PIPE ? RRS : 16) + oj];
         }
         epilogue<TO>(p, snext, b, t, i, j, xv + bj + m, hv);
       }
+      if (pipe && i + 1 < T) load_step_inputs(p, ob, p.reverse ? T - 2 - i : i + 1, i + 1, j, xn, hn);
       __syncthreads();
     }
     step_done(p, i, tid);
@@ -638,7 +671,8 @@ int elman_persistent_launch(int device, void* stream, int xdtype, int odtype, co
 }
 
 // bf16 inputs on the tensor cores; sbuf is bf16 [2, B, KP]. odtype: 1 = bf16 (forward), 0 = fp32.
-// multi: 1 = elman_mma_multi_kernel (up to 4 batch tiles per pass; for B > 16).
+// multi: 0 = elman_mma_kernel, 1 = elman_mma_multi_kernel (up to 4 batch tiles per pass; for B > 16),
+// 2 = elman_mma_kernel's pipelined variant (PIPE).
 int elman_mma_launch(int device, void* stream, int odtype, const void* X, const void* aux, const float* bias,
                      const float* M, const float* c0, void* out, float* sfinal, void* sbuf, unsigned* counter,
                      int B, int T, int D, int KP, int reverse, int mode, int has_s0, int sync, int multi) {
@@ -649,9 +683,13 @@ int elman_mma_launch(int device, void* stream, int odtype, const void* X, const 
   p.X = X; p.aux = aux; p.bias = bias; p.M = M; p.c0 = c0; p.out = out; p.sfinal = sfinal;
   p.sbuf = reinterpret_cast<float*>(sbuf); p.counter = counter; p.B = B; p.T = T; p.D = D; p.KP = KP;
   p.KC = KP; p.reverse = reverse; p.mode = mode; p.has_s0 = has_s0; p.sync = sync;
-  const void* fn = multi ? (odtype == 1 ? (const void*)elman_mma_multi_kernel<__nv_bfloat16>
-                                        : (const void*)elman_mma_multi_kernel<float>)
-                         : (odtype == 1 ? (const void*)elman_mma_kernel<__nv_bfloat16> : (const void*)elman_mma_kernel<float>);
+  const void* fn;
+  if (multi == 1)
+    fn = odtype == 1 ? (const void*)elman_mma_multi_kernel<__nv_bfloat16> : (const void*)elman_mma_multi_kernel<float>;
+  else if (multi == 2)
+    fn = odtype == 1 ? (const void*)elman_mma_kernel<__nv_bfloat16, true> : (const void*)elman_mma_kernel<float, true>;
+  else
+    fn = odtype == 1 ? (const void*)elman_mma_kernel<__nv_bfloat16, false> : (const void*)elman_mma_kernel<float, false>;
   void* args[] = {&p};
   dim3 grid((D + JP - 1) / JP), block(NTH);
   e = cudaLaunchCooperativeKernel(fn, grid, block, args, 0, (cudaStream_t)stream);
