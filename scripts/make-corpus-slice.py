@@ -1,21 +1,44 @@
-"""Write .data/corpus-slice-16M.txt.zst: 16 MB of the shared training corpus (four 4 MB pieces from
-0%, 25%, 50% and 75% of it), small enough to travel to the GPU machine beside the wheelhouse (the
-whole corpus is 47 MB compressed). Used by scripts/device-next-session.sh for a 1,500-step run.
+"""Write a slice of the shared training corpus that travels to the GPU machine beside the wheelhouse
+(a call carries at most 64 MiB; the corpus is 47 MB compressed, the wheelhouse 46 MB): N pieces of
+M megabytes taken at evenly spaced offsets (0, 1/N, 2/N, ... of the corpus), so that every part of
+the mixed corpus is in it, recompressed with zstd.
 
-    python3 scripts/make-corpus-slice.py [CORPUS.zst]      (default ../shared/data/corpus-train.txt.zst)
+    python3 scripts/make-corpus-slice.py                        # .data/corpus-slice-16M.txt.zst (4 x 4 MB)
+    python3 scripts/make-corpus-slice.py --pieces 12            # .data/corpus-slice-48M.txt.zst (12 x 4 MB)
+    python3 scripts/make-corpus-slice.py --corpus PATH.zst      (default ../shared/data/corpus-train.txt.zst)
+
+The validation split (corpus-val.txt.zst, 0.4 MB) is copied beside it whole. The 16 MB slice serves
+single 1,500-step runs (12.3M bytes each); the 48 MB one studies whose runs
+train on up to ~48M bytes each without a second pass.
 """
+import argparse
 import sys
 from pathlib import Path
 
 import zstandard
 
-src = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared/data/corpus-train.txt.zst")
+ROOT = Path(__file__).resolve().parents[1]
+
+ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "data" / "corpus-train.txt.zst"))
+ap.add_argument("--pieces", type=int, default=4, help="how many pieces (default 4)")
+ap.add_argument("--piece-mb", type=int, default=4, help="megabytes per piece (default 4)")
+args = ap.parse_args()
+src = Path(args.corpus)
 if not src.exists():
-    sys.exit(f"error: {src} not found: give the corpus path as the first argument")
+    sys.exit(f"error: {src} not found: give the corpus with --corpus PATH")
+if args.pieces < 1 or args.piece_mb < 1:
+    sys.exit("error: --pieces and --piece-mb must be at least 1")
 raw = zstandard.ZstdDecompressor().stream_reader(src.open("rb")).read()
-n = len(raw)
-piece = b"".join(raw[int(n * f): int(n * f) + 4_000_000] for f in (0.0, 0.25, 0.5, 0.75))
-out = Path(__file__).resolve().parents[1] / ".data" / "corpus-slice-16M.txt.zst"
+n, size = len(raw), args.piece_mb * 1_000_000
+if args.pieces * size > n:
+    sys.exit(f"error: {args.pieces} x {args.piece_mb} MB is more than the corpus ({n} bytes)")
+piece = b"".join(raw[int(n * k / args.pieces): int(n * k / args.pieces) + size] for k in range(args.pieces))
+out = ROOT / ".data" / f"corpus-slice-{args.pieces * args.piece_mb}M.txt.zst"
 out.parent.mkdir(exist_ok=True)
 out.write_bytes(zstandard.ZstdCompressor(level=19).compress(piece))
-print(f"wrote {out}: {len(piece)} bytes from {src} ({n} bytes)")
+print(f"wrote {out}: {len(piece)} bytes from {src} ({n} bytes), {out.stat().st_size} bytes compressed")
+val = src.with_name("corpus-val.txt.zst")
+if val.exists() and not (out.parent / val.name).exists():
+    (out.parent / val.name).write_bytes(val.read_bytes())
+    print(f"copied {val} to {out.parent / val.name}")
