@@ -39,6 +39,59 @@ class E88Options:
         "choices": DECAY_MODES})
 
 
+_MANTISSA_BITS = {torch.bfloat16: 8, torch.float16: 11, torch.float32: 24, torch.float64: 53}
+
+
+class _L2Normalize(torch.autograd.Function):
+    """``F.normalize(x, dim=-1, eps)`` with the same output and the same gradient (bit for bit), whose
+    backward keeps x only when it cannot rebuild it exactly.
+
+    Under CUDA bf16 autocast the norm is taken in fp32 (``linalg_vector_norm`` is autocast's
+    ``fp32_set_opt_dtype``), so q and k come out in fp32 from bf16 projections. Plain autograd then
+    keeps the bf16 input, a view that pins the whole qkv projection output (q, k and v) until the
+    backward: 2 x H (2n + m) bytes per token per layer (2.1 GB for E88 500M n48 at B16 x T512;
+    ``benchmarks/memory_breakdown.py``). Here the forward keeps the fp32 output (which the scan keeps
+    anyway) and the [..., 1] denominator. The backward rebuilds x = y * denom rounded to x's dtype,
+    exact whenever the output has at least 10 more mantissa bits than x (fp32 against bf16 or fp16:
+    the rebuilt value is within 2 fp32 ulps of x, far inside half a bf16 ulp), then runs
+    ``F.normalize`` again on it under the forward's autocast state and returns that gradient: the
+    same operations on the same values as plain autograd. Without that precision gap (fp32 or fp64
+    throughout) x itself is kept, and the backward recomputes from it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, eps):
+        denom = x.norm(2, -1, keepdim=True).clamp_min(eps)          # F.normalize's own operations
+        y = x / denom.expand_as(x)
+        dev = x.device.type
+        ctx.eps, ctx.x_dtype, ctx.dev = eps, x.dtype, dev
+        ctx.autocast = (torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
+        ctx.rebuild = _MANTISSA_BITS.get(y.dtype, 0) >= _MANTISSA_BITS.get(x.dtype, 99) + 10
+        ctx.save_for_backward(*((y, denom) if ctx.rebuild else (x,)))
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        if ctx.rebuild:
+            y, denom = ctx.saved_tensors
+            x = (y * denom).to(ctx.x_dtype)
+        else:
+            (x,) = ctx.saved_tensors
+        on, dtype = ctx.autocast
+        with torch.enable_grad(), torch.autocast(ctx.dev, dtype=dtype, enabled=on, cache_enabled=False):
+            xr = x.detach().requires_grad_()
+            out = F.normalize(xr, dim=-1, eps=ctx.eps)
+        (dx,) = torch.autograd.grad(out, xr, dy)
+        return dx, None
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """``F.normalize(x, dim=-1, eps=eps)``; when a gradient is needed, through :class:`_L2Normalize`."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _L2Normalize.apply(x, eps)
+    return F.normalize(x, dim=-1, eps=eps)
+
+
 def _value_dim(opts: E88Options) -> int:
     return max(1, int(round(opts.n_state * opts.expansion)))
 
@@ -87,8 +140,8 @@ class E88(RecurrentLayer):
             qkv = F.silu(qkv)
         H, n, m = self.H, self.n, self.m
         q, k, v = qkv.split([H * n, H * n, H * m], dim=-1)
-        q = F.normalize(q.reshape(B, T, H, n), dim=-1)
-        k = F.normalize(k.reshape(B, T, H, n), dim=-1)
+        q = l2_normalize(q.reshape(B, T, H, n))      # keeps no bf16 q/k (see _L2Normalize)
+        k = l2_normalize(k.reshape(B, T, H, n))
         v = v.reshape(B, T, H, m)
         g = None if self.g_proj is None else self.g_proj(u).reshape(B, T, H, m)
         y, S = e88_scan(q, k, v, self.decay(u), S0, "linear" if self.opts.linear_state else "tanh",
