@@ -11,8 +11,9 @@ key width (when fla is importable).
    CUDA-event timings after warm-up; fla's chunk_gated_delta_rule at key width H*n (heads of K128
    V256, as benchmarks/kernels.py does).
 
-    python3 scripts/e88-ab.py --out /tmp/e88-ab.json
-    python3 scripts/e88-ab.py --out ab.json --c-sweep 4,5,8      # v3 at forced checkpoint intervals too
+    python3 scripts/e88-ab.py --out /tmp/e88-ab.json                    # v2, v3, v4
+    python3 scripts/e88-ab.py --out ab.json --kernels v3,v4
+    python3 scripts/e88-ab.py --out ab.json --kernels v3,v4 --c-sweep 4,6,9   # v3/v4 at forced C too
 
 Prints a table; writes JSON to --out (and a Markdown copy of the table beside it).
 """
@@ -160,7 +161,8 @@ def main(argv=None) -> int:
     ap.add_argument("--kernels", default=",".join(ef.KERNELS), help="variants to compare (default: all)")
     ap.add_argument("--reps", type=int, default=20, help="timed repetitions (median)")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--c-sweep", default="", help="v3 also at these checkpoint intervals (comma list)")
+    ap.add_argument("--c-sweep", default="", help="v3 and v4 (those of --kernels) also at these checkpoint "
+                    "intervals (comma list)")
     ap.add_argument("--no-fla", action="store_true", help="skip fla's chunk Gated DeltaNet")
     ap.add_argument("--no-check", action="store_true", help="skip the correctness checks")
     ap.add_argument("--shapes", default=",".join(f"{h}:{n}" for h, n in SHAPES),
@@ -193,7 +195,7 @@ def main(argv=None) -> int:
     for H, n in shapes:
         for B in [int(x) for x in args.batches.split(",") if x.strip()]:
             shape = f"B{B} T{T} H{H} n{n}"
-            variants = [(kk, None) for kk in kernels] + [("v3", c) for c in sweep if "v3" in kernels]
+            variants = [(kk, None) for kk in kernels] + [(kk, c) for kk in kernels if kk in ef.STAGED for c in sweep]
             for kernel, C in variants:
                 qq = torch.empty(B, 1, H, n, device="cuda", dtype=BF)
                 plan_C = ef.CudaBackend.pinned(kernel).plan(qq, n) if C is None else C
@@ -227,17 +229,20 @@ def main(argv=None) -> int:
         return next((r for r in rows if r["shape"] == shape and r["impl"] == impl and r["fwdbwd_ms"]), None)
     lines = [f"GPU: {gpu}; torch {torch.__version__}; bf16 q/k/v, fp32 decay and state; T={T}; median of "
              f"{args.reps} CUDA-event timings after {args.warmup} warm-up calls", "",
-             "| shape | impl | C | fwd ms | fwd+bwd ms | vs v2 (fwd+bwd) | fla / this (fwd+bwd) | note |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| shape | impl | C | fwd ms | fwd+bwd ms | vs v2 (fwd+bwd) | vs v3 (fwd+bwd) | fla / this (fwd+bwd) | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         v2 = ref_of(r["shape"], "v2")
+        v3 = ref_of(r["shape"], "v3")
         fla = ref_of(r["shape"], "fla-gdn")
         sp = f"{v2['fwdbwd_ms'] / r['fwdbwd_ms']:.2f}x" if v2 and r["fwdbwd_ms"] and r["impl"] != "fla-gdn" else ""
+        s3 = f"{v3['fwdbwd_ms'] / r['fwdbwd_ms']:.2f}x" if v3 and r["fwdbwd_ms"] and r["impl"] != "fla-gdn" else ""
+        r["speedup_vs_v3"] = s3
         vf = f"{fla['fwdbwd_ms'] / r['fwdbwd_ms']:.2f}" if fla and r["fwdbwd_ms"] and r["impl"] != "fla-gdn" else ""
         r["speedup_vs_v2"] = sp
         r["fla_over_this"] = vf
         lines.append(f"| {r['shape']} | {r['impl']} | {r['C'] if r['C'] is not None else ''} | {r['fwd_ms']} | "
-                     f"{r['fwdbwd_ms']} | {sp} | {vf} | {r['note']} |")
+                     f"{r['fwdbwd_ms']} | {sp} | {s3} | {vf} | {r['note']} |")
     if checks:
         lines += ["", "| check | kernel | ok | worst rel err | tol |", "|---|---|---|---|---|"]
         for c in checks:

@@ -843,3 +843,462 @@ int e88v3_launch(int fwd, int device, void* stream, int dtype, const void* q, co
 }
 
 }  // extern "C"
+
+// =====================================================================================
+// v4: v3's algorithm, state layout and shared-memory layout (v3_bwd_layout), cheaper per step:
+//  * backward registers capped so that more blocks are resident: the register file is split over
+//    the SM's four schedulers (16K registers each, a warp's registers in one of them), so at n = 48
+//    (192 threads) v3's 112 registers (3584 per warp: 4 warps per scheduler) allow 2 blocks per SM
+//    (12 warps); v4's 96 (3072 per warp: 5 per scheduler) allow 3 (18 warps) while C <= 6 keeps the
+//    shared memory within 3 blocks;
+//  * 32-bit offsets stepped per step in the forward and the recompute (the reverse step indexes by
+//    step as v3 does: stepped offsets there cost registers, i.e. spills in the loop, at the cap);
+//  * the end-of-chunk reduction of the per-warp partials without an integer division per element
+//    (thread -> one column, steps strided), and the next chunk's checkpoint is loaded before it, so
+//    the checkpoint's global-memory latency overlaps that reduction instead of stalling the recompute;
+//  * inputs staged with 16-byte cp.async where rows and pointers allow it (4-byte, then element
+//    copies otherwise), the work item split without integer division;
+//  * dot products (r, o, ddp, da) with two accumulators: half the dependent FMA chain per step.
+// Same results as v3 up to float rounding order (the two-accumulator dot products).
+// =====================================================================================
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+
+// idx / d for 0 <= idx < 2^14, 1 <= d <= 2^10 without an integer division: (idx + 0.5) / d is at
+// least 0.5 / d away from an integer, far more than the float error (2^-24 * 2^14).
+__device__ __forceinline__ int div_small(int idx, float inv_d) {
+  return __float2int_rz(((float)idx + 0.5f) * inv_d);
+}
+
+// dst[l][*] = src rows row0 + l*H (E elements each) for l < len: 16-byte cp.async when a row is a
+// multiple of 16 bytes and src is 16-byte aligned, else 4-byte cp.async, else element copies.
+template <typename TI>
+__device__ __forceinline__ void v4_stage_rows(char* dst, const void* src, size_t row0, int H, int len, int E,
+                                              int tid, int nth) {
+  const int rowbytes = E * (int)sizeof(TI);
+  const uintptr_t sa = reinterpret_cast<uintptr_t>(src);
+  const char* s = reinterpret_cast<const char*>(src) + row0 * rowbytes;
+  const size_t rstride = (size_t)H * rowbytes;
+  const int unit = ((rowbytes & 15) == 0 && (sa & 15) == 0) ? 16 : (((rowbytes & 3) == 0 && (sa & 3) == 0) ? 4 : 0);
+  if (unit) {
+    const int wpr = rowbytes / unit;
+    const float inv = 1.f / (float)wpr;
+    for (int idx = tid; idx < len * wpr; idx += nth) {
+      const int l = div_small(idx, inv), w = idx - l * wpr;
+      char* d = dst + (size_t)l * rowbytes + unit * w;
+      const char* g = s + l * rstride + unit * w;
+      if (unit == 16) cp_async16(d, g);
+      else cp_async4(d, g);
+    }
+  } else {
+    const TI* st = reinterpret_cast<const TI*>(src);
+    TI* d = reinterpret_cast<TI*>(dst);
+    const float inv = 1.f / (float)E;
+    for (int idx = tid; idx < len * E; idx += nth) {
+      const int l = div_small(idx, inv), e = idx - l * E;
+      d[(size_t)l * E + e] = st[(row0 + (size_t)l * H) * E + e];
+    }
+  }
+}
+
+template <typename TI>
+__device__ __forceinline__ void v4_stage_chunk(const E88Params& p, char* slot, const V3Slot& L, int b, int h,
+                                               int t0, int len, bool fwd, int tid, int nth) {
+  const size_t row0 = ((size_t)b * p.T + t0) * p.H + h;
+  v4_stage_rows<TI>(slot + L.k, p.k, row0, p.H, len, p.N, tid, nth);
+  v4_stage_rows<TI>(slot + L.q, p.q, row0, p.H, len, p.N, tid, nth);
+  v4_stage_rows<TI>(slot + L.v, p.v, row0, p.H, len, p.M, tid, nth);
+  if (p.gate) v4_stage_rows<TI>(slot + L.g, p.g, row0, p.H, len, p.M, tid, nth);
+  if (!fwd) v4_stage_rows<TI>(slot + L.dy, p.dy, row0, p.H, len, p.M, tid, nth);
+  v4_stage_rows<float>(slot + L.a, p.a, row0, p.H, len, 1, tid, nth);
+  cp_async_commit();
+}
+
+// sum_jj x[jj] y[jj] with two accumulators (even / odd jj); NPT is even
+template <int NPT>
+__device__ __forceinline__ float dot2(const float (&x)[NPT], const float (&y)[NPT]) {
+  float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+  for (int j = 0; j < NPT / 2; ++j) {
+    s0 = fmaf(x[2 * j], y[2 * j], s0);
+    s1 = fmaf(x[2 * j + 1], y[2 * j + 1], s1);
+  }
+  return s0 + s1;
+}
+
+template <int NPT, typename TI>
+__global__ void e88v4_fwd_kernel(E88Params p) {
+  extern __shared__ __align__(16) char smraw[];
+  const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
+  const int tid = threadIdx.x, nth = blockDim.x, i = tid >> 2, cs = tid & 3;
+  const bool rok = i < p.M;
+  const int N = p.N, M = p.M, T = p.T, C = p.C, H = p.H;
+  const V3Slot L = v3_slot(V3_FWD_CHUNK, N, M, (int)sizeof(TI));
+  auto slot = [&](int c) { return smraw + (c & 1) * L.size; };
+  float S[NPT];
+  const size_t sb = ((size_t)bh * M + i) * N + cs * NPT;
+#pragma unroll
+  for (int jj = 0; jj < NPT; ++jj) S[jj] = (rok && p.S0 != nullptr) ? p.S0[sb + jj] : 0.f;
+  TI* yp = reinterpret_cast<TI*>(p.y) + (((size_t)b * T) * H + h) * M + i;   // y[b, t, h, i], t = 0
+  const size_t ystep = (size_t)H * M;
+  float* ck = p.ckpt + ((size_t)bh * p.NC * M + i) * N + cs * NPT;   // ckpt[b, h, 0, i, cs*NPT]
+  const size_t ckstep = (size_t)M * N;
+  int cc = 0;   // t % C
+  const int nch = (T + V3_FWD_CHUNK - 1) / V3_FWD_CHUNK;
+  if (nch > 0) v4_stage_chunk<TI>(p, slot(0), L, b, h, 0, min(V3_FWD_CHUNK, T), true, tid, nth);
+  for (int c = 0; c < nch; ++c) {
+    const int t0 = c * V3_FWD_CHUNK, len = min(V3_FWD_CHUNK, T - t0);
+    if (c + 1 < nch) {
+      v4_stage_chunk<TI>(p, slot(c + 1), L, b, h, t0 + V3_FWD_CHUNK, min(V3_FWD_CHUNK, T - t0 - V3_FWD_CHUNK),
+                         true, tid, nth);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const char* sl = slot(c);
+    const TI* kp = reinterpret_cast<const TI*>(sl + L.k) + cs * NPT;
+    const TI* qp = reinterpret_cast<const TI*>(sl + L.q) + cs * NPT;
+    const TI* vp = reinterpret_cast<const TI*>(sl + L.v) + i;
+    const TI* gp = reinterpret_cast<const TI*>(sl + L.g) + i;
+    const float* ap = reinterpret_cast<const float*>(sl + L.a);
+    for (int l = 0; l < len; ++l) {
+      if (cc == 0) {
+        if (rok) {
+#pragma unroll
+          for (int jj = 0; jj < NPT; ++jj) ck[jj] = S[jj];
+        }
+        ck += ckstep;
+      }
+      if (++cc == C) cc = 0;
+      float k[NPT], q[NPT];
+      Lds<NPT, TI>::run(k, kp);
+      const float v = rok ? to_f<TI>(*vp) : 0.f;
+      const float r = row_sum(dot2<NPT>(S, k));
+      const float d = v - r, a = ap[l];
+#pragma unroll
+      for (int jj = 0; jj < NPT; ++jj) {
+        const float pv = fmaf(a, S[jj], d * k[jj]);
+        S[jj] = p.tanh_on ? act_tanh<TI>(pv) : pv;
+      }
+      Lds<NPT, TI>::run(q, qp);
+      const float o = row_sum(dot2<NPT>(S, q));
+      if (cs == 0 && rok) {
+        float yv = o;
+        if (p.gate) {
+          const float gi = to_f<TI>(*gp);
+          const float sg = sigmoidf_(gi);
+          yv *= (p.gate == 1) ? gi * sg : sg;
+        }
+        *yp = from_f<TI>(yv);
+      }
+      kp += N; qp += N; vp += M; gp += M; yp += ystep;
+    }
+    __syncthreads();   // the slot is staged again two chunks on
+  }
+  if (rok) {
+#pragma unroll
+    for (int jj = 0; jj < NPT; ++jj) p.ST[sb + jj] = S[jj];
+  }
+}
+
+// Backward register caps: at m = n, n = 48 (192 threads) 96 -> 3 blocks/SM (v3: 112 -> 2);
+// n = 32 (128 threads) 96 -> 5 (as v3); n = 64 (256 threads) 128 -> 2 (as v3).
+template <int NPT> struct V4BwdRegs { static constexpr int value = 128; };
+template <> struct V4BwdRegs<12> { static constexpr int value = 96; };
+template <> struct V4BwdRegs<10> { static constexpr int value = 96; };
+template <> struct V4BwdRegs<8> { static constexpr int value = 96; };
+template <> struct V4BwdRegs<6> { static constexpr int value = 80; };
+template <> struct V4BwdRegs<4> { static constexpr int value = 80; };
+template <> struct V4BwdRegs<2> { static constexpr int value = 96; };
+
+template <int NPT, typename TI>
+__global__ void __maxnreg__(V4BwdRegs<NPT>::value) e88v4_bwd_kernel(E88Params p) {
+  extern __shared__ __align__(16) char smraw[];
+  const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, i = tid >> 2, cs = tid & 3;
+  const int nth = blockDim.x, nwarps = nth >> 5;
+  const bool rok = i < p.M;
+  const int N = p.N, M = p.M, T = p.T, C = p.C, H = p.H, PW = 2 * N + 1;
+  const V3Bwd LY = v3_bwd_layout(NPT, nth, N, M, C, (int)sizeof(TI));
+  float2* Sb = reinterpret_cast<float2*>(smraw + LY.sb);        // [l][NPT/2][nth] float2, own elements
+  float* part = reinterpret_cast<float*>(smraw + LY.part);      // [l][nwarps][2N+1]
+  float* dl = reinterpret_cast<float*>(smraw + LY.dl);          // [l][M]: delta = v - S_prev k
+  auto slot = [&](int c) { return smraw + ((c & 1) ? LY.in1 : LY.in0); };
+  const V3Slot& L = LY.slot;
+  const size_t sb = ((size_t)bh * M + i) * N + cs * NPT;
+  const int sbstep = (NPT / 2) * nth;                           // float2 per state in Sb
+  float dS[NPT];
+#pragma unroll
+  for (int jj = 0; jj < NPT; ++jj) dS[jj] = (rok && p.dST != nullptr) ? p.dST[sb + jj] : 0.f;
+
+  float S[NPT];   // the current chunk's checkpoint (loaded one chunk ahead, before the reduction)
+  {
+    const float* ck = p.ckpt + (((size_t)bh * p.NC + (p.NC - 1)) * M + i) * N + cs * NPT;
+#pragma unroll
+    for (int jj = 0; jj < NPT; ++jj) S[jj] = rok ? ck[jj] : 0.f;
+    const int t0 = (p.NC - 1) * C;
+    v4_stage_chunk<TI>(p, slot(p.NC - 1), L, b, h, t0, min(C, T - t0), false, tid, nth);
+  }
+  for (int ch = p.NC - 1; ch >= 0; --ch) {
+    const int t0 = ch * C, len = min(C, T - t0);
+    if (ch > 0) {
+      v4_stage_chunk<TI>(p, slot(ch - 1), L, b, h, t0 - C, C, false, tid, nth);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const char* sl = slot(ch);
+    const TI* Ks = reinterpret_cast<const TI*>(sl + L.k) + cs * NPT;
+    const TI* Qs = reinterpret_cast<const TI*>(sl + L.q) + cs * NPT;
+    const TI* Vs = reinterpret_cast<const TI*>(sl + L.v) + i;
+    const TI* Gs = reinterpret_cast<const TI*>(sl + L.g) + i;
+    const TI* DYs = reinterpret_cast<const TI*>(sl + L.dy) + i;
+    const float* As = reinterpret_cast<const float*>(sl + L.a);
+
+    // recompute the chunk's states S_{t0} .. S_{t0+len-1} into shared memory (S_{t0+len} stays in S)
+    {
+      int ko = 0, mo = 0, so = tid;   // 32-bit offsets: k rows, v / delta rows, states
+      for (int l = 0; l < len; ++l) {
+#pragma unroll
+        for (int j = 0; j < NPT / 2; ++j) Sb[so + j * nth] = make_float2(S[2 * j], S[2 * j + 1]);
+        float k[NPT];
+        Lds<NPT, TI>::run(k, Ks + ko);
+        const float v = rok ? to_f<TI>(Vs[mo]) : 0.f;
+        const float d = v - row_sum(dot2<NPT>(S, k));
+        if (cs == 0 && rok) dl[mo + i] = d;
+        const float a = As[l];
+#pragma unroll
+        for (int jj = 0; jj < NPT; ++jj) {
+          const float pv = fmaf(a, S[jj], d * k[jj]);
+          S[jj] = p.tanh_on ? act_tanh<TI>(pv) : pv;
+        }
+        ko += N; mo += M; so += sbstep;
+      }
+    }
+    __syncwarp();   // delta of row i is read by the row's four lanes (one warp)
+
+    float Sc[NPT];
+#pragma unroll
+    for (int jj = 0; jj < NPT; ++jj) Sc[jj] = S[jj];
+    {
+      const int l0 = len - 1;
+      for (int l = l0; l >= 0; --l) {
+        const int ko = l * N, mo = l * M, so = l * sbstep + tid;
+        float Sp[NPT], k[NPT], q[NPT];
+#pragma unroll
+        for (int j = 0; j < NPT / 2; ++j) {
+          const float2 f = Sb[so + j * nth];
+          Sp[2 * j] = f.x;
+          Sp[2 * j + 1] = f.y;
+        }
+        Lds<NPT, TI>::run(k, Ks + ko);
+        Lds<NPT, TI>::run(q, Qs + ko);
+        const float dyi = rok ? to_f<TI>(DYs[mo]) : 0.f;
+        const float delta = rok ? dl[mo + i] : 0.f;
+        const float a = As[l];
+        float doi = dyi, dgi = 0.f;
+        if (p.gate) {
+          const float o = row_sum(dot2<NPT>(Sc, q));
+          const float gi = rok ? to_f<TI>(Gs[mo]) : 0.f, sg = sigmoidf_(gi);
+          const float gv = (p.gate == 1) ? gi * sg : sg;
+          const float gpr = (p.gate == 1) ? sg * (1.f + gi * (1.f - sg)) : sg * (1.f - sg);
+          doi = dyi * gv;
+          dgi = dyi * o * gpr;
+        }
+        float dqp[NPT], dkp[NPT], dP[NPT];
+#pragma unroll
+        for (int jj = 0; jj < NPT; ++jj) {
+          dS[jj] = fmaf(doi, q[jj], dS[jj]);
+          dqp[jj] = Sc[jj] * doi;
+          dP[jj] = p.tanh_on ? dS[jj] * fmaf(-Sc[jj], Sc[jj], 1.f) : dS[jj];
+        }
+        float dap = dot2<NPT>(dP, Sp);
+        const float ddp = row_sum(dot2<NPT>(dP, k));
+#pragma unroll
+        for (int jj = 0; jj < NPT; ++jj) {
+          dkp[jj] = fmaf(dP[jj], delta, -Sp[jj] * ddp);
+          dS[jj] = fmaf(a, dP[jj], -ddp * k[jj]);
+          Sc[jj] = Sp[jj];
+        }
+        if (cs == 0 && rok) {
+          const size_t go = (((size_t)b * T + t0 + l) * H + h) * M + i;
+          p.dv[go] = ddp;
+          if (p.gate) p.dg[go] = dgi;
+        }
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) dap += __shfl_xor_sync(0xffffffffu, dap, off);
+        float* pw = part + (l * nwarps + warp) * PW;
+        if constexpr ((2 * NPT) % 8 == 0) {
+          constexpr int V = 2 * NPT;
+          float vv[V];
+#pragma unroll
+          for (int jj = 0; jj < NPT; ++jj) { vv[jj] = dqp[jj]; vv[NPT + jj] = dkp[jj]; }
+#pragma unroll
+          for (int lev = 0; lev < 3; ++lev) {
+            const int o = 4 << lev;
+            const int half = V >> (lev + 1);
+            const bool up = (lane & o) != 0;
+#pragma unroll
+            for (int x = 0; x < V / 2; ++x) {
+              if (x < half) {
+                const float send = up ? vv[x] : vv[x + half];
+                const float keep = up ? vv[x + half] : vv[x];
+                vv[x] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+              }
+            }
+          }
+          const int base = ((lane & 4) ? V / 2 : 0) + ((lane & 8) ? V / 4 : 0) + ((lane & 16) ? V / 8 : 0);
+#pragma unroll
+          for (int x = 0; x < V / 8; ++x) {
+            const int orig = base + x;
+            pw[orig < NPT ? cs * NPT + orig : N + cs * NPT + (orig - NPT)] = vv[x];
+          }
+        } else {
+#pragma unroll
+          for (int jj = 0; jj < NPT; ++jj) {
+#pragma unroll
+            for (int off = 4; off < 32; off <<= 1) {
+              dqp[jj] += __shfl_xor_sync(0xffffffffu, dqp[jj], off);
+              dkp[jj] += __shfl_xor_sync(0xffffffffu, dkp[jj], off);
+            }
+          }
+          if (lane < 4) {
+#pragma unroll
+            for (int jj = 0; jj < NPT; ++jj) {
+              pw[cs * NPT + jj] = dqp[jj];
+              pw[N + cs * NPT + jj] = dkp[jj];
+            }
+          }
+        }
+        if (lane == 0) pw[2 * N] = dap;
+      }
+    }
+    // the next chunk's checkpoint: its global-memory latency overlaps the reduction below
+    if (ch > 0) {
+      const float* ck = p.ckpt + (((size_t)bh * p.NC + (ch - 1)) * M + i) * N + cs * NPT;
+#pragma unroll
+      for (int jj = 0; jj < NPT; ++jj) S[jj] = rok ? ck[jj] : 0.f;
+    }
+    __syncthreads();
+    {  // sum the per-warp partials: thread -> column c (of dq | dk | da), steps g, g + G, ...
+      int G = 1, g = 0, c = tid, cstep = nth;
+      if (nth >= PW) {
+        G = nth / PW;
+        g = tid / PW;
+        c = tid - g * PW;
+        cstep = G * PW;   // >= PW - c: one column per thread
+      }
+      if (g < G) {
+        for (; c < PW; c += cstep) {
+          float* dst;
+          size_t lstep;
+          if (c < N) { dst = p.dq + ((size_t)(b * T + t0) * H + h) * N + c; lstep = (size_t)H * N; }
+          else if (c < 2 * N) { dst = p.dk + ((size_t)(b * T + t0) * H + h) * N + (c - N); lstep = (size_t)H * N; }
+          else { dst = p.da + (size_t)(b * T + t0) * H + h; lstep = (size_t)H; }
+          for (int l = g; l < len; l += G) {
+            const float* pp = part + (size_t)l * nwarps * PW + c;
+            float s = 0.f;
+            for (int w = 0; w < nwarps; ++w) s += pp[w * PW];
+            dst[l * lstep] = s;
+          }
+        }
+      }
+    }
+    // the next chunk's reverse phase writes part and dl only after its own __syncthreads, and its
+    // staging (two chunks on) targets this chunk's slot only after that barrier as well
+  }
+  if (rok) {
+#pragma unroll
+    for (int jj = 0; jj < NPT; ++jj) p.dS0[sb + jj] = dS[jj];
+  }
+}
+
+static const void* pick_v4(int fwd, int dtype, int npt) {
+  const void* fn = nullptr;
+  if (fwd) {
+    if (dtype == 0) { NPT_SWITCH(npt, e88v4_fwd_kernel, float, fn) }
+    else { NPT_SWITCH(npt, e88v4_fwd_kernel, __nv_bfloat16, fn) }
+  } else {
+    if (dtype == 0) { NPT_SWITCH(npt, e88v4_bwd_kernel, float, fn) }
+    else { NPT_SWITCH(npt, e88v4_bwd_kernel, __nv_bfloat16, fn) }
+  }
+  return fn;
+}
+
+extern "C" {
+
+// v4's checkpoint interval: as e88v3_plan (fewest waves of backward blocks over the SMs from the
+// occupancy calculator, then the largest C in cmin..cmax) with v4's kernels.
+int e88v4_plan(int device, int dtype, int N, int M, int BH, int cmin, int cmax, int* C_out, int* smem_out,
+               int* nth_out, int* blocks_out) {
+  *C_out = 0; *smem_out = 0; *blocks_out = 0;
+  if (N % 8 != 0 || N < 8 || N > 64 || M < 1 || cmin < 1 || cmax < cmin) return 0;
+  const int npt = N / 4, tisz = dtype == 0 ? 4 : 2;
+  const int nth = ((4 * M + 31) / 32) * 32;
+  *nth_out = nth;
+  int maxsm = 0, nsm = 0;
+  cudaError_t e = cudaDeviceGetAttribute(&maxsm, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (e != cudaSuccess) return (int)e;
+  e = cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, device);
+  if (e != cudaSuccess) return (int)e;
+  for (int f = 1; f >= 0; --f) {
+    cudaFuncAttributes attr;
+    const void* fn = pick_v4(f, dtype, npt);
+    e = cudaFuncGetAttributes(&attr, fn);
+    if (e != cudaSuccess) return (int)e;
+    if (attr.maxThreadsPerBlock < nth) return 0;
+    e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, maxsm);
+    if (e != cudaSuccess) return (int)e;
+  }
+  if (v3_fwd_smem(N, M, tisz) > (size_t)maxsm) return 0;
+  const void* bwd = pick_v4(0, dtype, npt);
+  long best_waves = -1;
+  int best_C = 0, best_nb = 0;
+  for (int c = cmin; c <= cmax; ++c) {
+    const size_t sm = v3_bwd_layout(npt, nth, N, M, c, tisz).total;
+    if (sm > (size_t)maxsm) break;
+    int nb = 0;
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, bwd, nth, sm);
+    if (e != cudaSuccess) return (int)e;
+    if (nb < 1) break;
+    const long per_wave = (long)nb * nsm;
+    const long waves = (BH + per_wave - 1) / per_wave;
+    if (best_waves < 0 || waves <= best_waves) { best_waves = waves; best_C = c; best_nb = nb; }
+  }
+  if (best_C == 0) return 0;
+  *C_out = best_C;
+  *smem_out = (int)v3_bwd_layout(npt, nth, N, M, best_C, tisz).total;
+  *blocks_out = best_nb;
+  return 0;
+}
+
+int e88v4_launch(int fwd, int device, void* stream, int dtype, const void* q, const void* k, const void* v,
+                 const void* g, const float* a, const float* S0, void* y, float* ST, float* ckpt,
+                 const void* dy, const float* dST, float* dq, float* dk, float* dv, float* da, float* dg,
+                 float* dS0, int B, int T, int H, int N, int M, int C, int NC, int tanh_on, int gate) {
+  cudaError_t e = cudaSetDevice(device);
+  if (e != cudaSuccess) return (int)e;
+  E88Params p;
+  p.q = q; p.k = k; p.v = v; p.g = g; p.a = a; p.S0 = S0; p.y = y; p.ST = ST; p.ckpt = ckpt;
+  p.dy = dy; p.dST = dST; p.dq = dq; p.dk = dk; p.dv = dv; p.da = da; p.dg = dg; p.dS0 = dS0;
+  p.B = B; p.T = T; p.H = H; p.N = N; p.M = M; p.C = C; p.NC = NC; p.tanh_on = tanh_on; p.gate = gate;
+  if (C < 1 || NC != (T + C - 1) / C || T < 1) return (int)cudaErrorInvalidValue;
+  const int npt = N / 4, tisz = dtype == 0 ? 4 : 2;
+  const int nth = ((4 * M + 31) / 32) * 32;
+  const void* fn = pick_v4(fwd, dtype, npt);
+  if (fn == nullptr) return (int)cudaErrorInvalidValue;
+  const size_t smem = fwd ? v3_fwd_smem(N, M, tisz) : v3_bwd_layout(npt, nth, N, M, C, tisz).total;
+  e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  if (e != cudaSuccess) return (int)e;
+  void* args[] = {&p};
+  e = cudaLaunchKernel(fn, dim3(B * H), dim3(nth), args, smem, (cudaStream_t)stream);
+  if (e != cudaSuccess) return (int)e;
+  return (int)cudaGetLastError();
+}
+
+}  // extern "C"

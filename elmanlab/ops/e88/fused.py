@@ -14,15 +14,19 @@
 :class:`CudaBackend` runs both in ``e88_kernel.cu`` (one block per (batch, head));
 :class:`TorchBackend` is the same algorithm in plain PyTorch (CPU tests of the algebra).
 
-The kernel comes in two variants (same algorithm, same results up to float rounding order):
+The kernel comes in three variants (same algorithm, same results up to float rounding order):
 
 * ``v2``: inputs read from global memory step by step (one step prefetched), C from a 64 KB
   shared-memory budget (8 at n = 32, 4 at n = 48, 2 at n = 64);
 * ``v3``: inputs staged in shared memory a chunk at a time (cp.async, double-buffered), the
   recompute keeps delta = v - S_prev k for the reverse step, capped registers, and C chosen per
-  shape and batch for the fewest waves of blocks (then the largest C, 4 <= C <= 16).
+  shape and batch for the fewest waves of blocks (then the largest C, 4 <= C <= 16);
+* ``v4``: v3 with the backward's registers capped for more resident blocks (n = 48: 96, 3 blocks
+  per SM where v3's 112 allow 2), the next checkpoint loaded during the end-of-chunk reduction,
+  that reduction and the staging without integer divisions (16-byte cp.async), two-accumulator
+  dot products; same plan rule as v3 with v4's occupancy.
 
-Which one runs: ``CudaBackend.kernel`` when set, else ``$ELMANLAB_E88_KERNEL`` (v2 or v3), else
+Which one runs: ``CudaBackend.kernel`` when set, else ``$ELMANLAB_E88_KERNEL`` (v2, v3 or v4), else
 :data:`DEFAULT_KERNEL`; the record of what ran names it (:data:`PATHS`).
 """
 from __future__ import annotations
@@ -41,12 +45,13 @@ _SRC = Path(__file__).with_name("e88_kernel.cu")
 GATES = {None: 0, "silu": 1, "sigmoid": 2}
 POISON = False      # tests set this: kernel outputs start as NaN, so an unwritten element fails
 SMEM_BUDGET = 64 * 1024      # v2: backward shared memory per block that picks the checkpoint interval
-KERNELS = ("v2", "v3")
+KERNELS = ("v2", "v3", "v4")
 DEFAULT_KERNEL = "v3"        # the variant that runs when neither CudaBackend.kernel nor the env var says
                              # (v3: 1.5-1.8x faster than v2 at every shape of issue 17 on an H200,
                              # benchmarks/results/e88-ab-h200-2026-12-03*.md)
 KERNEL_ENV = "ELMANLAB_E88_KERNEL"
-V3_C_RANGE = (4, 16)         # v3: the checkpoint intervals its plan chooses from (then 1..3 if none fits)
+V3_C_RANGE = (4, 16)         # v3, v4: the checkpoint intervals the plan chooses from (then 1..3 if none fits)
+STAGED = ("v3", "v4")        # the variants with staged inputs and a per-batch plan (e88v3_plan, e88v4_plan)
 
 
 def _gate_val_grad(g, gate):
@@ -185,6 +190,10 @@ class CudaBackend:
             lib.e88v3_plan.restype = I
             lib.e88v3_launch.argtypes = [I, I, P, I] + [P] * 17 + [I] * 9
             lib.e88v3_launch.restype = I
+            lib.e88v4_plan.argtypes = [I] * 7 + [ctypes.POINTER(ctypes.c_int)] * 4
+            lib.e88v4_plan.restype = I
+            lib.e88v4_launch.argtypes = [I, I, P, I] + [P] * 17 + [I] * 9
+            lib.e88v4_launch.restype = I
             lib._elk_typed = True
         return lib
 
@@ -193,8 +202,11 @@ class CudaBackend:
         """Checkpoint interval C for this shape, or 0 when the kernel does not support it."""
         idx = q.device.index if q.device.index is not None else torch.cuda.current_device()
         dtype = 1 if q.dtype == torch.bfloat16 else 0
-        if cls.variant() == "v3":
+        kern = cls.variant()
+        if kern == "v3":
             return cls.plan_v3_for(idx, dtype, q.shape[-1], m, q.shape[0] * q.shape[2])
+        if kern in STAGED:
+            return cls.plan_staged_for(kern, idx, dtype, q.shape[-1], m, q.shape[0] * q.shape[2])
         return cls.plan_for(idx, dtype, q.shape[-1], m)
 
     @classmethod
@@ -202,16 +214,22 @@ class CudaBackend:
         """v3's checkpoint interval for key dim n, value dim m, B*H = bh blocks (0: not supported):
         the fewest waves of backward blocks over the SMs, then the largest C in V3_C_RANGE (1..3
         when none of those fits the device's shared memory)."""
+        return cls.plan_staged_for("v3", idx, dtype, n, m, bh)
+
+    @classmethod
+    def plan_staged_for(cls, kern: str, idx: int, dtype: int, n: int, m: int, bh: int = 1) -> int:
+        """:meth:`plan_v3_for` for the staged variant ``kern`` (v3 or v4: its own kernels' occupancy)."""
         from elmanlab.ops._build import check
 
-        key = ("v3", idx, dtype, n, m, bh)
+        key = (kern, idx, dtype, n, m, bh)
         if key not in cls._plans:
             lib = cls.lib(idx)
+            plan = getattr(lib, f"e88{kern}_plan")
             C = 0
             for lo, hi in (V3_C_RANGE, (1, V3_C_RANGE[0] - 1)):
                 vals = [ctypes.c_int(0) for _ in range(4)]
-                check(lib, lib.e88v3_plan(idx, dtype, n, m, bh, lo, hi, *[ctypes.byref(x) for x in vals]),
-                      "e88v3_plan")
+                check(lib, plan(idx, dtype, n, m, bh, lo, hi, *[ctypes.byref(x) for x in vals]),
+                      f"e88{kern}_plan")
                 C = vals[0].value
                 if C > 0:
                     break
@@ -219,15 +237,16 @@ class CudaBackend:
         return cls._plans[key]
 
     @classmethod
-    def v3_fits(cls, q, m: int, C: int) -> bool:
-        """Whether v3's backward at checkpoint interval ``C`` fits the device (shared memory, one block)."""
+    def v3_fits(cls, q, m: int, C: int, kern: str = "v3") -> bool:
+        """Whether the backward of ``kern`` (v3 or v4) at checkpoint interval ``C`` fits the device
+        (shared memory, one block)."""
         from elmanlab.ops._build import check
 
         idx = q.device.index if q.device.index is not None else torch.cuda.current_device()
         lib = cls.lib(idx)
         vals = [ctypes.c_int(0) for _ in range(4)]
-        check(lib, lib.e88v3_plan(idx, 1 if q.dtype == torch.bfloat16 else 0, q.shape[-1], m, 1, C, C,
-                                  *[ctypes.byref(x) for x in vals]), "e88v3_plan")
+        check(lib, getattr(lib, f"e88{kern}_plan")(idx, 1 if q.dtype == torch.bfloat16 else 0, q.shape[-1], m, 1,
+                                                   C, C, *[ctypes.byref(x) for x in vals]), f"e88{kern}_plan")
         return vals[0].value == C
 
     @classmethod
@@ -251,7 +270,8 @@ class CudaBackend:
         m = v.shape[-1]
         idx = q.device.index if q.device.index is not None else torch.cuda.current_device()
         lib = cls.lib(idx)
-        launch = lib.e88v3_launch if cls.variant() == "v3" else lib.e88_launch
+        kern = cls.variant()
+        launch = getattr(lib, f"e88{kern}_launch") if kern in STAGED else lib.e88_launch
         code = launch(int(fwd), idx, stream_ptr(q.device), 1 if q.dtype == torch.bfloat16 else 0,
                               ptr(q), ptr(k), ptr(v), ptr(g), ptr(a), ptr(S0), ptr(y), ptr(ST), ptr(ckpt),
                               ptr(dy), ptr(dST), ptr(dq), ptr(dk), ptr(dv), ptr(da), ptr(dg), ptr(dS0),
@@ -294,7 +314,11 @@ class CudaBackendV3(CudaBackend):
     kernel = "v3"
 
 
-_PINNED = {"v2": CudaBackendV2, "v3": CudaBackendV3}
+class CudaBackendV4(CudaBackend):
+    kernel = "v4"
+
+
+_PINNED = {"v2": CudaBackendV2, "v3": CudaBackendV3, "v4": CudaBackendV4}
 
 
 class E88ScanFn(torch.autograd.Function):
@@ -345,7 +369,7 @@ def e88_scan_backend(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_
 
 _WARNED = set()
 NAME = "elmanlab E88 CUDA kernel"          # the path name of v2 (every variant's starts with it)
-PATHS = {"v2": NAME, "v3": f"{NAME} v3"}   # the path name in backend_info and in the record of what ran
+PATHS = {"v2": NAME, "v3": f"{NAME} v3", "v4": f"{NAME} v4"}   # the path name in backend_info and in the record of what ran
 WIDTH_FIX = ("choose n_state and expansion so that the value dim (n_state * expansion) is one the kernel "
              "takes (expansion 1.0 always is)")
 
@@ -368,6 +392,8 @@ def plan_status(idx: int, dtype: int, n: int, m: int, kernel: str | None = None)
         C = CudaBackend.plan_for(idx, dtype, n, m)           # builds the library; v2's shape rules
         if C > 0 and kern == "v3":
             C = CudaBackend.plan_v3_for(idx, dtype, n, m)
+        elif C > 0 and kern in STAGED:
+            C = CudaBackend.plan_staged_for(kern, idx, dtype, n, m)
     except Exception as exc:  # no nvcc or a build failure: fall back once, say so
         from elmanlab.ops._build import failure
         reason, fix = failure(exc)
@@ -391,8 +417,8 @@ def e88_scan_cuda(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_act
     kern = kernel_variant(kernel)
     if not cuda_supported(q, v, kern):
         raise RuntimeError(f"E88 kernel {kern} does not support n={q.shape[-1]}, m={v.shape[-1]}")
-    if C is not None and kern == "v3" and not CudaBackend.v3_fits(q, v.shape[-1], C):
-        raise ValueError(f"E88 kernel v3: checkpoint interval C={C} does not fit the GPU's shared memory at "
+    if C is not None and kern in STAGED and not CudaBackend.v3_fits(q, v.shape[-1], C, kern):
+        raise ValueError(f"E88 kernel {kern}: checkpoint interval C={C} does not fit the GPU's shared memory at "
                          f"n={q.shape[-1]}, m={v.shape[-1]}, {q.dtype} (omit C: the plan picks one that fits)")
     record("e88", PATHS[kern], True)
     return e88_scan_backend(q, k, v, decay, S0, nonlinearity, g, gate_activation, CudaBackend.pinned(kern), C)
