@@ -4,7 +4,8 @@
 #   a  install; every Elman/E88 GPU test (the refactored kernels, the multi-tile pass, the pipelined
 #      build, the back-off barrier, E88 v4 when it exists); the Elman tanh rows at B16/B64 with each
 #      barrier and the multi-tile / pipelined builds beside the defaults; E88 v3 against v4
-#   b  end to end: the seeds' E88 500M n48 rows and Mamba2/E1 400M beside them (graph step, B16), then
+#   b  end to end: the seeds' E88 500M n48 rows and Mamba2/E1 400M beside them (graph step, B16), E88
+#      with q/k fp32 (the default: its fp32 kernel runs) against qk_autocast=true (its bf16 kernel), then
 #      start E42 400M for 1,500 steps at the seeds' settings in the background (non-finite steps counted)
 #   c  collect the E42 run (about 6 minutes after b)
 #   usage: scripts/device-next-session.sh a|b|c OUTDIR   (ELMANLAB_SOURCE_COMMIT=<sha> set; carry .wheels
@@ -28,13 +29,16 @@ a)
         --out "$out/kernels-multi-h200.json" > "$out/kernels-multi.log" 2>&1
     grep "^| " "$out/kernels-multi.log"
     kernels=v3; python3 -c "import elmanlab.ops.e88.fused as f; assert 'v4' in f.KERNELS" 2>/dev/null && kernels=v3,v4
-    timeout 200 python3 scripts/e88-ab.py --out "$out/e88-ab-h200.json" --kernels "$kernels" > "$out/e88-ab.log" 2>&1
+    timeout 240 python3 scripts/e88-ab.py --out "$out/e88-ab-h200.json" --kernels "$kernels" \
+        --shapes 44:48,32:48,56:32 > "$out/e88-ab.log" 2>&1
     echo "e88-ab exit $?" >> "$out/e88-ab.log"
     grep -v TileLang "$out/e88-ab.log" | tail -n 40
     ;;
 b)
     timeout 330 python3 benchmarks/throughput.py --models mamba2,e1 --params 400M --batch 16 --mode graph \
         --config e88:2944x20:n_state=48,n_heads=44 --config e88:3328x24:n_state=48,n_heads=32 \
+        --config e88:2944x20:n_state=48,n_heads=44,qk_autocast=true --config e88:1664x36 \
+        --config e88:1664x36:qk_autocast=true \
         --warmup 4 --steps 15 --out "$out/throughput-e88-500m-h200" > "$out/throughput.log" 2>&1
     echo "throughput exit $?" >> "$out/throughput.log"
     tail -n 12 "$out/throughput.log"

@@ -33,6 +33,9 @@ class E88Options:
     use_conv: bool = field(default=False, metadata={"help": "short causal depthwise conv on q, k, v"})
     conv_size: int = field(default=4, metadata={"help": "short conv kernel size"})
     use_silu: bool = field(default=False, metadata={"help": "SiLU on q, k, v after the projection (and conv)"})
+    qk_autocast: bool = field(default=False, metadata={
+        "help": "give the scan q and k in the projections' dtype (bf16 under autocast, so its bf16 kernel runs); "
+                "off: the normalised q, k stay fp32 (autocast takes norms in fp32) and the scan runs in fp32"})
     decay: str = field(default="mamba2", metadata={
         "help": "decay a_t: mamba2 = exp(-exp(A_log) softplus(a_proj u + dt_bias)); "
                 "sigmoid = sigmoid(a_proj u + b); fixed = sigmoid(per-head parameter)",
@@ -143,6 +146,8 @@ class E88(RecurrentLayer):
         q = l2_normalize(q.reshape(B, T, H, n))      # keeps no bf16 q/k (see _L2Normalize)
         k = l2_normalize(k.reshape(B, T, H, n))
         v = v.reshape(B, T, H, m)
+        if self.opts.qk_autocast:
+            q, k = q.to(v.dtype), k.to(v.dtype)
         g = None if self.g_proj is None else self.g_proj(u).reshape(B, T, H, m)
         y, S = e88_scan(q, k, v, self.decay(u), S0, "linear" if self.opts.linear_state else "tanh",
                         g, self.opts.gate_activation)
