@@ -483,6 +483,8 @@ class Trainer:
             bar.close()
             if old_handler is not None and not self.stop["requested"]:   # else kept: it absorbs the repeat
                 signal.signal(signal.SIGINT, old_handler)
+            if getattr(self, "_old_usr1", None) is not None and not self.stop["requested"]:
+                signal.signal(signal.SIGUSR1, self._old_usr1)
         if self.interval["time"] or self.interval["loss_n"]:
             self._log()
         if status == "interrupted":                         # between two steps: a consistent state
@@ -495,7 +497,8 @@ class Trainer:
     def _catch_sigint(self):
         """The first SIGINT (Ctrl-C, or a study being stopped) ends training after the step in flight
         and saves a checkpoint, so ``--resume`` continues exactly; a second one (2 s or more later)
-        interrupts at once.
+        interrupts at once. SIGUSR1 (what a study sends its runs when it is interrupted) asks for the
+        same graceful stop and never escalates.
         Single-process runs in the main thread only (DDP ranks keep the default behaviour)."""
         if self.world > 1 or threading.current_thread() is not threading.main_thread():
             return None
@@ -512,6 +515,14 @@ class Trainer:
             stop.update(requested=True, at=time.monotonic())
             sys.stderr.write("\ninterrupt: stopping after this step and saving a checkpoint "
                              "(interrupt again to stop at once)\n")
+
+        def request(signum, frame):
+            # a study's own request (SIGUSR1): the same graceful stop, never escalated, so that it
+            # cannot be mistaken for a second Ctrl-C however late it arrives
+            if not stop["requested"]:
+                handler(signum, frame)
+        if hasattr(signal, "SIGUSR1"):
+            self._old_usr1 = signal.signal(signal.SIGUSR1, request)
         return signal.signal(signal.SIGINT, handler)
 
     def _postfix(self, loss_v: float) -> str:

@@ -218,6 +218,24 @@ def test_sigint_saves_a_checkpoint_and_resume_matches_uninterrupted(text_file, t
     assert again["steps"] == 600 and (run / "metrics.jsonl").read_bytes() == before
 
 
+def test_sigusr1_is_a_graceful_stop(text_file, tmp_path):
+    """SIGUSR1 (what an interrupted study sends its runs) stops after the step in flight with a
+    checkpoint and exit code 130, like the first SIGINT, and is never taken as a second Ctrl-C."""
+    args = ["train", "e1", "--dim", 32, "--depth", 2, "--data", text_file, "--steps", 5000, "--seq-len", 32,
+            "--batch-size", 4, "--device", "cpu", "--no-progress", "--eval-bytes", 0, "--log-every", 10,
+            "--out", tmp_path / "u"]
+    proc = subprocess.Popen([sys.executable, "-m", "elmanlab", *map(str, args)], stderr=subprocess.PIPE,
+                            text=True)
+    _wait_while_running(proc, lambda: (tmp_path / "u" / "metrics.jsonl").is_file()
+                        and len((tmp_path / "u" / "metrics.jsonl").read_text().splitlines()) >= 3, "usr1")
+    os.kill(proc.pid, signal.SIGUSR1)
+    os.kill(proc.pid, signal.SIGUSR1)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "saving a checkpoint" in err and "Traceback" not in err
+    assert len(list((tmp_path / "u" / "checkpoints").iterdir())) == 1
+
+
 def test_interrupt_inside_a_step_saves_no_half_applied_checkpoint(text_file, tmp_path, monkeypatch):
     """A KeyboardInterrupt that lands inside a step (after the optimizer update, before the step is
     counted) must not checkpoint that half-applied state: resume starts from the last consistent one."""

@@ -334,9 +334,13 @@ class Runner:
                 self.stop.set()
                 with self.lock:
                     procs = list(self.procs.values())
-                for p in procs:                 # SIGINT first: train saves a checkpoint when it can
+                # ask each run to stop after its step and save a checkpoint: SIGUSR1, which train takes
+                # as that request only (a run in this process group got the SIGINT too; a forwarded
+                # SIGINT arriving late under load would read as a second Ctrl-C and stop it at once)
+                stop_sig = getattr(signal, "SIGUSR1", signal.SIGINT)
+                for p in procs:
                     if p.poll() is None:
-                        p.send_signal(signal.SIGINT)
+                        p.send_signal(stop_sig)
                 if any(p.poll() is None for p in procs):
                     self.echo(f"interrupted: waiting up to {INTERRUPT_GRACE_S} s for the runs in flight to save "
                               f"a checkpoint (interrupt again to stop at once)")
