@@ -1,17 +1,35 @@
 """The training loop's own step, for the benchmarks: a trainer in a throw-away folder, timed steps.
 
 Shared by throughput.py and profile_step.py so that both measure exactly what `elmanlab train`
-runs (bf16 autocast on CUDA, Schedule-Free AdamW, grad norm, non-finite guard).
+runs (bf16 autocast on CUDA, Schedule-Free AdamW, grad norm, non-finite guard); and the CUDA-event
+timer of the kernel benchmarks (kernels.py, scripts/e88-ab.py).
 """
 from __future__ import annotations
 
 import contextlib
 import gc
 import os
+import statistics
 import tempfile
 import time
 
 import torch
+
+
+def cuda_time_ms(fn, reps: int, warmup: int = 2) -> float:
+    """Median milliseconds of ``fn()`` over ``reps`` runs after ``warmup`` untimed ones, CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e))
+    return statistics.median(times)
 
 
 def _release(device: str) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -21,28 +20,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _harness import cuda_time_ms as timeit  # noqa: E402
 from elmanlab.ops.e88.fused import e88_scan_cuda  # noqa: E402
 from elmanlab.ops.e88.reference import e88_scan_ref  # noqa: E402
 from elmanlab.ops.elman.fused import SYNC_MODES, CudaBackend, elman_scan_cudnn, elman_scan_persistent  # noqa: E402
 from elmanlab.ops.elman.reference import elman_scan_ref  # noqa: E402
 
 BF = torch.bfloat16
-
-
-def timeit(fn, reps: int, warmup: int = 2) -> float:
-    """Median milliseconds of ``fn()`` over ``reps`` runs, timed with CUDA events."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e))
-    return statistics.median(times)
 
 
 def bench_pair(make_inputs, run, reps):

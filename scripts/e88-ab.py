@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from _harness import cuda_time_ms as timeit  # noqa: E402
 
 import elmanlab.ops.e88.fused as ef  # noqa: E402
 from elmanlab.ops import implementations_used, reset_implementations_used  # noqa: E402
@@ -53,22 +55,6 @@ TOL = {BF: 1e-2, torch.float32: 1e-4}
 def rel_err(a, b):
     a, b = a.double(), b.double()
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-def timeit(fn, reps: int, warmup: int) -> float:
-    """Median milliseconds of fn() over reps runs, timed with CUDA events."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e))
-    return statistics.median(times)
 
 
 def check(kernel: str, case) -> dict:
