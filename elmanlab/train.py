@@ -1,4 +1,4 @@
-"""The training loop: Schedule-Free AdamW, precision, budgets, metrics, checkpoints, resume, DDP.
+"""The training loop: the Trainer (one step, the loop, budgets, precision), run_training, resume_training.
 
 Python API::
 
@@ -27,26 +27,25 @@ optimizer step stays eager (Schedule-Free's step reads Python-side schedule valu
 the non-finite guard and clipping. Same arithmetic and the same kernels, launched at once instead
 of one by one from Python: it helps steps bound by launch overhead (small batches, many kernels).
 
-Schedule-Free keeps two weight sequences: the optimizer's ``train()`` mode holds the gradient
-point y in the parameters, ``eval()`` the average x. Evaluation and checkpointing switch to
-``eval()`` and back, and the exact train-mode values are restored afterwards, so a run with
-checkpoints follows bit for bit the same trajectory as one without, and a resumed run (which
-restores y, the optimizer state, the data position and the RNG) ends in exactly the same state
-as an uninterrupted one.
+Schedule-Free keeps two weight sequences (train-mode y, the average x): evaluation and checkpoints
+use x and restore y exactly, so checkpoints and resuming change nothing (:mod:`elmanlab.train_state`).
 
-Data parallel: under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DDP (NCCL on GPU,
-gloo on CPU); ``batch_size`` is the global batch and rank r trains on rows
-``[r * B / W, (r + 1) * B / W)`` of the same global batch. Only rank 0 writes.
+Data parallel: under ``torchrun`` the model is wrapped in DDP (:mod:`elmanlab.parallel`);
+``batch_size`` is the global batch, each rank trains on its rows of it, and only rank 0 writes.
+
+The Trainer owns the step, the loop and the budget; its parts, one module each:
+:mod:`elmanlab.records` (config.json, metrics.jsonl, the final weights, summary.json),
+:mod:`elmanlab.train_state` (Schedule-Free's weight switch; what a checkpoint holds of the trainer),
+:mod:`elmanlab.interrupt` (the graceful stop on SIGINT/SIGUSR1), :mod:`elmanlab.progress` (the
+terminal), :mod:`elmanlab.parallel` (DDP), :mod:`elmanlab.step` (the optimizer, the CUDA-graph
+capture), :mod:`elmanlab.validation` (held-out scores while training).
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -54,22 +53,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from elmanlab import checkpoint
+from elmanlab import checkpoint, parallel, records, train_state
 from elmanlab.config import TrainConfig, resumable_settings
 from elmanlab.data import fingerprint_update
 from elmanlab.errors import ElmanlabError
-from elmanlab.fsutil import atomic_write_json
-from elmanlab.hardware import (autocast, dist_info, peak_bf16_flops, peak_memory_gb, resolve_device, source_info,
-                               versions)
-from elmanlab.ops import implementations_used, reset_implementations_used
+from elmanlab.hardware import autocast, dist_info, resolve_device
+from elmanlab.interrupt import GracefulStop
 from elmanlab.metrics import MetricsLog, check_trackers
-from elmanlab.runs import (BEST_WEIGHTS_FILE, CONFIG_FILE, GPU_JOBS_ENV, RUN_FORMAT, SUMMARY_FILE, check_new_run_dir, load_run_config,
-                           run_status)
+from elmanlab.ops import implementations_used, reset_implementations_used
+from elmanlab.progress import Progress
+from elmanlab.records import gpu_jobs
+from elmanlab.runs import BEST_WEIGHTS_FILE, SUMMARY_FILE, check_new_run_dir, load_run_config, run_status
 from elmanlab.step import GraphedStep, check_fast_path, graph_choice, grad_norm, make_optimizer
 from elmanlab.validation import Validator
 
-EPOCHS_WARN = 4         # a budget that covers the training split more often than this gets a warning
-
+__all__ = ["Trainer", "run_training", "resume_training", "gpu_jobs"]
 
 # ---------------------------------------------------------------- the trainer
 
@@ -115,18 +113,12 @@ class Trainer:
             cfg.val_data = str(Path(cfg.val_data).expanduser().resolve())
         self.split = make_split(cfg.data, cfg.val_data, cfg.seq_len, progress=cfg.progress and self.is_main)
         self.sampler = BatchSampler(self.split.train_bytes, cfg.seq_len, cfg.batch_size, cfg.seed)
-        self.epoch_warned = False
         self.out = Path(cfg.out).expanduser()
         if self.resume_dir is None and self.is_main:
             check_new_run_dir(self.out)
 
         if self.world > 1:
-            import torch.distributed as dist
-            if not dist.is_initialized():
-                backend = "nccl" if self.device.type == "cuda" else "gloo"
-                if self.device.type == "cuda":
-                    torch.cuda.set_device(self.device)
-                dist.init_process_group(backend)
+            parallel.init(self.device)
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)     # subnormal floats (saturated tanh) are ~100x slower on x86
         torch.manual_seed(cfg.seed)
@@ -148,8 +140,7 @@ class Trainer:
         if cfg.compile:
             self.fwd = torch.compile(self.fwd)
         if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            self.fwd = DDP(self.fwd, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.fwd = parallel.wrap(self.fwd, self.device)
         self.b_local = cfg.batch_size // self.world
         self.rows = slice(self.rank * self.b_local, (self.rank + 1) * self.b_local)
         self.validator = Validator(cfg, self.split.val, self.b_local * self.world, self.device, self.is_main)
@@ -163,7 +154,7 @@ class Trainer:
         self.final_loss = None
         self.nonfinite_total = 0
         self.nonfinite_run = 0
-        self.stop = {"requested": False, "at": 0.0}         # set by the first SIGINT (see _catch_sigint)
+        self.interrupt = GracefulStop()                     # set by the first SIGINT (elmanlab.interrupt)
         self.between_steps = True                           # False while a step is half applied
         self.timers = {"train_s": 0.0, "warmup_s": 0.0, "checkpoint_s": 0.0, "eval_s": 0.0, "wall_s": 0.0}
         self.interval = {"loss_sum": 0.0, "loss_n": 0, "tokens": 0, "time": 0.0}
@@ -171,7 +162,7 @@ class Trainer:
         self.warm_steps = 0                                 # steps timed as warm-up (warm_up_steps per process)
         self.prior_wall = 0.0                               # wall-clock of the run before this process
         if self.resume_dir is not None:
-            self._restore()
+            train_state.restore(self, self.resume_dir)
 
     # -- one step ----------------------------------------------------------------------------
     def batch(self, step: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
@@ -210,10 +201,7 @@ class Trainer:
         else:
             stats = self.loss_and_grads(x)
         if self.world > 1:
-            import torch.distributed as dist
-            loss_t = stats[:1].clone()
-            dist.all_reduce(loss_t)
-            stats = torch.cat([loss_t / self.world, stats[1:]])
+            stats = parallel.mean_loss(stats, self.world)
         loss_v, gn_v = stats.tolist()
         if math.isfinite(loss_v) and math.isfinite(gn_v):
             if cfg.grad_clip is not None:
@@ -256,105 +244,28 @@ class Trainer:
         if slow:
             raise ElmanlabError(f"{k['family']} ran the plain-PyTorch reference of {', '.join(slow)} on the GPU; {fix}")
 
-    # -- checkpoints -------------------------------------------------------------------------
-    @contextlib.contextmanager
+    # -- weights and checkpoints (elmanlab.train_state) ------------------------------------------
     def eval_weights(self):
-        """Switch the parameters to Schedule-Free's x (eval) and restore the exact train point y."""
-        saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.optimizer.eval()
-        self.model.eval()
-        try:
-            yield
-        finally:
-            self.optimizer.train()
-            self.model.train()
-            with torch.no_grad():
-                for k, v in self.model.state_dict().items():
-                    v.copy_(saved[k])
+        """Context: Schedule-Free's x (eval) in the parameters, then exactly the train point y again."""
+        return train_state.eval_weights(self.model, self.optimizer)
 
     def save_checkpoint(self) -> None:
-        if not self.is_main:
-            return
-        t0 = time.perf_counter()
-        state = {
-            "format": RUN_FORMAT, "step": self.step, "tokens": self.tokens, "fingerprint": self.fingerprint,
-            "losses": list(self.losses), "final_loss": self.final_loss,
-            "nonfinite_total": self.nonfinite_total, "nonfinite_run": self.nonfinite_run,
-            "warm_steps": self.warm_steps, "timers": dict(self.timers, wall_s=self._wall()),
-            "interval": dict(self.interval),
-            "model_train": {k: v.detach().to("cpu").clone() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-            "validation": self.validator.state_dict(),
-        }
-        best = self.out / BEST_WEIGHTS_FILE
-        extra = [best] if self.cfg.keep_best and best.is_file() else []
-        if checkpoint.write_checkpoint(self.out, self.step, state, self.model, self.eval_weights, extra):
-            self.timers["checkpoint_s"] += time.perf_counter() - t0
-
-    def _restore(self) -> None:
-        if self.is_main:
-            checkpoint.remove_partial_checkpoints(self.resume_dir)
-        path, st = checkpoint.read_checkpoint(self.resume_dir)
-        try:
-            self.optimizer.load_state_dict(st["optimizer"])
-            with torch.no_grad():
-                own = self.model.state_dict()
-                for k, v in st["model_train"].items():
-                    own[k].copy_(v)
-            self.step, self.tokens, self.fingerprint = st["step"], st["tokens"], st["fingerprint"]
-            self.losses.extend(st["losses"])
-            self.final_loss = st["final_loss"]
-            self.nonfinite_total, self.nonfinite_run = st["nonfinite_total"], st["nonfinite_run"]
-            self.warm_steps = st["warm_steps"]
-            self.timers.update(st["timers"])
-            self.interval.update(st["interval"])
-            self.validator.load_state_dict(st.get("validation"))
-        except (RuntimeError, KeyError, ValueError) as e:  # edited config.json, or a foreign state.pt
-            raise ElmanlabError(f"checkpoint {path} does not match the run's config.json "
-                                f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-        self.prior_wall = self.timers["wall_s"]
-        if self.is_main:        # the best weights as of the checkpoint (a later best is made again, identically)
-            checkpoint.restore_file(path.parent, self.resume_dir, BEST_WEIGHTS_FILE)
-        torch.set_rng_state(st["rng_cpu"])
-        if self.device.type == "cuda" and st["rng_cuda"]:
-            with contextlib.suppress(Exception):
-                torch.cuda.set_rng_state_all(st["rng_cuda"])
+        """A checkpoint at this step (rank 0)."""
+        train_state.save(self)
 
     def _wall(self) -> float:
         return self.prior_wall + (time.perf_counter() - self.t_start)
 
-    # -- records -----------------------------------------------------------------------------
+    # -- records (elmanlab.records) --------------------------------------------------------------
     def run_config(self) -> dict:
         """config.json: everything that rebuilds the model and the run (also the trackers' config)."""
-        return {"format": RUN_FORMAT, "model": self.cfg.model.to_dict(), "params": self.n_params,
-                "train": {k: v for k, v in self.cfg.to_dict().items() if k != "model"},
-                "data": self.split.describe(), "world_size": self.world}
+        return records.run_config(self)
 
     def write_config(self) -> None:
-        if self.is_main:
-            atomic_write_json(self.out / CONFIG_FILE, self.run_config())
+        records.write_config(self)
 
-    def _open_metrics(self) -> None:
-        """metrics.jsonl for appending (resuming, the lines past the checkpoint's step are dropped), and the
-        requested trackers."""
-        if not self.is_main:
-            return
-        self.metrics = MetricsLog(self.out, None if self.resume_dir is None else self.step, self.run_config(),
-                                  tensorboard=self.cfg.tensorboard, wandb=self.cfg.wandb)
-
-    def _log(self) -> None:
-        iv = self.interval
-        rec = {"step": self.step,
-               "loss": iv["loss_sum"] / iv["loss_n"] if iv["loss_n"] else None,
-               "tokens": self.tokens, "elapsed": round(self.timers["train_s"], 4),
-               "tokens_per_s": round(iv["tokens"] / iv["time"], 2) if iv["time"] > 0 else None,
-               "lr": float(self.optimizer.param_groups[0].get("scheduled_lr", self.cfg.lr)),
-               "grad_norm": self.last_grad_norm}
-        if self.metrics is not None:
-            self.metrics.write(rec)
-        self.interval = {"loss_sum": 0.0, "loss_n": 0, "tokens": 0, "time": 0.0}
+    def summary(self, status: str, error: str | None = None) -> dict:
+        return records.summary(self, status, error)
 
     # -- held-out evaluation -----------------------------------------------------------------
     def validate(self) -> dict | None:
@@ -372,20 +283,6 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.write(point)
         return point
-
-    def _check_epochs(self) -> None:
-        """Warn once when the budget covers the training split more than EPOCHS_WARN times."""
-        if self.epoch_warned or not self.is_main:
-            return
-        per_step = self.cfg.batch_size * self.cfg.seq_len
-        planned = self.cfg.steps * per_step if self.cfg.steps is not None else self.tokens
-        epochs = planned / self.split.train_bytes
-        if epochs > EPOCHS_WARN:
-            self.epoch_warned = True
-            what = f"{self.cfg.steps:,} steps" if self.cfg.steps is not None else "the steps so far"
-            sys.stderr.write(f"warning: {what} of {self.cfg.batch_size} x {self.cfg.seq_len} bytes pass over the "
-                             f"training split ({self.split.train_bytes:,} bytes) {epochs:.1f} times: watch the "
-                             f"held-out loss (--eval-every) and consider --dropout or more data\n")
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6 x parameters, plus attention's for families that attend."""
@@ -412,32 +309,21 @@ class Trainer:
         """Agree across ranks on whether a time budget is spent (rank 0 decides)."""
         done = self._budget_done()
         if self.world > 1 and self.cfg.minutes is not None:
-            import torch.distributed as dist
-            t = torch.tensor([1.0 if (done and self.is_main) else 0.0], device=self.device)
-            dist.all_reduce(t)
-            done = t.item() > 0
+            done = parallel.rank0_says(done, self.is_main, self.device)
         return done
 
     def _loop(self) -> str:
         """Train to the budget; returns the run's status (completed, stopped_nonfinite)."""
-        from tqdm import tqdm
         cfg = self.cfg
         tokens_per_step = cfg.batch_size * cfg.seq_len
-        if cfg.steps is not None:
-            bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True, mininterval=0.5,
-                       disable=not (cfg.progress and self.is_main), desc=f"train {cfg.model.model}")
-        else:
-            bar = tqdm(total=round(60 * cfg.minutes), initial=round(self.timers["train_s"]), unit="s",
-                       dynamic_ncols=True, mininterval=0.5, disable=not (cfg.progress and self.is_main),
-                       desc=f"train {cfg.model.model}", bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s "
-                       "[{elapsed}<{remaining}{postfix}]")
+        progress = Progress(self)                           # the bar and the epochs warning
         status = "completed"
-        self._check_epochs()
+        progress.check_epochs()
         warm_left = self.warm_up_steps                     # this process's steps timed apart
-        old_handler = self._catch_sigint()
+        self.interrupt.install(self.world)
         try:
             while not self._stop_flag():
-                if self.stop["requested"]:
+                if self.interrupt.requested:
                     status = "interrupted"
                     break
                 t0 = time.perf_counter()
@@ -461,77 +347,34 @@ class Trainer:
                     self.interval["tokens"] += tokens_per_step
                     self.interval["time"] += dt
                 self.between_steps = True
-                bar.set_postfix_str(self._postfix(loss_v), refresh=False)
-                bar.update(1 if cfg.steps is not None else round(self.timers["train_s"]) - bar.n)
+                progress.update(loss_v)
                 done_now = self._budget_done()
                 if self.step % cfg.log_every == 0 or done_now:
-                    self._log()
+                    records.log_training(self)
                 if self.cfg.minutes is not None:
-                    self._check_epochs()
+                    progress.check_epochs()
                 if self.validator.due(self.step, self.timers["train_s"]) or (
                         done_now and self.validator.enabled and self.validator.last_at(self.step) is None):
                     self.validate()             # at the end of the budget: the final score (before the checkpoint)
-                    bar.set_postfix_str(self._postfix(loss_v), refresh=True)
+                    progress.show(loss_v)
                 if self.nonfinite_run >= cfg.max_nonfinite:
                     status = "stopped_nonfinite"
                     if self.interval["loss_n"] or self.interval["time"]:
-                        self._log()
+                        records.log_training(self)
                     break
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
         finally:
-            bar.close()
-            if old_handler is not None and not self.stop["requested"]:   # else kept: it absorbs the repeat
-                signal.signal(signal.SIGINT, old_handler)
-            if getattr(self, "_old_usr1", None) is not None and not self.stop["requested"]:
-                signal.signal(signal.SIGUSR1, self._old_usr1)
+            progress.close()
+            self.interrupt.uninstall()                      # kept after a stop request: it absorbs the repeat
         if self.interval["time"] or self.interval["loss_n"]:
-            self._log()
+            records.log_training(self)
         if status == "interrupted":                         # between two steps: a consistent state
             self.save_checkpoint()
             raise KeyboardInterrupt
         if cfg.checkpoint_every and status == "completed":
             self.save_checkpoint()                          # the end point, so the run can be extended
         return status
-
-    def _catch_sigint(self):
-        """The first SIGINT (Ctrl-C, or a study being stopped) ends training after the step in flight
-        and saves a checkpoint, so ``--resume`` continues exactly; a second one (2 s or more later)
-        interrupts at once. SIGUSR1 (what a study sends its runs when it is interrupted) asks for the
-        same graceful stop and never escalates.
-        Single-process runs in the main thread only (DDP ranks keep the default behaviour)."""
-        if self.world > 1 or threading.current_thread() is not threading.main_thread():
-            return None
-
-        stop = self.stop        # the handler may outlive the trainer: it holds this dict, not the model
-
-        def handler(signum, frame):
-            # A signal to a process group (Ctrl-C, `timeout`) reaches a study and its runs at once,
-            # and the study then forwards one more: a repeat within 2 s is that same request.
-            if stop["requested"]:
-                if time.monotonic() - stop["at"] > 2.0:
-                    raise KeyboardInterrupt
-                return
-            stop.update(requested=True, at=time.monotonic())
-            sys.stderr.write("\ninterrupt: stopping after this step and saving a checkpoint "
-                             "(interrupt again to stop at once)\n")
-
-        def request(signum, frame):
-            # a study's own request (SIGUSR1): the same graceful stop, never escalated, so that it
-            # cannot be mistaken for a second Ctrl-C however late it arrives
-            if not stop["requested"]:
-                handler(signum, frame)
-        if hasattr(signal, "SIGUSR1"):
-            self._old_usr1 = signal.signal(signal.SIGUSR1, request)
-        return signal.signal(signal.SIGINT, handler)
-
-    def _postfix(self, loss_v: float) -> str:
-        tps = self.tokens_per_s()
-        txt = f"loss {loss_v:.4f}" if math.isfinite(loss_v) else f"loss {loss_v}"
-        last, best = (self.validator.history or [None])[-1], self.validator.best()
-        if last is not None:
-            txt += f", val {last['val_loss']:.4f}" + (f" (best {best['val_loss']:.4f})" if best is not last else "")
-        return txt + (f", {tps:,.0f} tok/s" if tps else "")
 
     def tokens_per_s(self) -> float | None:
         timed_steps = self.step - self.warm_steps
@@ -540,68 +383,6 @@ class Trainer:
         return timed_steps * self.cfg.batch_size * self.cfg.seq_len / self.timers["train_s"]
 
     # -- the end -----------------------------------------------------------------------------
-    def summary(self, status: str, error: str | None = None) -> dict:
-        cfg = self.cfg
-        tps = self.tokens_per_s()
-        peak = peak_bf16_flops(self.device) if self.device.type == "cuda" else None
-        losses = list(self.losses)
-        s = {
-            "model": cfg.model.model, "params": self.n_params, "dim": cfg.model.dim, "depth": cfg.model.depth,
-            "steps": self.step, "tokens": self.tokens,
-            "loss_last100": float(np.mean(losses)) if losses else None,
-            "final_loss": self.final_loss,
-            "tokens_per_s": tps,
-            "mfu": (self.flops_per_token() * tps / (peak * self.world)) if (peak and tps) else None,
-            "flops_per_token": self.flops_per_token(),
-            "peak_memory_gb": peak_memory_gb(self.device),
-            "wall_s": self._wall(),
-            "train_s": self.timers["train_s"], "warmup_s": self.timers["warmup_s"],
-            "checkpoint_s": self.timers["checkpoint_s"], "eval_s": self.timers["eval_s"],
-            "data_fingerprint": self.fingerprint,
-            "world_size": self.world, "device": self.device.type, "gpu_jobs": gpu_jobs(), "versions": versions(self.device),
-            "status": status,
-            "config": cfg.model.to_dict(), "options": dataclasses.asdict(cfg.model.options),
-            "seed": cfg.seed, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "lr": cfg.lr,
-            "weight_decay": cfg.weight_decay, "warmup_steps": cfg.warmup_steps, "grad_clip": cfg.grad_clip,
-            "budget": cfg.budget, "nonfinite_steps": self.nonfinite_total, "dropout": cfg.dropout, "keep_best": cfg.keep_best,
-            "epochs": self.epochs(), "train_bytes": self.split.train_bytes, **self.validator.summary_fields(),
-            "compile": cfg.compile, "cuda_graph": self.use_graph, "cuda_graph_off": self.graph_note,
-            "allow_reference": cfg.allow_reference, "reference_reason": self.reference_note,
-            "kernel": self.kernel(), "implementations": implementations_used(), "source": source_info(),
-            "data": self.split.data_path, "val_data": self.split.val_path,
-            "run_dir": str(self.out),
-        }
-        if error is not None:
-            s["error"] = error
-        return s
-
-    def _finish(self, status: str) -> dict:
-        """The final weights, the held-out score (a completed run) and summary.json."""
-        from elmanlab.evaluate import VAL_FIELDS
-        extra = {}
-        if self.is_main:
-            if self.cfg.eval_bytes > 0 and status == "completed":
-                # the loop scores the last step; a run that had no step left to take is scored here
-                point = self.validator.last_at(self.step) or self.validate()
-                extra = {k: point[k] for k in VAL_FIELDS}
-            t0 = time.perf_counter()
-            self.optimizer.eval()                          # final weights: Schedule-Free's average x
-            self.model.eval()
-            checkpoint.save_weights(self.model, self.out)
-            self.timers["eval_s"] += time.perf_counter() - t0
-        summary = self.summary(status)
-        summary.update(extra)
-        if self.is_main:
-            atomic_write_json(self.out / SUMMARY_FILE, summary)
-        return summary
-
-    def _fail(self, message: str) -> None:
-        """Record a run that failed after it started (summary.json with status failed and the error)."""
-        if not self.is_main or not self.out.is_dir():
-            return
-        with contextlib.suppress(OSError):
-            atomic_write_json(self.out / SUMMARY_FILE, self.summary("failed", message))
-
     def close(self) -> None:
         """Release what the run holds: the metrics file, CPU float mode, the process group."""
         if getattr(self, "metrics", None) is not None:
@@ -609,11 +390,7 @@ class Trainer:
             self.metrics = None
         torch.set_flush_denormal(False)                    # the default; set only for the loop on CPU
         if self.world > 1:
-            import torch.distributed as dist
-            if dist.is_initialized():
-                with contextlib.suppress(Exception):
-                    dist.barrier()
-                dist.destroy_process_group()
+            parallel.close()
 
     def run(self) -> dict:
         """Train to the budget and write the run folder; returns the summary (also summary.json).
@@ -621,13 +398,13 @@ class Trainer:
         interrupt saves a checkpoint between two steps (with --checkpoint-every) and propagates."""
         started = False
         try:
-            self.write_config()
-            self._open_metrics()
+            records.write_config(self)
+            self.metrics = records.open_metrics(self)
             started = True
-            return self._finish(self._loop())
+            return records.finish(self, self._loop())
         except ElmanlabError as e:
             if started:
-                self._fail(str(e))
+                records.fail(self, str(e))
             raise
         except KeyboardInterrupt:
             # (after an interrupt's own checkpoint this returns at once: that step's checkpoint exists)
@@ -639,19 +416,13 @@ class Trainer:
             if not started:
                 raise
             msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
-            self._fail(f"step {self.step}: {msg}")
+            records.fail(self, f"step {self.step}: {msg}")
             if os.environ.get("ELMANLAB_DEBUG"):
                 raise
             raise ElmanlabError(f"training failed at step {self.step}: {msg} "
                                 f"(recorded in {self.out / SUMMARY_FILE})") from e
         finally:
             self.close()
-
-
-def gpu_jobs() -> int:
-    """Jobs sharing this run's GPU, as a study's --jobs-per-gpu says (1: the GPU was this run's alone)."""
-    raw = os.environ.get(GPU_JOBS_ENV, "1")
-    return int(raw) if raw.isdigit() and int(raw) >= 1 else 1
 
 
 def run_training(cfg: TrainConfig) -> dict:

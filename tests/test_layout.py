@@ -14,8 +14,8 @@ LEVELS = [
     {"layers"},
     {"config"},
     {"lm", "sizing", "data"},
-    {"runs", "hardware", "checkpoint", "step", "metrics"},
-    {"train", "evaluate", "generate", "doctor", "warmup", "validation"},
+    {"runs", "hardware", "checkpoint", "step", "metrics", "train_state", "interrupt", "parallel", "progress"},
+    {"train", "records", "evaluate", "generate", "doctor", "warmup", "validation"},
     {"study", "report"},
     {"cli", "__main__"},
 ]
