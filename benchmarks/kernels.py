@@ -110,6 +110,17 @@ def flipped(attr, fn):
     return run
 
 
+def probed(code, fn):
+    """``fn`` with the 16-unit kernel's timing probe ``code`` (CudaBackend.probe; results wrong)."""
+    def run(*x):
+        CudaBackend.probe = code
+        try:
+            return fn(*x)
+        finally:
+            CudaBackend.probe = 0
+    return run
+
+
 def e88_inputs(B, T, H, n):
     def make():
         q = torch.nn.functional.normalize(torch.randn(B, T, H, n, device="cuda"), dim=-1).to(BF).requires_grad_()
@@ -158,6 +169,10 @@ def main(argv=None):
                     help="d_inner of the width sweep (recurrences 'tanh' and 'linear' in --only): ours (the "
                          "variant that runs by default, and each variant forced where both fit) against "
                          "cuDNN's nn.RNN with flattened weights")
+    ap.add_argument("--probe", default="",
+                    help="d_inner (<= 16 x SMs: the 16-unit kernel) at which to time its probes (B16 T512 tanh, comma list): "
+                         "without the grid barrier, without the state loads, without loads and mma's, and "
+                         "with none of the three; the probes' results are wrong, only their times count")
     ap.add_argument("--long", default="1760,4096",
                     help="d_inner of the T=2048 rows of the sweep (B16), empty for none")
     args = ap.parse_args(argv)
@@ -282,6 +297,17 @@ def main(argv=None):
             from elmanlab.ops.elman.chunked import elman_linear_chunked
             add(nl, shape, "chunked", lambda: bench_pair(mk, lambda wx, W, b, h0: elman_linear_chunked(
                 wx, W.to(BF), b, h0), args.reps), note="the chunked GEMM form (the path before the wide kernel)")
+
+    # where a step's time goes: the 16-unit kernel with parts of its step left out (wrong results)
+    probes = {1: "no barrier", 2: "no state loads", 6: "no loads, no mma", 7: "no barrier, loads, mma"}
+    for D in [int(x) for x in args.probe.split(",") if x.strip()]:
+        shape = f"B16 T{T} D{D}"
+        mk = elman_inputs(16, T, D)
+        run = (lambda *x: elman_scan_persistent(*x, nonlinearity="tanh"))
+        add("probe", shape, "ours", lambda: bench_pair(mk, run, args.reps), note="the kernel, all of it")
+        for code, what in probes.items():
+            add("probe", shape, f"probe-{code}", lambda: bench_pair(mk, probed(code, run), args.reps),
+                note=f"{what} (results wrong)")
 
     # speedups of ours against each other implementation of the same row
     by = {}

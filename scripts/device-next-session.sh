@@ -3,7 +3,9 @@
 # the machine stays warm about 30 s between calls, so make them back to back):
 #   a  install; every Elman/E88 GPU test (the refactored kernels, the multi-tile pass, the pipelined
 #      build, the back-off barrier, E88 v4 when it exists); the Elman tanh rows at B16/B64 with each
-#      barrier and the multi-tile / pipelined builds beside the defaults; E88 v3 against v4
+#      barrier and the multi-tile / pipelined builds beside the defaults, and the probes that time the
+#      16-unit kernel without its barrier, state loads or mma's (where the ~4 us per step go); E88 v3
+#      against v4
 #   b  end to end: the seeds' E88 500M n48 rows and Mamba2/E1 400M beside them (graph step, B16), E88
 #      with q/k fp32 (the default: its fp32 kernel runs) against qk_autocast=true (its bf16 kernel), then
 #      start E42 400M for 1,500 steps at the seeds' settings in the background (non-finite steps counted)
@@ -25,7 +27,7 @@ a)
         > "$out/gputests-kernels.log" 2>&1
     echo "pytest exit $?" >> "$out/gputests-kernels.log"
     tail -n 6 "$out/gputests-kernels.log"
-    timeout 180 python3 benchmarks/kernels.py --only TANH --widths 1024,1760,2112,3584 --long "" \
+    timeout 200 python3 benchmarks/kernels.py --only TANH --widths 1024,1760,2112,3584 --long "" --probe 1024,1760 \
         --out "$out/kernels-multi-h200.json" > "$out/kernels-multi.log" 2>&1
     grep "^| " "$out/kernels-multi.log"
     kernels=v3; python3 -c "import elmanlab.ops.e88.fused as f; assert 'v4' in f.KERNELS" 2>/dev/null && kernels=v3,v4

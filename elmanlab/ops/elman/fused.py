@@ -94,6 +94,9 @@ class CudaBackend:
     # B <= 16 on the 16-unit kernel: True runs its pipelined build ("mma-pipe": the next step's inputs
     # loaded before the barrier, two accumulator chains, a conflict-free reduction). Off until measured.
     pipelined: bool = False
+    # timing probes of the 16-unit kernel (benchmarks/kernels.py --probe only; the results are WRONG):
+    # 1 no grid barrier, 2 no state loads, 6 no state loads and no mma's, 7 none of the three
+    probe: int = 0
     last_variant: str | None = None       # the variant of the last launch (tests assert it)
 
     @classmethod
@@ -113,7 +116,7 @@ class CudaBackend:
             lib.elman_plan.restype = I
             lib.elman_persistent_launch.argtypes = [I, P, I, I] + [P] * 9 + [I] * 8
             lib.elman_persistent_launch.restype = I
-            lib.elman_mma_launch.argtypes = [I, P, I] + [P] * 9 + [I] * 9
+            lib.elman_mma_launch.argtypes = [I, P, I] + [P] * 9 + [I] * 10
             lib.elman_mma_launch.restype = I
             lib.elman_mma_wide_launch.argtypes = [I, P, I] + [P] * 9 + [I] * 8
             lib.elman_mma_wide_launch.restype = I
@@ -194,7 +197,7 @@ class CudaBackend:
             code = launch(
                 idx, stream_ptr(dev), _DTYPE_CODE[out.dtype], ptr(X), ptr(aux), ptr(bias), ptr(M), ptr(c0),
                 ptr(out), ptr(sfinal), ptr(sbuf), ptr(counter), B, T, D, p["KP"], reverse, mode, has_s0,
-                SYNC_MODES.index(cls.sync_mode()), *((multi,) if kind == "mma" else ()))
+                SYNC_MODES.index(cls.sync_mode()), *((multi, cls.probe) if kind == "mma" else ()))
             check(lib, code, f"elman {kind} kernel launch")
             return
         sbuf = torch.zeros(2, B, p["KP"], dtype=torch.float32, device=dev)

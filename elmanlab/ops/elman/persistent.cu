@@ -303,13 +303,15 @@ __device__ __forceinline__ void epilogue(const ElmanParams& p, __nv_bfloat16* sn
   if (i == p.T - 1 && p.sfinal != nullptr) p.sfinal[(size_t)b * p.D + j] = sn;
 }
 
+// PROBE (timing probes for benchmarks/kernels.py --probe; the results are wrong): bit 1 skips the grid
+// barrier, bit 2 the state loads, bit 4 the mma's; the production build is PROBE = 0.
 // PIPE (the "pipelined" variant, for one batch tile, B <= 16): the next step's inputs (x, h) are
 // loaded at the end of each step, before its barrier, so their global-memory latency is off the next
 // step's chain; two accumulator chains per n8 tile (even and odd k-steps) halve the dependent mma
 // chain; the partial sums go through a padded tile (float2 stores without bank conflicts).
 #define RRS 24         // PIPE: row stride of the reduction tile (floats)
 
-template <typename TO, bool PIPE>
+template <typename TO, bool PIPE, int PROBE = 0>
 __global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
   __shared__ float red[8][16 * (PIPE ? RRS : 16)];
   const int KP = p.KP, D = p.D, B = p.B, T = p.T, KS = KP / 16;
@@ -350,7 +352,7 @@ __global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
           const int ks = warp + 8 * r;
           lo[r] = make_uint2(0u, 0u);
           hi[r] = make_uint2(0u, 0u);
-          if (ks < KS) {
+          if (ks < KS && !(PROBE & 2)) {
             if (r0) lo[r] = __ldcg(reinterpret_cast<const uint2*>(p0 + ks * 16));
             if (r1) hi[r] = __ldcg(reinterpret_cast<const uint2*>(p1 + ks * 16));
           }
@@ -365,7 +367,7 @@ __global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
             for (int q = 0; q < 4; ++q) c[h][nt][q] = 0.f;
 #pragma unroll
         for (int r = 0; r < MAXR; ++r) {
-          if (warp + 8 * r < KS) {
+          if (warp + 8 * r < KS && !(PROBE & 4)) {
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt)
               mma_bf16(c[r % NC][nt], lo[r].x, hi[r].x, lo[r].y, hi[r].y, wr[r][nt][0], wr[r][nt][1]);
@@ -402,7 +404,7 @@ __global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
       if (pipe && i + 1 < T) load_step_inputs(p, ob, p.reverse ? T - 2 - i : i + 1, i + 1, j, xn, hn);
       __syncthreads();
     }
-    step_done(p, i, tid);
+    if (!(PROBE & 1)) step_done(p, i, tid);
   }
 }
 
@@ -672,10 +674,11 @@ int elman_persistent_launch(int device, void* stream, int xdtype, int odtype, co
 
 // bf16 inputs on the tensor cores; sbuf is bf16 [2, B, KP]. odtype: 1 = bf16 (forward), 0 = fp32.
 // multi: 0 = elman_mma_kernel, 1 = elman_mma_multi_kernel (up to 4 batch tiles per pass; for B > 16),
-// 2 = elman_mma_kernel's pipelined variant (PIPE).
+// 2 = elman_mma_kernel's pipelined variant (PIPE). probe: 0, or 1, 2, 6, 7 (PROBE; wrong results).
 int elman_mma_launch(int device, void* stream, int odtype, const void* X, const void* aux, const float* bias,
                      const float* M, const float* c0, void* out, float* sfinal, void* sbuf, unsigned* counter,
-                     int B, int T, int D, int KP, int reverse, int mode, int has_s0, int sync, int multi) {
+                     int B, int T, int D, int KP, int reverse, int mode, int has_s0, int sync, int multi,
+                     int probe) {
   cudaError_t e = cudaSetDevice(device);
   if (e != cudaSuccess) return (int)e;
   if (KP / 16 > 8 * MAXR) return (int)cudaErrorInvalidValue;
@@ -690,6 +693,16 @@ int elman_mma_launch(int device, void* stream, int odtype, const void* X, const 
     fn = odtype == 1 ? (const void*)elman_mma_kernel<__nv_bfloat16, true> : (const void*)elman_mma_kernel<float, true>;
   else
     fn = odtype == 1 ? (const void*)elman_mma_kernel<__nv_bfloat16, false> : (const void*)elman_mma_kernel<float, false>;
+  if (probe != 0 && multi == 0) {      // timing probes (wrong results): see PROBE
+    const bool bf = odtype == 1;
+    switch (probe) {
+      case 1: fn = bf ? (const void*)elman_mma_kernel<__nv_bfloat16, false, 1> : (const void*)elman_mma_kernel<float, false, 1>; break;
+      case 2: fn = bf ? (const void*)elman_mma_kernel<__nv_bfloat16, false, 2> : (const void*)elman_mma_kernel<float, false, 2>; break;
+      case 6: fn = bf ? (const void*)elman_mma_kernel<__nv_bfloat16, false, 6> : (const void*)elman_mma_kernel<float, false, 6>; break;
+      case 7: fn = bf ? (const void*)elman_mma_kernel<__nv_bfloat16, false, 7> : (const void*)elman_mma_kernel<float, false, 7>; break;
+      default: return (int)cudaErrorInvalidValue;
+    }
+  }
   void* args[] = {&p};
   dim3 grid((D + JP - 1) / JP), block(NTH);
   e = cudaLaunchCooperativeKernel(fn, grid, block, args, 0, (cudaStream_t)stream);
