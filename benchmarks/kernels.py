@@ -315,16 +315,18 @@ def main(argv=None):
         by.setdefault((r["recurrence"], r["shape"]), {})[r["impl"]] = r
     lines = [f"GPU: {gpu}; torch {torch.__version__}; bf16 inputs, fp32 state; T={T}; median of "
              f"{args.reps} (loops: {args.loop_reps}) CUDA-event timings",
-             "", "| recurrence | shape | impl | fwd ms | fwd+bwd ms | ours speedup (fwd+bwd) | note |",
-             "|---|---|---|---|---|---|---|"]
+             "", "| recurrence | shape | impl | fwd ms | fwd us/step | fwd+bwd ms | ours speedup (fwd+bwd) | note |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ours = by[(r["recurrence"], r["shape"])].get("ours")
         sp = ""
         if ours and ours["fwdbwd_ms"] and r["fwdbwd_ms"] and r["impl"] != "ours":
             sp = f"{r['fwdbwd_ms'] / ours['fwdbwd_ms']:.1f}x"
             r["ours_speedup_fwdbwd"] = round(r["fwdbwd_ms"] / ours["fwdbwd_ms"], 2)
-        lines.append(f"| {r['recurrence']} | {r['shape']} | {r['impl']} | {r['fwd_ms']} | {r['fwdbwd_ms']} | "
-                     f"{sp} | {r['note']} |")
+        steps = int(r["shape"].split(" T")[1].split()[0])          # "B16 T512 D1760" -> 512
+        per_step = f"{1e3 * r['fwd_ms'] / steps:.2f}" if r["fwd_ms"] else ""
+        lines.append(f"| {r['recurrence']} | {r['shape']} | {r['impl']} | {r['fwd_ms']} | {per_step} | "
+                     f"{r['fwdbwd_ms']} | {sp} | {r['note']} |")
     table = "\n".join(lines)
     print()
     print(table)
