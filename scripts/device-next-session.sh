@@ -14,13 +14,11 @@
 #          and .data, made by: python3 scripts/make-corpus-slice.py)
 set -o pipefail
 phase=${1:?a, b or c}
-out=$(realpath "${2:?OUTDIR}")
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+out=$(realpath -m "${2:?OUTDIR}")
+source scripts/device-env.sh
+device_setup "$out"
 work=/tmp/elmanlab-next
 mkdir -p "$work"
-python3 -c "import fla, schedulefree, mamba_ssm" 2>/dev/null || bash scripts/install-gpu.sh .wheels > "$out/install.log" 2>&1
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt"
 case $phase in
 a)
     timeout 200 python3 -m pytest -q -m gpu tests/ops/test_elman.py tests/ops/test_e88.py -p no:cacheprovider \

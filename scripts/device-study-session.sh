@@ -10,16 +10,16 @@
 set -o pipefail
 phase=${1:?start, poll or collect}
 study=${2:?STUDY.yaml}
-out=$(realpath "${3:?OUTDIR}")
+out=$(realpath -m "${3:?OUTDIR}")
 name=$(basename "$study" .yaml)
 mkdir -p "$out"
+source scripts/device-env.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 work=/tmp/elmanlab-study
 dir=$work/$name
 case $phase in
 start)
-    python3 -c "import fla, schedulefree, mamba_ssm" 2>/dev/null || bash scripts/install-gpu.sh .wheels > "$out/install.log" 2>&1
-    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+    device_setup "$out"
     mkdir -p "$work"
     [ -d ".study-state/$name" ] && [ ! -d "$dir" ] && cp -r ".study-state/$name" "$dir"
     setsid nohup python3 -m elmanlab study "$study" --out "$dir" --gpus 0 --jobs-per-gpu "${JOBS:-4}" \
