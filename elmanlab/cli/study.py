@@ -1,6 +1,7 @@
 """`elmanlab study`: run a study file's jobs over the GPUs of a machine, resumable."""
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -76,6 +77,9 @@ def cmd_study(args) -> int:
         for line in study.messages + [d["line"] for d in study.deferred]:
             print(line)
         return 0
+    # Ctrl-C / SIGINT stops the study gracefully even where it was started with SIGINT ignored (a
+    # shell's background job: `study ... &` in a script), as train's own handler does for its runs
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         runner = Runner(study, out, gpus, retry_failed=args.retry_failed, jobs_per_gpu=args.jobs_per_gpu,
                         stop_after_s=None if args.stop_after is None else 60 * args.stop_after)
