@@ -102,13 +102,13 @@ def summary(tr, status: str, error: str | None = None) -> dict:
 def finish(tr, status: str) -> dict:
     """The end of a run that ran its loop: the final weights, the held-out score (a completed run) and
     summary.json; returns the summary."""
-    from elmanlab.evaluate import VAL_FIELDS
+    from elmanlab.evaluate import val_fields
     extra = {}
     if tr.is_main:
         if tr.cfg.eval_bytes > 0 and status == "completed":
             # the loop scores the last step; a run that had no step left to take is scored here
             point = tr.validator.last_at(tr.step) or tr.validate()
-            extra = {k: point[k] for k in VAL_FIELDS}
+            extra = val_fields(point)
         t0 = time.perf_counter()
         tr.optimizer.eval()                            # final weights: Schedule-Free's average x
         tr.model.eval()

@@ -19,9 +19,8 @@ import time
 import torch
 
 from elmanlab.config import AUTO_EVAL_SHARE, AUTO_EVALS, TrainConfig
-from elmanlab.evaluate import evaluate_bytes
+from elmanlab.evaluate import evaluate_bytes, val_fields
 
-VAL_KEYS = ("val_loss", "val_bpb", "val_bytes")
 
 
 def schedule(cfg: TrainConfig) -> dict | None:
@@ -63,7 +62,7 @@ class Validator:
         t0 = time.perf_counter()
         res = evaluate_bytes(model, self.data, self.cfg.seq_len, self.cfg.eval_bytes, self.batch_size, self.device)
         point = {"step": step, "tokens": tokens, "elapsed": round(train_s, 4),
-                 **{k: res[k] for k in VAL_KEYS}, "eval_s": round(time.perf_counter() - t0, 4)}
+                 **val_fields(res), "eval_s": round(time.perf_counter() - t0, 4)}
         best = self.best()
         self.history.append(point)
         if self.next_s is not None:
