@@ -2,10 +2,10 @@
 # The GPU work left after 2026-12-03 (issue 17), in calls on one warm machine (each <= 10 minutes;
 # the machine stays warm about 30 s between calls, so make them back to back):
 #   a  install; every Elman/E88 GPU test (the refactored kernels, the multi-tile pass, the pipelined
-#      build, the back-off barrier, E88 v4 when it exists); the Elman tanh rows at B16/B64 with each
+#      build, the back-off barrier, E88 v4 and v5); the Elman tanh rows at B16/B64 with each
 #      barrier and the multi-tile / pipelined builds beside the defaults, and the probes that time the
 #      16-unit kernel without its barrier, state loads or mma's (where the ~4 us per step go); E88 v3
-#      against v4
+#      against v4 and v5 (then keep the winner, delete the others from e88_kernel.cu)
 #   b  end to end: the seeds' E88 500M n48 rows and Mamba2/E1 400M beside them (graph step, B16), E88
 #      with q/k fp32 (the default: its fp32 kernel runs) against qk_autocast=true (its bf16 kernel), then
 #      start E42 400M for 1,500 steps at the seeds' settings in the background (non-finite steps counted)
@@ -28,8 +28,7 @@ a)
     timeout 200 python3 benchmarks/kernels.py --only TANH --widths 1024,1760,2112,3584 --long "" --probe 1024,1760 \
         --out "$out/kernels-multi-h200.json" > "$out/kernels-multi.log" 2>&1
     grep "^| " "$out/kernels-multi.log"
-    kernels=v3; python3 -c "import elmanlab.ops.e88.fused as f; assert 'v4' in f.KERNELS" 2>/dev/null && kernels=v3,v4
-    timeout 240 python3 scripts/e88-ab.py --out "$out/e88-ab-h200.json" --kernels "$kernels" \
+    timeout 280 python3 scripts/e88-ab.py --out "$out/e88-ab-h200.json" --kernels v3,v4,v5 \
         --shapes 44:48,32:48,56:32 > "$out/e88-ab.log" 2>&1
     echo "e88-ab exit $?" >> "$out/e88-ab.log"
     grep -v TileLang "$out/e88-ab.log" | tail -n 40

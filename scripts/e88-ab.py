@@ -11,9 +11,9 @@ key width (when fla is importable).
    CUDA-event timings after warm-up; fla's chunk_gated_delta_rule at key width H*n (heads of K128
    V256, as benchmarks/kernels.py does).
 
-    python3 scripts/e88-ab.py --out /tmp/e88-ab.json                    # v2, v3, v4
-    python3 scripts/e88-ab.py --out ab.json --kernels v3,v4
-    python3 scripts/e88-ab.py --out ab.json --kernels v3,v4 --c-sweep 4,6,9   # v3/v4 at forced C too
+    python3 scripts/e88-ab.py --out /tmp/e88-ab.json                    # v2, v3, v4, v5
+    python3 scripts/e88-ab.py --out ab.json --kernels v3,v5
+    python3 scripts/e88-ab.py --out ab.json --kernels v3,v4,v5 --c-sweep 4,6,9   # staged variants at forced C too
 
 Prints a table; writes JSON to --out (and a Markdown copy of the table beside it).
 """
@@ -147,8 +147,8 @@ def main(argv=None) -> int:
     ap.add_argument("--kernels", default=",".join(ef.KERNELS), help="variants to compare (default: all)")
     ap.add_argument("--reps", type=int, default=20, help="timed repetitions (median)")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--c-sweep", default="", help="v3 and v4 (those of --kernels) also at these checkpoint "
-                    "intervals (comma list)")
+    ap.add_argument("--c-sweep", default="", help="the staged variants v3, v4, v5 (those of --kernels) also at "
+                    "these checkpoint intervals (comma list)")
     ap.add_argument("--no-fla", action="store_true", help="skip fla's chunk Gated DeltaNet")
     ap.add_argument("--no-check", action="store_true", help="skip the correctness checks")
     ap.add_argument("--shapes", default=",".join(f"{h}:{n}" for h, n in SHAPES),

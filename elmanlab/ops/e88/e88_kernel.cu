@@ -1302,3 +1302,434 @@ int e88v4_launch(int fwd, int device, void* stream, int dtype, const void* q, co
 }
 
 }  // extern "C"
+
+// =====================================================================================
+// v5: v4's forward, and a backward with a 2-D thread tile (n = 32, 48, 64; other n run v3).
+// Backward thread (rg, cg) -- half-warp rg, lane cg in it -- owns rows 4 rg .. 4 rg + 3 and columns
+// cg, cg + 16, .., cg + 16 (CC - 1) of the m x n state (CC = n / 16: 12 elements at n = 48, and 192
+// threads at m = 48 as in v3). Per reverse step, against v3 (4 threads per row, n / 4 columns each):
+//  * column sums over m (dq, dk): each thread sums its 4 rows in registers (FMA chains in place of
+//    products), then one transposed shuffle level between the two half-warps of a warp (CC
+//    shuffles: 3 at n = 48, where v3 needs 21 and two selects per shuffle), then the per-warp
+//    partials through shared memory as before;
+//  * k and q: CC values per thread (3 at n = 48, v3: 12), a quarter of the loads and conversions;
+//  * the row sums (dv = dP k; the recompute's S k; the gate's S q) span the 16 lanes of a half-warp:
+//    a reduce-scatter / all-gather of the 4 rows' sums (8 shuffles, 6 levels) where v3 needs 2
+//    shuffles -- the price of the tile;
+//  * a state in shared memory is CC float4 per thread (one column of 4 rows each), delta one float4
+//    per thread, v / dy / g of the 4 rows one 8-byte (bf16) or 16-byte load when m % 4 == 0, and dv
+//    (dg) one 16-byte store per half-warp;
+//  * the gate (none / silu or sigmoid) is a template parameter: the plain kernel carries no gate code.
+// Same checkpoints (the forward's, [B, H, NC, M, N]), recompute scheme, shared-memory use per C and
+// plan rule as v3 / v4.
+// =====================================================================================
+
+constexpr int V5_R = 4;   // rows per backward thread
+
+__host__ __device__ __forceinline__ int v5_nth(int M) { return 32 * ((M + 7) / 8); }   // 2 row groups per warp
+static bool v5_tiled(int N) { return N == 32 || N == 48 || N == 64; }
+
+// Backward shared memory: states C x CC x nth float4, per-warp partials C x nwarps x (2N+1),
+// delta C x (nth / 4) (every row of every row group: 16-byte aligned float4), two input slots (v3's).
+struct V5Bwd {
+  size_t sb, part, dl, in0, in1, total;
+  V3Slot slot;
+};
+__host__ __device__ __forceinline__ V5Bwd v5_bwd_layout(int cc, int nth, int N, int M, int C, int tisz) {
+  V5Bwd L;
+  L.slot = v3_slot(C, N, M, tisz);
+  L.sb = 0;
+  L.part = al16((size_t)C * cc * nth * 16);
+  L.dl = L.part + al16((size_t)C * (nth / 32) * (2 * N + 1) * 4);
+  L.in0 = L.dl + al16((size_t)C * (nth / 4) * 4);
+  L.in1 = L.in0 + L.slot.size;
+  L.total = L.in1 + L.slot.size;
+  return L;
+}
+
+// four consecutive elements (16-byte aligned for float, 8-byte for bf16) as floats
+template <typename TI> struct Ld4;
+template <> struct Ld4<__nv_bfloat16> {
+  static __device__ __forceinline__ void run(float (&x)[4], const __nv_bfloat16* row) {
+    const uint2 u = *reinterpret_cast<const uint2*>(row);
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+    const float2 c = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+    x[0] = a.x; x[1] = a.y; x[2] = c.x; x[3] = c.y;
+  }
+};
+template <> struct Ld4<float> {
+  static __device__ __forceinline__ void run(float (&x)[4], const float* row) {
+    const float4 f = *reinterpret_cast<const float4*>(row);
+    x[0] = f.x; x[1] = f.y; x[2] = f.z; x[3] = f.w;
+  }
+};
+
+// x[r] = row[r] for the thread's 4 rows i0 .. i0+3 (0 for rows >= M): one vector load when m % 4 == 0
+template <typename TI>
+__device__ __forceinline__ void v5_rows(float (&x)[V5_R], const TI* row, bool vec, int i0, int M) {
+  if (vec) {
+    if (i0 < M) {
+      Ld4<TI>::run(x, row);
+    } else {
+#pragma unroll
+      for (int r = 0; r < V5_R; ++r) x[r] = 0.f;
+    }
+  } else {
+#pragma unroll
+    for (int r = 0; r < V5_R; ++r) x[r] = (i0 + r < M) ? to_f<TI>(row[r]) : 0.f;
+  }
+}
+
+// Sums of x[0..3] over the 16 lanes of a half-warp, every lane gets all four: reduce-scatter (xor 8
+// with two values, xor 4 with one, then xor 2, xor 1), all-gather (xor 4, xor 8): 8 shuffles, 5 adds,
+// 12 selects (a butterfly: 16 shuffles, 16 adds). Each sum is formed once and copied: every lane
+// holds the same bits.
+__device__ __forceinline__ void v5_rowsum4(float (&x)[4], int cg) {
+  const bool b3 = (cg & 8) != 0, b2 = (cg & 4) != 0;
+  const float y0 = (b3 ? x[2] : x[0]) + __shfl_xor_sync(0xffffffffu, b3 ? x[0] : x[2], 8);
+  const float y1 = (b3 ? x[3] : x[1]) + __shfl_xor_sync(0xffffffffu, b3 ? x[1] : x[3], 8);
+  float z = (b2 ? y1 : y0) + __shfl_xor_sync(0xffffffffu, b2 ? y0 : y1, 4);   // row 2 b3 + b2
+  z += __shfl_xor_sync(0xffffffffu, z, 2);
+  z += __shfl_xor_sync(0xffffffffu, z, 1);
+  const float w = __shfl_xor_sync(0xffffffffu, z, 4);                       // row 2 b3 + !b2
+  const float u0 = b2 ? w : z, u1 = b2 ? z : w;                             // rows 2 b3, 2 b3 + 1
+  const float v0 = __shfl_xor_sync(0xffffffffu, u0, 8), v1 = __shfl_xor_sync(0xffffffffu, u1, 8);
+  x[0] = b3 ? v0 : u0;
+  x[1] = b3 ? v1 : u1;
+  x[2] = b3 ? u0 : v0;
+  x[3] = b3 ? u1 : v1;
+}
+
+// Backward register caps (at m = n): n = 48 (192 threads) 80 -> 4 blocks/SM where the shared memory
+// allows it (C <= 4; 3 blocks at C 5-6), 96 with the gate (80 spills there); n = 32 (128 threads)
+// 80 -> 6 (72 spills; 96 with the gate); n = 64 (256 threads) 128 -> 2.
+template <int CC, bool GATE> struct V5BwdRegs { static constexpr int value = 128; };
+template <> struct V5BwdRegs<3, false> { static constexpr int value = 80; };
+template <> struct V5BwdRegs<3, true> { static constexpr int value = 96; };
+template <> struct V5BwdRegs<2, false> { static constexpr int value = 80; };
+template <> struct V5BwdRegs<2, true> { static constexpr int value = 96; };
+
+template <int CC, typename TI, bool GATE>
+__global__ void __maxnreg__((V5BwdRegs<CC, GATE>::value)) e88v5_bwd_kernel(E88Params p) {
+  constexpr int R = V5_R;
+  extern __shared__ __align__(16) char smraw[];
+  const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hw = lane >> 4, cg = lane & 15;
+  const int nth = blockDim.x, nwarps = nth >> 5;
+  const int N = p.N, M = p.M, T = p.T, C = p.C, H = p.H, PW = 2 * N + 1;
+  const int i0 = (2 * warp + hw) * R;               // the tile's first row
+  const bool vec = (M & 3) == 0;                    // rows i0..i0+3 all valid or all not; aligned vectors
+  const bool vout = vec && ((reinterpret_cast<uintptr_t>(p.dv) | (GATE ? reinterpret_cast<uintptr_t>(p.dg) : 0)) & 15) == 0;
+  const V5Bwd LY = v5_bwd_layout(CC, nth, N, M, C, (int)sizeof(TI));
+  float4* Sb = reinterpret_cast<float4*>(smraw + LY.sb);        // [l][CC][nth]: column c of the 4 rows
+  float* part = reinterpret_cast<float*>(smraw + LY.part);      // [l][nwarps][2N+1]
+  float4* dl = reinterpret_cast<float4*>(smraw + LY.dl);        // [l][nth/16]: delta = v - S_prev k, 4 rows
+  auto slot = [&](int c) { return smraw + ((c & 1) ? LY.in1 : LY.in0); };
+  const V3Slot& L = LY.slot;
+  const int sbstep = CC * nth, dlstep = nth >> 4, dli = 2 * warp + hw;
+
+  // element (r, c) of the tile: row i0 + r, column cg + 16 c
+  const size_t e0 = ((size_t)bh * M + i0) * N + cg;
+  float dS[R][CC], S[R][CC];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int c = 0; c < CC; ++c)
+      dS[r][c] = (i0 + r < M && p.dST != nullptr) ? p.dST[e0 + (size_t)r * N + 16 * c] : 0.f;
+  {  // the last chunk's checkpoint (each earlier one is loaded one chunk ahead, before the reduction)
+    const float* ck = p.ckpt + ((size_t)bh * p.NC + (p.NC - 1)) * M * N + (size_t)i0 * N + cg;
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int c = 0; c < CC; ++c) S[r][c] = (i0 + r < M) ? ck[r * N + 16 * c] : 0.f;
+    const int t0 = (p.NC - 1) * C;
+    v4_stage_chunk<TI>(p, slot(p.NC - 1), L, b, h, t0, min(C, T - t0), false, tid, nth);
+  }
+  for (int ch = p.NC - 1; ch >= 0; --ch) {
+    const int t0 = ch * C, len = min(C, T - t0);
+    if (ch > 0) {
+      v4_stage_chunk<TI>(p, slot(ch - 1), L, b, h, t0 - C, C, false, tid, nth);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const char* sl = slot(ch);
+    const TI* Ks = reinterpret_cast<const TI*>(sl + L.k) + cg;
+    const TI* Qs = reinterpret_cast<const TI*>(sl + L.q) + cg;
+    const TI* Vs = reinterpret_cast<const TI*>(sl + L.v) + i0;
+    const TI* Gs = reinterpret_cast<const TI*>(sl + L.g) + i0;
+    const TI* DYs = reinterpret_cast<const TI*>(sl + L.dy) + i0;
+    const float* As = reinterpret_cast<const float*>(sl + L.a);
+
+    // recompute S_{t0} .. S_{t0+len-1} into shared memory (S_{t0+len} stays in S), delta per row
+    {
+      int so = tid, ko = 0, mo = 0, lo = dli;
+      for (int l = 0; l < len; ++l) {
+#pragma unroll
+        for (int c = 0; c < CC; ++c) Sb[so + c * nth] = make_float4(S[0][c], S[1][c], S[2][c], S[3][c]);
+        float k[CC], v[R], rs[R];
+#pragma unroll
+        for (int c = 0; c < CC; ++c) k[c] = to_f<TI>(Ks[ko + 16 * c]);
+        v5_rows<TI>(v, Vs + mo, vec, i0, M);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          float s = S[r][0] * k[0];
+#pragma unroll
+          for (int c = 1; c < CC; ++c) s = fmaf(S[r][c], k[c], s);
+          rs[r] = s;
+        }
+        v5_rowsum4(rs, cg);
+        float d[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) d[r] = v[r] - rs[r];
+        if (cg == 0) dl[lo] = make_float4(d[0], d[1], d[2], d[3]);
+        const float a = As[l];
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+          for (int c = 0; c < CC; ++c) {
+            const float pv = fmaf(a, S[r][c], d[r] * k[c]);
+            S[r][c] = p.tanh_on ? act_tanh<TI>(pv) : pv;
+          }
+        so += sbstep; ko += N; mo += M; lo += dlstep;
+      }
+    }
+    __syncwarp();   // delta of rows i0..i0+3 is written by lane cg = 0 of the same half-warp
+
+    // reverse steps: S is S_cur (the state after step t), Sp = S_prev from shared memory
+    {
+      const int l1 = len - 1;
+      int so = l1 * sbstep + tid, ko = l1 * N, mo = l1 * M, lo = l1 * dlstep + dli;
+      const size_t gstep = (size_t)H * M;
+      size_t go = (((size_t)b * T + t0 + l1) * H + h) * M + i0;     // dv, dg of row i0 at step t0 + l
+      float* pw = part + (l1 * nwarps + warp) * PW + hw * N + cg;   // hw 0: dq partials, hw 1: dk
+      float* pa = part + (l1 * nwarps + warp) * PW + 2 * N;         // da partial
+      const int pstep = nwarps * PW;
+      for (int l = l1; l >= 0; --l) {
+        float Sp[R][CC], k[CC], q[CC], dyv[R];
+#pragma unroll
+        for (int c = 0; c < CC; ++c) {
+          const float4 f = Sb[so + c * nth];
+          Sp[0][c] = f.x; Sp[1][c] = f.y; Sp[2][c] = f.z; Sp[3][c] = f.w;
+          k[c] = to_f<TI>(Ks[ko + 16 * c]);
+          q[c] = to_f<TI>(Qs[ko + 16 * c]);
+        }
+        v5_rows<TI>(dyv, DYs + mo, vec, i0, M);
+        const float4 dlt = dl[lo];
+        const float a = As[l];
+        float doi[R], dgi[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) doi[r] = dyv[r];
+        if constexpr (GATE) {
+          float o[R], gv[R];
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            float s = S[r][0] * q[0];
+#pragma unroll
+            for (int c = 1; c < CC; ++c) s = fmaf(S[r][c], q[c], s);
+            o[r] = s;
+          }
+          v5_rowsum4(o, cg);
+          v5_rows<TI>(gv, Gs + mo, vec, i0, M);
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            const float gi = gv[r], sg = sigmoidf_(gi);
+            const float gval = (p.gate == 1) ? gi * sg : sg;
+            const float gpr = (p.gate == 1) ? sg * (1.f + gi * (1.f - sg)) : sg * (1.f - sg);
+            doi[r] = dyv[r] * gval;
+            dgi[r] = dyv[r] * o[r] * gpr;
+          }
+        }
+        float dP[R][CC], dqp[CC], ddp[R];
+        float dap0 = 0.f, dap1 = 0.f;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          float s = 0.f;
+#pragma unroll
+          for (int c = 0; c < CC; ++c) {
+            dS[r][c] = fmaf(doi[r], q[c], dS[r][c]);
+            dqp[c] = r == 0 ? S[r][c] * doi[r] : fmaf(S[r][c], doi[r], dqp[c]);
+            dP[r][c] = p.tanh_on ? dS[r][c] * fmaf(-S[r][c], S[r][c], 1.f) : dS[r][c];
+            if (r & 1) dap1 = fmaf(dP[r][c], Sp[r][c], dap1);
+            else dap0 = fmaf(dP[r][c], Sp[r][c], dap0);
+            s = c == 0 ? dP[r][c] * k[c] : fmaf(dP[r][c], k[c], s);
+          }
+          ddp[r] = s;
+        }
+        v5_rowsum4(ddp, cg);
+        const float dlr[R] = {dlt.x, dlt.y, dlt.z, dlt.w};
+        float dkp[CC];
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+          for (int c = 0; c < CC; ++c) {
+            const float sk = r == 0 ? -Sp[r][c] * ddp[r] : fmaf(-Sp[r][c], ddp[r], dkp[c]);
+            dkp[c] = fmaf(dP[r][c], dlr[r], sk);
+            dS[r][c] = fmaf(a, dP[r][c], -ddp[r] * k[c]);
+            S[r][c] = Sp[r][c];
+          }
+        if (cg == 0) {
+          if (vout) {
+            if (i0 < M) {
+              *reinterpret_cast<float4*>(p.dv + go) = make_float4(ddp[0], ddp[1], ddp[2], ddp[3]);
+              if constexpr (GATE) *reinterpret_cast<float4*>(p.dg + go) = make_float4(dgi[0], dgi[1], dgi[2], dgi[3]);
+            }
+          } else {
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+              if (i0 + r < M) {
+                p.dv[go + r] = ddp[r];
+                if constexpr (GATE) p.dg[go + r] = dgi[r];
+              }
+          }
+        }
+        // the warp's dq | dk partials: the half-warps swap halves (hw 0 keeps dq, hw 1 keeps dk)
+#pragma unroll
+        for (int c = 0; c < CC; ++c) {
+          const float send = hw ? dqp[c] : dkp[c];
+          const float keep = hw ? dkp[c] : dqp[c];
+          pw[16 * c] = keep + __shfl_xor_sync(0xffffffffu, send, 16);
+        }
+        float dap = dap0 + dap1;
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) dap += __shfl_xor_sync(0xffffffffu, dap, off);
+        if (lane == 0) *pa = dap;
+        so -= sbstep; ko -= N; mo -= M; lo -= dlstep; go -= gstep; pw -= pstep; pa -= pstep;
+      }
+    }
+    // the next chunk's checkpoint: its global-memory latency overlaps the reduction below
+    if (ch > 0) {
+      const float* ck = p.ckpt + ((size_t)bh * p.NC + (ch - 1)) * M * N + (size_t)i0 * N + cg;
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int c = 0; c < CC; ++c) S[r][c] = (i0 + r < M) ? ck[r * N + 16 * c] : 0.f;
+    }
+    __syncthreads();
+    {  // sum the per-warp partials (as v4): thread -> column c (of dq | dk | da), steps g, g + G, ...
+      int G = 1, g = 0, c = tid, cstep = nth;
+      if (nth >= PW) {
+        G = nth / PW;
+        g = tid / PW;
+        c = tid - g * PW;
+        cstep = G * PW;
+      }
+      if (g < G) {
+        for (; c < PW; c += cstep) {
+          float* dst;
+          size_t lstep;
+          if (c < N) { dst = p.dq + ((size_t)(b * T + t0) * H + h) * N + c; lstep = (size_t)H * N; }
+          else if (c < 2 * N) { dst = p.dk + ((size_t)(b * T + t0) * H + h) * N + (c - N); lstep = (size_t)H * N; }
+          else { dst = p.da + (size_t)(b * T + t0) * H + h; lstep = (size_t)H; }
+          for (int l = g; l < len; l += G) {
+            const float* pp = part + (size_t)l * nwarps * PW + c;
+            float s = 0.f;
+            for (int w = 0; w < nwarps; ++w) s += pp[w * PW];
+            dst[l * lstep] = s;
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int c = 0; c < CC; ++c)
+      if (i0 + r < M) p.dS0[e0 + (size_t)r * N + 16 * c] = dS[r][c];
+}
+
+#define V5_PICK(CC)                                                                              \
+  (dtype == 0 ? (gate ? (const void*)e88v5_bwd_kernel<CC, float, true> : (const void*)e88v5_bwd_kernel<CC, float, false>) \
+              : (gate ? (const void*)e88v5_bwd_kernel<CC, __nv_bfloat16, true>                 \
+                      : (const void*)e88v5_bwd_kernel<CC, __nv_bfloat16, false>))
+
+static const void* pick_v5_bwd(int dtype, int N, int gate) {
+  switch (N) {
+    case 32: return V5_PICK(2);
+    case 48: return V5_PICK(3);
+    case 64: return V5_PICK(4);
+    default: return nullptr;
+  }
+}
+#undef V5_PICK
+
+extern "C" {
+
+// v5's checkpoint interval: as e88v4_plan (fewest waves of backward blocks over the SMs, then the
+// largest C in cmin..cmax) with v5's backward (2-D tile; the ungated kernel's occupancy) and v4's
+// forward; n other than 32, 48, 64: e88v3_plan (those shapes run v3).
+int e88v5_plan(int device, int dtype, int N, int M, int BH, int cmin, int cmax, int* C_out, int* smem_out,
+               int* nth_out, int* blocks_out) {
+  if (!v5_tiled(N)) return e88v3_plan(device, dtype, N, M, BH, cmin, cmax, C_out, smem_out, nth_out, blocks_out);
+  *C_out = 0; *smem_out = 0; *blocks_out = 0;
+  if (M < 1 || cmin < 1 || cmax < cmin) return 0;
+  const int cc = N / 16, tisz = dtype == 0 ? 4 : 2;
+  const int nth_f = ((4 * M + 31) / 32) * 32, nth = v5_nth(M);
+  *nth_out = nth;
+  int maxsm = 0, nsm = 0;
+  cudaError_t e = cudaDeviceGetAttribute(&maxsm, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (e != cudaSuccess) return (int)e;
+  e = cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, device);
+  if (e != cudaSuccess) return (int)e;
+  const void* fns[3] = {pick_v4(1, dtype, N / 4), pick_v5_bwd(dtype, N, 0), pick_v5_bwd(dtype, N, 1)};
+  const int nths[3] = {nth_f, nth, nth};
+  for (int f = 0; f < 3; ++f) {
+    cudaFuncAttributes attr;
+    e = cudaFuncGetAttributes(&attr, fns[f]);
+    if (e != cudaSuccess) return (int)e;
+    if (attr.maxThreadsPerBlock < nths[f]) return 0;
+    e = cudaFuncSetAttribute(fns[f], cudaFuncAttributeMaxDynamicSharedMemorySize, maxsm);
+    if (e != cudaSuccess) return (int)e;
+  }
+  if (v3_fwd_smem(N, M, tisz) > (size_t)maxsm) return 0;
+  long best_waves = -1;
+  int best_C = 0, best_nb = 0;
+  for (int c = cmin; c <= cmax; ++c) {
+    const size_t sm = v5_bwd_layout(cc, nth, N, M, c, tisz).total;
+    if (sm > (size_t)maxsm) break;
+    int nb = 0;
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, fns[1], nth, sm);
+    if (e != cudaSuccess) return (int)e;
+    if (nb < 1) break;
+    const long per_wave = (long)nb * nsm;
+    const long waves = (BH + per_wave - 1) / per_wave;
+    if (best_waves < 0 || waves <= best_waves) { best_waves = waves; best_C = c; best_nb = nb; }
+  }
+  if (best_C == 0) return 0;
+  *C_out = best_C;
+  *smem_out = (int)v5_bwd_layout(cc, nth, N, M, best_C, tisz).total;
+  *blocks_out = best_nb;
+  return 0;
+}
+
+int e88v5_launch(int fwd, int device, void* stream, int dtype, const void* q, const void* k, const void* v,
+                 const void* g, const float* a, const float* S0, void* y, float* ST, float* ckpt,
+                 const void* dy, const float* dST, float* dq, float* dk, float* dv, float* da, float* dg,
+                 float* dS0, int B, int T, int H, int N, int M, int C, int NC, int tanh_on, int gate) {
+  if (!v5_tiled(N))
+    return e88v3_launch(fwd, device, stream, dtype, q, k, v, g, a, S0, y, ST, ckpt, dy, dST, dq, dk, dv, da, dg,
+                        dS0, B, T, H, N, M, C, NC, tanh_on, gate);
+  if (fwd)   // v4's forward: the checkpoints are [B, H, NC, M, N] in every variant
+    return e88v4_launch(fwd, device, stream, dtype, q, k, v, g, a, S0, y, ST, ckpt, dy, dST, dq, dk, dv, da, dg,
+                        dS0, B, T, H, N, M, C, NC, tanh_on, gate);
+  cudaError_t e = cudaSetDevice(device);
+  if (e != cudaSuccess) return (int)e;
+  E88Params p;
+  p.q = q; p.k = k; p.v = v; p.g = g; p.a = a; p.S0 = S0; p.y = y; p.ST = ST; p.ckpt = ckpt;
+  p.dy = dy; p.dST = dST; p.dq = dq; p.dk = dk; p.dv = dv; p.da = da; p.dg = dg; p.dS0 = dS0;
+  p.B = B; p.T = T; p.H = H; p.N = N; p.M = M; p.C = C; p.NC = NC; p.tanh_on = tanh_on; p.gate = gate;
+  if (C < 1 || NC != (T + C - 1) / C || T < 1 || M < 1) return (int)cudaErrorInvalidValue;
+  const int cc = N / 16, tisz = dtype == 0 ? 4 : 2, nth = v5_nth(M);
+  const void* fn = pick_v5_bwd(dtype, N, gate);
+  if (fn == nullptr) return (int)cudaErrorInvalidValue;
+  const size_t smem = v5_bwd_layout(cc, nth, N, M, C, tisz).total;
+  e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  if (e != cudaSuccess) return (int)e;
+  void* args[] = {&p};
+  e = cudaLaunchKernel(fn, dim3(B * H), dim3(nth), args, smem, (cudaStream_t)stream);
+  if (e != cudaSuccess) return (int)e;
+  return (int)cudaGetLastError();
+}
+
+}  // extern "C"

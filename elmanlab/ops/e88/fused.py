@@ -14,7 +14,7 @@
 :class:`CudaBackend` runs both in ``e88_kernel.cu`` (one block per (batch, head));
 :class:`TorchBackend` is the same algorithm in plain PyTorch (CPU tests of the algebra).
 
-The kernel comes in three variants (same algorithm, same results up to float rounding order):
+The kernel comes in four variants (same algorithm, same results up to float rounding order):
 
 * ``v2``: inputs read from global memory step by step (one step prefetched), C from a 64 KB
   shared-memory budget (8 at n = 32, 4 at n = 48, 2 at n = 64);
@@ -24,9 +24,13 @@ The kernel comes in three variants (same algorithm, same results up to float rou
 * ``v4``: v3 with the backward's registers capped for more resident blocks (n = 48: 96, 3 blocks
   per SM where v3's 112 allow 2), the next checkpoint loaded during the end-of-chunk reduction,
   that reduction and the staging without integer divisions (16-byte cp.async), two-accumulator
-  dot products; same plan rule as v3 with v4's occupancy.
+  dot products; same plan rule as v3 with v4's occupancy;
+* ``v5``: v4's forward and, at n = 32, 48, 64, a backward with a 2-D thread tile (each thread 4 rows
+  x n/16 columns of the state: the dq/dk column sums take n/16 shuffles per step instead of v3's
+  7/8 x n/2, a quarter of the k/q loads; the row sums span 16 lanes), the gate a template parameter,
+  registers capped for 4 blocks/SM at n = 48; other n run v3. Same plan rule with v5's occupancy.
 
-Which one runs: ``CudaBackend.kernel`` when set, else ``$ELMANLAB_E88_KERNEL`` (v2, v3 or v4), else
+Which one runs: ``CudaBackend.kernel`` when set, else ``$ELMANLAB_E88_KERNEL`` (v2, v3, v4 or v5), else
 :data:`DEFAULT_KERNEL`; the record of what ran names it (:data:`PATHS`).
 """
 from __future__ import annotations
@@ -45,13 +49,13 @@ _SRC = Path(__file__).with_name("e88_kernel.cu")
 GATES = {None: 0, "silu": 1, "sigmoid": 2}
 POISON = False      # tests set this: kernel outputs start as NaN, so an unwritten element fails
 SMEM_BUDGET = 64 * 1024      # v2: backward shared memory per block that picks the checkpoint interval
-KERNELS = ("v2", "v3", "v4")
+KERNELS = ("v2", "v3", "v4", "v5")
 DEFAULT_KERNEL = "v3"        # the variant that runs when neither CudaBackend.kernel nor the env var says
                              # (v3: 1.5-1.8x faster than v2 at every shape of issue 17 on an H200,
                              # benchmarks/results/e88-ab-h200-2026-12-03*.md)
 KERNEL_ENV = "ELMANLAB_E88_KERNEL"
-V3_C_RANGE = (4, 16)         # v3, v4: the checkpoint intervals the plan chooses from (then 1..3 if none fits)
-STAGED = ("v3", "v4")        # the variants with staged inputs and a per-batch plan (e88v3_plan, e88v4_plan)
+V3_C_RANGE = (4, 16)         # v3, v4, v5: the checkpoint intervals the plan chooses from (then 1..3 if none fits)
+STAGED = ("v3", "v4", "v5")  # the variants with staged inputs and a per-batch plan (e88v3_plan, ..., e88v5_plan)
 
 
 def _gate_val_grad(g, gate):
@@ -194,6 +198,10 @@ class CudaBackend:
             lib.e88v4_plan.restype = I
             lib.e88v4_launch.argtypes = [I, I, P, I] + [P] * 17 + [I] * 9
             lib.e88v4_launch.restype = I
+            lib.e88v5_plan.argtypes = [I] * 7 + [ctypes.POINTER(ctypes.c_int)] * 4
+            lib.e88v5_plan.restype = I
+            lib.e88v5_launch.argtypes = [I, I, P, I] + [P] * 17 + [I] * 9
+            lib.e88v5_launch.restype = I
             lib._elk_typed = True
         return lib
 
@@ -218,7 +226,7 @@ class CudaBackend:
 
     @classmethod
     def plan_staged_for(cls, kern: str, idx: int, dtype: int, n: int, m: int, bh: int = 1) -> int:
-        """:meth:`plan_v3_for` for the staged variant ``kern`` (v3 or v4: its own kernels' occupancy)."""
+        """:meth:`plan_v3_for` for the staged variant ``kern`` (v3, v4 or v5: its own kernels' occupancy)."""
         from elmanlab.ops._build import check
 
         key = (kern, idx, dtype, n, m, bh)
@@ -238,7 +246,7 @@ class CudaBackend:
 
     @classmethod
     def v3_fits(cls, q, m: int, C: int, kern: str = "v3") -> bool:
-        """Whether the backward of ``kern`` (v3 or v4) at checkpoint interval ``C`` fits the device
+        """Whether the backward of ``kern`` (v3, v4 or v5) at checkpoint interval ``C`` fits the device
         (shared memory, one block)."""
         from elmanlab.ops._build import check
 
@@ -318,7 +326,11 @@ class CudaBackendV4(CudaBackend):
     kernel = "v4"
 
 
-_PINNED = {"v2": CudaBackendV2, "v3": CudaBackendV3, "v4": CudaBackendV4}
+class CudaBackendV5(CudaBackend):
+    kernel = "v5"
+
+
+_PINNED = {"v2": CudaBackendV2, "v3": CudaBackendV3, "v4": CudaBackendV4, "v5": CudaBackendV5}
 
 
 class E88ScanFn(torch.autograd.Function):
@@ -369,7 +381,8 @@ def e88_scan_backend(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_
 
 _WARNED = set()
 NAME = "elmanlab E88 CUDA kernel"          # the path name of v2 (every variant's starts with it)
-PATHS = {"v2": NAME, "v3": f"{NAME} v3", "v4": f"{NAME} v4"}   # the path name in backend_info and in the record of what ran
+# the path name in backend_info and in the record of what ran
+PATHS = {"v2": NAME, "v3": f"{NAME} v3", "v4": f"{NAME} v4", "v5": f"{NAME} v5"}
 WIDTH_FIX = ("choose n_state and expansion so that the value dim (n_state * expansion) is one the kernel "
              "takes (expansion 1.0 always is)")
 
