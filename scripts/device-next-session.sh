@@ -4,16 +4,16 @@
 #   a  install; every Elman/E88 GPU test (the refactored kernels, the multi-tile pass, the pipelined
 #      build, the back-off barrier, E88 v4 and v5); the Elman tanh rows at B16/B64 with each
 #      barrier and the multi-tile / pipelined builds beside the defaults, and the probes that time the
-#      16-unit kernel without its barrier, state loads or mma's (where the ~4 us per step go); E88 v3
-#      against v4 and v5 (then keep the winner, delete the others from e88_kernel.cu)
+#      16-unit kernel without its barrier, state loads or mma's (where the ~4 us per step go)
 #   b  end to end: the seeds' E88 500M n48 rows and Mamba2/E1 400M beside them (graph step, B16), E88
 #      with q/k fp32 (the default: its fp32 kernel runs) against qk_autocast=true (its bf16 kernel), then
 #      start E42 400M for 1,500 steps at the seeds' settings in the background (non-finite steps counted)
 #   c  collect the E42 run (about 6 minutes after b)
-#   usage: scripts/device-next-session.sh a|b|c OUTDIR   (ELMANLAB_SOURCE_COMMIT=<sha> set; carry .wheels
+#   e  E88 v3, v4 and v5 side by side (correctness, then fwd+bwd beside fla's GDN; C 4 and 5 forced too)
+#   usage: scripts/device-next-session.sh a|e|b|c OUTDIR   (ELMANLAB_SOURCE_COMMIT=<sha> set; carry .wheels
 #          and .data, made by: python3 scripts/make-corpus-slice.py)
 set -o pipefail
-phase=${1:?a, b or c}
+phase=${1:?a, e, b or c}
 out=$(realpath -m "${2:?OUTDIR}")
 source scripts/device-env.sh
 device_setup "$out"
@@ -28,10 +28,12 @@ a)
     timeout 200 python3 benchmarks/kernels.py --only TANH --widths 1024,1760,2112,3584 --long "" --probe 1024,1760 \
         --out "$out/kernels-multi-h200.json" > "$out/kernels-multi.log" 2>&1
     grep "^| " "$out/kernels-multi.log"
-    timeout 280 python3 scripts/e88-ab.py --out "$out/e88-ab-h200.json" --kernels v3,v4,v5 \
-        --shapes 44:48,32:48,56:32 > "$out/e88-ab.log" 2>&1
+    ;;
+e)
+    timeout 420 python3 scripts/e88-ab.py --out "$out/e88-ab-h200.json" --kernels v3,v4,v5 \
+        --shapes 44:48,32:48,56:32 --c-sweep 4,5 > "$out/e88-ab.log" 2>&1
     echo "e88-ab exit $?" >> "$out/e88-ab.log"
-    grep -v TileLang "$out/e88-ab.log" | tail -n 40
+    grep -v TileLang "$out/e88-ab.log" | tail -n 60
     ;;
 b)
     timeout 330 python3 benchmarks/throughput.py --models mamba2,e1 --params 400M --batch 16 --mode graph \
