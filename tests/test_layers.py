@@ -297,7 +297,7 @@ def test_backend_info_fix_names_what_to_install_or_set(fake_gpu):
     e88 = ModelConfig("e88", 64, 2, {"n_state": 32, "expansion": 8.0})
     # E88: the kernel rejects the value width (before: a silent reference fallback)
     fake_gpu.setattr(e88f.CudaBackend, "plan_for", lambda idx, dtype, n, m: 0 if m > 64 else 4)
-    fake_gpu.setattr(e88f.CudaBackend, "plan_v3_for", lambda idx, dtype, n, m, bh=1: 0 if m > 64 else 4)
+    fake_gpu.setattr(e88f.CudaBackend, "plan_staged_for", lambda kern, idx, dtype, n, m, bh=1: 0 if m > 64 else 4)
     info = e88.family.backend_info(e88.dim, e88.options)
     assert info["fast"] is False and info["path"] == "reference" and "value dim 256" in info["reason"]
     assert info["fix"] == e88f.WIDTH_FIX

@@ -155,6 +155,14 @@ def ptr(t) -> ctypes.c_void_p:
     return ctypes.c_void_p(0 if t is None else t.data_ptr())
 
 
+def device_index(device) -> int:
+    """The CUDA device index of ``device`` (a torch.device; None or no index: the current device)."""
+    import torch
+
+    idx = getattr(device, "index", None) if device is not None else None
+    return torch.cuda.current_device() if idx is None else idx
+
+
 def stream_ptr(device) -> ctypes.c_void_p:
     import torch
 

@@ -83,7 +83,7 @@ def sdpa_on_cpu(monkeypatch):
     import elmanlab.ops.attention as op
     monkeypatch.setattr(op, "fast_path_enabled", lambda *t: True)
     monkeypatch.setattr(attn_fast, "FLASH_DTYPES", (torch.bfloat16, torch.float16, torch.float64))
-    monkeypatch.setattr(attn_fast, "_device_index", lambda device: 0)
+    monkeypatch.setattr(attn_fast, "device_index", lambda device: 0)
     monkeypatch.setattr(attn_fast, "_capability", lambda idx: (9, 0))
     monkeypatch.setattr(attn_fast, "_PROBE", {})
     return monkeypatch
@@ -151,7 +151,7 @@ def test_backend_info_on_a_pretend_gpu(monkeypatch):
     import elmanlab.ops._dispatch as d
     monkeypatch.setattr(d, "_FORCE_REFERENCE", False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(attn_fast, "_device_index", lambda device: 0)
+    monkeypatch.setattr(attn_fast, "device_index", lambda device: 0)
     monkeypatch.setattr(attn_fast, "_capability", lambda idx: (9, 0))
     monkeypatch.setattr(attn_fast, "_PROBE", {(0, 64): None, (0, 128): None, (0, 256): "RuntimeError: no kernel"})
     info = backend_info(head_dim=64)

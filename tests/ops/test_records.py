@@ -221,7 +221,7 @@ def test_transformer_records_flash_or_its_reference(monkeypatch):
     want = run_lm("transformer", opts=opts)
     monkeypatch.setattr(attn, "fast_path_enabled", lambda *t: True)
     monkeypatch.setattr(attn_fast, "FLASH_DTYPES", (torch.bfloat16, torch.float16, torch.float32))
-    monkeypatch.setattr(attn_fast, "_device_index", lambda device: 0)
+    monkeypatch.setattr(attn_fast, "device_index", lambda device: 0)
     monkeypatch.setattr(attn_fast, "_capability", lambda idx: (9, 0))
     monkeypatch.setattr(attn_fast, "_PROBE", {})
     assert rel_err(run_lm("transformer", opts=opts), want) < 1e-5

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from elmanlab.ops._build import device_index
 from elmanlab.ops._dispatch import REFERENCE, record
 from elmanlab.ops.attention.reference import attention_ref, causal_mask
 
@@ -27,11 +28,6 @@ DTYPE_FIX = "run under bf16 autocast, as training, evaluation and generation do"
 FLASH_DTYPES = (torch.bfloat16, torch.float16)   # what flash takes (float32 outside autocast: the reference)
 _CAP: dict = {}                                  # device index -> (major, minor)
 _PROBE: dict = {}                                # (device index, head_dim) -> None (ran) or the error
-
-
-def _device_index(device) -> int:
-    idx = getattr(device, "index", None) if device is not None else None
-    return torch.cuda.current_device() if idx is None else idx
 
 
 def _capability(idx: int) -> tuple[int, int]:
@@ -47,7 +43,7 @@ def flash_status(head_dim: int, device=None) -> tuple[bool, str, str | None]:
         return False, "torch's flash SDPA backend is switched off", FLAG_FIX
     if head_dim % 8 or head_dim > 256:
         return False, f"flash attention does not take head_dim {head_dim}", HEAD_FIX
-    idx = _device_index(device)
+    idx = device_index(device)
     major, minor = _capability(idx)
     if major < 8:
         return False, f"flash attention needs sm_80 or newer, this GPU is sm_{major}{minor}", GPU_FIX
@@ -61,7 +57,7 @@ def probe(head_dim: int, device=None) -> str | None:
     """One small bf16 flash forward + backward at ``head_dim`` (once per device and head_dim):
     None when it ran, else the error's first line (flash then counts as unavailable)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    idx = _device_index(device)
+    idx = device_index(device)
     key = (idx, head_dim)
     if key not in _PROBE:
         try:

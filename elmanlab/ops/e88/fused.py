@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from elmanlab.ops._build import device_index
 from elmanlab.ops._dispatch import REFERENCE, record
 from elmanlab.ops.e88.reference import e88_scan_ref
 
@@ -190,43 +191,30 @@ class CudaBackend:
             lib.e88_plan.restype = I
             lib.e88_launch.argtypes = [I, I, P, I] + [P] * 17 + [I] * 9
             lib.e88_launch.restype = I
-            lib.e88v3_plan.argtypes = [I] * 7 + [ctypes.POINTER(ctypes.c_int)] * 4
-            lib.e88v3_plan.restype = I
-            lib.e88v3_launch.argtypes = [I, I, P, I] + [P] * 17 + [I] * 9
-            lib.e88v3_launch.restype = I
-            lib.e88v4_plan.argtypes = [I] * 7 + [ctypes.POINTER(ctypes.c_int)] * 4
-            lib.e88v4_plan.restype = I
-            lib.e88v4_launch.argtypes = [I, I, P, I] + [P] * 17 + [I] * 9
-            lib.e88v4_launch.restype = I
-            lib.e88v5_plan.argtypes = [I] * 7 + [ctypes.POINTER(ctypes.c_int)] * 4
-            lib.e88v5_plan.restype = I
-            lib.e88v5_launch.argtypes = [I, I, P, I] + [P] * 17 + [I] * 9
-            lib.e88v5_launch.restype = I
+            for kern in STAGED:
+                getattr(lib, f"e88{kern}_plan").argtypes = [I] * 7 + [ctypes.POINTER(ctypes.c_int)] * 4
+                getattr(lib, f"e88{kern}_plan").restype = I
+                getattr(lib, f"e88{kern}_launch").argtypes = [I, I, P, I] + [P] * 17 + [I] * 9
+                getattr(lib, f"e88{kern}_launch").restype = I
             lib._elk_typed = True
         return lib
 
     @classmethod
     def plan(cls, q, m):
         """Checkpoint interval C for this shape, or 0 when the kernel does not support it."""
-        idx = q.device.index if q.device.index is not None else torch.cuda.current_device()
+        idx = device_index(q.device)
         dtype = 1 if q.dtype == torch.bfloat16 else 0
         kern = cls.variant()
-        if kern == "v3":
-            return cls.plan_v3_for(idx, dtype, q.shape[-1], m, q.shape[0] * q.shape[2])
         if kern in STAGED:
             return cls.plan_staged_for(kern, idx, dtype, q.shape[-1], m, q.shape[0] * q.shape[2])
         return cls.plan_for(idx, dtype, q.shape[-1], m)
 
     @classmethod
-    def plan_v3_for(cls, idx: int, dtype: int, n: int, m: int, bh: int = 1) -> int:
-        """v3's checkpoint interval for key dim n, value dim m, B*H = bh blocks (0: not supported):
-        the fewest waves of backward blocks over the SMs, then the largest C in V3_C_RANGE (1..3
-        when none of those fits the device's shared memory)."""
-        return cls.plan_staged_for("v3", idx, dtype, n, m, bh)
-
-    @classmethod
     def plan_staged_for(cls, kern: str, idx: int, dtype: int, n: int, m: int, bh: int = 1) -> int:
-        """:meth:`plan_v3_for` for the staged variant ``kern`` (v3, v4 or v5: its own kernels' occupancy)."""
+        """The checkpoint interval of the staged variant ``kern`` (v3, v4 or v5, each by its own
+        kernels' occupancy) for key dim n, value dim m, B*H = bh blocks (0: not supported): the fewest
+        waves of backward blocks over the SMs, then the largest C in V3_C_RANGE (1..3 when none of
+        those fits the device's shared memory)."""
         from elmanlab.ops._build import check
 
         key = (kern, idx, dtype, n, m, bh)
@@ -245,12 +233,12 @@ class CudaBackend:
         return cls._plans[key]
 
     @classmethod
-    def v3_fits(cls, q, m: int, C: int, kern: str = "v3") -> bool:
+    def fits(cls, q, m: int, C: int, kern: str) -> bool:
         """Whether the backward of ``kern`` (v3, v4 or v5) at checkpoint interval ``C`` fits the device
         (shared memory, one block)."""
         from elmanlab.ops._build import check
 
-        idx = q.device.index if q.device.index is not None else torch.cuda.current_device()
+        idx = device_index(q.device)
         lib = cls.lib(idx)
         vals = [ctypes.c_int(0) for _ in range(4)]
         check(lib, getattr(lib, f"e88{kern}_plan")(idx, 1 if q.dtype == torch.bfloat16 else 0, q.shape[-1], m, 1,
@@ -276,14 +264,14 @@ class CudaBackend:
 
         B, T, H, n = q.shape
         m = v.shape[-1]
-        idx = q.device.index if q.device.index is not None else torch.cuda.current_device()
+        idx = device_index(q.device)
         lib = cls.lib(idx)
         kern = cls.variant()
         launch = getattr(lib, f"e88{kern}_launch") if kern in STAGED else lib.e88_launch
         code = launch(int(fwd), idx, stream_ptr(q.device), 1 if q.dtype == torch.bfloat16 else 0,
-                              ptr(q), ptr(k), ptr(v), ptr(g), ptr(a), ptr(S0), ptr(y), ptr(ST), ptr(ckpt),
-                              ptr(dy), ptr(dST), ptr(dq), ptr(dk), ptr(dv), ptr(da), ptr(dg), ptr(dS0),
-                              B, T, H, n, m, C, ckpt.shape[2], int(tanh_on), gate)
+                      ptr(q), ptr(k), ptr(v), ptr(g), ptr(a), ptr(S0), ptr(y), ptr(ST), ptr(ckpt),
+                      ptr(dy), ptr(dST), ptr(dq), ptr(dk), ptr(dv), ptr(da), ptr(dg), ptr(dS0),
+                      B, T, H, n, m, C, ckpt.shape[2], int(tanh_on), gate)
         check(lib, code, "e88 kernel launch")
 
     @classmethod
@@ -394,7 +382,7 @@ def cuda_status(q, v, kernel: str | None = None) -> tuple[bool, str, str]:
     build that failed warns once."""
     if not q.is_cuda or q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return False, f"{q.dtype} {'CUDA' if q.is_cuda else 'CPU'} tensors", "run on a CUDA GPU in bf16 or float32"
-    idx = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    idx = device_index(q.device)
     return plan_status(idx, 1 if q.dtype == torch.bfloat16 else 0, q.shape[-1], v.shape[-1], kernel)
 
 
@@ -403,9 +391,7 @@ def plan_status(idx: int, dtype: int, n: int, m: int, kernel: str | None = None)
     kern = kernel_variant(kernel)
     try:
         C = CudaBackend.plan_for(idx, dtype, n, m)           # builds the library; v2's shape rules
-        if C > 0 and kern == "v3":
-            C = CudaBackend.plan_v3_for(idx, dtype, n, m)
-        elif C > 0 and kern in STAGED:
+        if C > 0 and kern in STAGED:
             C = CudaBackend.plan_staged_for(kern, idx, dtype, n, m)
     except Exception as exc:  # no nvcc or a build failure: fall back once, say so
         from elmanlab.ops._build import failure
@@ -430,7 +416,7 @@ def e88_scan_cuda(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_act
     kern = kernel_variant(kernel)
     if not cuda_supported(q, v, kern):
         raise RuntimeError(f"E88 kernel {kern} does not support n={q.shape[-1]}, m={v.shape[-1]}")
-    if C is not None and kern in STAGED and not CudaBackend.v3_fits(q, v.shape[-1], C, kern):
+    if C is not None and kern in STAGED and not CudaBackend.fits(q, v.shape[-1], C, kern):
         raise ValueError(f"E88 kernel {kern}: checkpoint interval C={C} does not fit the GPU's shared memory at "
                          f"n={q.shape[-1]}, m={v.shape[-1]}, {q.dtype} (omit C: the plan picks one that fits)")
     record("e88", PATHS[kern], True)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from elmanlab.ops._build import device_index
 from elmanlab.ops._dispatch import REFERENCE, env_flag, record
 from elmanlab.ops.elman.reference import elman_scan_ref
 
@@ -179,7 +180,7 @@ class CudaBackend:
         from elmanlab.ops._build import check, ptr, stream_ptr
 
         dev = X.device
-        idx = dev.index if dev.index is not None else torch.cuda.current_device()
+        idx = device_index(dev)
         p = cls.plan(idx, D)
         lib = cls.lib(idx)
         kind = cls.variant(idx, D, X.dtype)
@@ -333,7 +334,7 @@ def persistent_status(wx) -> tuple[str, str, str]:
     if wx.dtype not in _DTYPE_CODE or wx.dim() != 3:
         return ("input", f"{wx.dtype} input of {wx.dim()} dims (the kernel takes [B, T, D] float32 or bfloat16)",
                 "train in bf16 autocast or float32")
-    idx = wx.device.index if wx.device.index is not None else torch.cuda.current_device()
+    idx = device_index(wx.device)
     return plan_status(idx, wx.shape[-1], wx.dtype)
 
 
@@ -373,7 +374,7 @@ def _persistent_name(nl: str, wx=None, d_inner: int | None = None) -> str:
     if variant is None:                     # tests stand the PyTorch backend in for the kernel
         return PERSISTENT[nl]
     if wx is not None:
-        idx = wx.device.index if wx.device.index is not None else torch.cuda.current_device()
+        idx = device_index(wx.device)
         kind = variant(idx, wx.shape[-1], wx.dtype)
     else:
         kind = variant(torch.cuda.current_device(), d_inner, torch.bfloat16)
