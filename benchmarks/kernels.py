@@ -83,41 +83,18 @@ def cudnn_module(B, T, D):
     return make, run
 
 
-def forced(variant, fn, sync=None):
-    """``fn`` with the persistent kernel's variant ("mma", "wide" or None: the default) and its
-    grid barrier ("fence", "release" or None: the default) forced."""
+def patched(fn, **attrs):
+    """``fn`` run with CudaBackend's attributes ``attrs`` set for the call (force_variant "mma"/"wide",
+    sync, multi_tile, pipelined, probe), restored afterwards."""
     def run(*x):
-        old = CudaBackend.force_variant, CudaBackend.sync
-        CudaBackend.force_variant = variant
-        if sync is not None:
-            CudaBackend.sync = sync
+        old = {k: getattr(CudaBackend, k) for k in attrs}
+        for k, v in attrs.items():
+            setattr(CudaBackend, k, v)
         try:
             return fn(*x)
         finally:
-            CudaBackend.force_variant, CudaBackend.sync = old
-    return run
-
-
-def flipped(attr, fn):
-    """``fn`` with the boolean CudaBackend attribute ``attr`` (multi_tile, pipelined) flipped."""
-    def run(*x):
-        old = getattr(CudaBackend, attr)
-        setattr(CudaBackend, attr, not old)
-        try:
-            return fn(*x)
-        finally:
-            setattr(CudaBackend, attr, old)
-    return run
-
-
-def probed(code, fn):
-    """``fn`` with the 16-unit kernel's timing probe ``code`` (CudaBackend.probe; results wrong)."""
-    def run(*x):
-        CudaBackend.probe = code
-        try:
-            return fn(*x)
-        finally:
-            CudaBackend.probe = 0
+            for k, v in old.items():
+                setattr(CudaBackend, k, v)
     return run
 
 
@@ -279,18 +256,18 @@ def main(argv=None):
         add(nl, shape, "ours", lambda: bench_pair(mk, run, args.reps), note=f"default: {kind}, {sync} sync")
         other_syncs = [m for m in SYNC_MODES if m != sync]
         for other_sync in other_syncs:
-            add(nl, shape, f"ours-{other_sync}", lambda: bench_pair(mk, forced(None, run, other_sync), args.reps),
+            add(nl, shape, f"ours-{other_sync}", lambda: bench_pair(mk, patched(run, sync=other_sync), args.reps),
                 note=f"{kind}, {other_sync} sync forced")
         if kind == "mma":               # the 16-unit kernel's other build at this batch size, flipped
             attr = "multi_tile" if B > 16 else "pipelined"
             on = getattr(CudaBackend, attr)
             add(nl, shape, f"ours-{'no-' if on else ''}{attr.replace('_', '-')}",
-                lambda: bench_pair(mk, flipped(attr, run), args.reps),
+                lambda: bench_pair(mk, patched(run, **{attr: not on}), args.reps),
                 note=f"mma, {attr} {'off' if on else 'on'}")
         if plan["mma_ok"] and plan["wide_ok"] and TT == 512:
             other = "wide" if kind == "mma" else "mma"
             for sy in (sync, other_syncs[0]):
-                add(nl, shape, f"ours-{other}-{sy}", lambda: bench_pair(mk, forced(other, run, sy), args.reps),
+                add(nl, shape, f"ours-{other}-{sy}", lambda: bench_pair(mk, patched(run, force_variant=other, sync=sy), args.reps),
                     note=f"{other} variant, {sy} sync forced")
         if nl == "linear" and not plan["mma_ok"] and TT == 512 and B == 16 and D == min(
                 d for d in widths if not CudaBackend.plan(torch.cuda.current_device(), d)["mma_ok"]):
@@ -306,7 +283,7 @@ def main(argv=None):
         run = (lambda *x: elman_scan_persistent(*x, nonlinearity="tanh"))
         add("probe", shape, "ours", lambda: bench_pair(mk, run, args.reps), note="the kernel, all of it")
         for code, what in probes.items():
-            add("probe", shape, f"probe-{code}", lambda: bench_pair(mk, probed(code, run), args.reps),
+            add("probe", shape, f"probe-{code}", lambda: bench_pair(mk, patched(run, probe=code), args.reps),
                 note=f"{what} (results wrong)")
 
     # speedups of ours against each other implementation of the same row

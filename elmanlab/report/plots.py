@@ -73,9 +73,7 @@ def plot_loss_curves(report: Report, curves: list, colors: dict, key: str):
             ax.plot(xs, ys, color=colors[r.id], lw=1.4, label=f"{r.id} ({num(r.get('loss_last100'), 3)})", zorder=3)
         else:
             others += 1
-            ax.plot(xs, ys, color="0.6", lw=0.7, alpha=0.6, zorder=2,
-                    label=f"{len(sel) - len([x for x in sel if x.id in colors])} other runs (grey)"
-                    if others == 1 else None)
+            _grey_line(ax, xs, ys, sel, colors, first=others == 1)
         n0 = max(1, len(ys) // 5 if len(sel) > MAX_LINES else len(ys) // 10)
         hi.append(max(ys[n0:]) if len(ys) > n0 else max(ys))
         lo.append(min(ys))
@@ -89,8 +87,22 @@ def plot_loss_curves(report: Report, curves: list, colors: dict, key: str):
         ax.set_xscale("log")
         ax.set_xlim(min(starts) * xscale / 1.2, max(ends) * xscale * 1.2)
         xlabel += ", log scale"
+    _finish_curve_axes(ax, key, xlabel, "train loss (nats/byte, smoothed)", n_leg,
+                       f"{report.title()}: loss vs {'tokens' if key == 'tokens' else 'wall-clock'}"
+                       " (legend: run, last-100 loss)")
+    return fig
+
+
+def _grey_line(ax, xs, ys, sel, colors, first: bool) -> None:
+    """A run without a colour of its own: a thin grey line, one legend entry for all of them."""
+    ax.plot(xs, ys, color="0.6", lw=0.7, alpha=0.6, zorder=2,
+            label=f"{len(sel) - len([x for x in sel if x.id in colors])} other runs (grey)" if first else None)
+
+
+def _finish_curve_axes(ax, key: str, xlabel: str, ylabel: str, n_leg: int, title: str) -> None:
+    """Labels (nats/byte with bits/byte on the right), the x axis's tick format, grid, title, legend."""
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("train loss (nats/byte, smoothed)")
+    ax.set_ylabel(ylabel)
     sec = ax.secondary_yaxis("right", functions=(lambda x: x / LN2, lambda x: x * LN2))
     sec.set_ylabel("bits/byte")
     if key == "tokens":
@@ -99,10 +111,8 @@ def plot_loss_curves(report: Report, curves: list, colors: dict, key: str):
     elif ax.get_xscale() == "log":
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.grid(True, alpha=0.3)
-    ax.set_title(f"{report.title()}: loss vs {'tokens' if key == 'tokens' else 'wall-clock'}"
-                 " (legend: run, last-100 loss)")
+    ax.set_title(title)
     _legend(ax, n_leg)
-    return fig
 
 
 def _curve_figure(curves: list, colors: dict, key: str, points, time_label: str):
@@ -142,19 +152,10 @@ def plot_val_curves(report: Report, curves: list, colors: dict, key: str):
             ax.plot([best[key] * xscale], [best["val_loss"]], marker="*", ms=11, color=colors[r.id], zorder=4)
         else:
             others += 1
-            ax.plot(xs, ys, color="0.6", lw=0.7, alpha=0.6, zorder=2,
-                    label=f"{len(sel) - len([x for x in sel if x.id in colors])} other runs (grey)"
-                    if others == 1 else None)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("held-out loss (nats/byte)")
-    sec = ax.secondary_yaxis("right", functions=(lambda x: x / LN2, lambda x: x * LN2))
-    sec.set_ylabel("bits/byte")
-    if key == "tokens":
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: count(v) if v else "0"))
-    ax.grid(True, alpha=0.3)
-    ax.set_title(f"{report.title()}: held-out loss vs {'tokens' if key == 'tokens' else 'training time'}"
-                 " (star: each run's best)")
-    _legend(ax, n_leg)
+            _grey_line(ax, xs, ys, sel, colors, first=others == 1)
+    _finish_curve_axes(ax, key, xlabel, "held-out loss (nats/byte)", n_leg,
+                       f"{report.title()}: held-out loss vs {'tokens' if key == 'tokens' else 'training time'}"
+                       " (star: each run's best)")
     return fig
 
 
