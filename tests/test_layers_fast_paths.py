@@ -144,15 +144,24 @@ def test_layer_fast_path_bf16_matches_float64_reference(rel, model, dim, opts):
     """The training precision: the fast path under bf16 autocast against the same model's reference
     path in float64 on the CPU; loss and every parameter gradient within bf16's error (3e-2)."""
     cfg = _assert_fast(model, dim, opts)
+    _, _, got, ref = _bf16_against_float64(cfg, 3, lambda: assert_fast_path_ran(cfg))
+    _check(rel, model + " bf16", got, ref, tol=3e-2, loose=LOOSE_BF16.get(model))
+
+
+def _bf16_against_float64(cfg, seed, check_fast):
+    """The model under bf16 autocast on the GPU and its copy in float64 on the CPU (the reference
+    path), the same batch through both: (fast model, batch, got, ref) with the loss and every
+    parameter gradient. ``check_fast()`` runs right after the fast pass, before the reference's
+    own record of what ran."""
     from elmanlab.lm import LM
-    torch.manual_seed(3)
+    torch.manual_seed(seed)
     fast_model = LM(cfg).to(DEV)
     ref_model = copy.deepcopy(fast_model).to("cpu", torch.float64)
     x = torch.randint(0, 256, (2, 131), device=DEV)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         _, loss_f = fast_model(x[:, :-1], x[:, 1:])
     loss_f.backward()
-    assert_fast_path_ran(cfg)
+    check_fast()
     xc = x.cpu()
     _, loss_r = ref_model(xc[:, :-1], xc[:, 1:])
     loss_r.backward()
@@ -161,7 +170,7 @@ def test_layer_fast_path_bf16_matches_float64_reference(rel, model, dim, opts):
     for (n, pf), (_, pr) in zip(fast_model.named_parameters(), ref_model.named_parameters()):
         if pr.grad is not None:
             got["d" + n], ref["d" + n] = pf.grad.cpu().double(), pr.grad
-    _check(rel, model + " bf16", got, ref, tol=3e-2, loose=LOOSE_BF16.get(model))
+    return fast_model, x, got, ref
 
 
 @pytest.mark.gpu
@@ -170,25 +179,14 @@ def test_transformer_flash_bf16_matches_float64_reference(rel, dim, opts):
     """The transformer as training runs it (bf16 autocast: flash SDPA, the record says "flash")
     against the same model's reference in float64 on the CPU: loss and every parameter gradient;
     float32 outside autocast is not flash's: the reference runs there, recorded as such."""
-    from elmanlab.lm import LM
     cfg = _assert_fast("transformer", dim, opts)
     assert cfg.family.backend_info(cfg.dim, cfg.options)["path"] == "flash"
-    torch.manual_seed(5)
-    fast_model = LM(cfg).to(DEV)
-    ref_model = copy.deepcopy(fast_model).to("cpu", torch.float64)
-    x = torch.randint(0, 256, (2, 131), device=DEV)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        _, loss_f = fast_model(x[:, :-1], x[:, 1:])
-    loss_f.backward()
-    assert implementations_used()["attention"] == {"path": "flash", "paths": ["flash"], "fast": True}
-    assert_fast_path_ran(cfg, expect="flash")
-    xc = x.cpu()
-    _, loss_r = ref_model(xc[:, :-1], xc[:, 1:])
-    loss_r.backward()
-    got = {"loss": loss_f.detach().reshape(1).cpu().double()}
-    ref = {"loss": loss_r.detach().reshape(1)}
-    for (n, pf), (_, pr) in zip(fast_model.named_parameters(), ref_model.named_parameters()):
-        got["d" + n], ref["d" + n] = pf.grad.cpu().double(), pr.grad
+
+    def ran_flash():
+        assert implementations_used()["attention"] == {"path": "flash", "paths": ["flash"], "fast": True}
+        assert_fast_path_ran(cfg, expect="flash")
+    fast_model, x, got, ref = _bf16_against_float64(cfg, 5, ran_flash)
+    assert len(got) == 1 + len(list(fast_model.parameters()))     # every parameter has a gradient
     _check(rel, "transformer bf16", got, ref, tol=3e-2)
     reset_implementations_used()
     with torch.no_grad():
