@@ -5,8 +5,9 @@
 #      build, the back-off barrier, E88 v4 and v5); the Elman tanh rows at B16/B64 with each
 #      barrier and the multi-tile / pipelined builds beside the defaults, and the probes that time the
 #      16-unit kernel without its barrier, state loads or mma's (where the ~4 us per step go)
-#   b  end to end: the seeds' E88 500M n48 rows and Mamba2/E1 400M beside them (graph step, B16), E88
-#      with q/k fp32 (the default: its fp32 kernel runs) against qk_autocast=true (its bf16 kernel), then
+#   b  end to end: the seeds' E88 500M n48 rows and E1 400M beside them (graph step, B16; Mamba2 400M's
+#      row is committed: throughput-h200-2026-12-03), E88 with q/k fp32 (the default: its fp32 kernel
+#      runs) against qk_autocast=true (its bf16 kernel), qk_autocast's loss over 300 steps, then
 #      start E42 400M for 1,500 steps at the seeds' settings in the background (non-finite steps counted)
 #   c  collect the E42 run (about 6 minutes after b)
 #   e  E88 v3, v4 and v5 side by side (correctness, then fwd+bwd beside fla's GDN; C 4 and 5 forced too)
@@ -36,15 +37,24 @@ e)
     grep -v TileLang "$out/e88-ab.log" | tail -n 60
     ;;
 b)
-    timeout 330 python3 benchmarks/throughput.py --models mamba2,e1 --params 400M --batch 16 --mode graph \
+    timeout 300 python3 benchmarks/throughput.py --models e1 --params 400M --batch 16 --mode graph \
         --config e88:2944x20:n_state=48,n_heads=44 --config e88:3328x24:n_state=48,n_heads=32 \
         --config e88:2944x20:n_state=48,n_heads=44,qk_autocast=true --config e88:1664x36 \
         --config e88:1664x36:qk_autocast=true \
         --warmup 4 --steps 15 --out "$out/throughput-e88-500m-h200" > "$out/throughput.log" 2>&1
     echo "throughput exit $?" >> "$out/throughput.log"
     tail -n 12 "$out/throughput.log"
+    # qk_autocast's loss: E88 400M 300 steps, q/k fp32 (seeds 42, 43) and bf16 (seed 42): is the
+    # bf16-q/k run's distance from the fp32 run inside the distance between two seeds?
+    for run in "42 no-qk-autocast" "42 qk-autocast" "43 no-qk-autocast"; do
+        set -- $run
+        timeout 150 python3 -m elmanlab train e88 --params 400M --steps 300 --batch-size 16 --seq-len 512 \
+            --lr 3e-4 --weight-decay 0.1 --seed $1 --$2 --data .data/corpus-slice-16M.txt.zst --val-data .data/corpus-val.txt.zst \
+            --eval-bytes 500000 --no-progress --out "$work/e88-$2-s$1" > "$out/e88-$2-s$1.log" 2>&1
+        tail -n 3 "$out/e88-$2-s$1.log"; cp "$work/e88-$2-s$1/summary.json" "$out/e88-$2-s$1-summary.json"
+    done
     setsid nohup python3 -m elmanlab train e42 --params 400M --steps 1500 --batch-size 16 --seq-len 512 \
-        --lr 3e-4 --weight-decay 0.1 --seed 42 --data .data/corpus-slice-16M.txt.zst --eval-bytes 500000 \
+        --lr 3e-4 --weight-decay 0.1 --seed 42 --data .data/corpus-slice-16M.txt.zst --val-data .data/corpus-val.txt.zst --eval-bytes 500000 \
         --no-progress --out "$work/e42-400m-1500" > "$work/e42.log" 2>&1 < /dev/null &
     echo "E42 400M started: $work/e42-400m-1500"
     ;;
