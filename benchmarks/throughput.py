@@ -114,7 +114,7 @@ def markdown(result: dict) -> str:
              f"({min(r.get('matmul_tflops', result['matmul_tflops']) for r in result['rows']):.0f}-"
              f"{max(r.get('matmul_tflops', result['matmul_tflops']) for r in result['rows']):.0f} TFLOP/s). "
              f"torch {m['torch']}, triton {m['triton']}, fla {m['fla']}, mamba_ssm {m['mamba_ssm']}, "
-             f"TileLang {m['tilelang']}.", "",
+             f"TileLang {m['tilelang']}. Code: commit {(result.get('source') or {}).get('commit') or 'unrecorded'}.", "",
              "| model | target | params | dim x depth | batch | step | tokens/s | MFU | step ms | peak GB | kernel path |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
@@ -195,13 +195,13 @@ def main(argv=None) -> int:
     if args.resume and jpath.exists():
         old = json.loads(jpath.read_text())
         rows, notes = old["rows"], old.get("notes", [])
-    from elmanlab.hardware import measure_bf16_matmul_flops
+    from elmanlab.hardware import measure_bf16_matmul_flops, source_info
     peak = measure_bf16_matmul_flops(torch.device("cuda"))
     print(f"{machine['gpu']['name']}: bf16 matmul {peak / 1e12:.0f} TFLOP/s", flush=True)
     paths = family_paths()
     for fam in models:
         print(f"  {fam:<8} {paths[fam]['path']}", flush=True)
-    result = {"machine": machine, "matmul_tflops": peak / 1e12, "warmup": args.warmup, "steps": args.steps,
+    result = {"machine": machine, "source": source_info(), "matmul_tflops": peak / 1e12, "warmup": args.warmup, "steps": args.steps,
               "seq_len": args.seq_len, "paths": paths, "rows": rows, "notes": notes}
     done = {(r["model"], r["target"], r["batch"], r.get("mode", "eager")) for r in rows}
     jobs = [(fam, params, None) for params in args.params.split(",") for fam in models]
