@@ -85,7 +85,7 @@ def cudnn_module(B, T, D):
 
 def patched(fn, **attrs):
     """``fn`` run with CudaBackend's attributes ``attrs`` set for the call (force_variant "mma"/"wide",
-    sync, multi_tile, pipelined, probe), restored afterwards."""
+    sync, multi_tile, probe), restored afterwards."""
     def run(*x):
         old = {k: getattr(CudaBackend, k) for k in attrs}
         for k, v in attrs.items():
@@ -258,12 +258,11 @@ def main(argv=None):
         for other_sync in other_syncs:
             add(nl, shape, f"ours-{other_sync}", lambda: bench_pair(mk, patched(run, sync=other_sync), args.reps),
                 note=f"{kind}, {other_sync} sync forced")
-        if kind == "mma":               # the 16-unit kernel's other build at this batch size, flipped
-            attr = "multi_tile" if B > 16 else "pipelined"
-            on = getattr(CudaBackend, attr)
-            add(nl, shape, f"ours-{'no-' if on else ''}{attr.replace('_', '-')}",
-                lambda: bench_pair(mk, patched(run, **{attr: not on}), args.reps),
-                note=f"mma, {attr} {'off' if on else 'on'}")
+        if kind == "mma" and B > 16:    # the 16-unit kernel's multi-tile pass, flipped
+            on = CudaBackend.multi_tile
+            add(nl, shape, f"ours-{'no-' if on else ''}multi-tile",
+                lambda: bench_pair(mk, patched(run, multi_tile=not on), args.reps),
+                note=f"mma, multi_tile {'off' if on else 'on'}")
         if plan["mma_ok"] and plan["wide_ok"] and TT == 512:
             other = "wide" if kind == "mma" else "mma"
             for sy in (sync, other_syncs[0]):

@@ -198,7 +198,7 @@ WIDE_CASES = [  # B, T, D, nonlinearity, h0, bias, forced: the wide kernel below
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("sync", ["fence", "release", "backoff"])
+@pytest.mark.parametrize("sync", ["fence", "release"])
 @pytest.mark.parametrize("B,T,D,nl,with_h0,with_b,forced", WIDE_CASES,
                          ids=[f"B{c[0]}T{c[1]}D{c[2]}-{c[3]}{'-forced' if c[6] else ''}" for c in WIDE_CASES])
 def test_elman_wide_kernel(monkeypatch, B, T, D, nl, with_h0, with_b, forced, sync):
@@ -235,21 +235,22 @@ MMA_SYNC_CASES = [c for c in ELMAN_CASES if c[3] == torch.bfloat16]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("sync", ["fence", "release", "backoff"])
+@pytest.mark.parametrize("sync", ["fence", "release"])
 @pytest.mark.parametrize("B,T,D,dtype,nl,with_h0,with_b", MMA_SYNC_CASES,
                          ids=[f"B{c[0]}T{c[1]}D{c[2]}-{c[4]}" for c in MMA_SYNC_CASES])
 def test_elman_mma_kernel_sync_modes(monkeypatch, B, T, D, dtype, nl, with_h0, with_b, sync):
     """The 16-unit tensor-core kernel under both grid barriers (fences + atomicAdd, release
-    reduction)."""
+    reduction); B > 16 runs its multi-tile pass by default."""
     from elmanlab.ops.elman.fused import CudaBackend
 
     monkeypatch.setattr(CudaBackend, "sync", sync)
     seen = _variants_seen(monkeypatch)
     _elman_case(B, T, D, dtype, nl, with_h0, with_b)
-    assert seen == ["mma", "mma"], seen
+    kind = "mma-multi" if B > 16 else "mma"
+    assert seen == [kind, kind], seen
 
 
-MULTI_CASES = [  # B, T, D, nonlinearity, h0, bias: B > 16 through the multi-tile pass
+MULTI_CASES = [  # B, T, D, nonlinearity, h0, bias: B > 16, the multi-tile pass (default) and tile by tile
     (17, 37, 96, "tanh", True, True),
     (33, 129, 1000, "linear", False, True),
     (64, 513, 1760, "tanh", True, True),
@@ -258,38 +259,19 @@ MULTI_CASES = [  # B, T, D, nonlinearity, h0, bias: B > 16 through the multi-til
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("multi_tile", [True, False])
 @pytest.mark.parametrize("B,T,D,nl,with_h0,with_b", MULTI_CASES,
                          ids=[f"B{c[0]}T{c[1]}D{c[2]}-{c[3]}" for c in MULTI_CASES])
-def test_elman_mma_multi_tile(monkeypatch, B, T, D, nl, with_h0, with_b):
-    """The 16-unit kernel with all batch tiles of a step in one pass over W."""
+def test_elman_mma_multi_tile(monkeypatch, B, T, D, nl, with_h0, with_b, multi_tile):
+    """B > 16 on the 16-unit kernel: all batch tiles of a step in one pass over W (the default),
+    or one tile after another (CudaBackend.multi_tile = False)."""
     from elmanlab.ops.elman.fused import CudaBackend
 
-    monkeypatch.setattr(CudaBackend, "multi_tile", True)
+    monkeypatch.setattr(CudaBackend, "multi_tile", multi_tile)
     seen = _variants_seen(monkeypatch)
     _elman_case(B, T, D, torch.bfloat16, nl, with_h0, with_b)
-    assert seen == ["mma-multi", "mma-multi"], seen
-
-
-PIPE_CASES = [  # B, T, D, nonlinearity, h0, bias: B <= 16 through the pipelined build
-    (1, 1, 96, "tanh", True, True),
-    (3, 37, 1000, "linear", True, False),
-    (16, 513, 1760, "tanh", True, True),
-    (16, 129, 2112, "linear", False, True),
-]
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("B,T,D,nl,with_h0,with_b", PIPE_CASES,
-                         ids=[f"B{c[0]}T{c[1]}D{c[2]}-{c[3]}" for c in PIPE_CASES])
-def test_elman_mma_pipelined(monkeypatch, B, T, D, nl, with_h0, with_b):
-    """The 16-unit kernel's pipelined build (the next step's inputs loaded before the barrier, two
-    accumulator chains, a padded reduction tile)."""
-    from elmanlab.ops.elman.fused import CudaBackend
-
-    monkeypatch.setattr(CudaBackend, "pipelined", True)
-    seen = _variants_seen(monkeypatch)
-    _elman_case(B, T, D, torch.bfloat16, nl, with_h0, with_b)
-    assert seen == ["mma-pipe", "mma-pipe"], seen
+    kind = "mma-multi" if multi_tile else "mma"
+    assert seen == [kind, kind], seen
 
 
 def _elman_case(B, T, D, dtype, nl, with_h0, with_b):

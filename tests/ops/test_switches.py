@@ -85,7 +85,7 @@ def test_mma_switch_rejects_other_values(monkeypatch):
 
 
 @pytest.mark.parametrize("value,mode", [(None, fused.SYNC_DEFAULT), ("", fused.SYNC_DEFAULT), ("fence", "fence"),
-                                        ("RELEASE", "release"), ("backoff", "backoff")])
+                                        ("RELEASE", "release")])
 def test_sync_switch(monkeypatch, value, mode):
     """ELMANLAB_ELMAN_SYNC: the tensor-core kernels' grid barrier (fence or release)."""
     monkeypatch.setattr(fused.CudaBackend, "sync", None)
@@ -102,7 +102,7 @@ def test_sync_switch_rejects_other_values(monkeypatch):
     with pytest.raises(ElmanlabError) as e:
         fused.CudaBackend.sync_mode()
     msg = one_line(e)
-    assert "ELMANLAB_ELMAN_SYNC='flags'" in msg and "fence, release, backoff" in msg
+    assert "ELMANLAB_ELMAN_SYNC='flags'" in msg and "fence, release" in msg
 
 
 # ---------------------------------------------------------------- ELMANLAB_ELMAN_IMPL

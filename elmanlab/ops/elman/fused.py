@@ -32,7 +32,7 @@ MODES = {"tanh": 0, "linear": 1}
 MMA_MAX_KP = 16 * 8 * 17       # the 16-unit tensor-core kernel: 8 warps x 17 k-steps of 16
 WIDE_MAX_KP = 16 * 16 * 16     # the 32-unit one: 16 warps x 16 k-steps of 16 (d_inner <= 4096)
 WIDE_UNITS = 32                # output units per block of the wide kernel
-SYNC_MODES = ("fence", "release", "backoff")     # in the kernel's order: sync 0, 1, 2
+SYNC_MODES = ("fence", "release")     # in the kernel's order: sync 0, 1
 SYNC_DEFAULT = "release"     # 2-5% faster than "fence" in 9 of 9 rows side by side on an H200
 POISON = False      # tests set this: kernel outputs start as NaN, so an unwritten element fails
 
@@ -86,15 +86,13 @@ class CudaBackend:
     use_mma: bool | None = None
     force_variant: str | None = None      # "mma" or "wide": tests and benchmarks only
     # the tensor-core kernels' grid barrier every step: "fence" (__threadfence, atomicAdd, spin,
-    # __threadfence), "release" (one release reduction, then the acquire spin) or "backoff" (release,
-    # 32 ns between polls). None: read ELMANLAB_ELMAN_SYNC, default SYNC_DEFAULT.
+    # __threadfence) or "release" (one release reduction, then the acquire spin). None: read
+    # ELMANLAB_ELMAN_SYNC, default SYNC_DEFAULT.
     sync: str | None = None
     # B > 16 on the 16-unit kernel: True runs all (up to 4) batch tiles of a step in one pass over W
-    # ("mma-multi"), False one tile after another. Off until measured on a GPU.
-    multi_tile: bool = False
-    # B <= 16 on the 16-unit kernel: True runs its pipelined build ("mma-pipe": the next step's inputs
-    # loaded before the barrier, two accumulator chains, a conflict-free reduction). Off until measured.
-    pipelined: bool = False
+    # ("mma-multi"), False one tile after another. On: fwd+bwd 1.12x at B64 d_inner 1024, 1.03x at 1760,
+    # a tie at 2112 on an H200 (benchmarks/results/kernels-candidates-h200-2026-12-03.md).
+    multi_tile: bool = True
     # timing probes of the 16-unit kernel (benchmarks/kernels.py --probe only; the results are WRONG):
     # 1 no grid barrier, 2 no state loads, 6 no state loads and no mma's, 7 none of the three
     probe: int = 0
@@ -186,9 +184,8 @@ class CudaBackend:
         kind = cls.variant(idx, D, X.dtype)
         if kind is None:
             raise RuntimeError(f"persistent Elman kernel does not support D={D}, dtype={X.dtype}")
-        multi = 1 if (kind == "mma" and B > 16 and cls.multi_tile) else 2 if (
-            kind == "mma" and B <= 16 and cls.pipelined) else 0
-        cls.last_variant = {0: kind, 1: "mma-multi", 2: "mma-pipe"}[multi]
+        multi = 1 if (kind == "mma" and B > 16 and cls.multi_tile) else 0
+        cls.last_variant = "mma-multi" if multi else kind
         if kind in ("mma", "wide"):
             sbuf = torch.zeros(2, B, p["KP"], dtype=torch.bfloat16, device=dev)
             if s0 is not None:

@@ -32,7 +32,7 @@ struct ElmanParams {
   float* sbuf;         // [2, B, KP] ping-pong state, zero padded beyond D
   unsigned* counter;   // zeroed before launch
   int B, T, D, KP, KC, reverse, mode, has_s0;
-  int sync;            // tensor-core kernels' barrier: 0 fences + atomicAdd, 1 release reduction, 2 + back-off
+  int sync;            // tensor-core kernels' barrier: 0 fences + atomicAdd, 1 release reduction
 };
 
 template <typename T> __device__ __forceinline__ float to_f(T x);
@@ -55,18 +55,16 @@ __device__ __forceinline__ void red_release_add_u32(unsigned* p, unsigned v) {
 // The grid-wide barrier at the end of step i of a tensor-core kernel (after the block's last
 // __syncthreads of the step). sync 0: __threadfence, atomicAdd (a round trip for its return
 // value), spin, __threadfence. sync 1: one fire-and-forget release reduction (the fence and the
-// add in one instruction, no return value to wait for), then the acquire spin alone. sync 2: the same
-// with a 32 ns back-off between polls (fewer reads of the counter's L2 line while the adds arrive).
-// (Measured and dropped: per-block step flags that each warp polled for the blocks whose units it
-// reads, 1.1-1.6x slower than sync 0 at every width: the polling flooded L2.)
+// add in one instruction, no return value to wait for), then the acquire spin alone.
+// (Measured on an H200 and dropped: per-block step flags that each warp polled for the blocks whose
+// units it reads, 1.1-1.6x slower than sync 0 at every width, the polling flooded L2; a 32 ns back-off
+// between polls of sync 1, within 1% of sync 1 in 14 of 15 rows, a tie: kernels-candidates/-linear
+// -h200-2026-12-03 in benchmarks/results.)
 __device__ __forceinline__ void step_done(const ElmanParams& p, int i, int tid) {
   if (i + 1 >= p.T) return;
   const unsigned target = (unsigned)(i + 1) * gridDim.x;
   if (tid == 0) {
-    if (p.sync == 2) {
-      red_release_add_u32(p.counter, 1u);
-      while (ld_acquire_u32(p.counter) < target) __nanosleep(32);
-    } else if (p.sync) {
+    if (p.sync) {
       red_release_add_u32(p.counter, 1u);
       while (ld_acquire_u32(p.counter) < target) {
       }
@@ -305,15 +303,12 @@ __device__ __forceinline__ void epilogue(const ElmanParams& p, __nv_bfloat16* sn
 
 // PROBE (timing probes for benchmarks/kernels.py --probe; the results are wrong): bit 1 skips the grid
 // barrier, bit 2 the state loads, bit 4 the mma's; the production build is PROBE = 0.
-// PIPE (the "pipelined" variant, for one batch tile, B <= 16): the next step's inputs (x, h) are
-// loaded at the end of each step, before its barrier, so their global-memory latency is off the next
-// step's chain; two accumulator chains per n8 tile (even and odd k-steps) halve the dependent mma
-// chain; the partial sums go through a padded tile (float2 stores without bank conflicts).
-#define RRS 24         // PIPE: row stride of the reduction tile (floats)
-
-template <typename TO, bool PIPE, int PROBE = 0>
+// (Measured on an H200 and dropped: a "pipelined" build that loaded the next step's x and h before
+// the barrier and split the mma chain in two, 1.03-1.09x slower at every B16 width,
+// kernels-candidates-h200-2026-12-03 in benchmarks/results; its code is in git history, 4c8d545.)
+template <typename TO, int PROBE = 0>
 __global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
-  __shared__ float red[8][16 * (PIPE ? RRS : 16)];
+  __shared__ float red[8][16 * 16];
   const int KP = p.KP, D = p.D, B = p.B, T = p.T, KS = KP / 16;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
   const int j0 = blockIdx.x * JP;
@@ -323,9 +318,6 @@ __global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
   const int ob = tid >> 4, oj = tid & 15, j = j0 + oj;
   const float bj = (p.bias != nullptr && j < D) ? p.bias[j] : 0.f;
   const int ntiles = (B + BT - 1) / BT;
-  const bool pipe = PIPE && ntiles == 1;
-  float xn = 0.f, hn = 0.f;                                   // PIPE: this step's inputs, loaded early
-  if (pipe) load_step_inputs(p, ob, p.reverse ? T - 1 : 0, 0, j, xn, hn);
 
   for (int i = 0; i < T; ++i) {
     const int t = p.reverse ? T - 1 - i : i;
@@ -336,12 +328,7 @@ __global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
       const int b0 = tile * BT, b = b0 + ob;
       const bool valid = (b < B) && (j < D);
       float xv, hv;
-      if (pipe) {
-        xv = xn;
-        hv = hn;
-      } else {
-        load_step_inputs(p, b, t, i, j, xv, hv);
-      }
+      load_step_inputs(p, b, t, i, j, xv, hv);
       if (do_mm) {
         uint2 lo[MAXR], hi[MAXR];
         const bool r0 = b0 + g < B, r1 = b0 + g + 8 < B;
@@ -357,39 +344,25 @@ __global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
             if (r1) hi[r] = __ldcg(reinterpret_cast<const uint2*>(p1 + ks * 16));
           }
         }
-        constexpr int NC = PIPE ? 2 : 1;                      // accumulator chains per n8 tile
-        float c[NC][2][4];
+        float c[2][4];
 #pragma unroll
-        for (int h = 0; h < NC; ++h)
+        for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-          for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-            for (int q = 0; q < 4; ++q) c[h][nt][q] = 0.f;
+          for (int q = 0; q < 4; ++q) c[nt][q] = 0.f;
 #pragma unroll
         for (int r = 0; r < MAXR; ++r) {
           if (warp + 8 * r < KS && !(PROBE & 4)) {
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt)
-              mma_bf16(c[r % NC][nt], lo[r].x, hi[r].x, lo[r].y, hi[r].y, wr[r][nt][0], wr[r][nt][1]);
+              mma_bf16(c[nt], lo[r].x, hi[r].x, lo[r].y, hi[r].y, wr[r][nt][0], wr[r][nt][1]);
           }
         }
-        if (PIPE) {
 #pragma unroll
-          for (int nt = 0; nt < 2; ++nt) {
-            float* rw = red[warp];
-            *reinterpret_cast<float2*>(rw + g * RRS + nt * 8 + 2 * tq) =
-                make_float2(c[0][nt][0] + c[NC - 1][nt][0], c[0][nt][1] + c[NC - 1][nt][1]);
-            *reinterpret_cast<float2*>(rw + (g + 8) * RRS + nt * 8 + 2 * tq) =
-                make_float2(c[0][nt][2] + c[NC - 1][nt][2], c[0][nt][3] + c[NC - 1][nt][3]);
-          }
-        } else {
-#pragma unroll
-          for (int nt = 0; nt < 2; ++nt) {
-            red[warp][g * 16 + nt * 8 + 2 * tq] = c[0][nt][0];
-            red[warp][g * 16 + nt * 8 + 2 * tq + 1] = c[0][nt][1];
-            red[warp][(g + 8) * 16 + nt * 8 + 2 * tq] = c[0][nt][2];
-            red[warp][(g + 8) * 16 + nt * 8 + 2 * tq + 1] = c[0][nt][3];
-          }
+        for (int nt = 0; nt < 2; ++nt) {
+          red[warp][g * 16 + nt * 8 + 2 * tq] = c[nt][0];
+          red[warp][g * 16 + nt * 8 + 2 * tq + 1] = c[nt][1];
+          red[warp][(g + 8) * 16 + nt * 8 + 2 * tq] = c[nt][2];
+          red[warp][(g + 8) * 16 + nt * 8 + 2 * tq + 1] = c[nt][3];
         }
         __syncthreads();
       }
@@ -397,11 +370,10 @@ __global__ void __launch_bounds__(NTH, 1) elman_mma_kernel(ElmanParams p) {
         float m = 0.f;
         if (do_mm) {
 #pragma unroll
-          for (int w = 0; w < 8; ++w) m += red[w][ob * (PIPE ? RRS : 16) + oj];
+          for (int w = 0; w < 8; ++w) m += red[w][ob * 16 + oj];
         }
         epilogue<TO>(p, snext, b, t, i, j, xv + bj + m, hv);
       }
-      if (pipe && i + 1 < T) load_step_inputs(p, ob, p.reverse ? T - 2 - i : i + 1, i + 1, j, xn, hn);
       __syncthreads();
     }
     if (!(PROBE & 1)) step_done(p, i, tid);
@@ -673,8 +645,8 @@ int elman_persistent_launch(int device, void* stream, int xdtype, int odtype, co
 }
 
 // bf16 inputs on the tensor cores; sbuf is bf16 [2, B, KP]. odtype: 1 = bf16 (forward), 0 = fp32.
-// multi: 0 = elman_mma_kernel, 1 = elman_mma_multi_kernel (up to 4 batch tiles per pass; for B > 16),
-// 2 = elman_mma_kernel's pipelined variant (PIPE). probe: 0, or 1, 2, 6, 7 (PROBE; wrong results).
+// multi: 0 = elman_mma_kernel, 1 = elman_mma_multi_kernel (up to 4 batch tiles per pass; for B > 16).
+// probe: 0, or 1, 2, 6, 7 (PROBE; wrong results).
 int elman_mma_launch(int device, void* stream, int odtype, const void* X, const void* aux, const float* bias,
                      const float* M, const float* c0, void* out, float* sfinal, void* sbuf, unsigned* counter,
                      int B, int T, int D, int KP, int reverse, int mode, int has_s0, int sync, int multi,
@@ -689,17 +661,15 @@ int elman_mma_launch(int device, void* stream, int odtype, const void* X, const 
   const void* fn;
   if (multi == 1)
     fn = odtype == 1 ? (const void*)elman_mma_multi_kernel<__nv_bfloat16> : (const void*)elman_mma_multi_kernel<float>;
-  else if (multi == 2)
-    fn = odtype == 1 ? (const void*)elman_mma_kernel<__nv_bfloat16, true> : (const void*)elman_mma_kernel<float, true>;
   else
-    fn = odtype == 1 ? (const void*)elman_mma_kernel<__nv_bfloat16, false> : (const void*)elman_mma_kernel<float, false>;
+    fn = odtype == 1 ? (const void*)elman_mma_kernel<__nv_bfloat16> : (const void*)elman_mma_kernel<float>;
   if (probe != 0 && multi == 0) {      // timing probes (wrong results): see PROBE
     const bool bf = odtype == 1;
     switch (probe) {
-      case 1: fn = bf ? (const void*)elman_mma_kernel<__nv_bfloat16, false, 1> : (const void*)elman_mma_kernel<float, false, 1>; break;
-      case 2: fn = bf ? (const void*)elman_mma_kernel<__nv_bfloat16, false, 2> : (const void*)elman_mma_kernel<float, false, 2>; break;
-      case 6: fn = bf ? (const void*)elman_mma_kernel<__nv_bfloat16, false, 6> : (const void*)elman_mma_kernel<float, false, 6>; break;
-      case 7: fn = bf ? (const void*)elman_mma_kernel<__nv_bfloat16, false, 7> : (const void*)elman_mma_kernel<float, false, 7>; break;
+      case 1: fn = bf ? (const void*)elman_mma_kernel<__nv_bfloat16, 1> : (const void*)elman_mma_kernel<float, 1>; break;
+      case 2: fn = bf ? (const void*)elman_mma_kernel<__nv_bfloat16, 2> : (const void*)elman_mma_kernel<float, 2>; break;
+      case 6: fn = bf ? (const void*)elman_mma_kernel<__nv_bfloat16, 6> : (const void*)elman_mma_kernel<float, 6>; break;
+      case 7: fn = bf ? (const void*)elman_mma_kernel<__nv_bfloat16, 7> : (const void*)elman_mma_kernel<float, 7>; break;
       default: return (int)cudaErrorInvalidValue;
     }
   }
