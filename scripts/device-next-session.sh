@@ -2,7 +2,7 @@
 # The GPU work left after 2026-12-03 (issue 17), in calls on one warm machine (each <= 10 minutes;
 # the machine stays warm about 30 s between calls, so make them back to back):
 #   a  install; every Elman/E88 GPU test (the refactored kernels, the multi-tile pass, the pipelined
-#      build, the back-off barrier, E88 v4 and v5); the Elman tanh rows at B16/B64 with each
+#      build, the back-off barrier, E88 v2 and v3); the Elman tanh rows at B16/B64 with each
 #      barrier and the multi-tile / pipelined builds beside the defaults, and the probes that time the
 #      16-unit kernel without its barrier, state loads or mma's (where the ~4 us per step go)
 #   b  end to end: the seeds' E88 500M n48 rows and E1 400M beside them (graph step, B16; Mamba2 400M's
@@ -10,7 +10,7 @@
 #      runs) against qk_autocast=true (its bf16 kernel), qk_autocast's loss over 300 steps, then
 #      start E42 400M for 1,500 steps at the seeds' settings in the background (non-finite steps counted)
 #   c  collect the E42 run (about 6 minutes after b)
-#   e  E88 v3, v4 and v5 side by side (correctness, then fwd+bwd beside fla's GDN; C 4 and 5 forced too)
+#   e  E88 v2 and v3 side by side (correctness, then fwd+bwd beside fla's GDN; v3 at C 4 and 5 forced too)
 #   usage: scripts/device-next-session.sh a|e|b|c OUTDIR   (ELMANLAB_SOURCE_COMMIT=<sha> set; carry .wheels
 #          and .data, made by: python3 scripts/make-corpus-slice.py)
 set -o pipefail
@@ -31,7 +31,7 @@ a)
     grep "^| " "$out/kernels-multi.log"
     ;;
 e)
-    timeout 420 python3 scripts/e88-ab.py --out "$out/e88-ab-h200.json" --kernels v3,v4,v5 \
+    timeout 420 python3 scripts/e88-ab.py --out "$out/e88-ab-h200.json" --kernels v2,v3 \
         --shapes 44:48,32:48,56:32 --c-sweep 4,5 > "$out/e88-ab.log" 2>&1
     echo "e88-ab exit $?" >> "$out/e88-ab.log"
     grep -v TileLang "$out/e88-ab.log" | tail -n 60

@@ -11,9 +11,9 @@ key width (when fla is importable).
    CUDA-event timings after warm-up; fla's chunk_gated_delta_rule at key width H*n (heads of K128
    V256, as benchmarks/kernels.py does).
 
-    python3 scripts/e88-ab.py --out /tmp/e88-ab.json                    # v2, v3, v4, v5
-    python3 scripts/e88-ab.py --out ab.json --kernels v3,v5
-    python3 scripts/e88-ab.py --out ab.json --kernels v3,v4,v5 --c-sweep 4,6,9   # staged variants at forced C too
+    python3 scripts/e88-ab.py --out /tmp/e88-ab.json                    # v2 and v3
+    python3 scripts/e88-ab.py --out ab.json --kernels v3
+    python3 scripts/e88-ab.py --out ab.json --kernels v2,v3 --c-sweep 4,6,9   # v3 at forced C too
 
 Prints a table; writes JSON to --out (and a Markdown copy of the table beside it).
 """
@@ -144,10 +144,11 @@ def fla_pair(B, width, reps, warmup, K=128, V=256):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="JSON path (a .md table is written beside it)")
-    ap.add_argument("--kernels", default=",".join(ef.KERNELS), help="variants to compare (default: all)")
+    ap.add_argument("--kernels", default=",".join(ef.KERNELS),
+                    help=f"variants to compare, of {', '.join(ef.KERNELS)} (default: all)")
     ap.add_argument("--reps", type=int, default=20, help="timed repetitions (median)")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--c-sweep", default="", help="the staged variants v3, v4, v5 (those of --kernels) also at "
+    ap.add_argument("--c-sweep", default="", help="the staged variant v3 (when in --kernels) also at "
                     "these checkpoint intervals (comma list)")
     ap.add_argument("--no-fla", action="store_true", help="skip fla's chunk Gated DeltaNet")
     ap.add_argument("--no-check", action="store_true", help="skip the correctness checks")
@@ -155,11 +156,15 @@ def main(argv=None) -> int:
                     help="heads:n_state pairs to time (comma list; default the four of issue 17)")
     ap.add_argument("--batches", default=",".join(str(b) for b in BATCHES), help="batch sizes to time")
     args = ap.parse_args(argv)
+    kernels = [x.strip().lower() for x in args.kernels.split(",") if x.strip()]
+    unknown = [k for k in kernels if k not in ef.KERNELS]
+    if unknown:
+        print(f"error: --kernels {','.join(unknown)}: not an E88 kernel (use {', '.join(ef.KERNELS)})", file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print("error: scripts/e88-ab.py needs a CUDA GPU", file=sys.stderr)
         return 2
     t_start = time.time()
-    kernels = [x.strip() for x in args.kernels.split(",") if x.strip()]
     sweep = [int(x) for x in args.c_sweep.split(",") if x.strip()]
     gpu = torch.cuda.get_device_name()
     print(f"GPU: {gpu}; torch {torch.__version__}; default kernel {ef.kernel_variant()}", flush=True)

@@ -2,9 +2,9 @@
 autograd Function through the plain-PyTorch backend (checkpointed backward) against autograd
 through the float64 reference; on the GPU (marked ``gpu``, skipped without CUDA) the CUDA kernel
 against the float64 reference: forward, final state and every gradient, odd shapes, outputs
-poisoned with NaN before each call, for each kernel variant (v2, v3, v4, v5; the record of what ran
-names it), v3, v4 and v5 also at chosen checkpoint intervals, odd bf16 value widths and unaligned
-inputs (their element-copy and 4-byte staging), v5's 2-D tile at value widths not a multiple of 4.
+poisoned with NaN before each call, for each kernel variant (v2, v3; the record of what ran names
+it), v3 also at chosen checkpoint intervals, odd bf16 value widths, value widths not a multiple of 4
+or 8 and unaligned inputs (its element-copy and 4-byte staging).
 Relative RMS error <= 1e-4 with fp32 inputs, <= 1e-2 with bf16."""
 import pytest
 import torch
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from conftest import rel_err
 from elmanlab.ops.e88 import e88_scan_ref
 from elmanlab.ops import implementations_used, reset_implementations_used
-from elmanlab.ops.e88.fused import KERNELS, PATHS, TorchBackend as E88Torch, e88_scan_backend
+from elmanlab.ops.e88.fused import KERNELS, PATHS, STAGED, TorchBackend as E88Torch, e88_scan_backend
 from op_checks import D64, _compare, _grads, _seed
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
@@ -98,25 +98,46 @@ def test_e88_kernel_variant_choice(monkeypatch):
 
     monkeypatch.delenv(ef.KERNEL_ENV, raising=False)
     assert ef.kernel_variant() == ef.DEFAULT_KERNEL in KERNELS
+    assert KERNELS == ("v2", "v3") and STAGED == ("v3",)
     monkeypatch.setenv(ef.KERNEL_ENV, "V3")
     assert ef.kernel_variant() == "v3" and ef.CudaBackend.pinned() is ef.CudaBackendV3
-    monkeypatch.setenv(ef.KERNEL_ENV, "v4")
-    assert ef.kernel_variant() == "v4" and ef.CudaBackend.pinned() is ef.CudaBackendV4
-    assert ef.CudaBackendV4.variant() == "v4" and ef.CudaBackend.pinned("v3") is ef.CudaBackendV3
-    monkeypatch.setenv(ef.KERNEL_ENV, "v5")
-    assert ef.kernel_variant() == "v5" and ef.CudaBackend.pinned() is ef.CudaBackendV5
-    assert ef.CudaBackendV5.pinned() is ef.CudaBackendV5 and "v5" in ef.STAGED
+    monkeypatch.setenv(ef.KERNEL_ENV, "v2")
+    assert ef.kernel_variant() == "v2" and ef.CudaBackend.pinned() is ef.CudaBackendV2
+    assert ef.CudaBackendV2.variant() == "v2" and ef.CudaBackend.pinned("v3") is ef.CudaBackendV3
     monkeypatch.setenv(ef.KERNEL_ENV, "V3")
     monkeypatch.setattr(ef.CudaBackend, "kernel", "v2")
     assert ef.kernel_variant() == "v2" and ef.kernel_variant("v3") == "v3"
     assert ef.CudaBackend.pinned() is ef.CudaBackendV2 and ef.CudaBackendV3.variant() == "v3"
     assert ef.CudaBackendV3.pinned() is ef.CudaBackendV3
     monkeypatch.setattr(ef.CudaBackend, "kernel", None)
-    monkeypatch.setenv(ef.KERNEL_ENV, "v9")
-    with pytest.raises(ElmanlabError, match="ELMANLAB_E88_KERNEL='v9'.*v2, v3, v4, v5"):
-        ef.kernel_variant()
+    for gone in ("v9", "v4", "v5"):    # v4 and v5 were removed (no faster than v3 on an H200)
+        monkeypatch.setenv(ef.KERNEL_ENV, gone)
+        with pytest.raises(ElmanlabError, match=f"ELMANLAB_E88_KERNEL='{gone}'.*use one of v2, v3$") as e:
+            ef.kernel_variant()
+        assert "\n" not in str(e.value)
+    with pytest.raises(ElmanlabError, match="kernel='v4' is not an E88 kernel"):
+        ef.kernel_variant("v4")
+    # the path names the records have used since v3 came (old and new records compare)
+    assert PATHS == {"v2": "elmanlab E88 CUDA kernel", "v3": "elmanlab E88 CUDA kernel v3"}
     assert PATHS["v2"] == ef.NAME and all(p.startswith(ef.NAME) for p in PATHS.values())
     assert len(set(PATHS.values())) == len(KERNELS)
+
+
+def test_e88_v2_is_named_where_v3_rejects_a_shape_v2_takes(monkeypatch):
+    """v2 is kept as the fallback for the shapes v3 does not take (n 8 and 24 at large value dims):
+    where v3's plan rejects a shape and v2's takes it, the fix says to select v2; where neither
+    takes it, the width fix."""
+    import elmanlab.ops.e88.fused as ef
+
+    monkeypatch.delenv(ef.KERNEL_ENV, raising=False)
+    monkeypatch.setattr(ef.CudaBackend, "plan_for", lambda idx, dtype, n, m: 4)
+    monkeypatch.setattr(ef.CudaBackend, "plan_staged_for", lambda kern, idx, dtype, n, m, bh=1: 0)
+    ok, reason, fix = ef.plan_status(0, 1, 24, 200)
+    assert not ok and "key dim 24 with value dim 200" in reason and fix == ef.V2_FIX
+    assert fix.startswith("set ELMANLAB_E88_KERNEL=v2")
+    assert ef.plan_status(0, 1, 24, 200, "v2") == (True, "", "")
+    monkeypatch.setattr(ef.CudaBackend, "plan_for", lambda idx, dtype, n, m: 0)
+    assert ef.plan_status(0, 1, 24, 300)[2] == ef.WIDTH_FIX
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -207,22 +228,22 @@ V3_C_CASES = [  # B, T, H, n, m, dtype, nonlinearity, gate, S0, C, input offset 
     (2, 9, 2, 32, 32, torch.bfloat16, "tanh", None, True, 16, 0),     # T < C: one partial chunk
     (2, 37, 3, 32, 32, torch.bfloat16, "tanh", "silu", True, 4, 1),   # unaligned q, k, v, g
     (2, 37, 3, 24, 17, torch.float32, "tanh", "silu", True, 3, 1),
-    (2, 37, 3, 48, 48, torch.bfloat16, "tanh", "silu", True, 6, 2),   # 4-byte (not 16-byte) aligned: v4 4-byte copies
-    (2, 64, 3, 48, 48, torch.bfloat16, "tanh", None, True, 6, 0),     # T a multiple of C (v4's n48 plan: C <= 6)
-    (2, 37, 3, 48, 17, torch.float32, "tanh", "silu", True, 5, 1),    # v5: m % 4 != 0 (scalar rows), gated
-    (2, 37, 2, 32, 20, torch.bfloat16, "tanh", None, True, 3, 0),     # v5 n32: m % 8 != 0 (a half-empty warp)
-    (3, 21, 2, 64, 36, torch.bfloat16, "linear", "sigmoid", False, 2, 0),  # v5 n64, m % 8 != 0, gated
+    (2, 37, 3, 48, 48, torch.bfloat16, "tanh", "silu", True, 6, 2),   # 4-byte (not 16-byte) aligned inputs
+    (2, 64, 3, 48, 48, torch.bfloat16, "tanh", None, True, 6, 0),     # T a multiple of C
+    (2, 37, 3, 48, 17, torch.float32, "tanh", "silu", True, 5, 1),    # m % 4 != 0, unaligned, gated
+    (2, 37, 2, 32, 20, torch.bfloat16, "tanh", None, True, 3, 0),     # n32, m % 8 != 0 (a partly empty warp)
+    (3, 21, 2, 64, 36, torch.bfloat16, "linear", "sigmoid", False, 2, 0),  # n64, m % 8 != 0, gated
 ]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kernel", ["v3", "v4", "v5"])
+@pytest.mark.parametrize("kernel", STAGED)
 @pytest.mark.parametrize("B,T,H,n,m,dtype,nl,gate,with_s0,C,offset", V3_C_CASES,
                          ids=[f"B{c[0]}T{c[1]}H{c[2]}n{c[3]}m{c[4]}-{str(c[5])[6:]}-{c[6]}-{c[7]}-C{c[9]}-off{c[10]}"
                               for c in V3_C_CASES])
 def test_e88_v3_checkpoint_intervals_and_staging(B, T, H, n, m, dtype, nl, gate, with_s0, C, offset, kernel):
-    """v3, v4 and v5 at forced checkpoint intervals (1..16, T < C) and with unaligned inputs (element-wise
-    staging; v4 and v5 also 4-byte instead of 16-byte copies); v5 at value widths m % 4 != 0."""
+    """v3 at forced checkpoint intervals (1..16, T < C), with unaligned inputs (element-wise staging)
+    and at value widths m % 4 != 0 and m % 8 != 0."""
     raw = _case_inputs(B, T, H, n, m, dtype, gate, with_s0, (B, T, H, n, m, nl, gate, C), offset)
     if offset:
         assert raw[0].data_ptr() % 16 != 0
@@ -231,7 +252,7 @@ def test_e88_v3_checkpoint_intervals_and_staging(B, T, H, n, m, dtype, nl, gate,
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kernel", ["v3", "v4", "v5"])
+@pytest.mark.parametrize("kernel", STAGED)
 def test_e88_v3_refuses_a_checkpoint_interval_that_does_not_fit(kernel):
     """A forced C whose backward does not fit the shared memory is refused before anything runs
     (before: the backward launch failed with 'invalid argument' after the forward had run)."""
@@ -250,7 +271,7 @@ def test_e88_checkpoint_memory_is_linear(kernel):
     q = torch.randn(2, 512, 4, 32, device="cuda")
     C = CudaBackend.pinned(kernel).plan(q, 32)
     assert C >= 4          # the saved states are T / C per head: O(B T H n) for n = 32
-    if kernel in ("v3", "v4", "v5"):   # C >= 4 at every width the layers use, at small and large batches
+    if kernel in STAGED:   # C >= 4 at every width the layers use, at small and large batches
         for B, H, n in [(2, 4, 48), (16, 44, 48), (64, 32, 48), (16, 56, 32), (64, 64, 32), (8, 8, 64)]:
             qq = torch.empty(B, 1, H, n, device="cuda")
             assert 4 <= CudaBackend.pinned(kernel).plan(qq, n) <= 16

@@ -14,23 +14,27 @@
 :class:`CudaBackend` runs both in ``e88_kernel.cu`` (one block per (batch, head));
 :class:`TorchBackend` is the same algorithm in plain PyTorch (CPU tests of the algebra).
 
-The kernel comes in four variants (same algorithm, same results up to float rounding order):
+The kernel comes in two variants (same algorithm, same results up to float rounding order):
 
-* ``v2``: inputs read from global memory step by step (one step prefetched), C from a 64 KB
-  shared-memory budget (8 at n = 32, 4 at n = 48, 2 at n = 64);
-* ``v3``: inputs staged in shared memory a chunk at a time (cp.async, double-buffered), the
-  recompute keeps delta = v - S_prev k for the reverse step, capped registers, and C chosen per
-  shape and batch for the fewest waves of blocks (then the largest C, 4 <= C <= 16);
-* ``v4``: v3 with the backward's registers capped for more resident blocks (n = 48: 96, 3 blocks
-  per SM where v3's 112 allow 2), the next checkpoint loaded during the end-of-chunk reduction,
-  that reduction and the staging without integer divisions (16-byte cp.async), two-accumulator
-  dot products; same plan rule as v3 with v4's occupancy;
-* ``v5``: v4's forward and, at n = 32, 48, 64, a backward with a 2-D thread tile (each thread 4 rows
-  x n/16 columns of the state: the dq/dk column sums take n/16 shuffles per step instead of v3's
-  7/8 x n/2, a quarter of the k/q loads; the row sums span 16 lanes), the gate a template parameter,
-  registers capped for 4 blocks/SM at n = 48; other n run v3. Same plan rule with v5's occupancy.
+* ``v3`` (the default): inputs staged in shared memory a chunk at a time (cp.async,
+  double-buffered), the recompute keeps delta = v - S_prev k for the reverse step, capped
+  registers, and C chosen per shape and batch for the fewest waves of blocks (then the largest C,
+  4 <= C <= 16; 1..3 when none of those fits);
+* ``v2``, kept as the fallback for the shapes v3 does not take: inputs read from global memory step
+  by step (one step prefetched), C from a 64 KB shared-memory budget (8 at n = 32, 4 at n = 48, 2 at
+  n = 64). v3's backward needs more registers than v2's at n = 8 and n = 24, so fewer threads per
+  block, i.e. a smaller largest value dim m (4 threads per row of the state): on an H200 (sm_90,
+  nvcc 13.0, ptxas's register counts) v2 takes m up to 256 at n = 8 where v3 takes 160, and at
+  n = 24 up to 160 (fp32) / 224 (bf16) where v3 takes 128 (every other n_state: v3 takes at least
+  v2's m). ``ELMANLAB_E88_KERNEL=v2`` runs it; :func:`plan_status` names it in the fix when v3
+  rejects a shape that v2 takes.
 
-Which one runs: ``CudaBackend.kernel`` when set, else ``$ELMANLAB_E88_KERNEL`` (v2, v3, v4 or v5), else
+v3 was 1.5-1.8x faster than v2 at every shape of issue 17 on an H200
+(benchmarks/results/e88-ab-h200-2026-12-03-n48.md). Two further variants, v4 (v3 with the backward's
+registers capped lower) and v5 (a 2-D thread tile in the backward), were removed: side by side on an
+H200 v4 was 0.95-1.01x v3 and v5 within -1%..+6% of it (benchmarks/results/e88-ab-h200-2026-12-03-v345.md).
+
+Which one runs: ``CudaBackend.kernel`` when set, else ``$ELMANLAB_E88_KERNEL`` (v2 or v3), else
 :data:`DEFAULT_KERNEL`; the record of what ran names it (:data:`PATHS`).
 """
 from __future__ import annotations
@@ -50,13 +54,13 @@ _SRC = Path(__file__).with_name("e88_kernel.cu")
 GATES = {None: 0, "silu": 1, "sigmoid": 2}
 POISON = False      # tests set this: kernel outputs start as NaN, so an unwritten element fails
 SMEM_BUDGET = 64 * 1024      # v2: backward shared memory per block that picks the checkpoint interval
-KERNELS = ("v2", "v3", "v4", "v5")
+KERNELS = ("v2", "v3")
 DEFAULT_KERNEL = "v3"        # the variant that runs when neither CudaBackend.kernel nor the env var says
                              # (v3: 1.5-1.8x faster than v2 at every shape of issue 17 on an H200,
                              # benchmarks/results/e88-ab-h200-2026-12-03*.md)
 KERNEL_ENV = "ELMANLAB_E88_KERNEL"
-V3_C_RANGE = (4, 16)         # v3, v4, v5: the checkpoint intervals the plan chooses from (then 1..3 if none fits)
-STAGED = ("v3", "v4", "v5")  # the variants with staged inputs and a per-batch plan (e88v3_plan, ..., e88v5_plan)
+V3_C_RANGE = (4, 16)         # v3: the checkpoint intervals the plan chooses from (then 1..3 if none fits)
+STAGED = ("v3",)             # the variants with staged inputs and a per-batch plan (e88v3_plan)
 
 
 def _gate_val_grad(g, gate):
@@ -211,10 +215,10 @@ class CudaBackend:
 
     @classmethod
     def plan_staged_for(cls, kern: str, idx: int, dtype: int, n: int, m: int, bh: int = 1) -> int:
-        """The checkpoint interval of the staged variant ``kern`` (v3, v4 or v5, each by its own
-        kernels' occupancy) for key dim n, value dim m, B*H = bh blocks (0: not supported): the fewest
-        waves of backward blocks over the SMs, then the largest C in V3_C_RANGE (1..3 when none of
-        those fits the device's shared memory)."""
+        """The checkpoint interval of the staged variant ``kern`` (v3, by its kernels' occupancy) for
+        key dim n, value dim m, B*H = bh blocks (0: not supported): the fewest waves of backward
+        blocks over the SMs, then the largest C in V3_C_RANGE (1..3 when none of those fits the
+        device's shared memory)."""
         from elmanlab.ops._build import check
 
         key = (kern, idx, dtype, n, m, bh)
@@ -234,7 +238,7 @@ class CudaBackend:
 
     @classmethod
     def fits(cls, q, m: int, C: int, kern: str) -> bool:
-        """Whether the backward of ``kern`` (v3, v4 or v5) at checkpoint interval ``C`` fits the device
+        """Whether the backward of ``kern`` (a staged variant: v3) at checkpoint interval ``C`` fits the device
         (shared memory, one block)."""
         from elmanlab.ops._build import check
 
@@ -310,15 +314,7 @@ class CudaBackendV3(CudaBackend):
     kernel = "v3"
 
 
-class CudaBackendV4(CudaBackend):
-    kernel = "v4"
-
-
-class CudaBackendV5(CudaBackend):
-    kernel = "v5"
-
-
-_PINNED = {"v2": CudaBackendV2, "v3": CudaBackendV3, "v4": CudaBackendV4, "v5": CudaBackendV5}
+_PINNED = {"v2": CudaBackendV2, "v3": CudaBackendV3}
 
 
 class E88ScanFn(torch.autograd.Function):
@@ -370,9 +366,10 @@ def e88_scan_backend(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_
 _WARNED = set()
 NAME = "elmanlab E88 CUDA kernel"          # the path name of v2 (every variant's starts with it)
 # the path name in backend_info and in the record of what ran
-PATHS = {"v2": NAME, "v3": f"{NAME} v3", "v4": f"{NAME} v4", "v5": f"{NAME} v5"}
+PATHS = {"v2": NAME, "v3": f"{NAME} v3"}
 WIDTH_FIX = ("choose n_state and expansion so that the value dim (n_state * expansion) is one the kernel "
              "takes (expansion 1.0 always is)")
+V2_FIX = (f"set {KERNEL_ENV}=v2 (the fallback kernel takes this shape), or " + WIDTH_FIX)
 
 
 def cuda_status(q, v, kernel: str | None = None) -> tuple[bool, str, str]:
@@ -390,7 +387,7 @@ def plan_status(idx: int, dtype: int, n: int, m: int, kernel: str | None = None)
     """:func:`cuda_status` for key dim n, value dim m, dtype code (1 bf16, 0 float32) on GPU idx."""
     kern = kernel_variant(kernel)
     try:
-        C = CudaBackend.plan_for(idx, dtype, n, m)           # builds the library; v2's shape rules
+        C = C2 = CudaBackend.plan_for(idx, dtype, n, m)      # builds the library; v2's shape rules
         if C > 0 and kern in STAGED:
             C = CudaBackend.plan_staged_for(kern, idx, dtype, n, m)
     except Exception as exc:  # no nvcc or a build failure: fall back once, say so
@@ -402,7 +399,8 @@ def plan_status(idx: int, dtype: int, n: int, m: int, kernel: str | None = None)
         return False, f"E88 kernel unavailable: {reason}", fix
     if C > 0:
         return True, "", ""
-    return False, f"the E88 kernel does not take key dim {n} with value dim {m} on this GPU", WIDTH_FIX
+    return (False, f"the E88 kernel does not take key dim {n} with value dim {m} on this GPU",
+            V2_FIX if C2 > 0 else WIDTH_FIX)
 
 
 def cuda_supported(q, v, kernel: str | None = None) -> bool:
