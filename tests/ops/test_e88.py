@@ -123,21 +123,54 @@ def test_e88_kernel_variant_choice(monkeypatch):
     assert len(set(PATHS.values())) == len(KERNELS)
 
 
-def test_e88_v2_is_named_where_v3_rejects_a_shape_v2_takes(monkeypatch):
-    """v2 is kept as the fallback for the shapes v3 does not take (n 8 and 24 at large value dims):
-    where v3's plan rejects a shape and v2's takes it, the fix says to select v2; where neither
-    takes it, the width fix."""
+def test_e88_default_runs_whichever_variant_takes_the_shape(monkeypatch):
+    """By default v3 runs where it takes the shape, else v2 where it does (n 8 and 24 at large value
+    dims), and v3 where only it does; a variant asked for by name runs only itself, and its fix
+    names the other variant when that one would take the shape; where neither does, the width fix."""
     import elmanlab.ops.e88.fused as ef
 
     monkeypatch.delenv(ef.KERNEL_ENV, raising=False)
-    monkeypatch.setattr(ef.CudaBackend, "plan_for", lambda idx, dtype, n, m: 4)
-    monkeypatch.setattr(ef.CudaBackend, "plan_staged_for", lambda kern, idx, dtype, n, m, bh=1: 0)
-    ok, reason, fix = ef.plan_status(0, 1, 24, 200)
-    assert not ok and "key dim 24 with value dim 200" in reason and fix == ef.V2_FIX
-    assert fix.startswith("set ELMANLAB_E88_KERNEL=v2")
-    assert ef.plan_status(0, 1, 24, 200, "v2") == (True, "", "")
-    monkeypatch.setattr(ef.CudaBackend, "plan_for", lambda idx, dtype, n, m: 0)
-    assert ef.plan_status(0, 1, 24, 300)[2] == ef.WIDTH_FIX
+    monkeypatch.setattr(ef.CudaBackend, "kernel", None)
+    takes = {"v2": True, "v3": False}
+    monkeypatch.setattr(ef.CudaBackend, "plan_for", lambda idx, dtype, n, m: 4 if takes["v2"] else 0)
+    monkeypatch.setattr(ef.CudaBackend, "plan_staged_for",
+                        lambda kern, idx, dtype, n, m, bh=1: 9 if takes["v3"] else 0)
+    assert ef.choose_variant(0, 1, 24, 200) == ("v2", "", "")              # v3 rejects, v2 takes
+    assert ef.plan_status(0, 1, 24, 200) == (True, "", "")
+    kern, reason, fix = ef.choose_variant(0, 1, 24, 200, "v3")            # v3 asked for by name
+    assert kern is None and "kernel v3 does not take key dim 24 with value dim 200" in reason
+    assert fix.startswith("unset ELMANLAB_E88_KERNEL (kernel v2 takes this shape)")
+    monkeypatch.setenv(ef.KERNEL_ENV, "v3")
+    assert ef.choose_variant(0, 1, 24, 200)[0] is None                     # the env var names it too
+    monkeypatch.delenv(ef.KERNEL_ENV)
+    takes.update(v2=False, v3=True)                                        # only v3 takes it
+    assert ef.choose_variant(0, 1, 48, 128) == ("v3", "", "")
+    assert ef.choose_variant(0, 1, 48, 128, "v2")[0] is None
+    takes.update(v3=False)                                                 # neither
+    kern, reason, fix = ef.choose_variant(0, 1, 24, 300)
+    assert kern is None and fix == ef.WIDTH_FIX
+    takes.update(v2=True, v3=True)
+    assert ef.choose_variant(0, 1, 32, 32) == ("v3", "", "")               # both: the default
+
+
+def test_e88_records_v2_where_the_default_falls_to_it(monkeypatch):
+    """fast_e88 records the variant that ran, v2 where v3 does not take the shape."""
+    import elmanlab.ops.e88.fused as ef
+
+    monkeypatch.delenv(ef.KERNEL_ENV, raising=False)
+    monkeypatch.setattr(ef.CudaBackend, "kernel", None)
+    monkeypatch.setattr(ef, "cuda_status", lambda q, v, kernel=None: (True, "", ""))
+    monkeypatch.setattr(ef, "device_index", lambda dev: 0)
+    monkeypatch.setattr(ef, "_takes", lambda kern, idx, dtype, n, m: kern == "v2")
+    pinned = []
+    monkeypatch.setattr(ef.CudaBackend, "pinned",
+                        classmethod(lambda cls, kernel=None: pinned.append(kernel) or E88Torch))
+    q = F.normalize(torch.randn(2, 9, 3, 8), dim=-1)
+    v, a = torch.randn(2, 9, 3, 8), torch.rand(2, 9, 3)
+    reset_implementations_used()
+    ef.fast_e88(q, q, v, a)
+    assert pinned == ["v2"]
+    assert implementations_used()["e88"]["path"] == PATHS["v2"]
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -147,6 +180,8 @@ def test_e88_records_the_variant_that_ran(monkeypatch, kernel):
 
     monkeypatch.setenv(ef.KERNEL_ENV, kernel)
     monkeypatch.setattr(ef, "cuda_status", lambda q, v, kernel=None: (True, "", ""))
+    monkeypatch.setattr(ef, "device_index", lambda dev: 0)
+    monkeypatch.setattr(ef, "_takes", lambda kern, idx, dtype, n, m: True)
     pinned = []
     monkeypatch.setattr(ef.CudaBackend, "pinned",
                         classmethod(lambda cls, kernel=None: pinned.append(ef.kernel_variant(kernel)) or E88Torch))
@@ -275,3 +310,24 @@ def test_e88_checkpoint_memory_is_linear(kernel):
         for B, H, n in [(2, 4, 48), (16, 44, 48), (64, 32, 48), (16, 56, 32), (64, 64, 32), (8, 8, 64)]:
             qq = torch.empty(B, 1, H, n, device="cuda")
             assert 4 <= CudaBackend.pinned(kernel).plan(qq, n) <= 16
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,m", [(24, 200), (8, 256), (48, 112), (32, 160)])
+def test_e88_default_falls_to_the_variant_that_takes_the_shape(monkeypatch, n, m):
+    """Shapes at the edge of one variant's register budget (by ptxas's counts: v3 stops at m 128 for
+    n 24 and 160 for n 8, v2 at m 96 for n 48 and 128 for n 32, in bf16) run the other one by default,
+    recorded by name, and match the float64 reference."""
+    import elmanlab.ops.e88.fused as ef
+
+    monkeypatch.delenv(ef.KERNEL_ENV, raising=False)
+    kern, reason, fix = ef.choose_variant(torch.cuda.current_device(), 1, n, m)
+    assert kern is not None, (reason, fix)
+    raw = _case_inputs(2, 37, 2, n, m, torch.bfloat16, None, True, ("edge", n, m))
+    ins = [None if x is None else x.detach().clone().requires_grad_() for x in raw]
+    ins64 = [x if x is None else x.detach().double().requires_grad_() for x in raw]
+    reset_implementations_used()
+    out = ef.fast_e88(*ins[:5], "tanh")
+    assert implementations_used()["e88"]["paths"] == [PATHS[kern]], implementations_used()
+    ref = e88_scan_ref(*ins64[:5], "tanh")
+    _compare(out, ref, ins[:5], ins64[:5], TOL[torch.bfloat16], f"edge n{n} m{m} {kern}|q,k,v,decay,S0")

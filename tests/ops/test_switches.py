@@ -207,13 +207,15 @@ def test_build_failure_reasons_name_the_cause_and_fix(monkeypatch):
         raise err
     monkeypatch.setattr(fused.CudaBackend, "plan", boom)
     monkeypatch.setattr(e88f.CudaBackend, "plan_for", boom)
+    monkeypatch.setattr(e88f.CudaBackend, "plan_staged_for", boom)
     monkeypatch.setattr(fused, "_WARNED", {"build"})
     monkeypatch.setattr(e88f, "_WARNED", {"build"})
     kind, reason, fix = fused.plan_status(0, 1024)
     assert kind == "build" and "nvcc not found" in reason and fix == build.NVCC_FIX
     ok, reason, fix = e88f.plan_status(0, 1, 32, 32)
     assert not ok and reason.startswith("E88 kernel unavailable: nvcc not found") and fix == build.NVCC_FIX
-    monkeypatch.setattr(e88f.CudaBackend, "plan_for", lambda *a: 0)       # the kernel rejects the width
+    monkeypatch.setattr(e88f.CudaBackend, "plan_for", lambda *a: 0)       # both variants reject the width
+    monkeypatch.setattr(e88f.CudaBackend, "plan_staged_for", lambda *a, **k: 0)
     ok, reason, fix = e88f.plan_status(0, 1, 32, 512)
     assert not ok and "value dim 512" in reason and fix == e88f.WIDTH_FIX
     monkeypatch.setenv("ELMANLAB_NVCC", "/nonexistent/nvcc")

@@ -369,7 +369,6 @@ NAME = "elmanlab E88 CUDA kernel"          # the path name of v2 (every variant'
 PATHS = {"v2": NAME, "v3": f"{NAME} v3"}
 WIDTH_FIX = ("choose n_state and expansion so that the value dim (n_state * expansion) is one the kernel "
              "takes (expansion 1.0 always is)")
-V2_FIX = (f"set {KERNEL_ENV}=v2 (the fallback kernel takes this shape), or " + WIDTH_FIX)
 
 
 def cuda_status(q, v, kernel: str | None = None) -> tuple[bool, str, str]:
@@ -383,37 +382,67 @@ def cuda_status(q, v, kernel: str | None = None) -> tuple[bool, str, str]:
     return plan_status(idx, 1 if q.dtype == torch.bfloat16 else 0, q.shape[-1], v.shape[-1], kernel)
 
 
-def plan_status(idx: int, dtype: int, n: int, m: int, kernel: str | None = None) -> tuple[bool, str, str]:
-    """:func:`cuda_status` for key dim n, value dim m, dtype code (1 bf16, 0 float32) on GPU idx."""
+def _explicit(kernel: str | None) -> bool:
+    """Whether a variant was asked for (argument, CudaBackend.kernel or $ELMANLAB_E88_KERNEL), not defaulted."""
+    return bool(kernel or getattr(CudaBackend, "kernel", None) or os.environ.get(KERNEL_ENV))
+
+
+def _takes(kern: str, idx: int, dtype: int, n: int, m: int) -> bool:
+    """Whether variant ``kern`` takes key dim n, value dim m in this dtype on GPU idx (builds the library)."""
+    if kern in STAGED:
+        return CudaBackend.plan_staged_for(kern, idx, dtype, n, m) > 0
+    return CudaBackend.plan_for(idx, dtype, n, m) > 0
+
+
+def choose_variant(idx: int, dtype: int, n: int, m: int, kernel: str | None = None) -> tuple[str | None, str, str]:
+    """(variant, reason, fix): the variant that runs key dim n, value dim m, dtype code (1 bf16, 0
+    float32) on GPU idx. The default (v3) where it takes the shape, else the other variant that does
+    (v2 takes some large value dims at n 8 and 24 that v3 does not, v3 some that v2 does not; the record
+    names the one that ran); a variant asked for by name runs only itself. None when none runs it, with
+    why and what to do about it."""
     kern = kernel_variant(kernel)
+    order = [kern] if _explicit(kernel) else [kern] + [k for k in KERNELS if k != kern]
     try:
-        C = C2 = CudaBackend.plan_for(idx, dtype, n, m)      # builds the library; v2's shape rules
-        if C > 0 and kern in STAGED:
-            C = CudaBackend.plan_staged_for(kern, idx, dtype, n, m)
+        for k in order:
+            if _takes(k, idx, dtype, n, m):
+                return k, "", ""
+        others = [k for k in KERNELS if k != kern and _takes(k, idx, dtype, n, m)]
     except Exception as exc:  # no nvcc or a build failure: fall back once, say so
         from elmanlab.ops._build import failure
         reason, fix = failure(exc)
         if "build" not in _WARNED:
             _WARNED.add("build")
             warnings.warn(f"elmanlab: E88 CUDA kernel unavailable ({reason}); using the reference", RuntimeWarning)
-        return False, f"E88 kernel unavailable: {reason}", fix
-    if C > 0:
-        return True, "", ""
-    return (False, f"the E88 kernel does not take key dim {n} with value dim {m} on this GPU",
-            V2_FIX if C2 > 0 else WIDTH_FIX)
+        return None, f"E88 kernel unavailable: {reason}", fix
+    fix = (f"unset {KERNEL_ENV} (kernel {others[0]} takes this shape), or " + WIDTH_FIX) if others else WIDTH_FIX
+    return None, f"the E88 kernel {kern} does not take key dim {n} with value dim {m} on this GPU", fix
+
+
+def plan_status(idx: int, dtype: int, n: int, m: int, kernel: str | None = None) -> tuple[bool, str, str]:
+    """:func:`cuda_status` for key dim n, value dim m, dtype code (1 bf16, 0 float32) on GPU idx."""
+    kern, reason, fix = choose_variant(idx, dtype, n, m, kernel)
+    return kern is not None, reason, fix
 
 
 def cuda_supported(q, v, kernel: str | None = None) -> bool:
     return (cuda_status(q, v) if kernel is None else cuda_status(q, v, kernel))[0]
 
 
+def _variant_for(q, v, kernel: str | None = None) -> str | None:
+    """The variant :func:`choose_variant` picks for q, v (None: none runs them, or not CUDA)."""
+    if not cuda_status(q, v, kernel)[0]:
+        return None
+    return choose_variant(device_index(q.device), 1 if q.dtype == torch.bfloat16 else 0, q.shape[-1],
+                          v.shape[-1], kernel)[0]
+
+
 def e88_scan_cuda(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_activation="silu",
                   kernel: str | None = None, C: int | None = None):
     """The CUDA kernel, variant ``kernel`` (default :func:`kernel_variant`), checkpoint interval
     ``C`` (default: the variant's plan); raises when the shape is not supported. Records what ran."""
-    kern = kernel_variant(kernel)
-    if not cuda_supported(q, v, kern):
-        raise RuntimeError(f"E88 kernel {kern} does not support n={q.shape[-1]}, m={v.shape[-1]}")
+    kern = _variant_for(q, v, kernel)
+    if kern is None:
+        raise RuntimeError(f"E88 kernel {kernel_variant(kernel)} does not support n={q.shape[-1]}, m={v.shape[-1]}")
     if C is not None and kern in STAGED and not CudaBackend.fits(q, v.shape[-1], C, kern):
         raise ValueError(f"E88 kernel {kern}: checkpoint interval C={C} does not fit the GPU's shared memory at "
                          f"n={q.shape[-1]}, m={v.shape[-1]}, {q.dtype} (omit C: the plan picks one that fits)")
@@ -425,8 +454,8 @@ def fast_e88(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_activati
     """FAST_IMPLS['default']: the CUDA kernel where it supports the shape, else the reference
     (recorded as such: ``backend_info`` at the layer's shapes says so before a run starts). The
     record names the kernel variant that ran."""
-    kern = kernel_variant()
-    if cuda_supported(q, v):
+    kern = _variant_for(q, v)
+    if kern is not None:
         record("e88", PATHS[kern], True)
         return e88_scan_backend(q, k, v, decay, S0, nonlinearity, g, gate_activation, CudaBackend.pinned(kern))
     record("e88", REFERENCE, False)
@@ -436,8 +465,8 @@ def fast_e88(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_activati
 def backend_info(n_state: int, head_v_dim: int) -> dict:
     """What :func:`fast_e88` runs for bf16 heads of key dim ``n_state`` and value dim ``head_v_dim``
     on the current GPU (asks the kernel's plan: builds the kernel once)."""
-    kern = kernel_variant()
-    ok, reason, fix = plan_status(torch.cuda.current_device(), 1, n_state, head_v_dim, kern)
-    if ok:
-        return {"path": PATHS[kern], "fast": True, "reason": f"n_state {n_state}, value dim {head_v_dim}"}
+    kern, reason, fix = choose_variant(torch.cuda.current_device(), 1, n_state, head_v_dim)
+    if kern is not None:
+        why = "" if kern == kernel_variant() else f" (kernel {kernel_variant()} does not take it)"
+        return {"path": PATHS[kern], "fast": True, "reason": f"n_state {n_state}, value dim {head_v_dim}{why}"}
     return {"path": REFERENCE, "fast": False, "reason": reason, "fix": fix}
