@@ -38,6 +38,7 @@ collect)
     tail -c 4000 "$work/$name.log" | tr '\r' '\n' | tail -n 12
     cp "$work/$name.log" "$out/"
     tar -C "$work" -czf "$out/$name.tar.gz" --exclude=checkpoints --exclude="*.safetensors" "$name"
+    du -sh ~/.triton/cache 2>/dev/null | sed 's/^/triton cache: /'     # could it travel back, to spare the next start its tuning?
     ;;
 esac
 ls -la "$out"
