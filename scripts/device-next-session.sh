@@ -6,7 +6,7 @@
 #   v  install; the Elman and E88 GPU tests (the multi-tile pass now the default for B > 16, the pipelined
 #      build and back-off barrier deleted, E88 v4/v5 deleted, the default falling to the variant that
 #      takes the shape) and the E1/E33/E42/E88 layer and graph-replay tests; then
-#      scripts/device-study-session.sh start studies/scaling-small.yaml OUTDIR (JOBS, STOP_AFTER as there)
+#      scripts/device-study-session.sh start studies/scaling-small.yaml OUTDIR (JOBS 2, STOP_AFTER 11 unless set)
 #   e  E88 v2 and v3 side by side (correctness, then fwd+bwd beside fla's GDN)
 #   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh v|e OUTDIR
 set -o pipefail
@@ -21,7 +21,11 @@ v)
         -p no:cacheprovider > "$out/gputests.log" 2>&1
     echo "pytest exit $?" >> "$out/gputests.log"
     tail -n 6 "$out/gputests.log"
-    bash scripts/device-study-session.sh start studies/scaling-small.yaml "$out"
+    # runs that share the GPU are time-sliced (two 400M runs side by side took 9 minutes against ~5.3 alone
+    # each), so two at a time, and none started after 11 minutes: the 200M E-family pairs take ~9 minutes
+    # each side by side, and a run still in flight when the session ends is lost (its checkpoints are too
+    # big to travel back)
+    JOBS=${JOBS:-2} STOP_AFTER=${STOP_AFTER:-11} bash scripts/device-study-session.sh start studies/scaling-small.yaml "$out"
     ;;
 e)
     timeout 420 python3 scripts/e88-ab.py --out "$out/e88-ab-h200.json" --kernels v2,v3 \
