@@ -7,6 +7,11 @@
 #   env:   STOP_AFTER (minutes after which no new run starts; default 12), JOBS (per GPU; default 4),
 #          DATA (default .data/corpus-slice-48M.txt.zst), VAL (default .data/corpus-val.txt.zst)
 #   carry: .wheels (first call on a fresh machine), .data, .study-state (when resuming)
+# Triton's autotuning results (mamba_ssm's and fla's kernels tune for minutes in the first process on a
+# fresh machine; elmanlab keeps them on disk, ops/_dispatch.py) go to a cache of the study's own and come
+# back as triton-autotune.tar.gz: put it in .study-state/ and the next session's runs skip the tuning
+# (the winners only; each still compiles). Loss runs only: runs that share a GPU tune under contention,
+# so the speed benchmarks keep the default cache and tune alone.
 set -o pipefail
 phase=${1:?start, poll or collect}
 study=${2:?STUDY.yaml}
@@ -17,11 +22,15 @@ source scripts/device-env.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 work=/tmp/elmanlab-study
 dir=$work/$name
+export TRITON_CACHE_AUTOTUNING=1 TRITON_CACHE_DIR=$work/triton
 case $phase in
 start)
     device_setup "$out"
     mkdir -p "$work"
     [ -d ".study-state/$name" ] && [ ! -d "$dir" ] && cp -r ".study-state/$name" "$dir"
+    mkdir -p "$TRITON_CACHE_DIR"
+    [ -f .study-state/triton-autotune.tar.gz ] && tar -C "$TRITON_CACHE_DIR" -xzf .study-state/triton-autotune.tar.gz \
+        && echo "autotuning results carried: $(find "$TRITON_CACHE_DIR" -name '*.autotune.json' | wc -l)"
     setsid nohup python3 -m elmanlab study "$study" --out "$dir" --gpus 0 --jobs-per-gpu "${JOBS:-4}" \
         --stop-after "${STOP_AFTER:-12}" --data "${DATA:-.data/corpus-slice-48M.txt.zst}" \
         --val-data "${VAL:-.data/corpus-val.txt.zst}" > "$work/$name.log" 2>&1 < /dev/null &
@@ -38,7 +47,8 @@ collect)
     tail -c 4000 "$work/$name.log" | tr '\r' '\n' | tail -n 12
     cp "$work/$name.log" "$out/"
     tar -C "$work" -czf "$out/$name.tar.gz" --exclude=checkpoints --exclude="*.safetensors" "$name"
-    du -sh ~/.triton/cache 2>/dev/null | sed 's/^/triton cache: /'     # could it travel back, to spare the next start its tuning?
+    (cd "$TRITON_CACHE_DIR" 2>/dev/null && find . -name '*.autotune.json' | tar -czf "$out/triton-autotune.tar.gz" -T -) \
+        && echo "autotuning results: $(tar -tzf "$out/triton-autotune.tar.gz" | wc -l) files -> triton-autotune.tar.gz (into .study-state/)"
     ;;
 esac
 ls -la "$out"
