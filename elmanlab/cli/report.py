@@ -32,13 +32,25 @@ def register(sub) -> None:
                         "with intervals (e.g. 400M; several: 400M,1B or repeat the flag); implies --fit")
     p.add_argument("--bootstrap", type=int, metavar="B",
                    help="bootstrap refits per family for the fits' intervals (default 1000, at least 50)")
+    p.add_argument("--against", metavar="TABLE.csv",
+                   help="set the runs beside a published table (e.g. docs/reference/seeds-400m.csv: columns model, "
+                        "dim, depth, loss and optionally label, expansion, d_state, params, tok_s, memory_gb): each row "
+                        "matched to the lab's configurations of the same model, dim, depth, expansion (and d_state), "
+                        "pooled over seeds, with the lab's gap to the baseline beside the table's, whether the "
+                        "difference exceeds the seed spread, the order by loss, tokens/s and memory ratios and the "
+                        "kernel path; written as a section of report.md and DIR/against.csv")
+    p.add_argument("--speed", metavar="SPEED_DIR",
+                   help="with --against: the --out folder of a speed study (studies/reference-400m-speed.yaml: each "
+                        "configuration timed alone on its GPU) to take tokens/s and peak memory from; without it they "
+                        "come from the loss runs, and tokens/s of runs that shared a GPU get no ratio")
     p.add_argument("--quiet", action="store_true", help="print only the paths written")
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args) -> int:
     from elmanlab.report import Report
-    rep = Report(args.dir, args.baseline, args.metric, fit=args.fit, predict=args.predict, bootstrap=args.bootstrap)
+    rep = Report(args.dir, args.baseline, args.metric, fit=args.fit, predict=args.predict, bootstrap=args.bootstrap,
+                 against=args.against, speed=args.speed)
     res = rep.write()
     if not args.quiet and rep.done:
         from elmanlab.report.checks import record_notes
@@ -50,6 +62,10 @@ def cmd_report(args) -> int:
         if rep.fit_wanted and rep.fits() is not None:
             print(rep.section_fit())
             print()
+    if not args.quiet and rep.against is not None:
+        print(rep.against.short())
+        print()
     print(f"wrote {res['report']}, {res['csv']}" + (f", {res['fit']}" if res["fit"] else "")
+          + (f", {res['against']}" if res["against"] else "")
           + (f" and {len(res['plots'])} plots in {res['plots'][0].parent}" if res["plots"] else ""))
     return 0

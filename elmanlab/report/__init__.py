@@ -18,6 +18,8 @@ The loss is the training cross-entropy in nats per byte averaged over the last 1
 - :mod:`elmanlab.report.fit`: scaling-law fits L = E + A x^-alpha with bootstrap intervals, crossings
   and predictions (numpy only; imported when a report fits);
 - :mod:`elmanlab.report.fmt`: number and table formatting, ``loss_at``;
+- :mod:`elmanlab.report.against`: the runs beside a published table (``elmanlab report --against``): gaps to
+  the baseline against the table's, the order, tokens/s and memory ratios;
 - :mod:`elmanlab.report.plots`: the PNG plots (matplotlib), imported only when plots are drawn.
 """
 from elmanlab.report.checks import Finding, check_implementations

@@ -45,10 +45,12 @@ class Report:
     default: the study's baseline, else mamba2 or gdn when present). ``done`` are the completed runs
     with a value of the metric, ``notok`` the rest. ``fit``: add the scaling fits
     (:mod:`elmanlab.report.fit`) even when no family ran at three sizes; ``predict``: sizes ("400M")
-    to predict each family's value and each pair's gap at; ``bootstrap``: the fits' refits."""
+    to predict each family's value and each pair's gap at; ``bootstrap``: the fits' refits; ``against``: a
+    reference table (CSV) to set the runs beside, with ``speed`` a speed study's folder
+    (:mod:`elmanlab.report.against`)."""
 
     def __init__(self, root, baseline: str | None = None, metric: str = "loss_last100", fit: bool = False,
-                 predict=(), bootstrap: int | None = None):
+                 predict=(), bootstrap: int | None = None, against=None, speed=None):
         self.root = Path(root)
         if metric not in METRICS:
             raise ElmanlabError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -82,6 +84,12 @@ class Report:
         self.budgets = sorted({r.budget for r in self.done}, key=_budget_sort)
         self.scales = sorted({(r.scale_n, r.scale) for r in self.done})
         self._findings = None
+        self.against = None
+        if against is not None:
+            from elmanlab.report.against import Against
+            self.against = Against(self, against, speed)
+        elif speed is not None:
+            raise ElmanlabError("--speed goes with --against: it times the rows of the reference table")
 
     def _pick_baseline(self, want: str | None) -> str | None:
         from elmanlab.layers import ALIASES
@@ -452,6 +460,8 @@ class Report:
                      self.section_by_option(), self.section_seeds(), self.section_iso(), self.section_fit()]
         else:
             secs.append("No run has completed yet.")
+        if self.against is not None:
+            secs.append(self.against.section())
         secs.append(self.section_failed())
         if plot_paths:
             secs.append("## Plots\n\n" + "\n\n".join(
@@ -470,13 +480,16 @@ class Report:
         md = self.markdown(plot_paths)
         atomic_write_text(self.root / "report.md", md)
         atomic_write_text(self.root / "results.csv", self.csv_text())
+        if self.against is not None:
+            atomic_write_text(self.root / "against.csv", self.against.csv_text())
         fit_json = self.root / "fit.json"
         if fits is not None:
             atomic_write_text(fit_json, json.dumps(fits.to_json(), indent=2) + "\n")
         elif fit_json.exists():                 # from an earlier report of runs that fitted then
             fit_json.unlink()
         return {"report": self.root / "report.md", "csv": self.root / "results.csv", "plots": plot_paths,
-                "markdown": md, "fit": fit_json if fits is not None else None}
+                "markdown": md, "fit": fit_json if fits is not None else None,
+                "against": self.root / "against.csv" if self.against is not None else None}
 
 
 def write_report(root, baseline: str | None = None, metric: str = "loss_last100", **fit) -> dict:
