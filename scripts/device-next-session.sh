@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The first call of the next GPU session (after 2026-12-03): check on the GPU what changed without one,
 # then start the scaling study (issue 20) in the background in the same call, so that no device time
-# goes to a second start-up. Carry .wheels and .data (python3 scripts/make-corpus-slice.py --pieces 12),
+# goes to a second start-up. Carry .wheels and .data (python3 scripts/make-corpus-slice.py --pieces 8;
+# the 48 MB slice does not fit: the tree 6.9 MB + .wheels 47.6 + the 32M slice 8.0 + validation 0.4 = 60 MiB of 64),
 # and .study-state when resuming; then poll and collect with scripts/device-study-session.sh.
 #   v  install; the Elman and E88 GPU tests (the multi-tile pass now the default for B > 16, the pipelined
 #      build and back-off barrier deleted, E88 v4/v5 deleted, the default falling to the variant that

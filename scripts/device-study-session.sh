@@ -5,7 +5,7 @@
 # carry that folder next session: the study resumes, skipping every run whose summary.json exists.
 #   usage: scripts/device-study-session.sh start|poll|collect STUDY.yaml OUTDIR
 #   env:   STOP_AFTER (minutes after which no new run starts; default 12), JOBS (per GPU; default 4),
-#          DATA (default .data/corpus-slice-48M.txt.zst), VAL (default .data/corpus-val.txt.zst)
+#          DATA (default .data/corpus-slice-32M.txt.zst), VAL (default .data/corpus-val.txt.zst)
 #   carry: .wheels (first call on a fresh machine), .data, .study-state (when resuming)
 # Triton's autotuning results (mamba_ssm's and fla's kernels tune for minutes in the first process on a
 # fresh machine; elmanlab keeps them on disk, ops/_dispatch.py) go to a cache of the study's own and come
@@ -32,7 +32,7 @@ start)
     [ -f .study-state/triton-autotune.tar.gz ] && tar -C "$TRITON_CACHE_DIR" -xzf .study-state/triton-autotune.tar.gz \
         && echo "autotuning results carried: $(find "$TRITON_CACHE_DIR" -name '*.autotune.json' | wc -l)"
     setsid nohup python3 -m elmanlab study "$study" --out "$dir" --gpus 0 --jobs-per-gpu "${JOBS:-4}" \
-        --stop-after "${STOP_AFTER:-12}" --data "${DATA:-.data/corpus-slice-48M.txt.zst}" \
+        --stop-after "${STOP_AFTER:-12}" --data "${DATA:-.data/corpus-slice-32M.txt.zst}" \
         --val-data "${VAL:-.data/corpus-val.txt.zst}" > "$work/$name.log" 2>&1 < /dev/null &
     echo $! > "$work/$name.pid"
     sleep 20; tail -n 5 "$work/$name.log"

@@ -4,12 +4,12 @@ M megabytes taken at evenly spaced offsets (0, 1/N, 2/N, ... of the corpus), so 
 the mixed corpus is in it, recompressed with zstd.
 
     python3 scripts/make-corpus-slice.py                        # .data/corpus-slice-16M.txt.zst (4 x 4 MB)
-    python3 scripts/make-corpus-slice.py --pieces 12            # .data/corpus-slice-48M.txt.zst (12 x 4 MB)
+    python3 scripts/make-corpus-slice.py --pieces 8             # .data/corpus-slice-32M.txt.zst (8 x 4 MB, 8 MB compressed)
     python3 scripts/make-corpus-slice.py --corpus PATH.zst      (default ../shared/data/corpus-train.txt.zst)
 
 The validation split (corpus-val.txt.zst, 0.4 MB) is copied beside it whole. The 16 MB slice serves
-single 1,500-step runs (12.3M bytes each); the 48 MB one studies whose runs
-train on up to ~48M bytes each without a second pass.
+single 1,500-step runs (12.3M bytes each); the 32 MB one the studies (runs of up to 16.4M bytes, about
+half a pass). A 48 MB slice (12 MB compressed) no longer fits beside the wheelhouse and the tree.
 """
 import argparse
 import sys
