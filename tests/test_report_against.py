@@ -198,7 +198,17 @@ def _cli(*a):
                           env=env)
 
 
-def test_cli_end_to_end_and_bad_paths(tmp_path):
+def _main(capsys, *a):
+    """`elmanlab report ...` in this process (the CLI's main, its exit code, stdout, stderr)."""
+    from elmanlab.cli import main
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["report", *map(str, a)])
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_cli_end_to_end_and_bad_paths(tmp_path, capsys):
     root, table, s = _lab(tmp_path)
     bad = tmp_path / "bad.csv"
     bad.write_text("model,dim\ne1,96\n")
@@ -206,19 +216,19 @@ def test_cli_end_to_end_and_bad_paths(tmp_path):
                         ((root, "--against", bad), "no column depth, loss"),
                         ((root, "--against", table, "--speed", tmp_path / "nope"), "not a folder"),
                         ((root, "--speed", tmp_path), "--speed goes with --against")):
-        p = _cli(*args)
-        assert p.returncode == 2 and p.stderr.startswith("error:") and words in p.stderr, p.stderr
-        assert len(p.stderr.strip().splitlines()) == 1 and not (root / "report.md").exists()
-    p = _cli(root, "--against", table)
+        rc, out, err = _main(capsys, *args)
+        assert rc == 2 and err.startswith("error:") and words in err, err
+        assert len(err.strip().splitlines()) == 1 and not (root / "report.md").exists()
+    p = _cli(root, "--against", table)                      # once as a user runs it
     assert p.returncode == 0, p.stderr
     assert "Against ref.csv:" in p.stdout and "gap E1 96x4 to M2" in p.stdout and "against.csv" in p.stdout
     md = (root / "report.md").read_text()
     assert "## Against ref.csv" in md and md.index("## Against ref.csv") < md.index("## Failed and unfinished runs")
     assert set(_rows(root / "against.csv")) >= {"M2", "E1 96x4", "E1 96x4 + init=reference", "minGRU"}
-    p = _cli(root, "--against", table, "--quiet")
-    assert p.returncode == 0 and "Against" not in p.stdout
-    h = _cli("--help")
-    assert "--against" in h.stdout and "--speed" in h.stdout
+    rc, out, err = _main(capsys, root, "--against", table, "--quiet")
+    assert rc == 0 and "Against" not in out
+    rc, out, err = _main(capsys, "--help")
+    assert rc == 0 and "--against" in out and "--speed" in out
 
 
 def test_report_without_against_is_unchanged(tmp_path):
