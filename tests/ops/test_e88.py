@@ -159,8 +159,8 @@ def test_e88_records_v2_where_the_default_falls_to_it(monkeypatch):
 
     monkeypatch.delenv(ef.KERNEL_ENV, raising=False)
     monkeypatch.setattr(ef.CudaBackend, "kernel", None)
-    monkeypatch.setattr(ef, "cuda_status", lambda q, v, kernel=None: (True, "", ""))
-    monkeypatch.setattr(ef, "device_index", lambda dev: 0)
+    monkeypatch.setattr(ef, "cuda_variant",         # CPU tensors standing in: the choice itself runs
+                        lambda q, v, kernel=None: ef.choose_variant(0, 1, q.shape[-1], v.shape[-1], kernel))
     monkeypatch.setattr(ef, "_takes", lambda kern, idx, dtype, n, m: kern == "v2")
     pinned = []
     monkeypatch.setattr(ef.CudaBackend, "pinned",
@@ -179,8 +179,8 @@ def test_e88_records_the_variant_that_ran(monkeypatch, kernel):
     import elmanlab.ops.e88.fused as ef
 
     monkeypatch.setenv(ef.KERNEL_ENV, kernel)
-    monkeypatch.setattr(ef, "cuda_status", lambda q, v, kernel=None: (True, "", ""))
-    monkeypatch.setattr(ef, "device_index", lambda dev: 0)
+    monkeypatch.setattr(ef, "cuda_variant",         # CPU tensors standing in: the choice itself runs
+                        lambda q, v, kernel=None: ef.choose_variant(0, 1, q.shape[-1], v.shape[-1], kernel))
     monkeypatch.setattr(ef, "_takes", lambda kern, idx, dtype, n, m: True)
     pinned = []
     monkeypatch.setattr(ef.CudaBackend, "pinned",

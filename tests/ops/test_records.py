@@ -106,10 +106,10 @@ def test_e88_records_kernel_or_its_reference_fallback(monkeypatch):
     want = run_lm("e88", opts={"n_state": 8})
     fake_cuda(monkeypatch)
     monkeypatch.setattr(fused, "CudaBackend", fused.TorchBackend)
-    monkeypatch.setattr(fused, "_variant_for", lambda q, v, kernel=None: fused.kernel_variant(kernel))
+    monkeypatch.setattr(fused, "cuda_variant", lambda q, v, kernel=None: (fused.kernel_variant(kernel), "", ""))
     assert rel_err(run_lm("e88", opts={"n_state": 8}), want) < 1e-5
     assert implementations_used() == {"e88": one(fused.PATHS[fused.kernel_variant()])}
-    monkeypatch.setattr(fused, "_variant_for", lambda q, v, kernel=None: None)       # no variant takes it
+    monkeypatch.setattr(fused, "cuda_variant", lambda q, v, kernel=None: (None, "the E88 kernel does not take ...", "fix"))
     run_lm("e88", opts={"n_state": 8, "expansion": 8.0})
     assert implementations_used() == {"e88": REF}
 

@@ -26,8 +26,8 @@ The kernel comes in two variants (same algorithm, same results up to float round
   block, i.e. a smaller largest value dim m (4 threads per row of the state): on an H200 (sm_90,
   nvcc 13.0, ptxas's register counts) v2 takes m up to 256 at n = 8 where v3 takes 160, and at
   n = 24 up to 160 (fp32) / 224 (bf16) where v3 takes 128 (every other n_state: v3 takes at least
-  v2's m). ``ELMANLAB_E88_KERNEL=v2`` runs it; :func:`plan_status` names it in the fix when v3
-  rejects a shape that v2 takes.
+  v2's m); v3 in turn takes some value dims v2 does not. By default the variant that takes the
+  shape runs (:func:`choose_variant`, v3 first); ``ELMANLAB_E88_KERNEL=v2|v3`` pins one.
 
 v3 was 1.5-1.8x faster than v2 at every shape of issue 17 on an H200
 (benchmarks/results/e88-ab-h200-2026-12-03-n48.md). Two further variants, v4 (v3 with the backward's
@@ -371,17 +371,6 @@ WIDTH_FIX = ("choose n_state and expansion so that the value dim (n_state * expa
              "takes (expansion 1.0 always is)")
 
 
-def cuda_status(q, v, kernel: str | None = None) -> tuple[bool, str, str]:
-    """(runs, reason, fix): whether the CUDA kernel (variant ``kernel``, default
-    :func:`kernel_variant`) takes heads of key dim q.shape[-1] and value dim v.shape[-1] in q's
-    dtype, and if not why (the build's first error line, or the shape) and what to do about it. A
-    build that failed warns once."""
-    if not q.is_cuda or q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        return False, f"{q.dtype} {'CUDA' if q.is_cuda else 'CPU'} tensors", "run on a CUDA GPU in bf16 or float32"
-    idx = device_index(q.device)
-    return plan_status(idx, 1 if q.dtype == torch.bfloat16 else 0, q.shape[-1], v.shape[-1], kernel)
-
-
 def _explicit(kernel: str | None) -> bool:
     """Whether a variant was asked for (argument, CudaBackend.kernel or $ELMANLAB_E88_KERNEL), not defaulted."""
     return bool(kernel or getattr(CudaBackend, "kernel", None) or os.environ.get(KERNEL_ENV))
@@ -419,28 +408,27 @@ def choose_variant(idx: int, dtype: int, n: int, m: int, kernel: str | None = No
 
 
 def plan_status(idx: int, dtype: int, n: int, m: int, kernel: str | None = None) -> tuple[bool, str, str]:
-    """:func:`cuda_status` for key dim n, value dim m, dtype code (1 bf16, 0 float32) on GPU idx."""
+    """(runs, reason, fix) of :func:`choose_variant`."""
     kern, reason, fix = choose_variant(idx, dtype, n, m, kernel)
     return kern is not None, reason, fix
 
 
-def cuda_supported(q, v, kernel: str | None = None) -> bool:
-    return (cuda_status(q, v) if kernel is None else cuda_status(q, v, kernel))[0]
-
-
-def _variant_for(q, v, kernel: str | None = None) -> str | None:
-    """The variant :func:`choose_variant` picks for q, v (None: none runs them, or not CUDA)."""
-    if not cuda_status(q, v, kernel)[0]:
-        return None
+def cuda_variant(q, v, kernel: str | None = None) -> tuple[str | None, str, str]:
+    """(variant, reason, fix): the CUDA kernel variant (:func:`choose_variant`; ``kernel`` asks for
+    one) that runs heads of key dim q.shape[-1] and value dim v.shape[-1] in q's dtype, or None with
+    why (not CUDA, the build's first error line, the shape) and what to do about it. A build that
+    failed warns once."""
+    if not q.is_cuda or q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return None, f"{q.dtype} {'CUDA' if q.is_cuda else 'CPU'} tensors", "run on a CUDA GPU in bf16 or float32"
     return choose_variant(device_index(q.device), 1 if q.dtype == torch.bfloat16 else 0, q.shape[-1],
-                          v.shape[-1], kernel)[0]
+                          v.shape[-1], kernel)
 
 
 def e88_scan_cuda(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_activation="silu",
                   kernel: str | None = None, C: int | None = None):
     """The CUDA kernel, variant ``kernel`` (default :func:`kernel_variant`), checkpoint interval
     ``C`` (default: the variant's plan); raises when the shape is not supported. Records what ran."""
-    kern = _variant_for(q, v, kernel)
+    kern = cuda_variant(q, v, kernel)[0]
     if kern is None:
         raise RuntimeError(f"E88 kernel {kernel_variant(kernel)} does not support n={q.shape[-1]}, m={v.shape[-1]}")
     if C is not None and kern in STAGED and not CudaBackend.fits(q, v.shape[-1], C, kern):
@@ -454,7 +442,7 @@ def fast_e88(q, k, v, decay, S0=None, nonlinearity="tanh", g=None, gate_activati
     """FAST_IMPLS['default']: the CUDA kernel where it supports the shape, else the reference
     (recorded as such: ``backend_info`` at the layer's shapes says so before a run starts). The
     record names the kernel variant that ran."""
-    kern = _variant_for(q, v)
+    kern = cuda_variant(q, v)[0]
     if kern is not None:
         record("e88", PATHS[kern], True)
         return e88_scan_backend(q, k, v, decay, S0, nonlinearity, g, gate_activation, CudaBackend.pinned(kern))
