@@ -6,8 +6,9 @@
 # and .study-state when resuming; then poll and collect with scripts/device-study-session.sh.
 #   v  install; the Elman and E88 GPU tests (the multi-tile pass now the default for B > 16, the pipelined
 #      build and back-off barrier deleted, E88 v4/v5 deleted, the default falling to the variant that
-#      takes the shape) and the E1/E33/E42/E88 layer and graph-replay tests; then
-#      scripts/device-study-session.sh start studies/scaling-small.yaml OUTDIR (JOBS 2, STOP_AFTER 11 unless set)
+#      takes the shape) and the E1/E33/E42/E88 layer and graph-replay tests, beside
+#      scripts/device-study-session.sh start studies/scaling-small.yaml OUTDIR (JOBS 2, STOP_AFTER 15,
+#      FINISH_BY 26 unless set), started first
 #   e  E88 v2 and v3 side by side (correctness, then fwd+bwd beside fla's GDN)
 #   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh v|e OUTDIR
 set -o pipefail
@@ -17,16 +18,18 @@ source scripts/device-env.sh
 device_setup "$out"
 case $phase in
 v)
-    timeout 240 python3 -m pytest -q -m gpu tests/ops/test_elman.py tests/ops/test_e88.py \
+    # the study first (its runs' losses do not depend on what else runs), the tests beside it, so that
+    # the lease's minutes go to the study: no new run of a model with no finished run after 15 minutes
+    # (the 200M E-family pairs take ~10 minutes side by side), none expected to end after minute 26 of
+    # the study (it starts 2-3 minutes into the 30-minute lease; a run in flight at the end is lost)
+    JOBS=${JOBS:-2} STOP_AFTER=${STOP_AFTER:-15} FINISH_BY=${FINISH_BY:-26} \
+        bash scripts/device-study-session.sh start studies/scaling-small.yaml "$out"
+    timeout 300 python3 -m pytest -q -m gpu tests/ops/test_elman.py tests/ops/test_e88.py \
         tests/test_layers_fast_paths.py tests/test_train_gpu.py -k "(elman or e88 or e1 or e33 or e42) and not short_conv" \
         -p no:cacheprovider > "$out/gputests.log" 2>&1
     echo "pytest exit $?" >> "$out/gputests.log"
     tail -n 6 "$out/gputests.log"
-    # runs that share the GPU are time-sliced (two 400M runs side by side took 9 minutes against ~5.3 alone
-    # each), so two at a time, and none started after 11 minutes: the 200M E-family pairs take ~9 minutes
-    # each side by side, and a run still in flight when the session ends is lost (its checkpoints are too
-    # big to travel back)
-    JOBS=${JOBS:-2} STOP_AFTER=${STOP_AFTER:-11} bash scripts/device-study-session.sh start studies/scaling-small.yaml "$out"
+    tail -c 2000 /tmp/elmanlab-study/scaling-small.log | tr '\r' '\n' | tail -n 6
     ;;
 e)
     timeout 420 python3 scripts/e88-ab.py --out "$out/e88-ab-h200.json" --kernels v2,v3 \

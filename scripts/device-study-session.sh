@@ -2,14 +2,17 @@
 # Run a study on the GPU machine in time-limited sessions (each call <= 10 minutes, a machine held
 # <= 30 minutes): start it in the background with --stop-after, poll it, collect what finished.
 # Completed runs come back in a tarball without weights; unpack it into .study-state/NAME here and
-# carry that folder next session: the study resumes, skipping every run whose summary.json exists.
+# carry that folder next session, or commit it as docs/results/NAME (which travels with the tree): the
+# study resumes from either, skipping every run whose summary.json exists.
 #   usage: scripts/device-study-session.sh start|poll|collect STUDY.yaml OUTDIR
-#   env:   STOP_AFTER (minutes after which no new run starts; default 12), JOBS (per GPU; default 4),
+#   env:   STOP_AFTER (minutes after which no new run starts; default 12), FINISH_BY (minutes: start only
+#          runs expected to end by then, from the finished runs of their model, e.g. 26 in a 30-minute
+#          lease started 2-3 minutes in; runs of a model with none finished follow STOP_AFTER), JOBS (per GPU; default 4),
 #          DATA (default .data/corpus-slice-32M.txt.zst), VAL (default .data/corpus-val.txt.zst)
 #   carry: .wheels (first call on a fresh machine), .data, .study-state (when resuming)
 # Triton's autotuning results (mamba_ssm's and fla's kernels tune for minutes in the first process on a
 # fresh machine; elmanlab keeps them on disk, ops/_dispatch.py) go to a cache of the study's own and come
-# back as triton-autotune.tar.gz: put it in .study-state/ and the next session's runs skip the tuning
+# back as triton-autotune.tar.gz: put it in .study-state/ or commit it as studies/state/, and the next session's runs skip the tuning
 # (the winners only; each still compiles). Loss runs only: runs that share a GPU tune under contention,
 # so the speed benchmarks keep the default cache and tune alone.
 set -o pipefail
@@ -27,12 +30,17 @@ case $phase in
 start)
     device_setup "$out"
     mkdir -p "$work"
-    [ -d ".study-state/$name" ] && [ ! -d "$dir" ] && cp -r ".study-state/$name" "$dir"
+    # the finished runs so far: .study-state/NAME (unpacked from the last collect), else the committed
+    # docs/results/NAME (commit each collect there at once: a session whose end is lost keeps its runs)
+    for state in ".study-state/$name" "docs/results/$name"; do
+        [ -f "$state/study.json" ] && [ ! -d "$dir" ] && cp -r "$state" "$dir" && echo "resuming from $state"
+    done
     mkdir -p "$TRITON_CACHE_DIR"
-    [ -f .study-state/triton-autotune.tar.gz ] && tar -C "$TRITON_CACHE_DIR" -xzf .study-state/triton-autotune.tar.gz \
+    tune=.study-state/triton-autotune.tar.gz; [ -f "$tune" ] || tune=studies/state/triton-autotune.tar.gz
+    [ -f "$tune" ] && tar -C "$TRITON_CACHE_DIR" -xzf "$tune" \
         && echo "autotuning results carried: $(find "$TRITON_CACHE_DIR" -name '*.autotune.json' | wc -l)"
     setsid nohup python3 -m elmanlab study "$study" --out "$dir" --gpus 0 --jobs-per-gpu "${JOBS:-4}" \
-        --stop-after "${STOP_AFTER:-12}" --data "${DATA:-.data/corpus-slice-32M.txt.zst}" \
+        --stop-after "${STOP_AFTER:-12}" ${FINISH_BY:+--finish-by "$FINISH_BY"} --data "${DATA:-.data/corpus-slice-32M.txt.zst}" \
         --val-data "${VAL:-.data/corpus-val.txt.zst}" > "$work/$name.log" 2>&1 < /dev/null &
     echo $! > "$work/$name.pid"
     sleep 20; tail -n 5 "$work/$name.log"

@@ -26,6 +26,12 @@ def register(sub) -> None:
                    help="start no new run after MINUTES minutes (the runs in flight finish); the rest stay "
                         "pending and the same command resumes them later: for a study split over time-limited "
                         "sessions")
+    p.add_argument("--finish-by", type=float, default=None, metavar="MINUTES",
+                   help="start a run only if it is expected to end within MINUTES minutes of the study's start, "
+                        "from the wall times of the finished runs of its model in the output folder (the nearest "
+                        "size scaled by tokens and parameters); a shorter run later in the queue may start "
+                        "instead. A run whose model has no finished run yet starts only before --stop-after. For "
+                        "sessions of fixed length, where a run in flight at the end is lost")
     p.add_argument("--jobs-per-gpu", type=int, default=1, metavar="N",
                    help="run N jobs at once on each GPU (default 1). For loss studies of models that leave the GPU "
                         "idle: losses do not depend on what else runs, but tokens/s and training time then measure "
@@ -54,8 +60,9 @@ def cmd_study(args) -> int:
         raise ElmanlabError(f"--jobs-per-gpu must be >= 1, got {args.jobs_per_gpu}")
     if args.jobs_per_gpu > 1 and gpus is None:
         raise ElmanlabError("--jobs-per-gpu shares GPUs; on the CPU jobs run one at a time: drop it")
-    if args.stop_after is not None and not args.stop_after > 0:
-        raise ElmanlabError(f"--stop-after takes a positive number of minutes, got {args.stop_after:g}")
+    for flag, v in (("--stop-after", args.stop_after), ("--finish-by", args.finish_by)):
+        if v is not None and not v > 0:
+            raise ElmanlabError(f"{flag} takes a positive number of minutes, got {v:g}")
     check_out_dir(out, study)
     if args.dry_run:
         rows = plan_table(study, out if out.exists() else None)
@@ -82,7 +89,8 @@ def cmd_study(args) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         runner = Runner(study, out, gpus, retry_failed=args.retry_failed, jobs_per_gpu=args.jobs_per_gpu,
-                        stop_after_s=None if args.stop_after is None else 60 * args.stop_after)
+                        stop_after_s=None if args.stop_after is None else 60 * args.stop_after,
+                        finish_by_s=None if args.finish_by is None else 60 * args.finish_by)
         state = runner.run()
     except KeyboardInterrupt:
         sys.stderr.write(f"error: interrupted; state saved in {out / 'study.json'}, run the same command to "
@@ -92,7 +100,7 @@ def cmd_study(args) -> int:
     n_ok = sum(j["status"] == "completed" for j in jobs)
     failed = [j for j in jobs if j["status"] == "failed"]
     print(f"study {study.name}: {n_ok}/{len(jobs)} runs completed, {len(failed)} failed"
-          + (f", {runner.n_held_back} not started (--stop-after)" if runner.n_held_back else ""))
+          + (f", {runner.n_held_back} not started (--stop-after / --finish-by)" if runner.n_held_back else ""))
     for j in failed:
         print(f"  failed {j['id']}: {j.get('error')}")
     if not args.no_report:

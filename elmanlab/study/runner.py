@@ -26,6 +26,7 @@ from elmanlab.errors import ElmanlabError
 from elmanlab.fsutil import atomic_write_json
 from elmanlab.runs import GPU_JOBS_ENV, LOCK_FILE, LOG_DIR, STATE_FILE, has_checkpoint, read_state, run_status
 from elmanlab.study.job import job_status, same_run
+from elmanlab.study.schedule import next_job
 from elmanlab.study.spec import Study
 
 INTERRUPT_GRACE_S = 300      # how long a stopped study waits for its runs to write their checkpoints
@@ -194,7 +195,7 @@ class Runner:
 
     def __init__(self, study: Study, out, gpus: list[str] | None, retry_failed: bool = False,
                  echo=None, python: str | None = None, extra_env: dict | None = None, jobs_per_gpu: int = 1,
-                 stop_after_s: float | None = None):
+                 stop_after_s: float | None = None, finish_by_s: float | None = None):
         self.study = study
         self.out = Path(out)
         self.gpus = gpus
@@ -211,8 +212,12 @@ class Runner:
         self.n_started = 0
         # no job starts once this many seconds have passed since run() began (those in flight finish)
         self.stop_after_s = stop_after_s
-        self.deadline: float | None = None
+        # no job starts that is expected to end later than this many seconds after run() began
+        # (study/schedule.py: a shorter job further on in the queue may start instead)
+        self.finish_by_s = finish_by_s
+        self.t_run: float | None = None
         self.n_held_back = 0
+        self._passed_over: set[str] = set()
 
     # -- state
     def echo(self, msg: str) -> None:
@@ -304,8 +309,7 @@ class Runner:
             for d in self.study.deferred:
                 self.echo(d["line"])
             self.total = total
-            if self.stop_after_s is not None:
-                self.deadline = time.monotonic() + self.stop_after_s
+            self.t_run = time.monotonic()
             self.bar = tqdm(total=total, initial=done0, desc=self.study.name, unit="run",
                             file=sys.stderr, dynamic_ncols=True, leave=True)
             threads: list[threading.Thread] = []
@@ -318,7 +322,7 @@ class Runner:
                     while any(t.is_alive() for t in threads):
                         for t in threads:
                             t.join(timeout=0.2)
-                    if self.stop.is_set() or not self.study.deferred or self._past_deadline():
+                    if self.stop.is_set() or not self.study.deferred or self._time_up():
                         break
                     # waves that waited for others: decided now that those have finished
                     todo = self._expand_deferred()
@@ -361,24 +365,37 @@ class Runner:
                 raise
             self.bar.close()
             self.bar = None
-            if self._past_deadline():
-                left = sum(1 for r in self.state["jobs"] if _to_run(r))
+            left = sum(1 for r in self.state["jobs"] if _to_run(r))
+            if (self._time_up() or self.finish_by_s is not None) and (left or self.study.deferred):
                 self.n_held_back = left
-                if left or self.study.deferred:
-                    self.echo(f"--stop-after {self.stop_after_s / 60:g} min reached: no new runs started; "
-                              f"{left} left" + (" (and waves waiting on them)" if self.study.deferred else "")
-                              + "; run the same command again to resume")
+                limits = " / ".join(f"{flag} {s / 60:g} min" for flag, s in
+                                    (("--stop-after", self.stop_after_s), ("--finish-by", self.finish_by_s))
+                                    if s is not None)
+                self.echo(f"{limits}: no more runs started; {left} left"
+                          + (" (and waves waiting on them)" if self.study.deferred else "")
+                          + "; run the same command again to resume")
         return self.state
 
-    def _past_deadline(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
+    def _elapsed(self) -> float:
+        return 0.0 if self.t_run is None else time.monotonic() - self.t_run
+
+    def _time_up(self) -> bool:
+        """--stop-after (or --finish-by) has passed: no job starts any more."""
+        return any(s is not None and self._elapsed() >= s for s in (self.stop_after_s, self.finish_by_s))
 
     def _worker(self, slot: str | None, todo: deque) -> None:
         while not self.stop.is_set():
             with self.lock:
-                if not todo or self._past_deadline():
+                finished = [r for r in self.state["jobs"] if r.get("status") == "completed"]
+                rec, passed = next_job(list(todo), finished, self._elapsed(), self.stop_after_s, self.finish_by_s)
+                for r, est in passed:
+                    if r["id"] not in self._passed_over:
+                        self._passed_over.add(r["id"])
+                        self.echo(f"passed over {r['id']}: expected {est:.0f} s, "
+                                  f"{self.finish_by_s - self._elapsed():.0f} s left before --finish-by")
+                if rec is None:
                     return
-                rec = todo.popleft()
+                todo.remove(rec)
                 self.n_started += 1
                 k = self.n_started
             self._run_one(rec, slot, k)

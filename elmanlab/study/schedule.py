@@ -1,0 +1,82 @@
+"""Which pending job a free slot starts next, under ``--stop-after`` and ``--finish-by``.
+
+``--finish-by`` is for a study split over sessions of fixed length, where a run still in flight when
+the session ends is lost: a job starts only if it is expected to end in time, and a shorter job later
+in the queue takes the time a longer one would overrun. The expectation comes from the wall times of
+the runs of the same family already finished in the study's folder (this session's or earlier ones'),
+under the same sharing of the GPU: the nearest size's wall time scaled by the tokens and by the
+parameters to a power (fitted over the family's sizes when it has two, else ``DEFAULT_EXPONENT``),
+times ``SAFETY``. A job with no finished run of its family has no expectation: it starts only before
+``--stop-after`` (or, without it, before ``--finish-by`` itself).
+"""
+from __future__ import annotations
+
+import math
+
+DEFAULT_EXPONENT = 0.7      # wall time ~ params^0.7 at equal tokens: the lab's E1/Mamba2 H200 tokens/s, 20M-400M
+EXPONENT_RANGE = (0.2, 1.2)
+SAFETY = 1.15               # expected = scaled wall time x this
+
+
+def job_tokens(rec: dict) -> int | None:
+    """Training tokens of a job record (steps x batch x length), None for a time budget."""
+    from elmanlab.config import TrainConfig
+    t = rec.get("train") or {}
+    if t.get("steps") is None:
+        return None
+    return int(t["steps"]) * int(t.get("batch_size", TrainConfig.batch_size)) * \
+        int(t.get("seq_len", TrainConfig.seq_len))
+
+
+def _params(rec: dict) -> float | None:
+    p = (rec.get("size") or {}).get("params")
+    return float(p) if p else None
+
+
+def expected_wall_s(rec: dict, finished: list[dict]) -> float | None:
+    """Seconds the job ``rec`` is expected to take, from the ``finished`` job records (status
+    completed, with ``wall_s``); None when none of them is of its model."""
+    t = rec.get("train") or {}
+    if t.get("minutes") is not None:
+        return 60 * float(t["minutes"]) * SAFETY + 120      # + start-up, graph capture, the final evaluation
+    tokens, n = job_tokens(rec), _params(rec)
+    if not tokens or not n:
+        return None
+    same = [(r["wall_s"] / job_tokens(r), _params(r)) for r in finished
+            if r.get("model") == rec.get("model") and r.get("wall_s") and job_tokens(r) and _params(r)
+            and r.get("status") == "completed"]
+    if not same:
+        return None
+    exponent = DEFAULT_EXPONENT
+    if len({p for _, p in same}) >= 2:            # least squares of log(s per token) on log(params)
+        xs = [math.log(p) for _, p in same]
+        ys = [math.log(s) for s, _ in same]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        exponent = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        exponent = min(max(exponent, EXPONENT_RANGE[0]), EXPONENT_RANGE[1])
+    per_token, p_ref = min(same, key=lambda sp: abs(math.log(sp[1] / n)))
+    return per_token * tokens * (n / p_ref) ** exponent * SAFETY
+
+
+def next_job(todo: list[dict], finished: list[dict], elapsed_s: float, stop_after_s: float | None,
+             finish_by_s: float | None) -> tuple[dict | None, list[tuple[dict, float]]]:
+    """The first job of ``todo`` (in queue order) that may start ``elapsed_s`` seconds into the
+    study, or None; and the jobs passed over as expected to end after ``finish_by_s`` (with their
+    expected seconds). Without ``finish_by_s``: the first job, unless ``stop_after_s`` has passed."""
+    if not todo:
+        return None, []
+    before_stop = stop_after_s is None or elapsed_s < stop_after_s
+    if finish_by_s is None:
+        return (todo[0] if before_stop else None), []
+    passed = []
+    for rec in todo:
+        est = expected_wall_s(rec, finished)
+        if est is None:
+            if before_stop and elapsed_s < finish_by_s:
+                return rec, passed
+        elif elapsed_s + est <= finish_by_s:
+            rec["expected_s"] = round(est)
+            return rec, passed
+        else:
+            passed.append((rec, est))
+    return None, passed

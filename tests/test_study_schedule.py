@@ -1,0 +1,97 @@
+"""--finish-by: a job starts only if the finished runs of its model say it ends in time; a shorter one
+further on in the queue takes the time instead (study/schedule.py, and the runner using it)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from elmanlab.study import Runner, load_study
+from elmanlab.study.schedule import DEFAULT_EXPONENT, SAFETY, expected_wall_s, job_tokens, next_job
+from test_study_spec import cli, write
+
+
+def rec(id, model, params, steps=100, wall=None, status="pending", **train):
+    r = {"id": id, "model": model, "size": {"params": params}, "status": status,
+         "train": {"steps": steps, "batch_size": 16, "seq_len": 512, **train}}
+    if wall is not None:
+        r["wall_s"] = wall
+    return r
+
+
+def test_expected_wall_scales_the_nearest_size_by_tokens_and_a_fitted_exponent():
+    assert job_tokens(rec("a", "e1", 1e6, steps=10)) == 10 * 16 * 512
+    assert job_tokens({"train": {"minutes": 3}}) is None
+    one = [rec("f", "e1", 20e6, steps=100, wall=50.0, status="completed")]
+    # one size: the default exponent; twice the tokens and 10x the parameters
+    got = expected_wall_s(rec("j", "e1", 200e6, steps=200), one)
+    assert got == pytest.approx(50.0 * 2 * 10 ** DEFAULT_EXPONENT * SAFETY)
+    # another model, a failed run or no parameters: no expectation
+    assert expected_wall_s(rec("j", "e42", 200e6), one) is None
+    assert expected_wall_s(rec("j", "e1", 200e6), [{**one[0], "status": "failed"}]) is None
+    assert expected_wall_s(rec("j", "e1", None), one) is None
+    # two sizes: the exponent fitted (wall ~ N^0.5 here), scaled from the nearest size (100M, not 20M)
+    two = one + [rec("g", "e1", 80e6, steps=100, wall=100.0, status="completed")]
+    got = expected_wall_s(rec("j", "e1", 320e6, steps=100), two)
+    assert got == pytest.approx(100.0 * 2 * SAFETY)
+    # an exponent outside the plausible range is clamped (a run that tuned kernels for minutes)
+    odd = one + [rec("g", "e1", 40e6, steps=100, wall=50.0 * 2 ** 3, status="completed")]
+    assert expected_wall_s(rec("j", "e1", 80e6), odd) == pytest.approx(400.0 * 2 ** 1.2 * SAFETY)
+    # a time budget: its minutes and the fixed costs, no runs needed
+    assert expected_wall_s({"train": {"minutes": 2}}, []) == pytest.approx(120 * SAFETY + 120)
+
+
+def test_next_job_passes_over_what_would_overrun_and_keeps_queue_order():
+    done = [rec("f", "e1", 20e6, wall=60.0, status="completed"),
+            rec("m", "mamba2", 20e6, wall=20.0, status="completed")]
+    big, small, mamba, new = (rec("big", "e1", 200e6), rec("small", "e1", 20e6), rec("mamba", "mamba2", 20e6),
+                              rec("new", "gdn", 20e6))
+    todo = [big, small, mamba, new]
+    # no limits: the head of the queue
+    assert next_job(todo, done, 0, None, None) == (big, [])
+    # --stop-after alone: nothing once it has passed
+    assert next_job(todo, done, 100, 60, None) == (None, [])
+    # --finish-by 300 s at 200 s: the 200M e1 (60 x 10^0.7 x 1.15 = 345 s) is passed over, the 20M one
+    # (69 s) starts
+    got, passed = next_job(todo, done, 200, None, 300)
+    assert got is small and [r["id"] for r, _ in passed] == ["big"] and got["expected_s"] == 69
+    assert passed[0][1] == pytest.approx(60 * 10 ** DEFAULT_EXPONENT * SAFETY)
+    # at 260 s only Mamba2 (23 s) fits; at 290 s nothing with an estimate, and the family without one
+    # starts only before --stop-after
+    assert next_job(todo, done, 260, None, 300)[0] is mamba
+    assert next_job([big, new], done, 290, None, 300)[0] is new
+    assert next_job([big, new], done, 290, 240, 300)[0] is None
+    assert next_job([big, new], done, 200, 240, 300)[0] is new
+    assert next_job([], done, 0, None, 300) == (None, [])
+
+
+def test_runner_finish_by_runs_the_short_job_and_leaves_the_long_one(tmp_path, monkeypatch):
+    """A real tiny study on CPU: after one e1 run has finished, --finish-by passes over a queued e1 run
+    of 10,000x its tokens, runs the short one queued behind it, and leaves the long one pending."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    first = write(tmp_path, """
+        name: sessions
+        train: {steps: 2, batch_size: 2, seq_len: 32, seed: 42, eval_bytes: 64, device: cpu}
+        runs: [{model: e1, params: 200K}]
+        """)
+    out = tmp_path / "s"
+    assert [j["status"] for j in Runner(load_study(first), out, None, echo=lambda m: None).run()["jobs"]] \
+        == ["completed"]
+    later = write(tmp_path, """
+        name: sessions
+        train: {steps: 2, batch_size: 2, seq_len: 32, seed: 42, eval_bytes: 64, device: cpu}
+        runs:
+          - {model: e1, params: 200K}
+          - {model: e1, params: 200K, steps: 20000, name: long}
+          - {model: e1, params: 200K, seed: 43}
+        """)
+    said = []
+    r = Runner(load_study(later), out, None, echo=said.append, finish_by_s=600)
+    state = r.run()
+    assert [j["status"] for j in state["jobs"]] == ["completed", "pending", "completed"]
+    assert state["jobs"][2]["expected_s"] > 0
+    assert any(m.startswith("passed over long: expected") for m in said)
+    assert r.n_held_back == 1 and any("--finish-by 10 min" in m and "1 left" in m for m in said)
+    res = cli("study", later, "--out", tmp_path / "x", "--finish-by", -1)
+    assert res.returncode == 2 and "--finish-by takes a positive number" in res.stderr
+    assert math.isfinite(state["jobs"][2]["wall_s"])
