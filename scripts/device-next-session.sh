@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
-# The first call of the next GPU session (after 2026-12-03): check on the GPU what changed without one,
-# then start the scaling study (issue 20) in the background in the same call, so that no device time
-# goes to a second start-up. Carry .wheels and .data (python3 scripts/make-corpus-slice.py --pieces 8;
-# the 48 MB slice does not fit: the tree 6.9 MB + .wheels 47.6 + the 32M slice 8.0 + validation 0.4 = 60 MiB of 64),
-# and .study-state when resuming; then poll and collect with scripts/device-study-session.sh.
-#   v  install; the Elman and E88 GPU tests (the multi-tile pass now the default for B > 16, the pipelined
-#      build and back-off barrier deleted, E88 v4/v5 deleted, the default falling to the variant that
-#      takes the shape) and the E1/E33/E42/E88 layer and graph-replay tests, beside
-#      scripts/device-study-session.sh start studies/scaling-small.yaml OUTDIR (JOBS 2, STOP_AFTER 15,
-#      FINISH_BY 26 unless set), started first
+# The first call of the next GPU session (after 2026-12-06): resume the scaling study (issue 20) from its
+# committed folder, docs/results/scaling-small (6 of 36 runs done on 2026-12-06), and poll it in the same
+# call, so that no device time goes to a second call's start. Carry .wheels and .data
+# (python3 scripts/make-corpus-slice.py --pieces 8: the tree ~7 MB + .wheels 46 + the 32M slice 8.0 +
+# validation 0.4 = 61 MiB of 64). Then, once the reply's lease says how much is left, poll with
+# FINISH_IN=<seconds left - ~150> (runs then start only if expected to end by then) and collect with
+# scripts/device-study-session.sh; unpack the tarball into docs/results/scaling-small and commit it.
+#   s  install; scripts/device-study-session.sh start studies/scaling-small.yaml (JOBS 2, FINISH_BY 20:
+#      the machine's start-up took ~6 minutes of the 30 on 2026-12-06; STOP_AFTER 10), then poll to ~9 min
+#   v  (run on 2026-12-06, H100: 102 passed) the Elman and E88 GPU tests beside the study's start
 #   e  E88 v2 and v3 side by side (correctness, then fwd+bwd beside fla's GDN)
-#   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh v|e OUTDIR
+#   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh s|v|e OUTDIR
 set -o pipefail
-phase=${1:?v or e}
+phase=${1:?s, v or e}
 out=$(realpath -m "${2:?OUTDIR}")
 source scripts/device-env.sh
 device_setup "$out"
 case $phase in
+s)
+    JOBS=${JOBS:-2} STOP_AFTER=${STOP_AFTER:-10} FINISH_BY=${FINISH_BY:-20} \
+        bash scripts/device-study-session.sh start studies/scaling-small.yaml "$out"
+    POLL_S=${POLL_S:-250} bash scripts/device-study-session.sh poll studies/scaling-small.yaml "$out"
+    ;;
 v)
     # the study first (its runs' losses do not depend on what else runs), the tests beside it, so that
     # the lease's minutes go to the study: no new run of a model with no finished run after 15 minutes

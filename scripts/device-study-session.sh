@@ -7,7 +7,11 @@
 #   usage: scripts/device-study-session.sh start|poll|collect STUDY.yaml OUTDIR
 #   env:   STOP_AFTER (minutes after which no new run starts; default 12), FINISH_BY (minutes: start only
 #          runs expected to end by then, from the finished runs of their model, e.g. 26 in a 30-minute
-#          lease started 2-3 minutes in; runs of a model with none finished follow STOP_AFTER), JOBS (per GPU; default 4),
+#          lease started 2-3 minutes in; before any run has finished, runs follow STOP_AFTER), FINISH_IN
+#          (poll: seconds from now by which runs should end, written to the study folder's finish-at file,
+#          which replaces FINISH_BY: set it once the lease's end is known), POLL_S (poll: half the seconds
+#          it waits; default 270), WAIT_S (collect: seconds it waits for the study to end; default 540),
+#          JOBS (per GPU; default 4),
 #          DATA (default .data/corpus-slice-32M.txt.zst), VAL (default .data/corpus-val.txt.zst)
 #   carry: .wheels (first call on a fresh machine), .data, .study-state (when resuming)
 # Triton's autotuning results (mamba_ssm's and fla's kernels tune for minutes in the first process on a
@@ -46,15 +50,17 @@ start)
     sleep 20; tail -n 5 "$work/$name.log"
     ;;
 poll)
+    [ -n "${FINISH_IN:-}" ] && echo $(( $(date +%s) + FINISH_IN )) > "$dir/finish-at" \
+        && echo "runs now start only if expected to end within $FINISH_IN s (finish-at)"
     for _ in $(seq 1 ${POLL_S:-270}); do kill -0 "$(cat $work/$name.pid)" 2>/dev/null || break; sleep 2; done
     tail -c 3000 "$work/$name.log" | tr '\r' '\n' | tail -n 8
     ;;
 collect)
-    for _ in $(seq 1 270); do kill -0 "$(cat $work/$name.pid)" 2>/dev/null || break; sleep 2; done
+    for _ in $(seq 1 $(( ${WAIT_S:-540} / 2 ))); do kill -0 "$(cat $work/$name.pid)" 2>/dev/null || break; sleep 2; done
     kill -0 "$(cat $work/$name.pid)" 2>/dev/null && echo "study still running: collect again"
     tail -c 4000 "$work/$name.log" | tr '\r' '\n' | tail -n 12
     cp "$work/$name.log" "$out/"
-    tar -C "$work" -czf "$out/$name.tar.gz" --exclude=checkpoints --exclude="*.safetensors" "$name"
+    tar -C "$work" -czf "$out/$name.tar.gz" --exclude=checkpoints --exclude="*.safetensors" --exclude=finish-at "$name"
     (cd "$TRITON_CACHE_DIR" 2>/dev/null && find . -name '*.autotune.json' | tar -czf "$out/triton-autotune.tar.gz" -T -) \
         && echo "autotuning results: $(tar -tzf "$out/triton-autotune.tar.gz" | wc -l) files -> triton-autotune.tar.gz (into .study-state/)"
     ;;

@@ -3,11 +3,14 @@ further on in the queue takes the time instead (study/schedule.py, and the runne
 from __future__ import annotations
 
 import math
+import re
+import time
 
 import pytest
 
 from elmanlab.study import Runner, load_study
-from elmanlab.study.schedule import DEFAULT_EXPONENT, SAFETY, expected_wall_s, job_tokens, next_job
+from elmanlab.study.schedule import (DEFAULT_EXPONENT, FINISH_AT_FILE, OTHER_MODEL_SAFETY, SAFETY, expected_wall_s,
+                                     job_tokens, next_job, read_finish_at)
 from test_study_spec import cli, write
 
 
@@ -39,6 +42,12 @@ def test_expected_wall_scales_the_nearest_size_by_tokens_and_a_fitted_exponent()
     assert expected_wall_s(rec("j", "e1", 80e6), odd) == pytest.approx(400.0 * 2 ** 1.2 * SAFETY)
     # a time budget: its minutes and the fixed costs, no runs needed
     assert expected_wall_s({"train": {"minutes": 2}}, []) == pytest.approx(120 * SAFETY + 120)
+    # a model with no finished run: the slowest finished model's expectation at its size, x the margin
+    both = one + [rec("m", "mamba2", 20e6, steps=100, wall=10.0, status="completed")]
+    assert expected_wall_s(rec("j", "gdn", 20e6), both, other_models=True) == \
+        pytest.approx(50.0 * SAFETY * OTHER_MODEL_SAFETY)
+    assert expected_wall_s(rec("j", "mamba2", 20e6), both, other_models=True) == pytest.approx(10.0 * SAFETY)
+    assert expected_wall_s(rec("j", "gdn", 20e6), [], other_models=True) is None
 
 
 def test_next_job_passes_over_what_would_overrun_and_keeps_queue_order():
@@ -56,13 +65,24 @@ def test_next_job_passes_over_what_would_overrun_and_keeps_queue_order():
     got, passed = next_job(todo, done, 200, None, 300)
     assert got is small and [r["id"] for r, _ in passed] == ["big"] and got["expected_s"] == 69
     assert passed[0][1] == pytest.approx(60 * 10 ** DEFAULT_EXPONENT * SAFETY)
-    # at 260 s only Mamba2 (23 s) fits; at 290 s nothing with an estimate, and the family without one
-    # starts only before --stop-after
+    # at 260 s only Mamba2 (23 s) fits; GDN, with no run of its own, is expected to take what E1, the
+    # slower finished model, would (69 s x 1.3 = 90 s)
     assert next_job(todo, done, 260, None, 300)[0] is mamba
-    assert next_job([big, new], done, 290, None, 300)[0] is new
-    assert next_job([big, new], done, 290, 240, 300)[0] is None
-    assert next_job([big, new], done, 200, 240, 300)[0] is new
+    assert next_job([big, new], done, 200, None, 300)[0] is new and new["expected_s"] == 90
+    assert next_job([big, new], done, 220, None, 300)[0] is None
+    # before any run has finished there is no expectation: a run starts only before --stop-after
+    assert next_job([big, new], [], 290, None, 300)[0] is big
+    assert next_job([big, new], [], 290, 240, 300)[0] is None
+    assert next_job([big, new], [], 200, 240, 300)[0] is big
     assert next_job([], done, 0, None, 300) == (None, [])
+
+
+def test_finish_at_file(tmp_path):
+    assert read_finish_at(tmp_path) is None
+    (tmp_path / FINISH_AT_FILE).write_text("1765000000\n")
+    assert read_finish_at(tmp_path) == 1765000000.0
+    (tmp_path / FINISH_AT_FILE).write_text("soon")
+    assert read_finish_at(tmp_path) is None
 
 
 def test_runner_finish_by_runs_the_short_job_and_leaves_the_long_one(tmp_path, monkeypatch):
@@ -92,6 +112,30 @@ def test_runner_finish_by_runs_the_short_job_and_leaves_the_long_one(tmp_path, m
     assert state["jobs"][2]["expected_s"] > 0
     assert any(m.startswith("passed over long: expected") for m in said)
     assert r.n_held_back == 1 and any("--finish-by 10 min" in m and "1 left" in m for m in said)
+    # a deadline written while the study runs (the folder's finish-at file) replaces --finish-by: set to
+    # a second from now when the first of two more runs starts, it lets that one finish and starts no other
+    more = write(tmp_path, """
+        name: sessions
+        train: {steps: 2, batch_size: 2, seq_len: 32, seed: 42, eval_bytes: 64, device: cpu}
+        runs:
+          - {model: e1, params: 200K}
+          - {model: e1, params: 200K, steps: 20000, name: long}
+          - {model: e1, params: 200K, seed: 43}
+          - {model: e1, params: 200K, seed: 44}
+          - {model: e1, params: 200K, seed: 45}
+        """)
+    (out / FINISH_AT_FILE).write_text("1\n")          # a stale deadline: removed when the study starts
+
+    def now_is_the_deadline(msg):
+        said.append(msg)
+        if "start" in msg and not (out / FINISH_AT_FILE).exists():
+            (out / FINISH_AT_FILE).write_text(f"{time.time() + 1:.0f}\n")
+    said.clear()
+    r = Runner(load_study(more), out, None, echo=now_is_the_deadline, finish_by_s=600)
+    state = r.run()
+    assert [j["status"] for j in state["jobs"]] == ["completed", "pending", "completed", "completed", "pending"]
+    assert r.n_held_back == 2 and any(m.startswith("passed over e1-200K-s45: expected") for m in said)
+    assert any(re.search(r"--finish-by 0\.0\d* min: no more runs started; 2 left", m) for m in said)
     res = cli("study", later, "--out", tmp_path / "x", "--finish-by", -1)
     assert res.returncode == 2 and "--finish-by takes a positive number" in res.stderr
     assert math.isfinite(state["jobs"][2]["wall_s"])

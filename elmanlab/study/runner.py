@@ -26,7 +26,7 @@ from elmanlab.errors import ElmanlabError
 from elmanlab.fsutil import atomic_write_json
 from elmanlab.runs import GPU_JOBS_ENV, LOCK_FILE, LOG_DIR, STATE_FILE, has_checkpoint, read_state, run_status
 from elmanlab.study.job import job_status, same_run
-from elmanlab.study.schedule import next_job
+from elmanlab.study.schedule import FINISH_AT_FILE, next_job, read_finish_at
 from elmanlab.study.spec import Study
 
 INTERRUPT_GRACE_S = 300      # how long a stopped study waits for its runs to write their checkpoints
@@ -216,6 +216,7 @@ class Runner:
         # (study/schedule.py: a shorter job further on in the queue may start instead)
         self.finish_by_s = finish_by_s
         self.t_run: float | None = None
+        self.t_run_wall: float | None = None
         self.n_held_back = 0
         self._passed_over: set[str] = set()
 
@@ -309,7 +310,8 @@ class Runner:
             for d in self.study.deferred:
                 self.echo(d["line"])
             self.total = total
-            self.t_run = time.monotonic()
+            self.t_run, self.t_run_wall = time.monotonic(), time.time()
+            (self.out / FINISH_AT_FILE).unlink(missing_ok=True)     # a deadline is one invocation's
             self.bar = tqdm(total=total, initial=done0, desc=self.study.name, unit="run",
                             file=sys.stderr, dynamic_ncols=True, leave=True)
             threads: list[threading.Thread] = []
@@ -366,10 +368,11 @@ class Runner:
             self.bar.close()
             self.bar = None
             left = sum(1 for r in self.state["jobs"] if _to_run(r))
-            if (self._time_up() or self.finish_by_s is not None) and (left or self.study.deferred):
+            finish_by = self._finish_by()
+            if (self._time_up() or finish_by is not None) and (left or self.study.deferred):
                 self.n_held_back = left
-                limits = " / ".join(f"{flag} {s / 60:g} min" for flag, s in
-                                    (("--stop-after", self.stop_after_s), ("--finish-by", self.finish_by_s))
+                limits = " / ".join(f"{flag} {s / 60:.4g} min" for flag, s in
+                                    (("--stop-after", self.stop_after_s), ("--finish-by", finish_by))
                                     if s is not None)
                 self.echo(f"{limits}: no more runs started; {left} left"
                           + (" (and waves waiting on them)" if self.study.deferred else "")
@@ -379,20 +382,28 @@ class Runner:
     def _elapsed(self) -> float:
         return 0.0 if self.t_run is None else time.monotonic() - self.t_run
 
+    def _finish_by(self) -> float | None:
+        """Seconds after the start by which runs should end: the folder's finish-at file, else --finish-by."""
+        at = read_finish_at(self.out)
+        if at is not None and self.t_run_wall is not None:
+            return at - self.t_run_wall
+        return self.finish_by_s
+
     def _time_up(self) -> bool:
         """--stop-after (or --finish-by) has passed: no job starts any more."""
-        return any(s is not None and self._elapsed() >= s for s in (self.stop_after_s, self.finish_by_s))
+        return any(s is not None and self._elapsed() >= s for s in (self.stop_after_s, self._finish_by()))
 
     def _worker(self, slot: str | None, todo: deque) -> None:
         while not self.stop.is_set():
             with self.lock:
                 finished = [r for r in self.state["jobs"] if r.get("status") == "completed"]
-                rec, passed = next_job(list(todo), finished, self._elapsed(), self.stop_after_s, self.finish_by_s)
+                finish_by = self._finish_by()
+                rec, passed = next_job(list(todo), finished, self._elapsed(), self.stop_after_s, finish_by)
                 for r, est in passed:
                     if r["id"] not in self._passed_over:
                         self._passed_over.add(r["id"])
                         self.echo(f"passed over {r['id']}: expected {est:.0f} s, "
-                                  f"{self.finish_by_s - self._elapsed():.0f} s left before --finish-by")
+                                  f"{finish_by - self._elapsed():.0f} s left before --finish-by")
                 if rec is None:
                     return
                 todo.remove(rec)

@@ -6,8 +6,14 @@ in the queue takes the time a longer one would overrun. The expectation comes fr
 the runs of the same family already finished in the study's folder (this session's or earlier ones'),
 under the same sharing of the GPU: the nearest size's wall time scaled by the tokens and by the
 parameters to a power (fitted over the family's sizes when it has two, else ``DEFAULT_EXPONENT``),
-times ``SAFETY``. A job with no finished run of its family has no expectation: it starts only before
-``--stop-after`` (or, without it, before ``--finish-by`` itself).
+times ``SAFETY``. A job whose family has no finished run is expected to take what the slowest of the
+finished families would take at its size and tokens, times ``OTHER_MODEL_SAFETY`` (the lab's families
+differ in speed by up to ~8x at one size, the E-series being the slowest); before any run has finished
+it has no expectation and starts only before ``--stop-after`` (or, without it, before ``--finish-by``).
+
+The deadline can move while the study runs: a file ``finish-at`` in the study's folder holding a Unix
+time (``echo $(( $(date +%s) + 900 )) > DIR/finish-at``) replaces ``--finish-by`` for every run started
+after it is written, for a session whose end is known only once it has begun.
 """
 from __future__ import annotations
 
@@ -16,6 +22,8 @@ import math
 DEFAULT_EXPONENT = 0.7      # wall time ~ params^0.7 at equal tokens: the lab's E1/Mamba2 H200 tokens/s, 20M-400M
 EXPONENT_RANGE = (0.2, 1.2)
 SAFETY = 1.15               # expected = scaled wall time x this
+OTHER_MODEL_SAFETY = 1.3    # and x this more when scaled from another model's runs
+FINISH_AT_FILE = "finish-at"
 
 
 def job_tokens(rec: dict) -> int | None:
@@ -33,15 +41,24 @@ def _params(rec: dict) -> float | None:
     return float(p) if p else None
 
 
-def expected_wall_s(rec: dict, finished: list[dict]) -> float | None:
+def expected_wall_s(rec: dict, finished: list[dict], other_models: bool = False) -> float | None:
     """Seconds the job ``rec`` is expected to take, from the ``finished`` job records (status
-    completed, with ``wall_s``); None when none of them is of its model."""
+    completed, with ``wall_s``) of its model; None when none is of its model. ``other_models``: then
+    the most any finished model would take at its size, x ``OTHER_MODEL_SAFETY`` (None when none has
+    finished)."""
     t = rec.get("train") or {}
     if t.get("minutes") is not None:
         return 60 * float(t["minutes"]) * SAFETY + 120      # + start-up, graph capture, the final evaluation
     tokens, n = job_tokens(rec), _params(rec)
     if not tokens or not n:
         return None
+    if other_models:
+        if any(r.get("model") == rec.get("model") and r.get("status") == "completed" for r in finished):
+            return expected_wall_s(rec, finished)
+        ests = [expected_wall_s({**rec, "model": m}, finished)
+                for m in sorted({r.get("model") for r in finished if r.get("status") == "completed"})]
+        ests = [e for e in ests if e is not None]
+        return max(ests) * OTHER_MODEL_SAFETY if ests else None
     same = [(r["wall_s"] / job_tokens(r), _params(r)) for r in finished
             if r.get("model") == rec.get("model") and r.get("wall_s") and job_tokens(r) and _params(r)
             and r.get("status") == "completed"]
@@ -58,6 +75,15 @@ def expected_wall_s(rec: dict, finished: list[dict]) -> float | None:
     return per_token * tokens * (n / p_ref) ** exponent * SAFETY
 
 
+def read_finish_at(folder) -> float | None:
+    """The Unix time in ``folder/finish-at``, or None when there is no such file (or it holds no number)."""
+    from pathlib import Path
+    try:
+        return float(Path(folder, FINISH_AT_FILE).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def next_job(todo: list[dict], finished: list[dict], elapsed_s: float, stop_after_s: float | None,
              finish_by_s: float | None) -> tuple[dict | None, list[tuple[dict, float]]]:
     """The first job of ``todo`` (in queue order) that may start ``elapsed_s`` seconds into the
@@ -70,7 +96,7 @@ def next_job(todo: list[dict], finished: list[dict], elapsed_s: float, stop_afte
         return (todo[0] if before_stop else None), []
     passed = []
     for rec in todo:
-        est = expected_wall_s(rec, finished)
+        est = expected_wall_s(rec, finished, other_models=True)
         if est is None:
             if before_stop and elapsed_s < finish_by_s:
                 return rec, passed
