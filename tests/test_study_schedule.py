@@ -89,24 +89,18 @@ def test_runner_finish_by_runs_the_short_job_and_leaves_the_long_one(tmp_path, m
     """A real tiny study on CPU: after one e1 run has finished, --finish-by passes over a queued e1 run
     of 10,000x its tokens, runs the short one queued behind it, and leaves the long one pending."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    first = write(tmp_path, """
-        name: sessions
-        train: {steps: 2, batch_size: 2, seq_len: 32, seed: 42, eval_bytes: 64, device: cpu}
-        runs: [{model: e1, params: 200K}]
-        """)
+    runs = ["{model: e1, params: 200K}", "{model: e1, params: 200K, steps: 20000, name: long}",
+            "{model: e1, params: 200K, seed: 43}", "{model: e1, params: 200K, seed: 44}",
+            "{model: e1, params: 200K, seed: 45}"]
+
+    def study(n):           # the study file with the first n of those runs
+        return load_study(write(tmp_path, "name: sessions\ntrain: {steps: 2, batch_size: 2, seq_len: 32, seed: 42, "
+                                          "eval_bytes: 64, device: cpu}\nruns:\n"
+                                + "".join(f"  - {r}\n" for r in runs[:n]), f"s{n}.yaml"))
     out = tmp_path / "s"
-    assert [j["status"] for j in Runner(load_study(first), out, None, echo=lambda m: None).run()["jobs"]] \
-        == ["completed"]
-    later = write(tmp_path, """
-        name: sessions
-        train: {steps: 2, batch_size: 2, seq_len: 32, seed: 42, eval_bytes: 64, device: cpu}
-        runs:
-          - {model: e1, params: 200K}
-          - {model: e1, params: 200K, steps: 20000, name: long}
-          - {model: e1, params: 200K, seed: 43}
-        """)
+    assert [j["status"] for j in Runner(study(1), out, None, echo=lambda m: None).run()["jobs"]] == ["completed"]
     said = []
-    r = Runner(load_study(later), out, None, echo=said.append, finish_by_s=600)
+    r = Runner(study(3), out, None, echo=said.append, finish_by_s=600)
     state = r.run()
     assert [j["status"] for j in state["jobs"]] == ["completed", "pending", "completed"]
     assert state["jobs"][2]["expected_s"] > 0
@@ -114,16 +108,6 @@ def test_runner_finish_by_runs_the_short_job_and_leaves_the_long_one(tmp_path, m
     assert r.n_held_back == 1 and any("--finish-by 10 min" in m and "1 left" in m for m in said)
     # a deadline written while the study runs (the folder's finish-at file) replaces --finish-by: set to
     # a second from now when the first of two more runs starts, it lets that one finish and starts no other
-    more = write(tmp_path, """
-        name: sessions
-        train: {steps: 2, batch_size: 2, seq_len: 32, seed: 42, eval_bytes: 64, device: cpu}
-        runs:
-          - {model: e1, params: 200K}
-          - {model: e1, params: 200K, steps: 20000, name: long}
-          - {model: e1, params: 200K, seed: 43}
-          - {model: e1, params: 200K, seed: 44}
-          - {model: e1, params: 200K, seed: 45}
-        """)
     (out / FINISH_AT_FILE).write_text("1\n")          # a stale deadline: removed when the study starts
 
     def now_is_the_deadline(msg):
@@ -131,11 +115,11 @@ def test_runner_finish_by_runs_the_short_job_and_leaves_the_long_one(tmp_path, m
         if "start" in msg and not (out / FINISH_AT_FILE).exists():
             (out / FINISH_AT_FILE).write_text(f"{time.time() + 1:.0f}\n")
     said.clear()
-    r = Runner(load_study(more), out, None, echo=now_is_the_deadline, finish_by_s=600)
+    r = Runner(study(5), out, None, echo=now_is_the_deadline, finish_by_s=600)
     state = r.run()
     assert [j["status"] for j in state["jobs"]] == ["completed", "pending", "completed", "completed", "pending"]
     assert r.n_held_back == 2 and any(m.startswith("passed over e1-200K-s45: expected") for m in said)
     assert any(re.search(r"--finish-by 0\.0\d* min: no more runs started; 2 left", m) for m in said)
-    res = cli("study", later, "--out", tmp_path / "x", "--finish-by", -1)
+    res = cli("study", tmp_path / "s5.yaml", "--out", tmp_path / "x", "--finish-by", -1)
     assert res.returncode == 2 and "--finish-by takes a positive number" in res.stderr
     assert math.isfinite(state["jobs"][2]["wall_s"])
