@@ -11,13 +11,12 @@ import csv
 import json
 import math
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from elmanlab.report import write_report
+from cli_inproc import run_main
 
 
 def make_run(root: Path, rid: str, model: str, params: int, dim: int, depth: int, *, seed=42,
@@ -123,7 +122,7 @@ def test_report_ranks_gaps_scaling_and_plots(tmp_path):
 
 def test_report_cli_errors(tmp_path):
     def run(*a):
-        return subprocess.run([sys.executable, "-m", "elmanlab", "report", *a], capture_output=True, text=True)
+        return run_main("report", *a)
     p = run(str(tmp_path / "nope"))
     assert p.returncode == 2 and p.stderr.startswith("error:") and len(p.stderr.strip().splitlines()) == 1
     empty = tmp_path / "empty"

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from elmanlab.errors import ElmanlabError
+from cli_inproc import run_main
 from elmanlab.sizing import count_params, model_config, parse_count, report, solve
 
 FAMILIES = ["e1", "e33", "e42", "e88", "mamba2", "gdn", "mingru", "minlstm", "transformer"]
@@ -76,11 +77,13 @@ def test_bad_input_is_one_clear_error(kwargs, msg):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "elmanlab", *args], capture_output=True, text=True)
+    return run_main(*args)
 
 
 def test_cli_size_json():
-    r = run_cli("size", "e1", "--dim", "1760", "--depth", "26", "--json")
+    # the one real process: `python3 -m elmanlab` as a user runs it
+    r = subprocess.run([sys.executable, "-m", "elmanlab", "size", "e1", "--dim", "1760", "--depth", "26", "--json"],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert abs(d["params"] - 403e6) / 403e6 < 0.015

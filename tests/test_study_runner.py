@@ -10,33 +10,35 @@ import pytest
 
 from elmanlab.errors import ElmanlabError
 from elmanlab.study import Runner, check_out_dir, load_study, parse_gpus
+from cli_inproc import run_main
 from test_study_spec import cli, write
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_bad_input_cli_one_line_nothing_written(tmp_path):
+    """(in-process: elmanlab.cli.main, as `python3 -m elmanlab` runs it)"""
     out = tmp_path / "out"
     p = write(tmp_path, "train: {steps: 3}\ngrid: {model: [e1, gdnn], params: [200K]}\n")
-    r = cli("study", p, "--out", out)
+    r = run_main("study", p, "--out", out)
     assert r.returncode == 2 and r.stderr.startswith("error: grid (model=gdnn, params=200K): unknown model 'gdnn'")
     assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
     ok = write(tmp_path, "train: {steps: 3}\nruns: [{model: e1, params: 200K}]\n", "ok.yaml")
-    r = cli("study", ok, "--out", out, "--gpus", "7")
+    r = run_main("study", ok, "--out", out, "--gpus", "7")
     assert r.returncode == 2 and "GPU 7 does not exist" in r.stderr and not out.exists()
-    r = cli("study", tmp_path / "missing.yaml", "--out", out)
+    r = run_main("study", tmp_path / "missing.yaml", "--out", out)
     assert r.returncode == 2 and "does not exist" in r.stderr
     # a folder holding another study, or anything else: refused, untouched
     other = tmp_path / "other"
     other.mkdir()
     (other / "study.json").write_text(json.dumps({"name": "someone-else", "jobs": []}))
-    r = cli("study", ok, "--out", other)
+    r = run_main("study", ok, "--out", other)
     assert r.returncode == 2 and "holds another study ('someone-else'" in r.stderr
     assert json.loads((other / "study.json").read_text()) == {"name": "someone-else", "jobs": []}
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
-    r = cli("study", ok, "--out", busy)
+    r = run_main("study", ok, "--out", busy)
     assert r.returncode == 2 and "not empty and holds no study" in r.stderr
     assert sorted(x.name for x in busy.iterdir()) == ["notes.txt"]
 
