@@ -128,4 +128,6 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu", w
         raise ElmanlabError(f"weights {path} do not match the model in config.json "
                             f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
     dev = device if isinstance(device, torch.device) else resolve_device(device)
+    if (conf.get("train") or {}).get("precision") == "bf16":     # scored and sampled as it trained
+        model.to(torch.bfloat16)
     return model.to(dev).eval(), conf

@@ -22,6 +22,7 @@ DEFAULT_EVAL_BYTES = 262_144        # held-out bytes scored at the end of traini
 DEFAULT_STEPS = 300                 # the budget of `elmanlab train` when none is given
 AUTO_EVALS = 10                     # held-out evaluations over a budget when --eval-every is not given,
 AUTO_EVAL_SHARE = 0.25              # unless they would score more than this share of the bytes trained on
+PRECISIONS = ("autocast", "bf16")   # TrainConfig.precision
 
 
 # ---------------------------------------------------------------- the model
@@ -162,6 +163,11 @@ class TrainConfig:
     beta2: float = setting(0.999, "Adam beta2", "optimisation")
     grad_clip: float | None = setting(None, "clip the global gradient norm to this value; default: off",
                                       "optimisation")
+    precision: str = setting(
+        "autocast", "autocast: fp32 weights, gradients and optimizer state, bf16 autocast on CUDA (fp32 on the "
+                    "CPU); bf16: the whole model, its gradients and Schedule-Free's state in bf16, no autocast, "
+                    "as ekg/elman's 400M runs (`.bfloat16()`): an update below half a bf16 spacing of its weight "
+                    "is lost (docs/reference/ekg-elman-differences.md, 'Pure bf16')", "optimisation")
     dropout: float = setting(0.0, "dropout probability on the embedding and on every residual branch's "
                                   "output, in training only (evaluation and generation never drop); 0: off",
                              "optimisation")
@@ -253,6 +259,8 @@ class TrainConfig:
         need(not (self.keep_best and self.eval_bytes == 0), "--keep-best needs held-out bytes: drop --eval-bytes 0")
         need(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1,
              f"--dropout must be in [0, 1), got {self.dropout}")
+        need(self.precision in PRECISIONS,
+             f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         need(self.max_nonfinite >= 1, f"--max-nonfinite must be >= 1, got {self.max_nonfinite}")
         need(not (self.cuda_graph and self.compile), "--cuda-graph and --compile cannot be combined: drop one")
         need(not (self.cuda_graph and world_size > 1),

@@ -55,7 +55,7 @@ def evaluate_bytes(model, data: np.ndarray, seq_len: int, eval_bytes: int = DEFA
         for i in range(0, windows, max(1, batch_size)):
             x = flat[idx[i:i + batch_size]].to(device).long()
             inp, tgt = x[:, :-1], x[:, 1:]
-            with autocast(device):
+            with autocast(device, model=model):
                 logits, _ = model(inp)
             nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="sum")
             total += float(nll.double().item())

@@ -57,7 +57,7 @@ def _stream_bytes(model, prompt: bytes, max_bytes: int, temperature: float, top_
     gen.manual_seed(0 if seed is None else int(seed))
     model.eval()
     ctx = torch.tensor(list(prompt or b"\n"), dtype=torch.long, device=device)[None]
-    with autocast(device):
+    with autocast(device, model=model):
         logits, _, states = model(ctx, return_states=True)
         logits = logits[:, -1]
         for _ in range(max_bytes):

@@ -36,11 +36,24 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     raise ElmanlabError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
 
 
-def autocast(device: torch.device, cache: bool = True):
+def autocast(device: torch.device, cache: bool = True, model: torch.nn.Module | None = None):
     """The precision of training, evaluation and generation: bf16 autocast on CUDA, off elsewhere
-    (fp32 on CPU). ``cache=False`` for a region captured in a CUDA graph (PyTorch's rule for autocast
-    under graphs: no cast cache)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda", cache_enabled=cache)
+    (fp32 on CPU), and off for a ``model`` whose weights are bf16 themselves (train setting
+    ``precision: bf16``: it runs as it is, like ekg/elman's runs). ``cache=False`` for a region
+    captured in a CUDA graph (PyTorch's rule for autocast under graphs: no cast cache)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_autocast(device, model),
+                          cache_enabled=cache)
+
+
+def uses_autocast(device: torch.device, model: torch.nn.Module | None = None) -> bool:
+    """Whether :func:`autocast` turns bf16 autocast on: on CUDA, unless the model is bf16 itself."""
+    return device.type == "cuda" and not (model is not None and is_pure_bf16(model))
+
+
+def is_pure_bf16(model: torch.nn.Module) -> bool:
+    """Whether the model's weights are bf16 (``precision: bf16``), not fp32 master weights."""
+    p = next(model.parameters(), None)
+    return p is not None and p.dtype == torch.bfloat16
 
 
 def package_version(*dists: str) -> str | None:

@@ -15,8 +15,9 @@ Python API::
 The run folder and its files are described in :mod:`elmanlab.runs`; checkpoints in
 :mod:`elmanlab.checkpoint`.
 
-Precision: bf16 autocast on CUDA with fp32 master weights (the layers keep recurrent state in
-fp32), plain fp32 on CPU. Budgets: ``steps`` or ``minutes`` of training time; the first step of a
+Precision (``precision``): bf16 autocast on CUDA with fp32 master weights (the layers keep
+recurrent state in fp32), plain fp32 on CPU; or ``bf16``: the model cast to bf16 (its gradients and
+Schedule-Free's state follow), no autocast. Budgets: ``steps`` or ``minutes`` of training time; the first step of a
 process (compilation, autotuning, allocator warm-up; with ``cuda_graph`` also the second, the
 capture) is timed apart as ``warmup_s`` and not charged to the budget or to ``tokens_per_s``.
 Checkpointing and evaluation are timed apart too.
@@ -123,6 +124,8 @@ class Trainer:
             torch.set_flush_denormal(True)     # subnormal floats (saturated tanh) are ~100x slower on x86
         torch.manual_seed(cfg.seed)
         self.model = LM(cfg.model, dropout=cfg.dropout).to(self.device)
+        if cfg.precision == "bf16":                         # weights, gradients and optimizer state in bf16
+            self.model.to(torch.bfloat16)
         self.model.train()
         if self.device.type == "cuda":
             # after the first CUDA allocation: on torch 2.11 resetting before the context exists fails
@@ -174,7 +177,7 @@ class Trainer:
     def loss_and_grads(self, x: torch.Tensor) -> torch.Tensor:
         """Forward and backward of the batch ``x`` [B, T+1]: [loss, gradient norm] on the device,
         without a host synchronisation (so that it can be captured in a CUDA graph)."""
-        with autocast(self.device, cache=not self.use_graph):
+        with autocast(self.device, cache=not self.use_graph, model=self.model):
             _, loss = self.fwd(x[:, :-1], x[:, 1:])
         loss.backward()
         gn = grad_norm(self.params).to(loss.device)

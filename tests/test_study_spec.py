@@ -162,7 +162,8 @@ def test_train_keys_are_the_train_settings(tmp_path):
     data.write_text("some text\n" * 100)
     sample = {bool: True, int: 64, float: 0.5, str: "cpu"}
     given = {k: sample[field_type(f)] for k, f in settings.items() if k != "minutes"}
-    given.update(data=str(data), val_data=str(data))
+    # values that pass `elmanlab train`'s checks together (the study checks them as it loads)
+    given.update(data=str(data), val_data=str(data), seq_len=32, precision="bf16", cuda_graph=False)
     p = write(tmp_path, f"train: {json.dumps(given)}\nruns: [{{model: e1, params: 200K}}, "
                         f"{{model: e1, params: 200K, minutes: 2, name: m}}]\n")
     a, b = load_study(p).jobs
@@ -250,3 +251,15 @@ def test_committed_studies_keep_their_job_ids_and_identities(record, study_file)
     for r in rec["jobs"]:
         if r.get("in_study_file", True):
             assert r["id"] in jobs and same_run(r["spec_identity"], jobs[r["id"]]), r["id"]
+
+
+@pytest.mark.parametrize("entry,msg", [
+    ("{model: e1, params: 200K, precision: fp8}", "runs[0]: --precision must be one of autocast, bf16, got 'fp8'"),
+    ("{model: e1, params: 200K, dropout: 2}", "runs[0]: --dropout must be in [0, 1), got 2.0"),
+    ("{model: e1, params: 200K, eval_bytes: 32, seq_len: 64}", "runs[0]: --eval-bytes must be 0"),
+])
+def test_bad_train_values_stop_the_study_as_it_loads(tmp_path, entry, msg):
+    """A value `elmanlab train` would refuse stops the study before any run, not each run as it starts."""
+    with pytest.raises(ElmanlabError) as e:
+        load_study(write(tmp_path, f"train: {{steps: 3}}\nruns: [{entry}]\n"))
+    assert str(e.value).startswith(msg) and "\n" not in str(e.value)

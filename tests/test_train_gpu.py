@@ -105,3 +105,19 @@ def test_cuda_graph_training_run(tmp_path):
     assert abs(s["val_bpb"] - out[False]["val_bpb"]) <= 2e-2 * out[False]["val_bpb"]
     r = resume_training(tmp_path / "gTrue", steps=16)
     assert r["status"] == "completed" and r["steps"] == 16 and r["cuda_graph"]
+
+
+@pytest.mark.parametrize("model", FAMILIES)
+def test_pure_bf16_training_runs_the_fast_path(model, tmp_path):
+    """precision: bf16 (the model cast to bf16, no autocast, as ekg/elman's runs): every family's fast
+    kernel takes bf16 weights, eagerly and replayed as a CUDA graph; the loss falls, the weights and
+    Schedule-Free's state stay bf16, and the kernel that ran is the fast one."""
+    tr = _trainer(tmp_path, model, precision="bf16", cuda_graph=True)
+    assert all(p.dtype == torch.bfloat16 for p in tr.model.parameters())
+    losses = [tr.train_step()[0] for _ in range(10)]
+    assert all(torch.isfinite(torch.tensor(losses))) and sum(losses[-3:]) < sum(losses[:3]), losses
+    assert tr.graphed is not None and tr.graphed.replays == 9
+    assert_fast_path_ran(tr.cfg.model, expect=KERNEL[model])
+    assert all(p.dtype == torch.bfloat16 for p in tr.model.parameters())
+    for st in tr.optimizer.state.values():
+        assert all(v.dtype == torch.bfloat16 for v in st.values() if torch.is_tensor(v) and v.ndim > 0)

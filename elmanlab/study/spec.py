@@ -41,7 +41,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from elmanlab.config import BUDGET_SETTINGS, NORMS, field_type, identity_settings, option_fields, train_settings
+from elmanlab.config import BUDGET_SETTINGS, NORMS, TrainConfig, field_type, identity_settings, option_fields, train_settings
 from elmanlab.errors import ElmanlabError
 from elmanlab.runs import read_state
 from elmanlab.study.best_of import expand_best_of
@@ -299,6 +299,10 @@ def _jobs_from_entry(entry: dict, where: str, wave: str | None, base_train: dict
     except ElmanlabError as e:
         at = "" if where.endswith(")") else f" ({model} at {params or f'{dim}x{depth}'})"
         raise ElmanlabError(f"{where}{at}: {e}")
+    try:                                         # the settings' values, checked as `elmanlab train` checks them
+        TrainConfig(model=cfg, out="-", **train).validate()
+    except ElmanlabError as e:
+        raise ElmanlabError(f"{where}: {e}") from None
     size = {"params": rep.params, "dim": rep.dim, "depth": rep.depth, "d_inner": rep.d_inner,
             "n_heads": rep.n_heads, "state_per_layer": rep.state_per_layer}
     if rep.state_grows:                          # a KV cache: state_per_layer is per byte of context

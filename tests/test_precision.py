@@ -1,0 +1,73 @@
+"""Train setting ``precision: bf16`` (ekg/elman's `.bfloat16()` runs): the model, its gradients and
+Schedule-Free's state in bf16, no autocast; recorded; scored, sampled and resumed as it trained.
+(CPU, tiny models; on CUDA the fast kernels take bf16 weights: tests/test_train_gpu.py.)"""
+import json
+
+import pytest
+import torch
+
+from elmanlab.checkpoint import load_model
+from elmanlab.config import ModelConfig, TrainConfig
+from elmanlab.errors import ElmanlabError
+from elmanlab.evaluate import evaluate_run
+from elmanlab.generate import generate
+from elmanlab.hardware import autocast, is_pure_bf16, uses_autocast
+from elmanlab.layers import FAMILIES
+from elmanlab.train import Trainer, resume_training, run_training
+from test_train import cfg, text_file, tiny  # noqa: F401 - text_file is a fixture
+
+
+def _norm_gains(model):
+    return torch.cat([m.weight.detach().float().flatten() for m in model.modules()
+                      if isinstance(m, (torch.nn.RMSNorm, torch.nn.LayerNorm))])
+
+
+@pytest.mark.parametrize("model", FAMILIES)
+def test_every_family_trains_in_pure_bf16(text_file, tmp_path, model):
+    c = cfg(text_file, tmp_path / model, steps=4, eval_bytes=0, precision="bf16", lr=3e-4)
+    c.model = ModelConfig(model, 64, 2, {"head_dim": 16}) if model == "transformer" else tiny(model)
+    tr = Trainer(c)
+    assert is_pure_bf16(tr.model) and all(p.dtype == torch.bfloat16 for p in tr.model.parameters())
+    losses = [tr.train_step()[0] for _ in range(4)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    # Schedule-Free's state follows the parameters' dtype: the reference's bf16 optimizer
+    for st in tr.optimizer.state.values():
+        assert all(v.dtype == torch.bfloat16 for k, v in st.items() if torch.is_tensor(v) and v.ndim > 0), model
+    # a norm gain of 1.0 never moves in bf16: a step of ~lr = 3e-4 is below half its bf16 spacing (2^-9)
+    assert torch.equal(_norm_gains(tr.model), torch.ones_like(_norm_gains(tr.model)))
+
+
+def test_fp32_master_weights_do_move_the_gains(text_file, tmp_path):
+    """The same run with the default precision: the gains move (what pure bf16 loses)."""
+    tr = Trainer(cfg(text_file, tmp_path / "fp32", steps=4, eval_bytes=0, lr=3e-4))
+    for _ in range(4):
+        tr.train_step()
+    assert not is_pure_bf16(tr.model) and (_norm_gains(tr.model) - 1).abs().max() > 5e-4
+
+
+def test_bf16_run_is_recorded_scored_and_resumed_as_it_trained(text_file, tmp_path):
+    full = run_training(cfg(text_file, tmp_path / "full", steps=12, checkpoint_every=6, precision="bf16"))
+    assert full["precision"] == "bf16" and full["status"] == "completed"
+    assert json.loads((tmp_path / "full" / "config.json").read_text())["train"]["precision"] == "bf16"
+    # `elmanlab eval` loads the weights into a bf16 model and scores them as the final evaluation did
+    model, conf = load_model(tmp_path / "full", "cpu")
+    assert is_pure_bf16(model)
+    res = evaluate_run(str(tmp_path / "full"), eval_bytes=4096, device="cpu", progress=False, update_summary=False)
+    assert res["val_loss"] == pytest.approx(full["val_loss"], rel=1e-6)
+    assert len(generate(model, b"The ", max_bytes=8, seed=1)) == 8
+    # exact resume: 6 steps, then 6 more, equal the 12 in one go
+    run_training(cfg(text_file, tmp_path / "part", steps=6, checkpoint_every=6, precision="bf16"))
+    done = resume_training(tmp_path / "part", steps=12)
+    assert done["final_loss"] == full["final_loss"] and done["precision"] == "bf16"
+    a, b = (load_model(tmp_path / run, "cpu")[0].state_dict() for run in ("part", "full"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)       # the same bf16 weights
+
+
+def test_precision_setting_is_checked_and_autocast_stays_off_for_bf16_models():
+    with pytest.raises(ElmanlabError, match="--precision must be one of autocast, bf16, got 'fp16'"):
+        TrainConfig(model=tiny(), out="x", steps=1, precision="fp16").validate()
+    m = torch.nn.Linear(4, 4)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert uses_autocast(cuda) and uses_autocast(cuda, m) and not is_pure_bf16(m)
+    assert not uses_autocast(cuda, m.to(torch.bfloat16)) and is_pure_bf16(m)
+    assert not uses_autocast(cpu) and not autocast(cpu)._enabled
