@@ -7,7 +7,8 @@
 # FINISH_IN=<seconds left - ~150> (runs then start only if expected to end by then) and collect with
 # scripts/device-study-session.sh; unpack the tarball into docs/results/scaling-small and commit it.
 #   s  install; scripts/device-study-session.sh start studies/scaling-small.yaml (JOBS 2, FINISH_BY 20:
-#      the machine's start-up took ~6 minutes of the 30 on 2026-12-06; STOP_AFTER 10), then poll to ~9 min
+#      the machine's start-up took ~6 minutes of the 30 on 2026-12-06; STOP_AFTER 10), the GPU test of
+#      precision: bf16 beside it, then poll to ~9 minutes
 #   v  (run on 2026-12-06, H100: 102 passed) the Elman and E88 GPU tests beside the study's start
 #   e  E88 v2 and v3 side by side (correctness, then fwd+bwd beside fla's GDN)
 #   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh s|v|e OUTDIR
@@ -20,7 +21,12 @@ case $phase in
 s)
     JOBS=${JOBS:-2} STOP_AFTER=${STOP_AFTER:-10} FINISH_BY=${FINISH_BY:-20} \
         bash scripts/device-study-session.sh start studies/scaling-small.yaml "$out"
-    POLL_S=${POLL_S:-250} bash scripts/device-study-session.sh poll studies/scaling-small.yaml "$out"
+    # beside it: every family's fast kernel with bf16 weights (precision: bf16, new on 2026-12-06)
+    timeout 240 python3 -m pytest -q -m gpu tests/test_train_gpu.py -k pure_bf16 -p no:cacheprovider \
+        > "$out/gputests-bf16.log" 2>&1
+    echo "pytest exit $?" >> "$out/gputests-bf16.log"
+    tail -n 4 "$out/gputests-bf16.log"
+    POLL_S=${POLL_S:-200} bash scripts/device-study-session.sh poll studies/scaling-small.yaml "$out"
     ;;
 v)
     # the study first (its runs' losses do not depend on what else runs), the tests beside it, so that
