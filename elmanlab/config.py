@@ -23,6 +23,7 @@ DEFAULT_STEPS = 300                 # the budget of `elmanlab train` when none i
 AUTO_EVALS = 10                     # held-out evaluations over a budget when --eval-every is not given,
 AUTO_EVAL_SHARE = 0.25              # unless they would score more than this share of the bytes trained on
 PRECISIONS = ("autocast", "bf16")   # TrainConfig.precision
+DECAY_SCOPES = ("matrices", "all")  # TrainConfig.weight_decay_on
 
 
 # ---------------------------------------------------------------- the model
@@ -157,7 +158,11 @@ class TrainConfig:
     batch_size: int = setting(16, "global batch: sequences per step over all ranks", "optimisation")
     seq_len: int = setting(512, "bytes per sequence; windows are seq_len + 1", "optimisation")
     lr: float = setting(3e-4, "Schedule-Free AdamW learning rate", "optimisation")
-    weight_decay: float = setting(0.1, "weight decay, on matrices (ndim >= 2) only", "optimisation")
+    weight_decay: float = setting(0.1, "weight decay (on the parameters --weight-decay-on names)", "optimisation")
+    weight_decay_on: str = setting(
+        "matrices", "matrices: weight decay on matrices (ndim >= 2) only; all: on every parameter, norm gains, "
+                    "biases and Mamba2's A_log, D and dt_bias too, as ekg/elman's runs "
+                    "(AdamWScheduleFree(model.parameters(), weight_decay=0.1))", "optimisation")
     warmup_steps: int = setting(0, "Schedule-Free linear warm-up steps", "optimisation")
     beta1: float = setting(0.9, "Adam beta1 (Schedule-Free's interpolation momentum)", "optimisation")
     beta2: float = setting(0.999, "Adam beta2", "optimisation")
@@ -259,6 +264,8 @@ class TrainConfig:
         need(not (self.keep_best and self.eval_bytes == 0), "--keep-best needs held-out bytes: drop --eval-bytes 0")
         need(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1,
              f"--dropout must be in [0, 1), got {self.dropout}")
+        need(self.weight_decay_on in DECAY_SCOPES,
+             f"--weight-decay-on must be one of {', '.join(DECAY_SCOPES)}, got {self.weight_decay_on!r}")
         need(self.precision in PRECISIONS,
              f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         need(self.max_nonfinite >= 1, f"--max-nonfinite must be >= 1, got {self.max_nonfinite}")

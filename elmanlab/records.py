@@ -86,7 +86,7 @@ def summary(tr, status: str, error: str | None = None) -> dict:
         "config": cfg.model.to_dict(), "options": dataclasses.asdict(cfg.model.options),
         "seed": cfg.seed, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "lr": cfg.lr,
         "weight_decay": cfg.weight_decay, "warmup_steps": cfg.warmup_steps, "grad_clip": cfg.grad_clip,
-        "precision": cfg.precision,
+        "precision": cfg.precision, "weight_decay_on": cfg.weight_decay_on,
         "budget": cfg.budget, "nonfinite_steps": tr.nonfinite_total, "dropout": cfg.dropout, "keep_best": cfg.keep_best,
         "epochs": tr.epochs(), "train_bytes": tr.split.train_bytes, **tr.validator.summary_fields(),
         "compile": cfg.compile, "cuda_graph": tr.use_graph, "cuda_graph_off": tr.graph_note,

@@ -9,11 +9,11 @@ from elmanlab.config import TrainConfig
 from elmanlab.errors import ElmanlabError
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float):
+def _param_groups(model: torch.nn.Module, weight_decay: float, on: str = "matrices"):
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            (decay if p.ndim >= 2 or on == "all" else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
@@ -21,9 +21,10 @@ def _param_groups(model: torch.nn.Module, weight_decay: float):
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
-    """Schedule-Free AdamW with weight decay on matrices (ndim >= 2) only."""
+    """Schedule-Free AdamW with weight decay on matrices (ndim >= 2) only, or on every parameter
+    (``weight_decay_on: all``)."""
     import schedulefree
-    return schedulefree.AdamWScheduleFree(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
+    return schedulefree.AdamWScheduleFree(_param_groups(model, cfg.weight_decay, cfg.weight_decay_on), lr=cfg.lr,
                                           betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
                                           warmup_steps=cfg.warmup_steps)
 

@@ -71,3 +71,16 @@ def test_precision_setting_is_checked_and_autocast_stays_off_for_bf16_models():
     assert uses_autocast(cuda) and uses_autocast(cuda, m) and not is_pure_bf16(m)
     assert not uses_autocast(cuda, m.to(torch.bfloat16)) and is_pure_bf16(m)
     assert not uses_autocast(cpu) and not autocast(cpu)._enabled
+
+
+def test_weight_decay_on_all_decays_every_parameter(text_file, tmp_path):
+    """weight_decay_on: all (ekg/elman's AdamWScheduleFree(model.parameters(), weight_decay=0.1)) puts
+    the norm gains and biases in the decayed group; the default keeps them out; recorded."""
+    def groups(on):
+        tr = Trainer(cfg(text_file, tmp_path / on, steps=1, eval_bytes=0, weight_decay_on=on))
+        return [(g["weight_decay"], {p.ndim for p in g["params"]}) for g in tr.optimizer.param_groups]
+    assert groups("matrices") == [(0.1, {2}), (0.0, {1})] and groups("all") == [(0.1, {1, 2})]
+    with pytest.raises(ElmanlabError, match="--weight-decay-on must be one of matrices, all, got 'norms'"):
+        TrainConfig(model=tiny(), out="x", steps=1, weight_decay_on="norms").validate()
+    s = run_training(cfg(text_file, tmp_path / "rec", steps=2, eval_bytes=0, weight_decay_on="all"))
+    assert s["weight_decay_on"] == "all" and s["precision"] == "autocast"

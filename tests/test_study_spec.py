@@ -163,7 +163,8 @@ def test_train_keys_are_the_train_settings(tmp_path):
     sample = {bool: True, int: 64, float: 0.5, str: "cpu"}
     given = {k: sample[field_type(f)] for k, f in settings.items() if k != "minutes"}
     # values that pass `elmanlab train`'s checks together (the study checks them as it loads)
-    given.update(data=str(data), val_data=str(data), seq_len=32, precision="bf16", cuda_graph=False)
+    given.update(data=str(data), val_data=str(data), seq_len=32, precision="bf16", weight_decay_on="all",
+                 cuda_graph=False)
     p = write(tmp_path, f"train: {json.dumps(given)}\nruns: [{{model: e1, params: 200K}}, "
                         f"{{model: e1, params: 200K, minutes: 2, name: m}}]\n")
     a, b = load_study(p).jobs
