@@ -217,3 +217,61 @@ def test_report_fit_cli_end_to_end(tmp_path):
     for name in ("fit_vs_params.png", "fit_vs_flops.png"):
         assert (root / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"plots/{name}" in md
+
+
+def _set_losses(root, rid, loss_at_200):
+    """metrics.jsonl of run ``rid``: every 10-step line up to step 200 at ``loss_at_200``, later lines
+    0.3 lower."""
+    path = root / rid / "metrics.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    for r in rows:
+        r["loss"] = loss_at_200 if r["step"] <= 200 else loss_at_200 - 0.3
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_at_step_fits_each_runs_value_at_that_step(tmp_path):
+    """--at-step 200: the last-100 loss at step 200 read from metrics.jsonl (not the summary's, at 300),
+    at 200 x 4 x 64 tokens; a run that stopped earlier, or whose lines do not start at step 100, is left
+    out with the reason."""
+    root = scaling_study(tmp_path, noise=0.0, extra=False)
+    for t, n in SIZES.items():
+        for s in (42, 43):
+            _set_losses(root, f"e1-{t}-s{s}", law(SHALLOW, n * 1.003) + 0.2)      # the summaries say law()
+            _set_losses(root, f"mamba2-{t}-s{s}", law(STEEP, n * 0.996) + 0.2)
+    make_run(root, "e1-50M-short", "e1", int(50e6), 64, 4, steps=150)
+    make_run(root, "e1-50M-odd", "e1", int(50e6), 64, 4, steps=300, log_every=30)    # lines at 90, 120: no 100
+    rep = Report(root, at_step=200, bootstrap=100)
+    fits = rep.fits()
+    assert rep.fit_wanted and fits.at_step == 200 and len(fits.groups) == 1
+    g = fits.groups[0]
+    assert g.tokens == 200 * 4 * 64
+    e1 = fam(g.params, "e1")
+    assert (e1.E, e1.alpha) == (pytest.approx(SHALLOW[0] + 0.2, abs=1e-3), pytest.approx(SHALLOW[2], abs=1e-3))
+    why = dict(fits.left_out)
+    assert why["e1-50M-short"] == "no loss_last100 at step 200 in its metrics.jsonl (it ran 150 steps)"
+    assert why["e1-50M-odd"] == "no loss_last100 at step 200 in its metrics.jsonl"
+    assert "(each run at its step 200, not at its end)" in fits.markdown()
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ElmanlabError, match=r"^--at-step must be a positive whole number of steps"):
+            Report(root, at_step=bad)
+
+
+def test_a_run_at_step_n_is_the_run_of_n_steps(tmp_path):
+    """The claim --at-step rests on, with real training (CPU): Schedule-Free with no warm-up looks
+    nowhere ahead to the budget, so the last-100 loss a 250-step run logged at step 150 is the
+    loss_last100 of the same run stopped at 150 steps; at 250 it is its own summary's."""
+    from elmanlab.config import ModelConfig, TrainConfig
+    from elmanlab.data import embedded_corpus_path
+    from elmanlab.report.collect import collect_runs
+    from elmanlab.train import run_training
+    sums = {}
+    for steps in (150, 250):
+        sums[steps] = run_training(TrainConfig(
+            model=ModelConfig("e1", 24, 2), out=str(tmp_path / f"r{steps}"), data=str(embedded_corpus_path()),
+            steps=steps, batch_size=2, seq_len=16, lr=3e-3, device="cpu", progress=False, eval_bytes=0,
+            log_every=10))
+    runs = {r.id: r for r in collect_runs(tmp_path)[0]}
+    long = runs["r250"]
+    assert long.value_at(150, "loss_last100") == pytest.approx(sums[150]["loss_last100"], rel=1e-9, abs=0)
+    assert long.value_at(250, "loss_last100") == pytest.approx(sums[250]["loss_last100"], rel=1e-9, abs=0)
+    assert long.value_at(155, "loss_last100") is None and long.value_at(300, "loss_last100") is None

@@ -30,6 +30,12 @@ def register(sub) -> None:
     p.add_argument("--predict", action="append", metavar="SIZE",
                    help="with the fits: each family's fitted value and each pair's gap at this parameter count, "
                         "with intervals (e.g. 400M; several: 400M,1B or repeat the flag); implies --fit")
+    p.add_argument("--at-step", type=int, metavar="N", dest="at_step",
+                   help="with the fits: fit each run's value at step N, not at its end (loss_last100: the mean "
+                        "training loss of steps N-99..N from metrics.jsonl; val_bpb: an evaluation at step N). "
+                        "With Schedule-Free and no warm-up a run's state at step N is that of a run of N steps, so "
+                        "longer runs predict runs of N steps (the 2,000-step scaling study at the 1,500 steps of "
+                        "the 400M table); implies --fit")
     p.add_argument("--bootstrap", type=int, metavar="B",
                    help="bootstrap refits per family for the fits' intervals (default 1000, at least 50)")
     p.add_argument("--against", metavar="TABLE.csv",
@@ -50,7 +56,7 @@ def register(sub) -> None:
 def cmd_report(args) -> int:
     from elmanlab.report import Report
     rep = Report(args.dir, args.baseline, args.metric, fit=args.fit, predict=args.predict, bootstrap=args.bootstrap,
-                 against=args.against, speed=args.speed)
+                 against=args.against, speed=args.speed, at_step=args.at_step)
     res = rep.write()
     if not args.quiet and rep.done:
         from elmanlab.report.checks import record_notes

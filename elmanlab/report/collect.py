@@ -210,6 +210,30 @@ class Run:
             self._metrics = read_metrics(self.path)
         return self._metrics
 
+    def value_at(self, step: int, metric: str) -> float | None:
+        """``metric`` as a run stopped at ``step`` would have recorded it, from metrics.jsonl: for
+        loss_last100 the mean training loss of steps step-99..step (each line is the mean over the
+        steps since the line before, so the lines must start a line at step-100 and end one at step);
+        for val_bpb the held-out evaluation at ``step``. None where the lines do not give it. With
+        Schedule-Free and no warm-up nothing in a run looks ahead to its budget: its state at step N is
+        that of a run of N steps."""
+        if metric == "val_bpb":
+            hit = [m.get("val_bpb") for m in self.val_metrics() if m.get("step") == step]
+            return float(hit[-1]) if hit and isinstance(hit[-1], (int, float)) else None
+        if metric != "loss_last100":
+            return None
+        start, prev, total, n = max(0, step - 100), 0, 0.0, 0
+        for m in sorted((m for m in self.metrics() if isinstance(m.get("loss"), (int, float))),
+                        key=lambda m: m["step"]):
+            s = int(m["step"])
+            if s > step:
+                break
+            if prev >= start:
+                total += float(m["loss"]) * (s - prev)
+                n += s - prev
+            prev = s
+        return total / n if n == step - start and prev == step and math.isfinite(total) else None
+
     def val_metrics(self) -> list[dict]:
         """The held-out evaluations of metrics.jsonl (the validation curve)."""
         if self._val_metrics is None:

@@ -61,6 +61,7 @@ class FitReport:
     groups: list[FitGroup]
     left_out: list[tuple[str, str]]           # (run, why)
     not_fitted: list[str]                    # lines: token counts or studies that could not be fitted
+    at_step: int | None = None               # the runs' values at this step, not at their end
 
     def any_fitted(self) -> bool:
         return any(g.params.fitted for g in self.groups)
@@ -77,7 +78,7 @@ class FitReport:
                            "crossing_search": f"smallest size / {SEARCH:g} to largest x {SEARCH:g}",
                            "undecided": f"fewer than {100 * DECIDE:.0f}% of the refits cross, or the interval "
                                         f"spans more than {WIDE:g}x"},
-                "predict": self.predict,
+                "predict": self.predict, "at_step": self.at_step,
                 "groups": [{"tokens": g.tokens, "runs": g.runs, "params": g.params.to_json(),
                             "flops": g.flops.to_json(), "flops_estimated": g.flops_estimated,
                             "notes": g.several_configs} for g in self.groups],
@@ -111,7 +112,8 @@ class FitReport:
             if not g.params.fitted:
                 continue
             for fs in (g.params, g.flops):
-                out.append(self._set_md(fs, f" at {count(g.tokens)} tokens", g))
+                at = f" (each run at its step {self.at_step:,}, not at its end)" if self.at_step else ""
+                out.append(self._set_md(fs, f" at {count(g.tokens)} tokens{at}", g))
             if g.several_configs:
                 out.append("\n".join(f"- {n}" for n in g.several_configs))
         if self.left_out:
@@ -243,38 +245,50 @@ def _families(runs) -> dict[str, list]:
     return out
 
 
-def _token_groups(runs) -> list[list]:
-    """Runs clustered by token count (within SAME_TOKENS), fewest tokens first."""
+def _token_groups(runs, tokens) -> list[list]:
+    """Runs clustered by token count (``tokens[run id]``, within SAME_TOKENS), fewest tokens first."""
     out: list[list] = []
-    for r in sorted(runs, key=lambda r: r.get("tokens")):
-        if out and r.get("tokens") <= out[-1][0].get("tokens") * SAME_TOKENS:
+    for r in sorted(runs, key=lambda r: tokens[r.id]):
+        if out and tokens[r.id] <= tokens[out[-1][0].id] * SAME_TOKENS:
             out[-1].append(r)
         else:
             out.append([r])
     return out
 
 
-def fit_study(report, predict_at=(), B: int = BOOTSTRAP, seed: int = SEED) -> FitReport:
-    """Every fit the report's completed runs allow (see the module's docstring)."""
+def fit_study(report, predict_at=(), B: int = BOOTSTRAP, seed: int = SEED, at_step: int | None = None) -> FitReport:
+    """Every fit the report's completed runs allow (see the module's docstring); with ``at_step``
+    each run's value at that step (``Run.value_at``) and its tokens then, not at its end."""
     left = [(r.id, r.status + (f": {r.error}" if r.error and r.error != r.status else "")) for r in report.notok]
-    usable = []
+    usable, value, tokens = [], {}, {}
     for r in report.done:
+        if at_step is not None:
+            v = r.value_at(at_step, report.metric)
+            rows = (r.train.get("batch_size") or r.get("batch_size") or 0) * (r.train.get("seq_len") or
+                                                                             r.get("seq_len") or 0)
+            value[r.id], tokens[r.id] = v, at_step * rows
+        else:
+            value[r.id], tokens[r.id] = r.loss, r.get("tokens")
         if not r.params:
             left.append((r.id, "no parameter count in its record"))
-        elif not r.get("tokens"):
+        elif not tokens[r.id]:
             left.append((r.id, "no token count in its record"))
+        elif value[r.id] is None:
+            left.append((r.id, f"no {report.metric} at step {at_step} in its metrics.jsonl"
+                               + (f" (it ran {r.get('steps')} steps)" if (r.get("steps") or 0) < at_step else "")))
         else:
             usable.append(r)
     groups, not_fitted, unfitted = [], [], []
-    tgroups = _token_groups(usable)
+    tgroups = _token_groups(usable, tokens)
     for runs in tgroups:
         fams = _families(runs)
-        tokens = float(np.median([r.get("tokens") for r in runs]))
+        group_tokens = float(np.median([tokens[r.id] for r in runs]))
         sets = {}
         for xkind in XKINDS:
             fits = []
             for label, rs in fams.items():
-                pts = [Point(r.id, float(r.params) if xkind == "params" else _flops_of(r), float(r.loss),
+                pts = [Point(r.id, float(r.params) if xkind == "params" else _flops_of(r, tokens[r.id]),
+                             float(value[r.id]),
                              float(r.scale_n or r.params), r.seed) for r in rs]
                 fits.append(fit_family(label, rs[0].model, pts, B, seed))
             fits = _order(fits, report.models, report.baseline)
@@ -282,9 +296,9 @@ def fit_study(report, predict_at=(), B: int = BOOTSTRAP, seed: int = SEED) -> Fi
             pairs = [(fa, fb) for i, fa in enumerate(ok) for fb in ok[i + 1:]]
             cross = [crossing(fa, fb) for fa, fb in pairs]
             preds = [predict(ok, pairs, x) for x in predict_at] if xkind == "params" and ok else []
-            sets[xkind] = FitSet(xkind, tokens, fits, cross, preds)
+            sets[xkind] = FitSet(xkind, group_tokens, fits, cross, preds)
         if not sets["params"].fitted:
-            unfitted.append((runs, tokens, sets["params"]))
+            unfitted.append((runs, group_tokens, sets["params"]))
             continue
         notes = []
         for label, rs in fams.items():
@@ -295,7 +309,7 @@ def fit_study(report, predict_at=(), B: int = BOOTSTRAP, seed: int = SEED) -> Fi
             if odd:
                 notes.append(f"{label}: several configurations at {', '.join(count(s) for s in sorted(odd))}, "
                              f"fitted together as if seeds.")
-        groups.append(FitGroup(tokens, [r.id for r in runs], sets["params"], sets["flops"],
+        groups.append(FitGroup(group_tokens, [r.id for r in runs], sets["params"], sets["flops"],
                                [r.id for r in runs if not r.get("flops_per_token")], notes))
     if not usable:
         not_fitted.append("**Not fitted:** no completed run has a parameter count and a token count.")
@@ -311,17 +325,17 @@ def fit_study(report, predict_at=(), B: int = BOOTSTRAP, seed: int = SEED) -> Fi
                           + "; ".join(f"{label}: {len(v)} size{'s' if len(v) != 1 else ''} "
                                       f"({', '.join(count(x) for x in v)})" for label, v in sizes.items()) + ".")
     else:
-        for runs, tokens, _ in unfitted:
-            not_fitted.append(f"Not fitted: {len(runs)} run(s) at {count(tokens)} tokens "
+        for runs, t, _ in unfitted:
+            not_fitted.append(f"Not fitted: {len(runs)} run(s) at {count(t)} tokens "
                               f"({names([r.id for r in runs], 4)}): no family has {MIN_SIZES} sizes at that "
                               f"token count.")
     return FitReport(report.metric, report.mlabel, report.munit, B, seed, list(predict_at), report.baseline,
-                     groups, left, not_fitted)
+                     groups, left, not_fitted, at_step)
 
 
-def _flops_of(r) -> float:
+def _flops_of(r, tokens: float) -> float:
     fpt = r.get("flops_per_token")
-    return float(fpt if fpt else 6.0 * r.params) * float(r.get("tokens"))
+    return float(fpt if fpt else 6.0 * r.params) * float(tokens)
 
 
 def _order(fits: list[FamilyFit], models: list[str], baseline: str | None) -> list[FamilyFit]:

@@ -45,12 +45,13 @@ class Report:
     default: the study's baseline, else mamba2 or gdn when present). ``done`` are the completed runs
     with a value of the metric, ``notok`` the rest. ``fit``: add the scaling fits
     (:mod:`elmanlab.report.fit`) even when no family ran at three sizes; ``predict``: sizes ("400M")
-    to predict each family's value and each pair's gap at; ``bootstrap``: the fits' refits; ``against``: a
+    to predict each family's value and each pair's gap at; ``bootstrap``: the fits' refits; ``at_step``: fit
+    each run's value at that step rather than at its end (``Run.value_at``); ``against``: a
     reference table (CSV) to set the runs beside, with ``speed`` a speed study's folder
     (:mod:`elmanlab.report.against`)."""
 
     def __init__(self, root, baseline: str | None = None, metric: str = "loss_last100", fit: bool = False,
-                 predict=(), bootstrap: int | None = None, against=None, speed=None):
+                 predict=(), bootstrap: int | None = None, against=None, speed=None, at_step: int | None = None):
         self.root = Path(root)
         if metric not in METRICS:
             raise ElmanlabError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -62,7 +63,10 @@ class Report:
         if predict:
             from elmanlab.report.scaling import parse_predict
             self.predict = parse_predict(predict)
-        self.fit_wanted, self.bootstrap, self._fits = bool(fit or self.predict), bootstrap, None
+        if at_step is not None and (isinstance(at_step, bool) or not isinstance(at_step, int) or at_step < 1):
+            raise ElmanlabError(f"--at-step must be a positive whole number of steps, got {at_step!r}")
+        self.at_step = at_step
+        self.fit_wanted, self.bootstrap, self._fits = bool(fit or self.predict or at_step), bootstrap, None
         self.metric = metric
         self.mlabel, self.munit, self.mshort = METRICS[metric]
         self.runs, self.state = collect_runs(self.root)
@@ -384,7 +388,7 @@ class Report:
             from elmanlab.report.fit import BOOTSTRAP
             from elmanlab.report.scaling import fit_study, multi_scale
             if self.fit_wanted or multi_scale(self.done):
-                self._fits = fit_study(self, self.predict, self.bootstrap or BOOTSTRAP)
+                self._fits = fit_study(self, self.predict, self.bootstrap or BOOTSTRAP, at_step=self.at_step)
         return self._fits
 
     def section_fit(self) -> str:
