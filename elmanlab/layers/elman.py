@@ -66,8 +66,25 @@ def _xavier_(*weights) -> None:
 
 
 class _ElmanBase(RecurrentLayer):
+    """E1 and E33: in_proj, the tanh recurrence (W_x, W_h, b) and out_proj; they differ in what
+    gates the output (``forward``) and so in in_proj's width (``in_mult`` x d_inner)."""
     Options = ElmanOptions
     op = "elman"
+    in_mult = 1
+
+    def __init__(self, dim: int, opts: ElmanOptions, layer_idx: int = 0, depth: int = 1):
+        super().__init__()
+        self.opts = opts
+        di = d_inner_of(dim, opts.expansion)
+        self.in_proj = nn.Linear(dim, self.in_mult * di, bias=False)
+        self._init_recurrence(di, opts)
+        self.out_proj = nn.Linear(di, dim, bias=False)
+        self._reference_projections()
+
+    @classmethod
+    def param_count(cls, dim, opts):
+        di = d_inner_of(dim, opts.expansion)
+        return (cls.in_mult + 1) * dim * di + 2 * di * di + di
 
     @classmethod
     def resolve(cls, dim, opts):
@@ -127,48 +144,21 @@ class _ElmanBase(RecurrentLayer):
 class E1(_ElmanBase):
     name = "e1"
     description = "gated Elman: h = tanh(W_x silu(x) + W_h h + b), y = h * silu(z)"
-
-    def __init__(self, dim: int, opts: ElmanOptions, layer_idx: int = 0, depth: int = 1):
-        super().__init__()
-        self.opts = opts
-        di = d_inner_of(dim, opts.expansion)
-        self.in_proj = nn.Linear(dim, 2 * di, bias=False)
-        self._init_recurrence(di, opts)
-        self.out_proj = nn.Linear(di, dim, bias=False)
-        self._reference_projections()
+    in_mult = 2                                 # x and the gate z
 
     def forward(self, u, state=None):
         x, z = self.in_proj(u).chunk(2, dim=-1)
         h, new_state = self._recur(F.silu(x), state)
         return self.out_proj(h * F.silu(z)), new_state
 
-    @classmethod
-    def param_count(cls, dim, opts):
-        di = d_inner_of(dim, opts.expansion)
-        return 3 * dim * di + 2 * di * di + di
-
 
 class E33(_ElmanBase):
     name = "e33"
     description = "self-gated Elman: h = tanh(W_x silu(x) + W_h h + b), y = h * silu(h)"
 
-    def __init__(self, dim: int, opts: ElmanOptions, layer_idx: int = 0, depth: int = 1):
-        super().__init__()
-        self.opts = opts
-        di = d_inner_of(dim, opts.expansion)
-        self.in_proj = nn.Linear(dim, di, bias=False)
-        self._init_recurrence(di, opts)
-        self.out_proj = nn.Linear(di, dim, bias=False)
-        self._reference_projections()
-
     def forward(self, u, state=None):
         h, new_state = self._recur(F.silu(self.in_proj(u)), state)
         return self.out_proj(h * F.silu(h)), new_state
-
-    @classmethod
-    def param_count(cls, dim, opts):
-        di = d_inner_of(dim, opts.expansion)
-        return 2 * dim * di + 2 * di * di + di
 
 
 class E42(RecurrentLayer):
