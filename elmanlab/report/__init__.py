@@ -15,6 +15,8 @@ The loss is the training cross-entropy in nats per byte averaged over the last 1
 - :mod:`elmanlab.report.checks`: what ran, and where runs of one study were not made alike;
 - :mod:`elmanlab.report.headline`: the two rankings with the seed spread;
 - :mod:`elmanlab.report.tables`: :class:`Report`, report.md and results.csv (no matplotlib needed);
+- :mod:`elmanlab.report.views`: Report's sections on swept settings and on equal tokens / equal
+  time;
 - :mod:`elmanlab.report.fit`: scaling-law fits L = E + A x^-alpha with bootstrap intervals, crossings
   and predictions (numpy only; imported when a report fits);
 - :mod:`elmanlab.report.fmt`: number and table formatting, ``loss_at``;

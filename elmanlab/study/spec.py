@@ -1,5 +1,6 @@
-"""The study file -> a :class:`Study` of :class:`Job` s: YAML loading, validation, grid and seeds
-expansion, job ids and data paths.
+"""The study file -> a :class:`Study` of :class:`Job` s: the format, its validation, grid and seeds
+expansion, job ids and data paths. Reading the YAML and checking single keys and values (unknown keys,
+option and train values by type, sizes, seeds) is :mod:`elmanlab.study.values`.
 
 A study file (YAML) names a set of training runs::
 
@@ -34,18 +35,17 @@ Each job becomes ``python -m elmanlab train ... --out DIR/<job id>`` in its own 
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import itertools
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from elmanlab.config import BUDGET_SETTINGS, NORMS, TrainConfig, field_type, identity_settings, option_fields, train_settings
+from elmanlab.config import BUDGET_SETTINGS, NORMS, TrainConfig, identity_settings, option_fields, train_settings
 from elmanlab.errors import ElmanlabError
 from elmanlab.runs import read_state
 from elmanlab.study.best_of import expand_best_of
 from elmanlab.study.job import Job, fmt, merge_train, safe_id
+from elmanlab.study.values import (all_option_names, check_keys, coerce_option, coerce_train, load_yaml,
+                                   norm_params, parse_seeds, suggest)
 
 TOP_KEYS = ("name", "description", "baseline", "train", "runs", "grid", "seeds", "waves")
 WAVE_KEYS = ("name", "description", "train", "runs", "grid", "seeds", "best_of")
@@ -84,122 +84,6 @@ class Study:
         raise KeyError(job_id)
 
 
-# ---------------------------------------------------------------- reading and checking values
-
-def _suggest(key: str, known) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
-def _load_yaml(path: Path):
-    import yaml
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ElmanlabError(f"study file {path} does not exist")
-    except OSError as e:
-        raise ElmanlabError(f"cannot read study file {path}: {e.strerror}")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ElmanlabError(f"{path}: malformed YAML{where}: {problem}; fix the file")
-    if not isinstance(data, dict):
-        raise ElmanlabError(f"{path}: a study file is a mapping with keys such as name, train, runs, "
-                            f"grid (got {type(data).__name__})")
-    return data
-
-
-def _check_keys(d: dict, allowed, where: str, what: str) -> None:
-    for k in d:
-        if k not in allowed:
-            raise ElmanlabError(f"{where}: unknown {what} key {k!r}{_suggest(str(k), allowed)}; "
-                                f"allowed: {', '.join(allowed)}")
-
-
-def _all_option_names() -> list[str]:
-    from elmanlab.layers import FAMILIES
-    names: list[str] = []
-    for fam in FAMILIES.values():
-        for f in dataclasses.fields(fam.Options):
-            if f.name not in names:
-                names.append(f.name)
-    return names
-
-
-def _coerce_option(model: str, key: str, value, where: str):
-    typ = field_type(option_fields(model)[key])
-    if typ is bool:
-        if not isinstance(value, bool):
-            raise ElmanlabError(f"{where}: option {key} is true or false, got {value!r}")
-        return value
-    if value is None:
-        return None
-    try:
-        if typ is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if typ is float:
-            return float(value)
-    except (TypeError, ValueError):
-        raise ElmanlabError(f"{where}: option {key} must be {'an integer' if typ is int else 'a number'}, "
-                            f"got {value!r}")
-    return value
-
-
-def _coerce_train(key: str, value, where: str):
-    """A train setting's value by its field type: bool a YAML bool, int an integral number, float
-    any number (PyYAML reads 3e-4 as a string), str as written."""
-    typ = field_type(train_settings()[key])
-    if typ is bool:
-        if not isinstance(value, bool):
-            raise ElmanlabError(f"{where}: {key} is true or false, got {value!r}")
-        return value
-    if value is None or isinstance(value, (dict, list)):
-        raise ElmanlabError(f"{where}: {key} needs one value, got {value!r}")
-    if typ is str:
-        return str(value)
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        if typ is int and isinstance(value, int):
-            return value
-        number = float(str(value))
-        if typ is float:
-            return number
-        if not number.is_integer():
-            raise ValueError
-        return int(number)
-    except ValueError:
-        raise ElmanlabError(f"{where}: {key} must be {'an integer' if typ is int else 'a number'}, "
-                            f"got {value!r}")
-
-
-def _norm_params(value, where: str) -> str:
-    from elmanlab.sizing import format_count, parse_count
-    try:
-        n = parse_count(value)
-    except ElmanlabError as e:
-        raise ElmanlabError(f"{where}: {e}")
-    if n < 1:
-        raise ElmanlabError(f"{where}: params must be positive, got {value!r}")
-    s = str(value).strip()
-    # keep what the user wrote when it is already a compact count ("500M"), else a compact form
-    return s.upper() if re.fullmatch(r"[0-9.]+[kKmMgGbBtT]?", s) and len(s) <= 8 else format_count(n)
-
-
-def _seeds(value, where: str) -> list | None:
-    if value is None:
-        return None
-    vals = value if isinstance(value, list) else [value]
-    if not vals or not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
-        raise ElmanlabError(f"{where}: seeds is a list of integers such as [42, 43], got {value!r}")
-    return vals
-
-
 # ---------------------------------------------------------------- entries -> jobs
 
 def _expand_grid(grid, where: str) -> list[tuple[str, dict]]:
@@ -233,9 +117,9 @@ def _jobs_from_entry(entry: dict, where: str, wave: str | None, base_train: dict
     if not isinstance(entry, dict):
         raise ElmanlabError(f"{where}: a run is a mapping such as {{model: e1, params: 100M}}, got {entry!r}")
     settings = train_settings()
-    all_opts = _all_option_names()
+    all_opts = all_option_names()
     allowed = list(ENTRY_KEYS) + list(settings) + all_opts
-    _check_keys(entry, allowed, where, "run")
+    check_keys(entry, allowed, where, "run")
     if "model" not in entry:
         raise ElmanlabError(f"{where}: a run needs a `model` (one of `elmanlab models`)")
     try:
@@ -250,14 +134,14 @@ def _jobs_from_entry(entry: dict, where: str, wave: str | None, base_train: dict
         raise ElmanlabError(f"{where}: options must be a mapping, got {given_opts!r}")
     for k, v in list(given_opts.items()) + [(k, v) for k, v in entry.items() if k in all_opts]:
         if k not in fields_:
-            raise ElmanlabError(f"{where}: {model} has no option {k!r}{_suggest(str(k), fields_)} "
+            raise ElmanlabError(f"{where}: {model} has no option {k!r}{suggest(str(k), fields_)} "
                                 f"(its options: {', '.join(fields_) or 'none'}); "
                                 f"put models with different options in separate runs or grids")
-        options[k] = _coerce_option(model, k, v, where)
+        options[k] = coerce_option(model, k, v, where)
 
     params = dim = depth = None
     if entry.get("params") is not None:
-        params = _norm_params(entry["params"], where)
+        params = norm_params(entry["params"], where)
     for key in ("dim", "depth"):
         v = entry.get(key)
         if v is not None:
@@ -279,7 +163,7 @@ def _jobs_from_entry(entry: dict, where: str, wave: str | None, base_train: dict
     if norm not in NORMS:
         raise ElmanlabError(f"{where}: norm must be one of {', '.join(NORMS)}, got {norm!r}")
 
-    own_train = {k: _coerce_train(k, v, where) for k, v in entry.items() if k in settings}
+    own_train = {k: coerce_train(k, v, where) for k, v in entry.items() if k in settings}
     train = merge_train(base_train, own_train)
     for k in BUDGET_SETTINGS:
         if k in train:
@@ -331,7 +215,7 @@ def _jobs_from_entry(entry: dict, where: str, wave: str | None, base_train: dict
     for s in seed_list:
         t = dict(train)
         if s is not None:
-            t["seed"] = _coerce_train("seed", s, where)
+            t["seed"] = coerce_train("seed", s, where)
         parts = id_parts + ([f"s{t['seed']}"] if t.get("seed") is not None else [])
         jid = entry.get("name") or "-".join(parts)
         if len(seed_list) > 1 and entry.get("name"):
@@ -352,8 +236,8 @@ def load_study(path, data: str | None = None, val_data: str | None = None, out=N
     ``Study.deferred``). ``retry_failed``: failed runs of a source wave count as unfinished (they
     are about to run again)."""
     path = Path(path)
-    raw = _load_yaml(path) if _raw is None else _raw
-    _check_keys(raw, TOP_KEYS, str(path), "top-level")
+    raw = load_yaml(path) if _raw is None else _raw
+    check_keys(raw, TOP_KEYS, str(path), "top-level")
     name = raw.get("name", path.stem)
     if not isinstance(name, (str, int)) or not str(name).strip():
         raise ElmanlabError(f"{path}: name must be a non-empty string")
@@ -365,10 +249,10 @@ def load_study(path, data: str | None = None, val_data: str | None = None, out=N
         if not isinstance(t, dict):
             raise ElmanlabError(f"{where}: train is a mapping of train settings, got {t!r}")
         for k in t:
-            if k in ENTRY_KEYS or k in _all_option_names():
+            if k in ENTRY_KEYS or k in all_option_names():
                 raise ElmanlabError(f"{where}: {k!r} is a model setting; put it in runs or grid, not under train")
-        _check_keys(t, settings, where + ".train", "train")
-        return {k: _coerce_train(k, v, f"{where}.train") for k, v in t.items()}
+        check_keys(t, settings, where + ".train", "train")
+        return {k: coerce_train(k, v, f"{where}.train") for k, v in t.items()}
 
     study_train = train_block(raw, str(path))
     base = path.resolve().parent
@@ -378,7 +262,7 @@ def load_study(path, data: str | None = None, val_data: str | None = None, out=N
         elif study_train.get(key) is not None:   # a path in the file is relative to the file
             study_train[key] = str((base / Path(str(study_train[key])).expanduser()).resolve())
 
-    top_seeds = _seeds(raw.get("seeds"), f"{path}: seeds")
+    top_seeds = parse_seeds(raw.get("seeds"), f"{path}: seeds")
     waves = []
     if raw.get("runs") is not None or raw.get("grid") is not None:
         waves.append((None, raw, str(path)))
@@ -390,7 +274,7 @@ def load_study(path, data: str | None = None, val_data: str | None = None, out=N
             where = f"waves[{i}]"
             if not isinstance(w, dict):
                 raise ElmanlabError(f"{where}: a wave is a mapping with runs and/or grid, got {w!r}")
-            _check_keys(w, WAVE_KEYS, where, "wave")
+            check_keys(w, WAVE_KEYS, where, "wave")
             wname = str(w.get("name", f"wave{i + 1}"))
             if w.get("best_of") is not None:
                 if w.get("runs") is not None or w.get("grid") is not None:
@@ -415,12 +299,12 @@ def load_study(path, data: str | None = None, val_data: str | None = None, out=N
             if not own and block.get("seeds") is None:
                 raise ElmanlabError(f"{where}: a best_of wave repeats the chosen runs with other settings; "
                                     f"give it `train:` (e.g. {{seed: 43}}) or `seeds:`")
-            best_of_waves.append((wname, block, where, own, _seeds(block.get("seeds"), f"{where}: seeds"),
+            best_of_waves.append((wname, block, where, own, parse_seeds(block.get("seeds"), f"{where}: seeds"),
                                   len(parts)))
             parts.append([])
             continue
         wtrain = merge_train(study_train, train_block(block, where) if block is not raw else {})
-        seeds = _seeds(block.get("seeds"), f"{where}: seeds") if block is not raw else None
+        seeds = parse_seeds(block.get("seeds"), f"{where}: seeds") if block is not raw else None
         seeds = seeds if seeds is not None else top_seeds
         entries: list[tuple[str, dict]] = []
         runs = block.get("runs")
@@ -508,11 +392,11 @@ def _check_best_of(spec, where: str, earlier: list[str], has_baseline: bool) -> 
     if not isinstance(spec, dict):
         raise ElmanlabError(f"{where}: best_of is a mapping such as {{wave: families, n: 2, metric: val_bpb, "
                             f"baseline: true}}, got {spec!r}")
-    _check_keys(spec, BEST_OF_KEYS, f"{where}: best_of", "best_of")
+    check_keys(spec, BEST_OF_KEYS, f"{where}: best_of", "best_of")
     src = spec.get("wave")
     if src is None or str(src) not in earlier:
         known = ", ".join(earlier) if earlier else "none: best_of needs a named wave before it"
-        raise ElmanlabError(f"{where}: best_of.wave must name an earlier wave, got {src!r}{_suggest(str(src), earlier)}"
+        raise ElmanlabError(f"{where}: best_of.wave must name an earlier wave, got {src!r}{suggest(str(src), earlier)}"
                             f" (earlier waves: {known})")
     spec["wave"] = str(src)
     n = spec.get("n")
