@@ -296,3 +296,29 @@ def test_option_lines_of_a_wave_measure_against_that_waves_baseline(tmp_path):
     assert float(ref["e1-96-ref"]["gap"]) == pytest.approx(s["ref"]["loss_last100"] - s["m2a"]["loss_last100"],
                                                            abs=1e-5)
     assert rows["minGRU"]["status"] == "not run"
+
+
+def test_reference_train_choices_are_lines_of_their_own(tmp_path):
+    """A run with precision: bf16 (or weight_decay_on: all) is its row's configuration with that choice:
+    its own line, measured against the default baseline, unranked, never pooled with the default seeds
+    and never the baseline."""
+    root, table, s = _lab(tmp_path)
+    for rid, model, opts, final, setting in (("m2-bf16", "mamba2", {"d_state": 64}, 1.60, ("precision", "bf16")),
+                                             ("e1-bf16", "e1", {}, 1.70, ("precision", "bf16")),
+                                             ("e1-decay", "e1", {}, 1.52, ("weight_decay_on", "all"))):
+        dims = (128, 2) if model == "mamba2" else (96, 4)
+        s[rid] = make_run(root, rid, model, 400_000, *dims, final=final, options=opts)
+        cfg = json.loads((root / rid / "config.json").read_text())
+        cfg["train"][setting[0]] = setting[1]
+        (root / rid / "config.json").write_text(json.dumps(cfg))
+    write_report(root, against=table)
+    rows = _rows(root / "against.csv")
+    m2, _ = _loss(s["m2a"], s["m2b"])
+    e1, _ = _loss(s["e1a"], s["e1b"])
+    assert rows["M2"]["verdict"] == "baseline" and float(rows["M2"]["loss"]) == pytest.approx(m2, abs=1e-5)
+    assert rows["E1 96x4"]["n"] == "2" and float(rows["E1 96x4"]["loss"]) == pytest.approx(e1, abs=1e-5)
+    for label, rid in (("M2 + precision=bf16", "m2-bf16"), ("E1 96x4 + precision=bf16", "e1-bf16"),
+                       ("E1 96x4 + weight_decay_on=all", "e1-decay")):
+        r = rows[label]
+        assert r["n"] == "1" and r["rank"] == "" and r["gap_to"] == "M2", label
+        assert float(r["gap"]) == pytest.approx(s[rid]["loss_last100"] - m2, abs=1e-5)

@@ -112,11 +112,19 @@ def matches(row: RefRow, r) -> bool:
     return row.d_state is None or _option(r, "d_state") == row.d_state
 
 
+# train settings that are the reference's choices (docs/reference/ekg-elman-differences.md) and their
+# defaults: a run with another value is a configuration of its own line, like a non-default option
+REFERENCE_TRAIN_CHOICES = {"precision": "autocast", "weight_decay_on": "matrices"}
+
+
 def extras(row: RefRow, r) -> str:
-    """The run's options and wrapper settings beyond its row's defaults ("" for none)."""
+    """The run's options, wrapper settings and reference-choice train settings beyond its row's
+    defaults ("" for none)."""
     fixed = {"expansion"} | ({"d_state"} if row.d_state is not None else set())
     parts = [k if v is True else f"no {k}" if v is False else f"{k}={fmt_num(v)}"
              for k, v in sorted(r.nondefault_options().items()) if k not in fixed]
+    parts += [f"{k}={r.train[k]}" for k, default in REFERENCE_TRAIN_CHOICES.items()
+              if r.train.get(k, default) != default]
     w = r.nondefault_wrapper()
     return " ".join(parts + (["tied"] if w.get("tied") else []) + ([f"{w['norm']}norm"] if "norm" in w else [])
                     + ([f"mlp={fmt_num(w['mlp'])}"] if "mlp" in w else []))
