@@ -30,8 +30,8 @@ def register(sub) -> None:
                    help="start a run only if it is expected to end within MINUTES minutes of the study's start, "
                         "from the wall times of the finished runs of its model in the output folder (the nearest "
                         "size scaled by tokens and parameters); a shorter run later in the queue may start "
-                        "instead. A model with no finished run is expected to take 1.3x what the slowest finished "
-                        "model would at its size, plus 5 minutes for its kernels' first tuning; before any run has finished, runs start only before --stop-after. "
+                        "instead. A model with no finished run is expected to take what the slowest finished "
+                        "model would at its size, plus 2 minutes for its kernels' first compilation and tuning; before any run has finished, runs start only before --stop-after. "
                         "A file OUT/finish-at holding a Unix time, written while the study runs, replaces this "
                         "deadline. For sessions of fixed length, where a run in flight at the end is lost")
     p.add_argument("--jobs-per-gpu", type=int, default=1, metavar="N",

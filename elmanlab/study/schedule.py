@@ -7,10 +7,12 @@ the runs of the same family already finished in the study's folder (this session
 under the same sharing of the GPU: the nearest size's wall time scaled by the tokens and by the
 parameters to a power (fitted over the family's sizes when it has two, else ``DEFAULT_EXPONENT``),
 times ``SAFETY``. A job whose family has no finished run is expected to take what the slowest of the
-finished families would take at its size and tokens, times ``OTHER_MODEL_SAFETY`` (the lab's families
-differ in speed by up to ~8x at one size, the E-series being the slowest), plus ``FIRST_RUN_S`` (its
-kernels may tune and compile first: Mamba2's and GDN's first process on a fresh machine spends 2-5
-minutes in Triton's autotuning); before any run has finished
+finished families would take at its size and tokens, plus ``FIRST_RUN_S`` for its kernels' first
+compilation and tuning (Mamba2's and GDN's first process on a fresh machine spends 2-5 minutes in
+Triton's autotuning; the margin at the session's end takes the rest). The lab's families differ in speed by
+up to ~8x at one size and the E-series are the slowest: a study that queues them first (as
+scaling-small does) over-estimates the faster families, where one whose fast families finish first would
+under-estimate the E-series. Before any run has finished
 it has no expectation and starts only before ``--stop-after`` (or, without it, before ``--finish-by``).
 
 The deadline can move while the study runs: a file ``finish-at`` in the study's folder holding a Unix
@@ -24,8 +26,7 @@ import math
 DEFAULT_EXPONENT = 0.7      # wall time ~ params^0.7 at equal tokens: the lab's E1/Mamba2 H200 tokens/s, 20M-400M
 EXPONENT_RANGE = (0.2, 1.2)
 SAFETY = 1.15               # expected = scaled wall time x this
-OTHER_MODEL_SAFETY = 1.3    # and x this more when scaled from another model's runs,
-FIRST_RUN_S = 300           # + this (its first process may tune kernels: GDN's took 294 s on an H200)
+FIRST_RUN_S = 120           # + this when scaled from another model's runs (its first compilation, tuning)
 FINISH_AT_FILE = "finish-at"
 
 
@@ -47,7 +48,7 @@ def _params(rec: dict) -> float | None:
 def expected_wall_s(rec: dict, finished: list[dict], other_models: bool = False) -> float | None:
     """Seconds the job ``rec`` is expected to take, from the ``finished`` job records (status
     completed, with ``wall_s``) of its model; None when none is of its model. ``other_models``: then
-    the most any finished model would take at its size, x ``OTHER_MODEL_SAFETY`` (None when none has
+    the most any finished model would take at its size, + ``FIRST_RUN_S`` (None when none has
     finished)."""
     t = rec.get("train") or {}
     if t.get("minutes") is not None:
@@ -61,7 +62,7 @@ def expected_wall_s(rec: dict, finished: list[dict], other_models: bool = False)
         ests = [expected_wall_s({**rec, "model": m}, finished)
                 for m in sorted({r.get("model") for r in finished if r.get("status") == "completed"})]
         ests = [e for e in ests if e is not None]
-        return max(ests) * OTHER_MODEL_SAFETY + FIRST_RUN_S if ests else None
+        return max(ests) + FIRST_RUN_S if ests else None
     same = [(r["wall_s"] / job_tokens(r), _params(r)) for r in finished
             if r.get("model") == rec.get("model") and r.get("wall_s") and job_tokens(r) and _params(r)
             and r.get("status") == "completed"]
