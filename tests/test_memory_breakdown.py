@@ -11,6 +11,7 @@ import torch.nn.functional as F
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+import _cuda_emulation as emu  # noqa: E402
 import memory_breakdown as mb  # noqa: E402
 from elmanlab.sizing import model_config  # noqa: E402
 
@@ -42,8 +43,8 @@ def _independent_saved_bytes(cfg, batch, seq):
             seen[ptr] = t.untyped_storage().nbytes()
         return t
 
-    with mb.cuda_paths(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-            torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False), mb.CudaAutocastRules():
+    with emu.cuda_paths(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False), emu.CudaAutocastRules():
         model(idx[:, :-1], idx[:, 1:])
     return sum(seen.values()), model
 
@@ -91,8 +92,8 @@ def test_v3_plan_reproduces_the_intervals_measured_on_the_h200():
     measured = {(16, 32, 48): 9, (64, 32, 48): 9, (16, 44, 48): 9, (64, 44, 48): 9, (16, 64, 32): 9,
                 (64, 64, 32): 7}
     for (B, H, n), C in measured.items():
-        assert mb.e88_v3_plan(n, n, B * H, 2)["C"] == C
-    assert mb.e88_v2_plan(48, 48)["C"] == 4 and mb.e88_v2_plan(32, 32)["C"] == 8 and mb.e88_v2_plan(64, 64)["C"] == 2
+        assert emu.e88_v3_plan(n, n, B * H, 2)["C"] == C
+    assert emu.e88_v2_plan(48, 48)["C"] == 4 and emu.e88_v2_plan(32, 32)["C"] == 8 and emu.e88_v2_plan(64, 64)["C"] == 2
 
 
 def test_weight_copies_are_found():
