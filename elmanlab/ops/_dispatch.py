@@ -45,6 +45,11 @@ def up(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
+def up_opt(x: torch.Tensor | None) -> torch.Tensor | None:
+    """:func:`up` of an optional tensor (an initial state, a skip term)."""
+    return None if x is None else up(x)
+
+
 def reference_forced() -> bool:
     """True when the plain-PyTorch references are forced (``ELMANLAB_REFERENCE=1`` or
     :func:`force_reference`); reads and checks the variable on first use."""

@@ -22,11 +22,13 @@ after it is written, for a session whose end is known only once it has begun.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 DEFAULT_EXPONENT = 0.7      # wall time ~ params^0.7 at equal tokens: the lab's E1/Mamba2 H200 tokens/s, 20M-400M
 EXPONENT_RANGE = (0.2, 1.2)
 SAFETY = 1.15               # expected = scaled wall time x this
 FIRST_RUN_S = 120           # + this when scaled from another model's runs (its first compilation, tuning)
+TIME_BUDGET_EXTRA_S = 120   # a `minutes` budget: + start-up, graph capture, the final evaluation
 FINISH_AT_FILE = "finish-at"
 
 
@@ -45,28 +47,13 @@ def _params(rec: dict) -> float | None:
     return float(p) if p else None
 
 
-def expected_wall_s(rec: dict, finished: list[dict], other_models: bool = False) -> float | None:
-    """Seconds the job ``rec`` is expected to take, from the ``finished`` job records (status
-    completed, with ``wall_s``) of its model; None when none is of its model. ``other_models``: then
-    the most any finished model would take at its size, + ``FIRST_RUN_S`` (None when none has
-    finished)."""
-    t = rec.get("train") or {}
-    if t.get("minutes") is not None:
-        return 60 * float(t["minutes"]) * SAFETY + 120      # + start-up, graph capture, the final evaluation
+def _scaled_s(rec: dict, runs: list[dict]) -> float | None:
+    """The nearest size's seconds per token among ``runs`` (one model's finished runs), scaled to
+    ``rec``'s tokens and parameters (params^exponent), x SAFETY; None without such runs."""
     tokens, n = job_tokens(rec), _params(rec)
-    if not tokens or not n:
-        return None
-    if other_models:
-        if any(r.get("model") == rec.get("model") and r.get("status") == "completed" for r in finished):
-            return expected_wall_s(rec, finished)
-        ests = [expected_wall_s({**rec, "model": m}, finished)
-                for m in sorted({r.get("model") for r in finished if r.get("status") == "completed"})]
-        ests = [e for e in ests if e is not None]
-        return max(ests) + FIRST_RUN_S if ests else None
-    same = [(r["wall_s"] / job_tokens(r), _params(r)) for r in finished
-            if r.get("model") == rec.get("model") and r.get("wall_s") and job_tokens(r) and _params(r)
-            and r.get("status") == "completed"]
-    if not same:
+    same = [(r["wall_s"] / job_tokens(r), _params(r)) for r in runs
+            if r.get("wall_s") and job_tokens(r) and _params(r)]
+    if not tokens or not n or not same:
         return None
     exponent = DEFAULT_EXPONENT
     if len({p for _, p in same}) >= 2:            # least squares of log(s per token) on log(params)
@@ -79,9 +66,26 @@ def expected_wall_s(rec: dict, finished: list[dict], other_models: bool = False)
     return per_token * tokens * (n / p_ref) ** exponent * SAFETY
 
 
+def expected_wall_s(rec: dict, finished: list[dict], other_models: bool = False) -> float | None:
+    """Seconds the job ``rec`` is expected to take, from the ``finished`` job records (status
+    completed, with ``wall_s``) of its model; None when none is of its model. ``other_models``: then
+    the most any finished model would take at its size, + ``FIRST_RUN_S`` (None when none has
+    finished)."""
+    t = rec.get("train") or {}
+    if t.get("minutes") is not None:
+        return 60 * float(t["minutes"]) * SAFETY + TIME_BUDGET_EXTRA_S
+    by_model: dict = {}
+    for r in finished:
+        if r.get("status") == "completed":
+            by_model.setdefault(r.get("model"), []).append(r)
+    if rec.get("model") in by_model or not other_models:
+        return _scaled_s(rec, by_model.get(rec.get("model"), []))
+    ests = [e for e in (_scaled_s(rec, runs) for runs in by_model.values()) if e is not None]
+    return max(ests) + FIRST_RUN_S if ests else None
+
+
 def read_finish_at(folder) -> float | None:
     """The Unix time in ``folder/finish-at``, or None when there is no such file (or it holds no number)."""
-    from pathlib import Path
     try:
         return float(Path(folder, FINISH_AT_FILE).read_text().split()[0])
     except (OSError, ValueError, IndexError):

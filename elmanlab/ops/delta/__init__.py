@@ -1,7 +1,7 @@
 """Gated delta rule (Gated DeltaNet). Fast path: flash-linear-attention's chunk kernel."""
 from __future__ import annotations
 
-from elmanlab.ops._dispatch import REFERENCE, fast_path_enabled, record, reference_info, reference_reason, up
+from elmanlab.ops._dispatch import REFERENCE, fast_path_enabled, record, reference_info, reference_reason, up, up_opt
 from elmanlab.ops.delta.reference import (gated_delta_rule_chunked, gated_delta_rule_recurrent, gdn_chunked,
                                           gdn_inputs)
 
@@ -17,7 +17,7 @@ def gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None):
     if impl is not None and fast_path_enabled(q):
         return impl(q, k, v, g, beta, scale, initial_state)
     record("delta", REFERENCE, False)
-    o, S = gated_delta_rule_chunked(up(q), up(k), up(v), up(g), up(beta), scale, _up_or_none(initial_state))
+    o, S = gated_delta_rule_chunked(up(q), up(k), up(v), up(g), up(beta), scale, up_opt(initial_state))
     return o.to(v.dtype), S
 
 
@@ -32,12 +32,8 @@ def gdn(q, k, v, a, b, A_log, dt_bias, scale=None, initial_state=None):
     record("delta", REFERENCE, False)
     # in at least float32, like fla's kernels (a bf16 model, precision: bf16, gives bf16 inputs); o in
     # v's dtype, the state in float32
-    o, S = gdn_chunked(up(q), up(k), up(v), a, b, A_log, dt_bias, scale, _up_or_none(initial_state))
+    o, S = gdn_chunked(up(q), up(k), up(v), a, b, A_log, dt_bias, scale, up_opt(initial_state))
     return o.to(v.dtype), S
-
-
-def _up_or_none(t):
-    return None if t is None else up(t)
 
 
 def backend_info() -> dict:

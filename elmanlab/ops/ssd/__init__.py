@@ -1,7 +1,7 @@
 """Mamba2 SSD scan. Fast path: mamba_ssm's Triton ``mamba_chunk_scan_combined`` when installed."""
 from __future__ import annotations
 
-from elmanlab.ops._dispatch import REFERENCE, fast_path_enabled, record, reference_info, reference_reason, up
+from elmanlab.ops._dispatch import REFERENCE, fast_path_enabled, record, reference_info, reference_reason, up, up_opt
 from elmanlab.ops.ssd.reference import ssd_chunked, ssd_sequential, step_size
 
 from elmanlab.ops.ssd import fast as _fast
@@ -23,9 +23,8 @@ def ssd(x, dt, A, Bm, Cm, D=None, initial_state=None, chunk_size: int = 64, dt_b
     record("ssd", REFERENCE, False)
     # in at least float32, like the kernel (a bf16 model, precision: bf16, gives bf16 inputs; under
     # autocast the einsums still run in bf16); y in x's dtype, the state in float32
-    y, state = ssd_chunked(up(x), step_size(dt, dt_bias, dt_softplus), up(A), up(Bm), up(Cm),
-                           None if D is None else up(D), None if initial_state is None else up(initial_state),
-                           chunk_size)
+    y, state = ssd_chunked(up(x), step_size(dt, dt_bias, dt_softplus), up(A), up(Bm), up(Cm), up_opt(D),
+                           up_opt(initial_state), chunk_size)
     return y.to(x.dtype), state
 
 
