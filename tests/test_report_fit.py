@@ -254,6 +254,8 @@ def test_at_step_fits_each_runs_value_at_that_step(tmp_path):
     for bad in (0, -5, 2.5, True):
         with pytest.raises(ElmanlabError, match=r"^--at-step must be a positive whole number of steps"):
             Report(root, at_step=bad)
+    with pytest.raises(ElmanlabError, match=r"^--at-step takes the value at one step: use --metric loss_last100"):
+        Report(root, at_step=200, metric="best_val_bpb")
 
 
 def test_a_run_at_step_n_is_the_run_of_n_steps(tmp_path):

@@ -63,6 +63,9 @@ class Report(Views):
             self.predict = parse_predict(predict)
         if at_step is not None and (isinstance(at_step, bool) or not isinstance(at_step, int) or at_step < 1):
             raise ElmanlabError(f"--at-step must be a positive whole number of steps, got {at_step!r}")
+        if at_step is not None and metric == "best_val_bpb":
+            raise ElmanlabError("--at-step takes the value at one step: use --metric loss_last100 or val_bpb, "
+                                "not best_val_bpb")
         self.at_step = at_step
         self.fit_wanted, self.bootstrap, self._fits = bool(fit or self.predict or at_step), bootstrap, None
         self.metric = metric
