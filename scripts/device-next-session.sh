@@ -9,11 +9,15 @@
 #   s  install; scripts/device-study-session.sh start studies/scaling-small.yaml (JOBS 2, FINISH_BY 20:
 #      the machine's start-up took ~6 minutes of the 30 on 2026-12-06; STOP_AFTER 10), the GPU test of
 #      precision: bf16 beside it, then poll to ~9 minutes
+#   o  everything in one call, for a short lease (a warm machine was taken back between two calls on
+#      2026-12-06, losing the runs in flight): the study with FINISH_BY (default 6) beside the bf16 GPU
+#      test, the finished runs re-packed into OUTDIR every 20 s (what is under $OUT comes back even when
+#      the call runs out of time), a last collect at DEADLINE_S (default 500) seconds into the call
 #   v  (run on 2026-12-06, H100: 102 passed) the Elman and E88 GPU tests beside the study's start
 #   e  E88 v2 and v3 side by side (correctness, then fwd+bwd beside fla's GDN)
-#   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh s|v|e OUTDIR
+#   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh s|o|v|e OUTDIR
 set -o pipefail
-phase=${1:?s, v or e}
+phase=${1:?s, o, v or e}
 out=$(realpath -m "${2:?OUTDIR}")
 source scripts/device-env.sh
 device_setup "$out"
@@ -27,6 +31,22 @@ s)
     echo "pytest exit $?" >> "$out/gputests-bf16.log"
     tail -n 4 "$out/gputests-bf16.log"
     POLL_S=${POLL_S:-200} bash scripts/device-study-session.sh poll studies/scaling-small.yaml "$out"
+    ;;
+o)
+    t0=$(date +%s)
+    JOBS=${JOBS:-2} STOP_AFTER=${STOP_AFTER:-5} FINISH_BY=${FINISH_BY:-6} \
+        bash scripts/device-study-session.sh start studies/scaling-small.yaml "$out"
+    (timeout 360 python3 -m pytest -v -m gpu tests/test_train_gpu.py -k pure_bf16 -p no:cacheprovider \
+        > "$out/gputests-bf16.log" 2>&1; echo "pytest exit $?" >> "$out/gputests-bf16.log") &
+    work=/tmp/elmanlab-study
+    while kill -0 "$(cat $work/scaling-small.pid)" 2>/dev/null && [ $(( $(date +%s) - t0 )) -lt "${DEADLINE_S:-500}" ]; do
+        sleep 20
+        tar -C "$work" -czf "$out/.snap.tar.gz" --exclude=checkpoints --exclude="*.safetensors" --exclude=finish-at \
+            scaling-small 2>/dev/null && mv "$out/.snap.tar.gz" "$out/scaling-small.tar.gz"
+        cp "$work/scaling-small.log" "$out/" 2>/dev/null
+    done
+    WAIT_S=2 bash scripts/device-study-session.sh collect studies/scaling-small.yaml "$out"
+    tail -n 14 "$out/gputests-bf16.log"
     ;;
 v)
     # the study first (its runs' losses do not depend on what else runs), the tests beside it, so that
