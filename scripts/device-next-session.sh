@@ -23,7 +23,7 @@ source scripts/device-env.sh
 device_setup "$out"
 case $phase in
 s)
-    JOBS=${JOBS:-2} STOP_AFTER=${STOP_AFTER:-10} FINISH_BY=${FINISH_BY:-20} \
+    JOBS=${JOBS:-2} STOP_AFTER=${STOP_AFTER:-10} FINISH_BY=${FINISH_BY:-20} SOLO_ABOVE=${SOLO_ABOVE-150M} \
         bash scripts/device-study-session.sh start studies/scaling-small.yaml "$out"
     # beside it: every family's fast kernel with bf16 weights (precision: bf16, new on 2026-12-06)
     timeout 240 python3 -m pytest -q -m gpu tests/test_train_gpu.py -k pure_bf16 -p no:cacheprovider \
@@ -34,7 +34,7 @@ s)
     ;;
 o)
     t0=$(date +%s)
-    JOBS=${JOBS:-2} STOP_AFTER=${STOP_AFTER:-5} FINISH_BY=${FINISH_BY:-6} \
+    JOBS=${JOBS:-2} STOP_AFTER=${STOP_AFTER:-5} FINISH_BY=${FINISH_BY:-6} SOLO_ABOVE=${SOLO_ABOVE-150M} \
         bash scripts/device-study-session.sh start studies/scaling-small.yaml "$out"
     (timeout 360 python3 -m pytest -v -m gpu tests/test_train_gpu.py -k pure_bf16 -p no:cacheprovider \
         > "$out/gputests-bf16.log" 2>&1; echo "pytest exit $?" >> "$out/gputests-bf16.log") &

@@ -2,6 +2,7 @@
 further on in the queue takes the time instead (study/schedule.py, and the runner using it)."""
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -123,3 +124,56 @@ def test_runner_finish_by_runs_the_short_job_and_leaves_the_long_one(tmp_path, m
     res = cli("study", tmp_path / "s5.yaml", "--out", tmp_path / "x", "--finish-by", -1)
     assert res.returncode == 2 and "--finish-by takes a positive number" in res.stderr
     assert math.isfinite(state["jobs"][2]["wall_s"])
+
+
+def test_expected_wall_converts_between_sharings_of_the_gpu():
+    """A finished run's wall time is gpu_jobs times its time alone (the GPU time-slices between
+    processes); a job is expected to take that times the jobs it will share with."""
+    shared = [rec("f", "e1", 20e6, wall=100.0, status="completed") | {"gpu_jobs": 2}]
+    assert expected_wall_s(rec("j", "e1", 20e6), shared, sharing=1) == pytest.approx(50.0 * SAFETY)
+    assert expected_wall_s(rec("j", "e1", 20e6), shared, sharing=2) == pytest.approx(100.0 * SAFETY)
+    assert expected_wall_s(rec("j", "e1", 20e6), shared, sharing=3) == pytest.approx(150.0 * SAFETY)
+    # a record that does not say how it shared is taken to have shared as the job will
+    unknown = [rec("f", "e1", 20e6, wall=100.0, status="completed")]
+    assert expected_wall_s(rec("j", "e1", 20e6), unknown, sharing=1) == pytest.approx(100.0 * SAFETY)
+    assert expected_wall_s(rec("j", "e1", 20e6), unknown, sharing=2) == pytest.approx(100.0 * SAFETY)
+    # another model's runs convert the same way, then the first-run margin
+    assert expected_wall_s(rec("j", "gdn", 20e6), shared, other_models=True, sharing=1) == \
+        pytest.approx(50.0 * SAFETY + FIRST_RUN_S)
+    # next_job asks each job's sharing: a job of twice the tokens fits a deadline alone (115 s) that it
+    # would miss sharing (230 s)
+    big = rec("big", "e1", 20e6, steps=200)
+    assert next_job([big], shared, 0, None, 150, sharing=lambda r: 2)[0] is None
+    assert next_job([big], shared, 0, None, 150, sharing=lambda r: 1)[0] is big and big["expected_s"] == 115
+
+
+def test_runner_solo_above_runs_a_large_job_alone_on_its_gpu(tmp_path, monkeypatch):
+    """--jobs-per-gpu 2 --solo-above: the large job waits for the GPU to empty, nothing starts beside it,
+    it records gpu_jobs 1; the small jobs share two at a time before and after it."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    p = write(tmp_path, "name: solo\ntrain: {steps: 12, batch_size: 2, seq_len: 32, seed: 42, eval_bytes: 64, "
+                        "device: cpu}\nruns:\n  - {model: e1, params: 200K}\n  - {model: e33, params: 200K}\n"
+                        "  - {model: e1, params: 500K}\n  - {model: e42, params: 200K}\n"
+                        "  - {model: e1, params: 200K, seed: 43}\n")
+    out = tmp_path / "s"
+    said = []
+    state = Runner(load_study(p), out, ["0"], echo=said.append, jobs_per_gpu=2, solo_above=300e3).run()
+    jobs = {j["id"]: j for j in state["jobs"]}
+    assert all(j["status"] == "completed" for j in jobs.values()) and state["solo_above"] == 300e3
+    big = jobs["e1-500K-s42"]
+    for j in jobs.values():
+        assert j["gpu_jobs"] == (1 if j is big else 2)
+        assert json.loads((out / j["id"] / "summary.json").read_text())["gpu_jobs"] == j["gpu_jobs"]
+        if j is not big:        # never beside the solo job
+            assert j["t_end"] <= big["t_start"] or j["t_start"] >= big["t_end"], j["id"]
+    a, b = jobs["e1-200K-s42"], jobs["e33-200K-s42"]
+    assert a["t_start"] < b["t_end"] and b["t_start"] < a["t_end"]      # the small ones still share
+    assert any("e1-500K-s42 on GPU 0, alone (--solo-above)" in m for m in said)
+    # resumed, the records keep how each run shared (the estimates of --finish-by read it)
+    again = Runner(load_study(p), out, ["0"], echo=lambda m: None, jobs_per_gpu=2).plan(
+        json.loads((out / "study.json").read_text()))
+    assert {j["id"]: j["gpu_jobs"] for j in again["jobs"]} == {i: j["gpu_jobs"] for i, j in jobs.items()}
+    for argv, why in ((["--solo-above", "150M"], "needs --jobs-per-gpu 2"),
+                      (["--solo-above", "lots", "--jobs-per-gpu", "2", "--gpus", "0"], "--solo-above takes")):
+        res = cli("study", p, "--out", tmp_path / "x", *argv)
+        assert res.returncode == 2 and why in res.stderr and "Traceback" not in res.stderr, res.stderr

@@ -39,6 +39,11 @@ def register(sub) -> None:
                         "idle: losses do not depend on what else runs, but tokens/s and training time then measure "
                         "the sharing; each run records it (gpu_jobs) and the report ranks such runs at equal "
                         "tokens only")
+    p.add_argument("--solo-above", default=None, metavar="SIZE",
+                   help="with --jobs-per-gpu N > 1: a run of more parameters than SIZE (e.g. 150M) runs alone on "
+                        "its GPU, starting once the GPU's other runs have ended, and records gpu_jobs 1: large runs "
+                        "keep the GPU busy by themselves (the GPU time-slices between processes), and one that "
+                        "runs alone ends sooner, before a time-limited session does; small runs still share")
     p.add_argument("--data", help="training data file for every job (overrides `data` in the study file)")
     p.add_argument("--val-data", dest="val_data", help="validation data file (overrides `val_data` in the file)")
     p.add_argument("--dry-run", action="store_true",
@@ -57,6 +62,17 @@ def cmd_study(args) -> int:
     out = Path(args.out)
     study = load_study(args.study, data=args.data, val_data=args.val_data, out=out,
                        retry_failed=args.retry_failed)
+    solo_above = None
+    if args.solo_above is not None:
+        from elmanlab.sizing import parse_count
+        try:
+            solo_above = parse_count(args.solo_above)
+        except (ValueError, ElmanlabError):
+            solo_above = None
+        if not solo_above or solo_above <= 0:
+            raise ElmanlabError(f"--solo-above takes a parameter count such as 150M, got {args.solo_above!r}")
+        if args.jobs_per_gpu < 2:
+            raise ElmanlabError("--solo-above decides which runs do not share a GPU: it needs --jobs-per-gpu 2 or more")
     gpus = parse_gpus(args.gpus)
     if args.jobs_per_gpu < 1:
         raise ElmanlabError(f"--jobs-per-gpu must be >= 1, got {args.jobs_per_gpu}")
@@ -92,7 +108,8 @@ def cmd_study(args) -> int:
     try:
         runner = Runner(study, out, gpus, retry_failed=args.retry_failed, jobs_per_gpu=args.jobs_per_gpu,
                         stop_after_s=None if args.stop_after is None else 60 * args.stop_after,
-                        finish_by_s=None if args.finish_by is None else 60 * args.finish_by)
+                        finish_by_s=None if args.finish_by is None else 60 * args.finish_by,
+                        solo_above=solo_above)
         state = runner.run()
     except KeyboardInterrupt:
         sys.stderr.write(f"error: interrupted; state saved in {out / 'study.json'}, run the same command to "

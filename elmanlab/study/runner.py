@@ -31,7 +31,7 @@ from elmanlab.study.spec import Study
 
 INTERRUPT_GRACE_S = 300      # how long a stopped study waits for its runs to write their checkpoints
 # what a job's study.json record keeps from the previous invocation when the job is not run again
-KEPT = ("started", "finished", "wall_s", "gpu", "returncode", "log", "stderr_tail")
+KEPT = ("started", "finished", "wall_s", "gpu", "gpu_jobs", "returncode", "log", "stderr_tail")
 
 
 # ---------------------------------------------------------------- run folders
@@ -88,7 +88,8 @@ class Runner:
 
     def __init__(self, study: Study, out, gpus: list[str] | None, retry_failed: bool = False,
                  echo=None, python: str | None = None, extra_env: dict | None = None, jobs_per_gpu: int = 1,
-                 stop_after_s: float | None = None, finish_by_s: float | None = None):
+                 stop_after_s: float | None = None, finish_by_s: float | None = None,
+                 solo_above: float | None = None):
         self.study = study
         self.out = Path(out)
         self.gpus = gpus
@@ -112,6 +113,11 @@ class Runner:
         self.t_run_wall: float | None = None
         self.n_held_back = 0
         self._passed_over: set[str] = set()
+        # a job of more parameters than this runs alone on its GPU (with --jobs-per-gpu > 1): it starts
+        # once the GPU's other jobs have ended, and none starts there while it runs
+        self.solo_above = solo_above
+        self._on_gpu: dict = {}            # slot -> jobs running there
+        self._solo_on: set = set()         # slots whose GPU runs a solo job
 
     # -- state
     def echo(self, msg: str) -> None:
@@ -139,9 +145,11 @@ class Runner:
                 raise ElmanlabError(
                     f"{rdir} was trained with other settings than the study file now gives "
                     f"({job.where}); restore the file, give the run a new `name:`, or use another --out")
-            status, reason, _ = job_status(self.out, job, old, self.retry_failed)
+            status, reason, summ = job_status(self.out, job, old, self.retry_failed)
             if status != "pending":         # done, or failed and not to be retried: keep its record
                 rec.update(status=status, error=reason, **{k: old[k] for k in KEPT if old and k in old})
+                if "gpu_jobs" not in rec and (summ or {}).get("gpu_jobs"):
+                    rec["gpu_jobs"] = summ["gpu_jobs"]      # a record from before study.json kept it
             rec["spec_identity"] = job.identity()
             rec["run_dir"] = job.id
             jobs.append(rec)
@@ -155,7 +163,8 @@ class Runner:
         created = (previous or {}).get("created") or _now()
         return {"name": self.study.name, "study_file": self.study.path, "description": self.study.description,
                 "baseline": self.study.baseline, "created": created, "updated": _now(),
-                "gpus": self.gpus or "cpu", "jobs_per_gpu": self.jobs_per_gpu, "best_of": self.study.best_of,
+                "gpus": self.gpus or "cpu", "jobs_per_gpu": self.jobs_per_gpu, "solo_above": self.solo_above,
+                "best_of": self.study.best_of,
                 "deferred": self.study.deferred_records(),
                 "jobs": jobs}
 
@@ -286,23 +295,51 @@ class Runner:
         """--stop-after (or --finish-by) has passed: no job starts any more."""
         return any(s is not None and self._elapsed() >= s for s in (self.stop_after_s, self._finish_by()))
 
+    def _is_solo(self, rec: dict) -> bool:
+        n = (rec.get("size") or {}).get("params")
+        return self.solo_above is not None and self.jobs_per_gpu > 1 and bool(n) and n > self.solo_above
+
+    def _sharing(self, rec: dict) -> int:
+        """The jobs the GPU of ``rec`` runs at once with it: 1 for a solo job, else --jobs-per-gpu."""
+        return 1 if self._is_solo(rec) else self.jobs_per_gpu
+
     def _worker(self, slot: str | None, todo: deque) -> None:
         while not self.stop.is_set():
             with self.lock:
-                finished = [r for r in self.state["jobs"] if r.get("status") == "completed"]
-                finish_by = self._finish_by()
-                rec, passed = next_job(list(todo), finished, self._elapsed(), self.stop_after_s, finish_by)
-                for r, est in passed:
-                    if r["id"] not in self._passed_over:
-                        self._passed_over.add(r["id"])
-                        self.echo(f"passed over {r['id']}: expected {est:.0f} s, "
-                                  f"{finish_by - self._elapsed():.0f} s left before --finish-by")
-                if rec is None:
-                    return
-                todo.remove(rec)
-                self.n_started += 1
-                k = self.n_started
-            self._run_one(rec, slot, k)
+                wait = slot in self._solo_on
+                if not wait:
+                    finished = [r for r in self.state["jobs"] if r.get("status") == "completed"]
+                    finish_by = self._finish_by()
+                    rec, passed = next_job(list(todo), finished, self._elapsed(), self.stop_after_s, finish_by,
+                                           sharing=self._sharing)
+                    for r, est in passed:
+                        if r["id"] not in self._passed_over:
+                            self._passed_over.add(r["id"])
+                            self.echo(f"passed over {r['id']}: expected {est:.0f} s, "
+                                      f"{finish_by - self._elapsed():.0f} s left before --finish-by")
+                    if rec is None:
+                        return
+                    solo = self._is_solo(rec)
+                    # a solo job waits for its GPU to empty (holding the queue: a smaller job taking the
+                    # slot meanwhile would keep the GPU busy for ever); the others wait for it to end
+                    wait = solo and self._on_gpu.get(slot, 0) > 0
+                if not wait:
+                    todo.remove(rec)
+                    self.n_started += 1
+                    k = self.n_started
+                    self._on_gpu[slot] = self._on_gpu.get(slot, 0) + 1
+                    if solo:
+                        self._solo_on.add(slot)
+            if wait:
+                time.sleep(0.5)
+                continue
+            try:
+                self._run_one(rec, slot, k)
+            finally:
+                with self.lock:
+                    self._on_gpu[slot] -= 1
+                    if solo:
+                        self._solo_on.discard(slot)
 
     def _run_one(self, rec: dict, slot: str | None, k: int) -> None:
         job = self.study.job(rec["id"])
@@ -322,15 +359,18 @@ class Runner:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env)
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot
-        if self.jobs_per_gpu > 1:
-            env[GPU_JOBS_ENV] = str(self.jobs_per_gpu)      # recorded by the run: its speed is shared
+        sharing = self._sharing(rec)
+        if sharing > 1:
+            env[GPU_JOBS_ENV] = str(sharing)                # recorded by the run: its speed is shared
         where = f"GPU {slot}" if slot is not None else "CPU"
+        if sharing == 1 and self.jobs_per_gpu > 1:
+            where += ", alone (--solo-above)"
         size = job.size.get("params")
         from elmanlab.sizing import format_count
         self.echo(f"[{k}/{self.total}] start {job.id} on {where} ({format_count(size)} params, {job.budget})")
         t0 = time.time()
         with self.lock:
-            rec.update(status="running", started=_now(), t_start=round(t0, 3), gpu=slot, error=None,
+            rec.update(status="running", started=_now(), t_start=round(t0, 3), gpu=slot, gpu_jobs=sharing, error=None,
                        log=str(log.relative_to(self.out)), argv=argv)
             self.save()
         try:
