@@ -19,6 +19,7 @@
 set -o pipefail
 phase=${1:?s, o, v or e}
 out=$(realpath -m "${2:?OUTDIR}")
+t0=$(date +%s)
 source scripts/device-env.sh
 device_setup "$out"
 case $phase in
@@ -33,19 +34,13 @@ s)
     POLL_S=${POLL_S:-200} bash scripts/device-study-session.sh poll studies/scaling-small.yaml "$out"
     ;;
 o)
-    t0=$(date +%s)
-    JOBS=${JOBS:-2} STOP_AFTER=${STOP_AFTER:-5} FINISH_BY=${FINISH_BY:-6} SOLO_ABOVE=${SOLO_ABOVE-150M} \
-        bash scripts/device-study-session.sh start studies/scaling-small.yaml "$out"
+    # beside the study: every family's fast kernel with bf16 weights (precision: bf16, new on 2026-12-06;
+    # on 2026-12-06 at b71d8eb: e1, e33, e42, e88 and mamba2 passed, then GDN's first compilation ran past
+    # the 240 s it had)
     (timeout 360 python3 -m pytest -v -m gpu tests/test_train_gpu.py -k pure_bf16 -p no:cacheprovider \
         > "$out/gputests-bf16.log" 2>&1; echo "pytest exit $?" >> "$out/gputests-bf16.log") &
-    work=/tmp/elmanlab-study
-    while kill -0 "$(cat $work/scaling-small.pid)" 2>/dev/null && [ $(( $(date +%s) - t0 )) -lt "${DEADLINE_S:-500}" ]; do
-        sleep 20
-        tar -C "$work" -czf "$out/.snap.tar.gz" --exclude=checkpoints --exclude="*.safetensors" --exclude=finish-at \
-            scaling-small 2>/dev/null && mv "$out/.snap.tar.gz" "$out/scaling-small.tar.gz"
-        cp "$work/scaling-small.log" "$out/" 2>/dev/null
-    done
-    WAIT_S=2 bash scripts/device-study-session.sh collect studies/scaling-small.yaml "$out"
+    CALL_T0=$t0 JOBS=${JOBS:-2} STOP_AFTER=${STOP_AFTER:-5} FINISH_BY=${FINISH_BY:-6} SOLO_ABOVE=${SOLO_ABOVE-150M} \
+        bash scripts/device-study-session.sh once studies/scaling-small.yaml "$out"
     tail -n 14 "$out/gputests-bf16.log"
     ;;
 v)

@@ -4,7 +4,12 @@
 # Completed runs come back in a tarball without weights; unpack it into .study-state/NAME here and
 # carry that folder next session, or commit it as docs/results/NAME (which travels with the tree): the
 # study resumes from either, skipping every run whose summary.json exists.
-#   usage: scripts/device-study-session.sh start|poll|collect STUDY.yaml OUTDIR
+#   usage: scripts/device-study-session.sh start|poll|collect|once STUDY.yaml OUTDIR
+#   once:  all in one call (a lent machine can be taken back between calls, and with it the runs in
+#          flight): start, re-pack the finished runs into OUTDIR every 20 s (what is under $OUT comes back
+#          even when the call runs out of time), collect when the study ends or DEADLINE_S seconds
+#          (default 500) after the call began (CALL_T0, a Unix time, default now), then stop the study
+#          (a run still in flight then is lost: set FINISH_BY to end the runs before DEADLINE_S)
 #   env:   STOP_AFTER (minutes after which no new run starts; default 12), FINISH_BY (minutes: start only
 #          runs expected to end by then, from the finished runs of their model, e.g. 26 in a 30-minute
 #          lease started 2-3 minutes in; before any run has finished, runs follow STOP_AFTER), FINISH_IN
@@ -20,7 +25,7 @@
 # (the winners only; each still compiles). Loss runs only: runs that share a GPU tune under contention,
 # so the speed benchmarks keep the default cache and tune alone.
 set -o pipefail
-phase=${1:?start, poll or collect}
+phase=${1:?start, poll, collect or once}
 study=${2:?STUDY.yaml}
 out=$(realpath -m "${3:?OUTDIR}")
 name=$(basename "$study" .yaml)
@@ -31,6 +36,20 @@ work=/tmp/elmanlab-study
 dir=$work/$name
 export TRITON_CACHE_AUTOTUNING=1 TRITON_CACHE_DIR=$work/triton
 case $phase in
+once)
+    t0=${CALL_T0:-$(date +%s)}
+    bash "$0" start "$study" "$out" || exit
+    while kill -0 "$(cat $work/$name.pid)" 2>/dev/null && [ $(( $(date +%s) - t0 )) -lt "${DEADLINE_S:-500}" ]; do
+        sleep 20
+        tar -C "$work" -czf "$out/.snap.tar.gz" --exclude=checkpoints --exclude="*.safetensors" --exclude=finish-at \
+            "$name" 2>/dev/null && mv "$out/.snap.tar.gz" "$out/$name.tar.gz"
+        cp "$work/$name.log" "$out/" 2>/dev/null
+    done
+    WAIT_S=2 bash "$0" collect "$study" "$out"
+    kill -0 "$(cat $work/$name.pid)" 2>/dev/null && kill -9 -- -"$(cat $work/$name.pid)" \
+        && echo "stopped the study at the deadline: the runs in flight are lost"
+    exit 0
+    ;;
 start)
     device_setup "$out"
     mkdir -p "$work"
