@@ -13,11 +13,14 @@
 #      2026-12-06, losing the runs in flight): the study with FINISH_BY (default 6) beside the bf16 GPU
 #      test, the finished runs re-packed into OUTDIR every 20 s (what is under $OUT comes back even when
 #      the call runs out of time), a last collect at DEADLINE_S (default 500) seconds into the call
+#   r  issue 19 in one call: studies/reference-400m.yaml one run at a time (each 400M run ~5-6 minutes
+#      alone, recording its own tokens/s and memory), resumed from docs/results/reference-400m once a
+#      collect is committed there; FINISH_BY (default 8) ends the runs before DEADLINE_S (default 540)
 #   v  (run on 2026-12-06, H100: 102 passed) the Elman and E88 GPU tests beside the study's start
 #   e  E88 v2 and v3 side by side (correctness, then fwd+bwd beside fla's GDN)
-#   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh s|o|v|e OUTDIR
+#   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh s|o|r|v|e OUTDIR
 set -o pipefail
-phase=${1:?s, o, v or e}
+phase=${1:?s, o, r, v or e}
 out=$(realpath -m "${2:?OUTDIR}")
 t0=$(date +%s)
 source scripts/device-env.sh
@@ -42,6 +45,10 @@ o)
     CALL_T0=$t0 JOBS=${JOBS:-2} STOP_AFTER=${STOP_AFTER:-5} FINISH_BY=${FINISH_BY:-6} SOLO_ABOVE=${SOLO_ABOVE-150M} \
         bash scripts/device-study-session.sh once studies/scaling-small.yaml "$out"
     tail -n 14 "$out/gputests-bf16.log"
+    ;;
+r)
+    CALL_T0=$t0 JOBS=1 SOLO_ABOVE= STOP_AFTER=${STOP_AFTER:-2} FINISH_BY=${FINISH_BY:-8} DEADLINE_S=${DEADLINE_S:-540} \
+        bash scripts/device-study-session.sh once studies/reference-400m.yaml "$out"
     ;;
 v)
     # the study first (its runs' losses do not depend on what else runs), the tests beside it, so that
