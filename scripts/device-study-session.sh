@@ -16,7 +16,7 @@
 #          (poll: seconds from now by which runs should end, written to the study folder's finish-at file,
 #          which replaces FINISH_BY: set it once the lease's end is known), POLL_S (poll: half the seconds
 #          it waits; default 270), WAIT_S (collect: seconds it waits for the study to end; default 540),
-#          JOBS (per GPU; default 4), SOLO_ABOVE (start: runs of more parameters run alone, e.g. 150M),
+#          GPUS (default 0), JOBS (per GPU; default 4), SOLO_ABOVE (start: runs of more parameters run alone, e.g. 150M),
 #          DATA (default .data/corpus-slice-32M.txt.zst), VAL (default .data/corpus-val.txt.zst)
 #   carry: .wheels (first call on a fresh machine), .data, .study-state (when resuming)
 # Triton's autotuning results (mamba_ssm's and fla's kernels tune for minutes in the first process on a
@@ -40,7 +40,8 @@ once)
     t0=${CALL_T0:-$(date +%s)}
     bash "$0" start "$study" "$out" || exit
     while kill -0 "$(cat $work/$name.pid)" 2>/dev/null && [ $(( $(date +%s) - t0 )) -lt "${DEADLINE_S:-500}" ]; do
-        sleep 20
+        left=$(( ${DEADLINE_S:-500} - ($(date +%s) - t0) ))
+        sleep $(( left < 20 ? left : 20 ))
         tar -C "$work" -czf "$out/.snap.tar.gz" --exclude=checkpoints --exclude="*.safetensors" --exclude=finish-at \
             "$name" 2>/dev/null && mv "$out/.snap.tar.gz" "$out/$name.tar.gz"
         cp "$work/$name.log" "$out/" 2>/dev/null
@@ -62,7 +63,7 @@ start)
     tune=.study-state/triton-autotune.tar.gz; [ -f "$tune" ] || tune=studies/state/triton-autotune.tar.gz
     [ -f "$tune" ] && tar -C "$TRITON_CACHE_DIR" -xzf "$tune" \
         && echo "autotuning results carried: $(find "$TRITON_CACHE_DIR" -name '*.autotune.json' | wc -l)"
-    setsid nohup python3 -m elmanlab study "$study" --out "$dir" --gpus 0 --jobs-per-gpu "${JOBS:-4}" \
+    setsid nohup python3 -m elmanlab study "$study" --out "$dir" --gpus "${GPUS:-0}" --jobs-per-gpu "${JOBS:-4}" \
         --stop-after "${STOP_AFTER:-12}" ${FINISH_BY:+--finish-by "$FINISH_BY"} ${SOLO_ABOVE:+--solo-above "$SOLO_ABOVE"} --data "${DATA:-.data/corpus-slice-32M.txt.zst}" \
         --val-data "${VAL:-.data/corpus-val.txt.zst}" > "$work/$name.log" 2>&1 < /dev/null &
     echo $! > "$work/$name.pid"
