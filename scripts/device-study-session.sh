@@ -42,7 +42,7 @@ once)
     while kill -0 "$(cat $work/$name.pid)" 2>/dev/null && [ $(( $(date +%s) - t0 )) -lt "${DEADLINE_S:-500}" ]; do
         left=$(( ${DEADLINE_S:-500} - ($(date +%s) - t0) ))
         sleep $(( left < 20 ? left : 20 ))
-        tar -C "$work" -czf "$out/.snap.tar.gz" --exclude=checkpoints --exclude="*.safetensors" --exclude=finish-at \
+        tar -C "$work" -czf "$out/.snap.tar.gz" --exclude=checkpoints --exclude="*.safetensors" --exclude=finish-at --exclude=.study.lock \
             "$name" 2>/dev/null && mv "$out/.snap.tar.gz" "$out/$name.tar.gz"
         cp "$work/$name.log" "$out/" 2>/dev/null
     done
@@ -80,7 +80,7 @@ collect)
     kill -0 "$(cat $work/$name.pid)" 2>/dev/null && echo "study still running: collect again"
     tail -c 4000 "$work/$name.log" | tr '\r' '\n' | tail -n 12
     cp "$work/$name.log" "$out/"
-    tar -C "$work" -czf "$out/$name.tar.gz" --exclude=checkpoints --exclude="*.safetensors" --exclude=finish-at "$name"
+    tar -C "$work" -czf "$out/$name.tar.gz" --exclude=checkpoints --exclude="*.safetensors" --exclude=finish-at --exclude=.study.lock "$name"
     (cd "$TRITON_CACHE_DIR" 2>/dev/null && find . -name '*.autotune.json' | tar -czf "$out/triton-autotune.tar.gz" -T -) \
         && echo "autotuning results: $(tar -tzf "$out/triton-autotune.tar.gz" | wc -l) files -> triton-autotune.tar.gz (into .study-state/)"
     ;;
