@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The first call of the next GPU session (after 2026-12-06): resume the scaling study (issue 20) from its
-# committed folder, docs/results/scaling-small (6 of 36 runs done on 2026-12-06), and poll it in the same
-# call, so that no device time goes to a second call's start. Carry .wheels and .data
+# The calls of the next GPU sessions (after 2026-12-06). Carry .wheels and .data
 # (python3 scripts/make-corpus-slice.py --pieces 8: the tree ~7 MB + .wheels 46 + the 32M slice 8.0 +
-# validation 0.4 = 61 MiB of 64). Then, once the reply's lease says how much is left, poll with
-# FINISH_IN=<seconds left - ~150> (runs then start only if expected to end by then) and collect with
-# scripts/device-study-session.sh; unpack the tarball into docs/results/scaling-small and commit it.
+# validation 0.4 = 61 MiB of 64). Use o (issue 20) and r (issue 19): each call starts, collects and
+# stops its study by itself, so that nothing is lost when a lent machine is taken back between calls
+# (on 2026-12-06 a warm machine was, with two 200M runs in flight, after s). After each call, on this
+# machine: scripts/land-collect.sh FILES_AT/OUT NAME GPU (commits docs/results/NAME, which the next
+# call resumes from), then the next call with DEADLINE_S and FINISH_BY fitted to the lease's
+# budget_left_s (its start-up took 90 s to 6 minutes of the 30 on 2026-12-06).
 #   s  install; scripts/device-study-session.sh start studies/scaling-small.yaml (JOBS 2, FINISH_BY 20:
 #      the machine's start-up took ~6 minutes of the 30 on 2026-12-06; STOP_AFTER 10), the GPU test of
 #      precision: bf16 beside it, then poll to ~9 minutes
