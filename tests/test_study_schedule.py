@@ -173,6 +173,19 @@ def test_runner_solo_above_runs_a_large_job_alone_on_its_gpu(tmp_path, monkeypat
     again = Runner(load_study(p), out, ["0"], echo=lambda m: None, jobs_per_gpu=2).plan(
         json.loads((out / "study.json").read_text()))
     assert {j["id"]: j["gpu_jobs"] for j in again["jobs"]} == {i: j["gpu_jobs"] for i, j in jobs.items()}
+    # --dry-run plans a session: what --finish-by would expect of each run still to run (GPU 0 is not
+    # checked against this machine); the new 500K run alone takes what the first one took alone
+    p2 = write(tmp_path, p.read_text() + "  - {model: e1, params: 500K, seed: 43}\n  - {model: e33, params: 200K, seed: 43}\n",
+               "solo2.yaml")
+    res = cli("study", p2, "--out", out, "--dry-run", "--json", "--gpus", "0", "--jobs-per-gpu", "2",
+              "--solo-above", "300K")
+    assert res.returncode == 0, res.stderr
+    plan = {j["id"]: j for j in json.loads(res.stdout)["jobs"]}
+    assert plan["e1-500K-s43"]["expected_s"] == round(big["wall_s"] * SAFETY)
+    assert plan["e33-200K-s43"]["expected_s"] == round(jobs["e33-200K-s42"]["wall_s"] * SAFETY)
+    assert "expected_s" not in plan["e1-500K-s42"]                        # done
+    res = cli("study", p2, "--out", out, "--dry-run", "--gpus", "0", "--jobs-per-gpu", "2", "--solo-above", "300K")
+    assert res.returncode == 0 and re.search(r"e1-500K-s43 .* to run +[0-9,]+ s alone", res.stdout), res.stdout
     for argv, why in ((["--solo-above", "150M"], "needs --jobs-per-gpu 2"),
                       (["--solo-above", "lots", "--jobs-per-gpu", "2", "--gpus", "0"], "--solo-above takes")):
         res = cli("study", p, "--out", tmp_path / "x", *argv)

@@ -56,6 +56,32 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_study)
 
 
+DRY_RUN_GPUS = 1024       # --dry-run --gpus 0,1: indices of the machine the study is planned for
+
+
+def _expected_times(rows: list[dict], study, out: Path, gpus, jobs_per_gpu: int, solo_above) -> None:
+    """--dry-run: each run still to run gets the seconds ``--finish-by`` would expect of it (rows'
+    ``expected`` and ``expected_s``), from the finished runs in ``out``; nothing when none has finished."""
+    from elmanlab.study import Runner, check_out_dir
+    from elmanlab.study.schedule import expected_wall_s
+    previous = check_out_dir(out, study) if out.exists() else None
+    if not previous:
+        return
+    runner = Runner(study, out, gpus, jobs_per_gpu=jobs_per_gpu, solo_above=solo_above)
+    recs = runner.plan(previous)["jobs"]
+    finished = [r for r in recs if r.get("status") == "completed"]
+    by_id = {r["id"]: r for r in recs}
+    for row in rows:
+        rec = by_id.get(row["run"])
+        if row["status"] != "to run" or rec is None:
+            continue
+        sharing = runner._sharing(rec)
+        est = expected_wall_s(rec, finished, other_models=True, sharing=sharing)
+        if est is not None:
+            row["expected_s"] = round(est)
+            row["expected"] = f"{est:,.0f} s" + (" alone" if sharing == 1 and runner.jobs_per_gpu > 1 else "")
+
+
 def cmd_study(args) -> int:
     from elmanlab.errors import ElmanlabError
     from elmanlab.study import Runner, check_out_dir, load_study, parse_gpus, plan_table
@@ -73,7 +99,8 @@ def cmd_study(args) -> int:
             raise ElmanlabError(f"--solo-above takes a parameter count such as 150M, got {args.solo_above!r}")
         if args.jobs_per_gpu < 2:
             raise ElmanlabError("--solo-above decides which runs do not share a GPU: it needs --jobs-per-gpu 2 or more")
-    gpus = parse_gpus(args.gpus)
+    # a dry run plans for the machine the study will run on: GPU indices are not checked against this one
+    gpus = parse_gpus(args.gpus, count=DRY_RUN_GPUS if args.dry_run and args.gpus not in (None, "auto") else None)
     if args.jobs_per_gpu < 1:
         raise ElmanlabError(f"--jobs-per-gpu must be >= 1, got {args.jobs_per_gpu}")
     if args.jobs_per_gpu > 1 and gpus is None:
@@ -84,9 +111,12 @@ def cmd_study(args) -> int:
     check_out_dir(out, study)
     if args.dry_run:
         rows = plan_table(study, out if out.exists() else None)
+        _expected_times(rows, study, out, gpus, args.jobs_per_gpu, solo_above)
         if args.json:
             print_json({"name": study.name, "baseline": study.baseline, "gpus": gpus or "cpu",
-                        "jobs": [{**j.to_dict(), "status": r["status"]} for j, r in zip(study.jobs, rows)],
+                        "jobs": [{**j.to_dict(), "status": r["status"],
+                                  **({"expected_s": r["expected_s"]} if "expected_s" in r else {})}
+                                 for j, r in zip(study.jobs, rows)],
                         "best_of": study.best_of,
                         "deferred": study.deferred_records()})
             return 0
@@ -98,7 +128,12 @@ def cmd_study(args) -> int:
                 "budget", "seed", "status"]
         if any(r["wave"] for r in rows):
             cols.insert(2, "wave")
+        if any("expected" in r for r in rows):
+            cols.append("expected")
         print(text_table(rows, cols))
+        if any("expected" in r for r in rows):
+            print("expected: the wall time --finish-by would expect of each run still to run, from the finished "
+                  "runs in --out, sharing its GPU as --jobs-per-gpu and --solo-above say (alone: --solo-above)")
         for line in study.messages + [d["line"] for d in study.deferred]:
             print(line)
         return 0
