@@ -75,7 +75,7 @@ def _expected_times(rows: list[dict], study, out: Path, gpus, jobs_per_gpu: int,
         rec = by_id.get(row["run"])
         if row["status"] != "to run" or rec is None:
             continue
-        sharing = runner._sharing(rec)
+        sharing = runner.sharing(rec)
         est = expected_wall_s(rec, finished, other_models=True, sharing=sharing)
         if est is not None:
             row["expected_s"] = round(est)

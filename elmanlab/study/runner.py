@@ -295,13 +295,14 @@ class Runner:
         """--stop-after (or --finish-by) has passed: no job starts any more."""
         return any(s is not None and self._elapsed() >= s for s in (self.stop_after_s, self._finish_by()))
 
-    def _is_solo(self, rec: dict) -> bool:
+    def is_solo(self, rec: dict) -> bool:
+        """Whether ``rec`` runs alone on its GPU: --solo-above is set, --jobs-per-gpu > 1, and it is larger."""
         n = (rec.get("size") or {}).get("params")
         return self.solo_above is not None and self.jobs_per_gpu > 1 and bool(n) and n > self.solo_above
 
-    def _sharing(self, rec: dict) -> int:
+    def sharing(self, rec: dict) -> int:
         """The jobs the GPU of ``rec`` runs at once with it: 1 for a solo job, else --jobs-per-gpu."""
-        return 1 if self._is_solo(rec) else self.jobs_per_gpu
+        return 1 if self.is_solo(rec) else self.jobs_per_gpu
 
     def _worker(self, slot: str | None, todo: deque) -> None:
         while not self.stop.is_set():
@@ -311,7 +312,7 @@ class Runner:
                     finished = [r for r in self.state["jobs"] if r.get("status") == "completed"]
                     finish_by = self._finish_by()
                     rec, passed = next_job(list(todo), finished, self._elapsed(), self.stop_after_s, finish_by,
-                                           sharing=self._sharing)
+                                           sharing=self.sharing)
                     for r, est in passed:
                         if r["id"] not in self._passed_over:
                             self._passed_over.add(r["id"])
@@ -319,7 +320,7 @@ class Runner:
                                       f"{finish_by - self._elapsed():.0f} s left before --finish-by")
                     if rec is None:
                         return
-                    solo = self._is_solo(rec)
+                    solo = self.is_solo(rec)
                     # a solo job waits for its GPU to empty (holding the queue: a smaller job taking the
                     # slot meanwhile would keep the GPU busy for ever); the others wait for it to end
                     wait = solo and self._on_gpu.get(slot, 0) > 0
@@ -359,7 +360,7 @@ class Runner:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env)
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot
-        sharing = self._sharing(rec)
+        sharing = self.sharing(rec)
         if sharing > 1:
             env[GPU_JOBS_ENV] = str(sharing)                # recorded by the run: its speed is shared
         where = f"GPU {slot}" if slot is not None else "CPU"
