@@ -14,7 +14,7 @@
 #      2026-12-06, losing the runs in flight): the study with FINISH_BY (default 7) beside the bf16 GPU
 #      test, the finished runs re-packed into OUTDIR every 20 s (what is under $OUT comes back even when
 #      the call runs out of time), a last collect at DEADLINE_S (default 570) seconds into the call (timeout_s 600: the study starts about 65 s in, after the install)
-#   r  issue 19 in one call: studies/reference-400m.yaml one run at a time (each 400M run ~5-6 minutes
+#   r  issue 19 in one call: studies/reference-400m.yaml one run at a time (each 400M run 3-6 minutes
 #      alone, recording its own tokens/s and memory), resumed from docs/results/reference-400m once a
 #      collect is committed there; FINISH_BY (default 7) ends the runs before DEADLINE_S (default 570)
 #   v  (run on 2026-12-06, H100: 102 passed) the Elman and E88 GPU tests beside the study's start
