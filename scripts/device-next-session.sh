@@ -17,11 +17,13 @@
 #   r  issue 19 in one call: studies/reference-400m.yaml one run at a time (each 400M run 3-6 minutes
 #      alone, recording its own tokens/s and memory), resumed from docs/results/reference-400m once a
 #      collect is committed there; FINISH_BY (default 7) ends the runs before DEADLINE_S (default 570)
+#   m  (~3 minutes, the GPU otherwise idle) what sharing the GPU gains: E1 200M and 20M, 300 steps,
+#      alone then two at once (benchmarks/sharing.py), the premise of --solo-above measured on one GPU
 #   v  (run on 2026-12-06, H100: 102 passed) the Elman and E88 GPU tests beside the study's start
 #   e  E88 v2 and v3 side by side (correctness, then fwd+bwd beside fla's GDN)
-#   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh s|o|r|v|e OUTDIR
+#   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh s|o|r|m|v|e OUTDIR
 set -o pipefail
-phase=${1:?s, o, r, v or e}
+phase=${1:?s, o, r, m, v or e}
 out=$(realpath -m "${2:?OUTDIR}")
 t0=$(date +%s)
 source scripts/device-env.sh
@@ -50,6 +52,12 @@ o)
 r)
     CALL_T0=$t0 JOBS=1 SOLO_ABOVE= STOP_AFTER=${STOP_AFTER:-2} FINISH_BY=${FINISH_BY:-7} DEADLINE_S=${DEADLINE_S:-570} \
         bash scripts/device-study-session.sh once studies/reference-400m.yaml "$out"
+    ;;
+m)
+    for p in 200M 20M; do
+        timeout 280 python3 benchmarks/sharing.py --model e1 --params $p --steps 300 --jobs 1,2 \
+            --out "$out/sharing-e1-$p.json" 2>&1 | tee -a "$out/sharing.log" | grep -v Warning
+    done
     ;;
 v)
     # the study first (its runs' losses do not depend on what else runs), the tests beside it, so that

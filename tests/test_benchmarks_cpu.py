@@ -1,7 +1,11 @@
 """CPU checks of the benchmark scripts' own logic (the measurements themselves need a GPU)."""
+import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -81,3 +85,22 @@ def test_bench_harness_runs_the_training_step_on_cpu():
         losses, times = run_steps(tr, 3)
         assert tr.step == 3 and len(losses) == len(times) == 3
         assert all(t > 0 for t in times) and all(5.0 < x < 6.0 for x in losses)   # ~ln 256 = 5.55 at start
+
+
+def test_sharing_runs_k_copies_at_once_and_compares_with_one_alone(tmp_path, monkeypatch, capsys):
+    """benchmarks/sharing.py on the CPU: one run alone, then two at once; each run's own record gives
+    tokens/s, the sum over the alone rate is the gain, and the shared runs record gpu_jobs 2."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    sharing = importlib.import_module("sharing")
+    out = tmp_path / "s.json"
+    assert sharing.main(["--model", "e1", "--params", "200K", "--steps", "8", "--batch-size", "2", "--seq-len", "32",
+                         "--jobs", "1,2", "--device", "cpu", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    one, two = d["rows"]
+    assert (one["jobs"], two["jobs"]) == (1, 2) and len(two["tokens_per_s"]) == 2
+    assert two["together"] == pytest.approx(sum(two["tokens_per_s"]))
+    assert two["gain"] == pytest.approx(two["together"] / one["tokens_per_s"][0]) and one["gain"] == 1.0
+    assert one["gpu_jobs"] == [1] and two["gpu_jobs"] == [2, 2] and d["device"] == "cpu"
+    with pytest.raises(SystemExit):
+        sharing.main(["--jobs", "2,4", "--out", str(out)])          # the run alone comes first
+    assert "--jobs takes counts starting with 1" in capsys.readouterr().err
