@@ -11,9 +11,9 @@
 #      the machine's start-up took ~6 minutes of the 30 on 2026-12-06; STOP_AFTER 10), the GPU test of
 #      precision: bf16 beside it, then poll to ~9 minutes
 #   o  everything in one call, for a short lease (a warm machine was taken back between two calls on
-#      2026-12-06, losing the runs in flight): the study with FINISH_BY (default 7) beside the bf16 GPU
+#      2026-12-06, losing the runs in flight): the study with FINISH_BY (default 8.4: a 200M run alone is expected at ~500 s before its family has a run) beside the bf16 GPU
 #      test, the finished runs re-packed into OUTDIR every 20 s (what is under $OUT comes back even when
-#      the call runs out of time), a last collect at DEADLINE_S (default 570) seconds into the call (timeout_s 600: the study starts about 65 s in, after the install)
+#      the call runs out of time), a last collect at DEADLINE_S (default 580) seconds into the call (timeout_s 600: the study starts about 65 s in, after the install)
 #   r  issue 19 in one call: studies/reference-400m.yaml one run at a time (each 400M run 3-6 minutes
 #      alone, recording its own tokens/s and memory), resumed from docs/results/reference-400m once a
 #      collect is committed there; FINISH_BY (default 7) ends the runs before DEADLINE_S (default 570)
@@ -45,7 +45,7 @@ o)
     # the 240 s it had)
     (timeout 360 python3 -m pytest -v -m gpu tests/test_train_gpu.py -k pure_bf16 -p no:cacheprovider \
         > "$out/gputests-bf16.log" 2>&1; echo "pytest exit $?" >> "$out/gputests-bf16.log") &
-    CALL_T0=$t0 JOBS=${JOBS:-2} STOP_AFTER=${STOP_AFTER:-5} FINISH_BY=${FINISH_BY:-7} DEADLINE_S=${DEADLINE_S:-570} SOLO_ABOVE=${SOLO_ABOVE-150M} \
+    CALL_T0=$t0 JOBS=${JOBS:-2} STOP_AFTER=${STOP_AFTER:-5} FINISH_BY=${FINISH_BY:-8.4} DEADLINE_S=${DEADLINE_S:-580} SOLO_ABOVE=${SOLO_ABOVE-150M} \
         bash scripts/device-study-session.sh once studies/scaling-small.yaml "$out"
     tail -n 14 "$out/gputests-bf16.log"
     ;;
