@@ -63,23 +63,16 @@ def _expected_times(rows: list[dict], study, out: Path, gpus, jobs_per_gpu: int,
     """--dry-run: each run still to run gets the seconds ``--finish-by`` would expect of it (rows'
     ``expected`` and ``expected_s``), from the finished runs in ``out``; nothing when none has finished."""
     from elmanlab.study import Runner, check_out_dir
-    from elmanlab.study.schedule import expected_wall_s
     previous = check_out_dir(out, study) if out.exists() else None
     if not previous:
         return
     runner = Runner(study, out, gpus, jobs_per_gpu=jobs_per_gpu, solo_above=solo_above)
-    recs = runner.plan(previous)["jobs"]
-    finished = [r for r in recs if r.get("status") == "completed"]
-    by_id = {r["id"]: r for r in recs}
+    expected = runner.expectations(previous)
     for row in rows:
-        rec = by_id.get(row["run"])
-        if row["status"] != "to run" or rec is None:
-            continue
-        sharing = runner.sharing(rec)
-        est = expected_wall_s(rec, finished, other_models=True, sharing=sharing)
-        if est is not None:
+        if row["status"] == "to run" and row["run"] in expected:
+            est, alone = expected[row["run"]]
             row["expected_s"] = round(est)
-            row["expected"] = f"{est:,.0f} s" + (" alone" if sharing == 1 and runner.jobs_per_gpu > 1 else "")
+            row["expected"] = f"{est:,.0f} s" + (" alone" if alone else "")
 
 
 def cmd_study(args) -> int:

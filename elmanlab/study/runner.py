@@ -26,7 +26,7 @@ from elmanlab.fsutil import atomic_write_json
 from elmanlab.runs import GPU_JOBS_ENV, LOG_DIR, STATE_FILE, has_checkpoint, run_status
 from elmanlab.study.job import job_status, same_run
 from elmanlab.study.prepare import StudyLock, check_out_dir
-from elmanlab.study.schedule import FINISH_AT_FILE, next_job, read_finish_at
+from elmanlab.study.schedule import FINISH_AT_FILE, expected_wall_s, next_job, read_finish_at
 from elmanlab.study.spec import Study
 
 INTERRUPT_GRACE_S = 300      # how long a stopped study waits for its runs to write their checkpoints
@@ -303,6 +303,20 @@ class Runner:
     def sharing(self, rec: dict) -> int:
         """The jobs the GPU of ``rec`` runs at once with it: 1 for a solo job, else --jobs-per-gpu."""
         return 1 if self.is_solo(rec) else self.jobs_per_gpu
+
+    def expectations(self, previous: dict) -> dict[str, tuple[float, bool]]:
+        """For a dry run: each pending job's expected seconds under this runner's sharing (what
+        ``--finish-by`` would expect, from the finished runs of ``previous``, the folder's state) and
+        whether it would run alone by ``--solo-above``; jobs with no expectation are left out."""
+        recs = self.plan(previous)["jobs"]
+        finished = [r for r in recs if r.get("status") == "completed"]
+        out = {}
+        for rec in recs:
+            if rec.get("status") == "pending":
+                est = expected_wall_s(rec, finished, other_models=True, sharing=self.sharing(rec))
+                if est is not None:
+                    out[rec["id"]] = (est, self.is_solo(rec))
+        return out
 
     def _worker(self, slot: str | None, todo: deque) -> None:
         while not self.stop.is_set():
