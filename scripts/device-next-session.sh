@@ -3,13 +3,11 @@
 # (python3 scripts/make-corpus-slice.py --pieces 8: the tree ~7 MB + .wheels 46 + the 32M slice 8.0 +
 # validation 0.4 = 61 MiB of 64). Use o (issue 20) and r (issue 19): each call starts, collects and
 # stops its study by itself, so that nothing is lost when a lent machine is taken back between calls
-# (on 2026-12-06 a warm machine was, with two 200M runs in flight, after s). After each call, on this
+# (on 2026-12-06 a warm machine was, with two 200M runs in flight, after the study had been
+# started in one call to be collected in the next). After each call, on this
 # machine: scripts/land-collect.sh FILES_AT/OUT NAME GPU (commits docs/results/NAME, which the next
 # call resumes from), then the next call with DEADLINE_S and FINISH_BY fitted to the lease's
 # budget_left_s (its start-up took 90 s to 6 minutes of the 30 on 2026-12-06).
-#   s  install; scripts/device-study-session.sh start studies/scaling-small.yaml (JOBS 2, FINISH_BY 20:
-#      the machine's start-up took ~6 minutes of the 30 on 2026-12-06; STOP_AFTER 10), the GPU test of
-#      precision: bf16 beside it, then poll to ~9 minutes
 #   o  everything in one call, for a short lease (a warm machine was taken back between two calls on
 #      2026-12-06, losing the runs in flight): the study with FINISH_BY (default 8.4: a 200M run alone is expected at ~500 s before its family has a run) beside the bf16 GPU
 #      test, the finished runs re-packed into OUTDIR every 20 s (what is under $OUT comes back even when
@@ -21,24 +19,14 @@
 #      alone then two at once (benchmarks/sharing.py), the premise of --solo-above measured on one GPU
 #   v  (run on 2026-12-06, H100: 102 passed) the Elman and E88 GPU tests beside the study's start
 #   e  E88 v2 and v3 side by side (correctness, then fwd+bwd beside fla's GDN)
-#   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh s|o|r|m|v|e OUTDIR
+#   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|m|v|e OUTDIR
 set -o pipefail
-phase=${1:?s, o, r, m, v or e}
+phase=${1:?o, r, m, v or e}
 out=$(realpath -m "${2:?OUTDIR}")
 t0=$(date +%s)
 source scripts/device-env.sh
 device_setup "$out"
 case $phase in
-s)
-    JOBS=${JOBS:-2} STOP_AFTER=${STOP_AFTER:-10} FINISH_BY=${FINISH_BY:-20} SOLO_ABOVE=${SOLO_ABOVE-150M} \
-        bash scripts/device-study-session.sh start studies/scaling-small.yaml "$out"
-    # beside it: every family's fast kernel with bf16 weights (precision: bf16, new on 2026-12-06)
-    timeout 240 python3 -m pytest -q -m gpu tests/test_train_gpu.py -k pure_bf16 -p no:cacheprovider \
-        > "$out/gputests-bf16.log" 2>&1
-    echo "pytest exit $?" >> "$out/gputests-bf16.log"
-    tail -n 4 "$out/gputests-bf16.log"
-    POLL_S=${POLL_S:-200} bash scripts/device-study-session.sh poll studies/scaling-small.yaml "$out"
-    ;;
 o)
     # beside the study: every family's fast kernel with bf16 weights (precision: bf16, new on 2026-12-06;
     # on 2026-12-06 at b71d8eb: e1, e33, e42, e88 and mamba2 passed, then GDN's first compilation ran past

@@ -35,6 +35,11 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 work=/tmp/elmanlab-study
 dir=$work/$name
 export TRITON_CACHE_AUTOTUNING=1 TRITON_CACHE_DIR=$work/triton
+# the study folder without weights, deadline or lock, into OUTDIR/NAME.tar.gz (written aside, then moved)
+pack() {
+    tar -C "$work" -czf "$out/.snap.tar.gz" --exclude=checkpoints --exclude="*.safetensors" --exclude=finish-at \
+        --exclude=.study.lock "$name" && mv "$out/.snap.tar.gz" "$out/$name.tar.gz"
+}
 case $phase in
 once)
     t0=${CALL_T0:-$(date +%s)}
@@ -42,8 +47,7 @@ once)
     while kill -0 "$(cat $work/$name.pid)" 2>/dev/null && [ $(( $(date +%s) - t0 )) -lt "${DEADLINE_S:-500}" ]; do
         left=$(( ${DEADLINE_S:-500} - ($(date +%s) - t0) ))
         sleep $(( left < 20 ? left : 20 ))
-        tar -C "$work" -czf "$out/.snap.tar.gz" --exclude=checkpoints --exclude="*.safetensors" --exclude=finish-at --exclude=.study.lock \
-            "$name" 2>/dev/null && mv "$out/.snap.tar.gz" "$out/$name.tar.gz"
+        pack 2>/dev/null
         cp "$work/$name.log" "$out/" 2>/dev/null
     done
     WAIT_S=2 bash "$0" collect "$study" "$out"
@@ -80,7 +84,7 @@ collect)
     kill -0 "$(cat $work/$name.pid)" 2>/dev/null && echo "study still running: collect again"
     tail -c 4000 "$work/$name.log" | tr '\r' '\n' | tail -n 12
     cp "$work/$name.log" "$out/"
-    tar -C "$work" -czf "$out/$name.tar.gz" --exclude=checkpoints --exclude="*.safetensors" --exclude=finish-at --exclude=.study.lock "$name"
+    pack
     (cd "$TRITON_CACHE_DIR" 2>/dev/null && find . -name '*.autotune.json' | tar -czf "$out/triton-autotune.tar.gz" -T -) \
         && echo "autotuning results: $(tar -tzf "$out/triton-autotune.tar.gz" | wc -l) files -> triton-autotune.tar.gz (into .study-state/)"
     ;;
