@@ -240,7 +240,8 @@ def test_mlp_ratio_default_keeps_ids_and_identity(tmp_path):
 
 @pytest.mark.parametrize("record,study_file", [
     ("docs/results/2026-11-25-h200/study.json", "studies/first-results-100m.yaml"),
-    ("docs/results/2026-12-02-h200-trust-check/with-fla/study.json", "studies/trust-check-100m.yaml")])
+    ("docs/results/2026-12-02-h200-trust-check/with-fla/study.json", "studies/trust-check-100m.yaml"),
+    ("docs/results/scaling-small/study.json", "studies/scaling-small.yaml")])     # in progress: resumed from it
 def test_committed_studies_keep_their_job_ids_and_identities(record, study_file):
     """The studies that ran (their study.json committed) expand to the same job ids and identities
     today, so running them again resumes instead of starting over (e.g. after mlp_ratio's default
@@ -252,6 +253,14 @@ def test_committed_studies_keep_their_job_ids_and_identities(record, study_file)
     for r in rec["jobs"]:
         if r.get("in_study_file", True):
             assert r["id"] in jobs and same_run(r["spec_identity"], jobs[r["id"]]), r["id"]
+
+
+@pytest.mark.parametrize("study_file", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "studies").glob("*.yaml")))
+def test_every_shipped_study_file_loads(study_file):
+    """Each study file under studies/ expands into jobs (a typo in one is found here, not on a lent GPU)."""
+    root = Path(__file__).resolve().parents[1]
+    st = load_study(root / "studies" / study_file, data=str(root / "README.md"), val_data=str(root / "README.md"))
+    assert st.jobs and len({j.id for j in st.jobs}) == len(st.jobs)
 
 
 @pytest.mark.parametrize("entry,msg", [
