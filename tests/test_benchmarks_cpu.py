@@ -104,3 +104,50 @@ def test_sharing_runs_k_copies_at_once_and_compares_with_one_alone(tmp_path, mon
     with pytest.raises(SystemExit):
         sharing.main(["--jobs", "2,4", "--out", str(out)])          # the run alone comes first
     assert "--jobs takes counts starting with 1" in capsys.readouterr().err
+
+
+def test_first_update_takes_the_first_step_apart(tmp_path, capsys):
+    """benchmarks/first_update.py: the held-out loss at init and after each update; after the first,
+    the loss with no group updated is the loss at init and with every group updated the loss after
+    it (the restore is exact), every group moved by about one learning rate (Adam's first step is
+    sign-like); E42's out_proj input is far more coherent than E1's (h * silu(h) >= -0.28 in every
+    channel), which is what makes its first out_proj update grow with the width."""
+    fu = importlib.import_module("first_update")
+    out = tmp_path / "fu.json"
+    assert fu.main(["--model", "e42", "--dim", "64", "--depth", "2", "--steps", "2", "--blame", "--lr", "3e-3",
+                    "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    loss, blame = d["held_out_loss"], d["blame"]
+    assert len(loss) == 3 and len(d["train_loss"]) == 2
+    assert blame["none"] == pytest.approx(loss[0], abs=1e-3) and blame["all"] == loss[1]
+    groups = {g["group"]: g for g in blame["groups"]}
+    assert {"embed", "head", "in_proj", "out_proj", "norm", "W", "b"} <= set(groups)
+    for g in groups.values():
+        assert 0.5 * d["lr"] < g["max_change"] < 2 * d["lr"], g
+    assert len(d["out_proj_input"]) == 2 and "out_proj" in capsys.readouterr().out
+    e1 = tmp_path / "e1.json"
+    assert fu.main(["--model", "e1", "--dim", "64", "--depth", "2", "--steps", "1", "--out", str(e1)]) == 0
+    coh = [sum(r["coherence"] for r in json.loads(p.read_text())["out_proj_input"]) / 2 for p in (out, e1)]
+    assert coh[0] > 0.4 and coh[0] > 2 * coh[1], coh
+    # and so E42's first out_proj update adds nearly one vector at every position, E1's far less of one
+    up = [json.loads(p.read_text())["out_proj_update"] for p in (out, e1)]
+    assert len(up[0]) == 2 and min(r["position_coherence"] for r in up[0]) > 0.9
+    assert max(r["position_coherence"] for r in up[1]) < min(r["position_coherence"] for r in up[0])
+    # a measurement leaves the buffers as they were (E42's power-iteration vector moves in a training forward)
+    import torch
+    from elmanlab.config import ModelConfig
+    from elmanlab.lm import LM
+    lm = LM(ModelConfig(model="e42", dim=32, depth=1)).train()
+    u = lm.blocks[0].layer.W.u
+    with torch.no_grad():
+        u.copy_(torch.randn_like(u))
+        kept = u.clone()
+        lm(torch.randint(0, 256, (2, 8)))
+        assert not torch.equal(u, kept)
+        u.copy_(kept)
+        with fu.kept_buffers(lm):
+            lm(torch.randint(0, 256, (2, 8)))
+    assert torch.equal(u, kept)
+    with pytest.raises(SystemExit):
+        fu.main(["--options", "[1]"])
+    assert "--options takes a JSON object" in capsys.readouterr().err
