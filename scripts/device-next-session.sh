@@ -15,13 +15,15 @@
 #   r  issue 19 in one call: studies/reference-400m.yaml one run at a time (each 400M run 3-6 minutes
 #      alone, recording its own tokens/s and memory), resumed from docs/results/reference-400m once a
 #      collect is committed there; FINISH_BY (default 7) ends the runs before DEADLINE_S (default 570)
+#   f  (two calls) studies/e42-first-step.yaml: does a warm-up or the reference's initialisation undo E42's
+#      loss at 200M (worse than at 20M in scaling-small)? land it with land-collect.sh ... e42-first-step GPU
 #   m  (~3 minutes, the GPU otherwise idle) what sharing the GPU gains: E1 200M and 20M, 300 steps,
 #      alone then two at once (benchmarks/sharing.py), the premise of --solo-above measured on one GPU
 #   v  (run on 2026-12-06, H100: 102 passed) the Elman and E88 GPU tests beside the study's start
 #   e  E88 v2 and v3 side by side (correctness, then fwd+bwd beside fla's GDN)
-#   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|m|v|e OUTDIR
+#   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|f|m|v|e OUTDIR
 set -o pipefail
-phase=${1:?o, r, m, v or e}
+phase=${1:?o, r, f, m, v or e}
 out=$(realpath -m "${2:?OUTDIR}")
 t0=$(date +%s)
 source scripts/device-env.sh
@@ -37,6 +39,12 @@ o)
     CALL_T0=$t0 JOBS=${JOBS:-2} STOP_AFTER=${STOP_AFTER:-5} FINISH_BY=${FINISH_BY:-8.4} DEADLINE_S=${DEADLINE_S:-580} SOLO_ABOVE=${SOLO_ABOVE-150M} \
         bash scripts/device-study-session.sh once studies/scaling-small.yaml "$out"
     [ "${BF16_TEST:-1}" = 1 ] && tail -n 14 "$out/gputests-bf16.log"
+    ;;
+f)
+    # why E42 is worse at 200M than at 20M (docs/results/scaling-small/README.md): a warm-up or the
+    # reference's initialisation, each at 20M (the pair shares the GPU) and 200M (alone); two calls
+    CALL_T0=$t0 JOBS=2 STOP_AFTER=${STOP_AFTER:-5} FINISH_BY=${FINISH_BY:-8.4} DEADLINE_S=${DEADLINE_S:-580} SOLO_ABOVE=150M \
+        bash scripts/device-study-session.sh once studies/e42-first-step.yaml "$out"
     ;;
 r)
     CALL_T0=$t0 JOBS=1 SOLO_ABOVE= STOP_AFTER=${STOP_AFTER:-2} FINISH_BY=${FINISH_BY:-7} DEADLINE_S=${DEADLINE_S:-570} \
