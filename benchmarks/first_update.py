@@ -28,16 +28,17 @@ import argparse
 import contextlib
 import json
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from elmanlab.config import ModelConfig, TrainConfig
 from elmanlab.data import open_bytes, resolve_data_path
 from elmanlab.errors import ElmanlabError
+from elmanlab.hardware import source_info
 from elmanlab.lm import LM
 from elmanlab.step import make_optimizer
 
@@ -64,12 +65,21 @@ def kept_buffers(lm: LM):
                 b.copy_(bufs[n])
 
 
+def out_lin(blk) -> tuple[str, torch.nn.Linear] | tuple[None, None]:
+    """A block's residual-branch output projection and its attribute name (out_proj, or o_proj)."""
+    for attr in ("out_proj", "o_proj"):
+        lin = getattr(blk.layer, attr, None)
+        if isinstance(lin, torch.nn.Linear):
+            return attr, lin
+    return None, None
+
+
 def out_proj_inputs(lm: LM, x: torch.Tensor, keep: dict | None = None) -> list[dict]:
     """Each layer's input to its out_proj at this point: RMS and coherence (see the module text);
     with ``keep``, the inputs themselves too ([positions, channels] by layer index)."""
     rows, hooks = [], []
     for i, blk in enumerate(lm.blocks):
-        lin = getattr(blk.layer, "out_proj", None) or getattr(blk.layer, "o_proj", None)
+        _, lin = out_lin(blk)
         if lin is None:
             continue
 
@@ -95,8 +105,8 @@ def out_proj_update(lm: LM, before: dict, ys: dict) -> list[dict]:
     vector at every position; ~1/sqrt(positions) for unrelated ones)."""
     rows = []
     for i, blk in enumerate(lm.blocks):
-        lin = getattr(blk.layer, "out_proj", None)
-        name = f"blocks.{i}.layer.out_proj.weight"
+        attr, lin = out_lin(blk)
+        name = f"blocks.{i}.layer.{attr}.weight"
         if lin is None or i not in ys or name not in before:
             continue
         w0 = before[name].float()
@@ -107,14 +117,6 @@ def out_proj_update(lm: LM, before: dict, ys: dict) -> list[dict]:
                      "init_output_rms": round(out0.pow(2).mean().sqrt().item(), 5),
                      "position_coherence": round((delta.mean(0).norm() / rms.clamp_min(1e-12)).item(), 4)})
     return rows
-
-
-def commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def main(argv=None) -> int:
@@ -173,7 +175,9 @@ def main(argv=None) -> int:
     init = out_proj_inputs(lm, held_x, ys)
     before = {n: p.detach().clone() for n, p in lm.named_parameters()}
     losses, train_losses, blame = [held_loss()], [], None
-    for step in range(args.steps):
+    bar = tqdm(range(args.steps), desc=f"first updates of {args.model} {args.dim}x{args.depth}", unit="step",
+               disable=args.steps < 5, file=sys.stderr)
+    for step in bar:
         x, y = batch()
         _, loss = lm(x, y)
         opt.zero_grad()
@@ -197,12 +201,14 @@ def main(argv=None) -> int:
                 for g in groups]}
             with_updated(set(groups))
         losses.append(held_loss())
+        bar.set_postfix_str(f"held-out loss {losses[-1]:.3f}")
+    bar.close()
 
     rec = {"model": args.model, "dim": args.dim, "depth": args.depth, "options": options, "params": lm.num_params(),
            "lr": args.lr, "weight_decay": args.weight_decay, "warmup": args.warmup, "batch_size": B, "seq_len": T,
            "seed": args.seed, "data": args.data or "embedded corpus", "held_out_loss": losses,
            "train_loss": train_losses, "blame": blame, "out_proj_input": init, "out_proj_update": update,
-           "torch": torch.__version__, "python": platform.python_version(), "commit": commit()}
+           "torch": torch.__version__, "python": platform.python_version(), "commit": source_info()["commit"]}
     coh = [r["coherence"] for r in init]
     print(f"{args.model} {args.dim}x{args.depth} {options or ''} lr {args.lr:g} warm-up {args.warmup}: "
           f"{lm.num_params() / 1e6:.1f}M params; out_proj input at init: rms "

@@ -28,6 +28,11 @@ out=$(realpath -m "${2:?OUTDIR}")
 t0=$(date +%s)
 source scripts/device-env.sh
 device_setup "$out"
+# a study in one call (scripts/device-study-session.sh once); by default two runs at a time, the large ones alone
+study_once() {
+    CALL_T0=$t0 JOBS=${JOBS:-2} STOP_AFTER=${STOP_AFTER:-5} FINISH_BY=${FINISH_BY:-8.4} DEADLINE_S=${DEADLINE_S:-580} \
+        SOLO_ABOVE=${SOLO_ABOVE-150M} bash scripts/device-study-session.sh once "$1" "$out"
+}
 case $phase in
 o)
     # beside the study: every family's fast kernel with bf16 weights (precision: bf16, new on 2026-12-06;
@@ -36,19 +41,17 @@ o)
     # the test off (BF16_TEST=0) gives the study the whole GPU
     [ "${BF16_TEST:-1}" = 1 ] && (timeout 360 python3 -m pytest -v -m gpu tests/test_train_gpu.py -k pure_bf16 -p no:cacheprovider \
         > "$out/gputests-bf16.log" 2>&1; echo "pytest exit $?" >> "$out/gputests-bf16.log") &
-    CALL_T0=$t0 JOBS=${JOBS:-2} STOP_AFTER=${STOP_AFTER:-5} FINISH_BY=${FINISH_BY:-8.4} DEADLINE_S=${DEADLINE_S:-580} SOLO_ABOVE=${SOLO_ABOVE-150M} \
-        bash scripts/device-study-session.sh once studies/scaling-small.yaml "$out"
+    study_once studies/scaling-small.yaml
     [ "${BF16_TEST:-1}" = 1 ] && tail -n 14 "$out/gputests-bf16.log"
     ;;
 f)
     # why E42 is worse at 200M than at 20M (docs/results/scaling-small/README.md): a warm-up or the
     # reference's initialisation, each at 20M (the pair shares the GPU) and 200M (alone); two calls
-    CALL_T0=$t0 JOBS=2 STOP_AFTER=${STOP_AFTER:-5} FINISH_BY=${FINISH_BY:-8.4} DEADLINE_S=${DEADLINE_S:-580} SOLO_ABOVE=150M \
-        bash scripts/device-study-session.sh once studies/e42-first-step.yaml "$out"
+    study_once studies/e42-first-step.yaml
     ;;
 r)
-    CALL_T0=$t0 JOBS=1 SOLO_ABOVE= STOP_AFTER=${STOP_AFTER:-2} FINISH_BY=${FINISH_BY:-7} DEADLINE_S=${DEADLINE_S:-570} \
-        bash scripts/device-study-session.sh once studies/reference-400m.yaml "$out"
+    JOBS=1 SOLO_ABOVE= STOP_AFTER=${STOP_AFTER:-2} FINISH_BY=${FINISH_BY:-7} DEADLINE_S=${DEADLINE_S:-570} \
+        study_once studies/reference-400m.yaml
     ;;
 m)
     for p in 200M 20M; do
