@@ -17,6 +17,7 @@
 #          which replaces FINISH_BY: set it once the lease's end is known), POLL_S (poll: half the seconds
 #          it waits; default 270), WAIT_S (collect: seconds it waits for the study to end; default 540),
 #          GPUS (default 0), JOBS (per GPU; default 4), SOLO_ABOVE (start: runs of more parameters run alone, e.g. 150M),
+#          ONLY (start: --only, comma-separated run-name patterns: only those run),
 #          DATA (default .data/corpus-slice-32M.txt.zst), VAL (default .data/corpus-val.txt.zst)
 #   carry: .wheels (first call on a fresh machine), .data, .study-state (when resuming)
 # Triton's autotuning results (mamba_ssm's and fla's kernels tune for minutes in the first process on a
@@ -68,7 +69,7 @@ start)
     [ -f "$tune" ] && tar -C "$TRITON_CACHE_DIR" -xzf "$tune" \
         && echo "autotuning results carried: $(find "$TRITON_CACHE_DIR" -name '*.autotune.json' | wc -l)"
     setsid nohup python3 -m elmanlab study "$study" --out "$dir" --gpus "${GPUS:-0}" --jobs-per-gpu "${JOBS:-4}" \
-        --stop-after "${STOP_AFTER:-12}" ${FINISH_BY:+--finish-by "$FINISH_BY"} ${SOLO_ABOVE:+--solo-above "$SOLO_ABOVE"} --data "${DATA:-.data/corpus-slice-32M.txt.zst}" \
+        --stop-after "${STOP_AFTER:-12}" ${FINISH_BY:+--finish-by "$FINISH_BY"} ${SOLO_ABOVE:+--solo-above "$SOLO_ABOVE"} ${ONLY:+--only "$ONLY"} --data "${DATA:-.data/corpus-slice-32M.txt.zst}" \
         --val-data "${VAL:-.data/corpus-val.txt.zst}" > "$work/$name.log" 2>&1 < /dev/null &
     echo $! > "$work/$name.pid"
     sleep 20; tail -n 5 "$work/$name.log"

@@ -300,6 +300,34 @@ def test_stop_after_starts_no_new_run_and_resumes(tmp_path, monkeypatch):
     assert r.returncode == 2 and "--stop-after takes a positive number" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_only_runs_the_selected_jobs_and_leaves_the_rest_pending(tmp_path, monkeypatch):
+    """--only PATTERNS: only the jobs whose names match run; the others stay pending, marked `not
+    selected` in a dry run, and a later invocation without --only runs them. A pattern matching no
+    job is a one-line error."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    p = write(tmp_path, """
+        name: pick
+        train: {steps: 3, batch_size: 2, seq_len: 32, seed: 42, eval_bytes: 256, device: cpu}
+        grid: {model: [e1, e33, e42], params: [200K]}
+        """)
+    out = tmp_path / "pick"
+    names = [j.id for j in load_study(p).jobs]
+    e33 = next(n for n in names if n.startswith("e33"))
+    said = []
+    state = Runner(load_study(p), out, None, echo=said.append, only=["e33-*"]).run()
+    assert {j["id"]: j["status"] for j in state["jobs"]} == {n: "completed" if n == e33 else "pending" for n in names}
+    assert any("--only: 2 runs not selected" in m for m in said)
+    assert sorted(d.name for d in out.iterdir() if (d / "config.json").exists()) == [e33]
+    r = cli("study", p, "--out", out, "--dry-run", "--only", "e1-*,e33-*")
+    assert r.returncode == 0, r.stderr
+    status = {ln.split()[1]: ln for ln in r.stdout.splitlines() if ln[:1].isdigit()}
+    assert "done" in status[e33] and "to run" in status[names[0]] and "not selected" in status[names[2]]
+    r = cli("study", p, "--out", out, "--only", "mamba2-*")
+    assert r.returncode == 2 and "--only pattern 'mamba2-*' matches no run" in r.stderr and "Traceback" not in r.stderr
+    state = Runner(load_study(p), out, None, echo=lambda m: None).run()
+    assert [j["status"] for j in state["jobs"]] == ["completed"] * 3
+
+
 def test_one_study_process_per_folder(tmp_path):
     import os
     import socket

@@ -44,6 +44,10 @@ def register(sub) -> None:
                         "its GPU, starting once the GPU's other runs have ended, and records gpu_jobs 1: large runs "
                         "keep the GPU busy by themselves (the GPU time-slices between processes), and one that "
                         "runs alone ends sooner, before a time-limited session does; small runs still share")
+    p.add_argument("--only", default=None, metavar="PATTERNS",
+                   help="run only the jobs whose names match one of these comma-separated shell patterns, e.g. "
+                        "'mamba2-20M-*,gdn-20M-*' (names as --dry-run lists them); the others stay pending for a "
+                        "later invocation. With --dry-run: mark the others `not selected`")
     p.add_argument("--data", help="training data file for every job (overrides `data` in the study file)")
     p.add_argument("--val-data", dest="val_data", help="validation data file (overrides `val_data` in the file)")
     p.add_argument("--dry-run", action="store_true",
@@ -59,14 +63,33 @@ def register(sub) -> None:
 DRY_RUN_GPUS = 1024       # --dry-run --gpus 0,1: indices of the machine the study is planned for
 
 
-def _expected_times(rows: list[dict], study, out: Path, gpus, jobs_per_gpu: int, solo_above) -> None:
+def parse_only(text: str | None, study) -> list[str] | None:
+    """--only's patterns, each checked to match some job of ``study``."""
+    import fnmatch
+
+    from elmanlab.errors import ElmanlabError
+    if text is None:
+        return None
+    pats = [p.strip() for p in text.split(",") if p.strip()]
+    if not pats:
+        raise ElmanlabError(f"--only takes comma-separated run-name patterns such as 'e1-20M-*', got {text!r}")
+    names = [j.id for j in study.jobs]
+    for p in pats:
+        if not any(fnmatch.fnmatchcase(n, p) for n in names):
+            raise ElmanlabError(f"--only pattern {p!r} matches no run of study {study.name}; "
+                                f"`elmanlab study FILE --out DIR --dry-run` lists their names")
+    return pats
+
+
+def _expected_times(rows: list[dict], study, out: Path, gpus, jobs_per_gpu: int, solo_above,
+                    only=None) -> None:
     """--dry-run: each run still to run gets the seconds ``--finish-by`` would expect of it (rows'
     ``expected`` and ``expected_s``), from the finished runs in ``out``; nothing when none has finished."""
     from elmanlab.study import Runner, check_out_dir
     previous = check_out_dir(out, study) if out.exists() else None
     if not previous:
         return
-    runner = Runner(study, out, gpus, jobs_per_gpu=jobs_per_gpu, solo_above=solo_above)
+    runner = Runner(study, out, gpus, jobs_per_gpu=jobs_per_gpu, solo_above=solo_above, only=only)
     expected = runner.expectations(previous)
     for row in rows:
         if row["status"] == "to run" and row["run"] in expected:
@@ -102,9 +125,15 @@ def cmd_study(args) -> int:
         if v is not None and not v > 0:
             raise ElmanlabError(f"{flag} takes a positive number of minutes, got {v:g}")
     check_out_dir(out, study)
+    only = parse_only(args.only, study)
     if args.dry_run:
         rows = plan_table(study, out if out.exists() else None)
-        _expected_times(rows, study, out, gpus, args.jobs_per_gpu, solo_above)
+        if only:
+            import fnmatch
+            for r in rows:
+                if r["status"] == "to run" and not any(fnmatch.fnmatchcase(r["run"], p) for p in only):
+                    r["status"] = "not selected"
+        _expected_times(rows, study, out, gpus, args.jobs_per_gpu, solo_above, only)
         if args.json:
             print_json({"name": study.name, "baseline": study.baseline, "gpus": gpus or "cpu",
                         "jobs": [{**j.to_dict(), "status": r["status"],
@@ -137,7 +166,7 @@ def cmd_study(args) -> int:
         runner = Runner(study, out, gpus, retry_failed=args.retry_failed, jobs_per_gpu=args.jobs_per_gpu,
                         stop_after_s=None if args.stop_after is None else 60 * args.stop_after,
                         finish_by_s=None if args.finish_by is None else 60 * args.finish_by,
-                        solo_above=solo_above)
+                        solo_above=solo_above, only=only)
         state = runner.run()
     except KeyboardInterrupt:
         sys.stderr.write(f"error: interrupted; state saved in {out / 'study.json'}, run the same command to "

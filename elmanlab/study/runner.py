@@ -11,6 +11,7 @@ is ``schedule.next_job``'s choice. Also here: the reason of a failure read from 
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import signal
@@ -89,7 +90,7 @@ class Runner:
     def __init__(self, study: Study, out, gpus: list[str] | None, retry_failed: bool = False,
                  echo=None, python: str | None = None, extra_env: dict | None = None, jobs_per_gpu: int = 1,
                  stop_after_s: float | None = None, finish_by_s: float | None = None,
-                 solo_above: float | None = None):
+                 solo_above: float | None = None, only: list[str] | None = None):
         self.study = study
         self.out = Path(out)
         self.gpus = gpus
@@ -118,6 +119,8 @@ class Runner:
         self.solo_above = solo_above
         self._on_gpu: dict = {}            # slot -> jobs running there
         self._solo_on: set = set()         # slots whose GPU runs a solo job
+        # shell patterns (--only): only jobs whose names match one of them run; the others stay pending
+        self.only = list(only) if only else None
 
     # -- state
     def echo(self, msg: str) -> None:
@@ -182,7 +185,7 @@ class Runner:
         self.save()
         for m in new_lines:
             self.echo(m)
-        todo = deque(r for r in self.state["jobs"] if _to_run(r) and r["id"] not in before)
+        todo = deque(r for r in self.state["jobs"] if _to_run(r) and self.selected(r) and r["id"] not in before)
         return todo
 
     # -- running
@@ -194,9 +197,10 @@ class Runner:
             self.state = self.plan(check_out_dir(self.out, self.study))
             (self.out / LOG_DIR).mkdir(exist_ok=True)
             self.save()
-            todo = deque(r for r in self.state["jobs"] if _to_run(r))
+            todo = deque(r for r in self.state["jobs"] if _to_run(r) and self.selected(r))
+            n_unselected = sum(1 for r in self.state["jobs"] if _to_run(r) and not self.selected(r))
             total = sum(1 for r in self.state["jobs"] if r.get("in_study_file", True))
-            done0 = total - len(todo)
+            done0 = total - len(todo) - n_unselected
             n_failed_before = sum(1 for r in self.state["jobs"]
                                   if r.get("in_study_file", True) and r["status"] == "failed")
             slots = [g for g in self.gpus for _ in range(self.jobs_per_gpu)] if self.gpus else [None]
@@ -206,7 +210,9 @@ class Runner:
             self.echo(f"study {self.study.name}: {total} runs, {done0} already done"
                       + (f" ({n_failed_before} failed earlier, not retried: use --retry-failed)"
                          if n_failed_before else "")
-                      + f", {len(todo)} to run on {where}; state in {self.out / STATE_FILE}")
+                      + f", {len(todo)} to run on {where}"
+                      + (f" ({n_unselected} more left pending by --only)" if n_unselected else "")
+                      + f"; state in {self.out / STATE_FILE}")
             for m in self.study.messages:
                 self.echo(m)
             for d in self.study.deferred:
@@ -214,7 +220,7 @@ class Runner:
             self.total = total
             self.t_run, self.t_run_wall = time.monotonic(), time.time()
             (self.out / FINISH_AT_FILE).unlink(missing_ok=True)     # a deadline is one invocation's
-            self.bar = tqdm(total=total, initial=done0, desc=self.study.name, unit="run",
+            self.bar = tqdm(total=total - n_unselected, initial=done0, desc=self.study.name, unit="run",
                             file=sys.stderr, dynamic_ncols=True, leave=True)
             threads: list[threading.Thread] = []
             try:
@@ -269,7 +275,11 @@ class Runner:
                 raise
             self.bar.close()
             self.bar = None
-            left = sum(1 for r in self.state["jobs"] if _to_run(r))
+            left = sum(1 for r in self.state["jobs"] if _to_run(r) and self.selected(r))
+            unselected = sum(1 for r in self.state["jobs"] if _to_run(r) and not self.selected(r))
+            if unselected:
+                self.echo(f"--only: {unselected} runs not selected, still pending; run without --only (or with "
+                          f"other patterns) to run them")
             finish_by = self._finish_by()
             if (self._time_up() or finish_by is not None) and (left or self.study.deferred):
                 self.n_held_back = left
@@ -295,6 +305,10 @@ class Runner:
         """--stop-after (or --finish-by) has passed: no job starts any more."""
         return any(s is not None and self._elapsed() >= s for s in (self.stop_after_s, self._finish_by()))
 
+    def selected(self, rec: dict) -> bool:
+        """Whether ``rec`` is among the jobs --only selects (every job without --only)."""
+        return self.only is None or any(fnmatch.fnmatchcase(rec["id"], p) for p in self.only)
+
     def is_solo(self, rec: dict) -> bool:
         """Whether ``rec`` runs alone on its GPU: --solo-above is set, --jobs-per-gpu > 1, and it is larger."""
         n = (rec.get("size") or {}).get("params")
@@ -312,7 +326,7 @@ class Runner:
         finished = [r for r in recs if r.get("status") == "completed"]
         out = {}
         for rec in recs:
-            if rec.get("status") == "pending":
+            if rec.get("status") == "pending" and self.selected(rec):
                 est = expected_wall_s(rec, finished, other_models=True, sharing=self.sharing(rec))
                 if est is not None:
                     out[rec["id"]] = (est, self.is_solo(rec))
