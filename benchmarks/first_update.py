@@ -125,6 +125,10 @@ def main(argv=None) -> int:
     ap.add_argument("--dim", type=int, default=1776, help="width (default 1776: E42 at 200M)")
     ap.add_argument("--depth", type=int, default=2, help="blocks (default 2: the jump needs width, not depth)")
     ap.add_argument("--options", default="{}", help='family options as JSON, e.g. \'{"init": "reference"}\'')
+    ap.add_argument("--norm", default="rms", help="the wrapper's norms: rms (the lab's) or layer (the reference's "
+                                                  "LayerNorm)")
+    ap.add_argument("--tie-embeddings", action="store_true", help="tie the head to the embedding (the reference's "
+                                                                   "runs did)")
     ap.add_argument("--lr", type=float, default=3e-4, help="learning rate (default 3e-4, the studies')")
     ap.add_argument("--weight-decay", type=float, default=0.1, help="weight decay (default 0.1)")
     ap.add_argument("--warmup", type=int, default=0, help="Schedule-Free warm-up steps (default 0, the studies')")
@@ -147,7 +151,8 @@ def main(argv=None) -> int:
     try:
         buf = open_bytes(resolve_data_path(args.data), progress=False)
         torch.manual_seed(args.seed)
-        lm = LM(ModelConfig(model=args.model, dim=args.dim, depth=args.depth, options=options or None))
+        lm = LM(ModelConfig(model=args.model, dim=args.dim, depth=args.depth, options=options or None,
+                            norm=args.norm, tie_embeddings=args.tie_embeddings))
         opt = make_optimizer(lm, TrainConfig(model=lm.cfg, out="first-update", lr=args.lr,
                                              weight_decay=args.weight_decay, warmup_steps=args.warmup))
     except ElmanlabError as e:
@@ -204,13 +209,15 @@ def main(argv=None) -> int:
         bar.set_postfix_str(f"held-out loss {losses[-1]:.3f}")
     bar.close()
 
-    rec = {"model": args.model, "dim": args.dim, "depth": args.depth, "options": options, "params": lm.num_params(),
+    rec = {"model": args.model, "dim": args.dim, "depth": args.depth, "options": options, "norm": args.norm,
+           "tie_embeddings": args.tie_embeddings, "params": lm.num_params(),
            "lr": args.lr, "weight_decay": args.weight_decay, "warmup": args.warmup, "batch_size": B, "seq_len": T,
            "seed": args.seed, "data": args.data or "embedded corpus", "held_out_loss": losses,
            "train_loss": train_losses, "blame": blame, "out_proj_input": init, "out_proj_update": update,
            "torch": torch.__version__, "python": platform.python_version(), "commit": source_info()["commit"]}
     coh = [r["coherence"] for r in init]
-    print(f"{args.model} {args.dim}x{args.depth} {options or ''} lr {args.lr:g} warm-up {args.warmup}: "
+    wrapper = (" norm layer" if args.norm != "rms" else "") + (" tied head" if args.tie_embeddings else "")
+    print(f"{args.model} {args.dim}x{args.depth} {options or ''}{wrapper} lr {args.lr:g} warm-up {args.warmup}: "
           f"{lm.num_params() / 1e6:.1f}M params; out_proj input at init: rms "
           f"{np.mean([r['rms'] for r in init]):.3f}, coherence {np.mean(coh):.3f} (mean over layers)")
     if update:
