@@ -21,6 +21,13 @@
 #      alone then two at once (benchmarks/sharing.py), the premise of --solo-above measured on one GPU
 #   v  (run on 2026-12-06, H100: 102 passed) the Elman and E88 GPU tests beside the study's start
 #   e  E88 v2 and v3 side by side (correctness, then fwd+bwd beside fla's GDN)
+# On 2026-12-07 one call (o with ONLY='mamba2-20M-*,transformer-20M-*,e88-50M-*,e42-50M-*' JOBS=6
+# STOP_AFTER=1 FINISH_BY=60 DEADLINE_S=560) finished five runs: Transformer 20M in 107 s, Mamba2 20M in
+# 350 s (first tuning included), E88 50M in 389 s; E42 50M was at step ~1,998 at the deadline and was lost.
+# Choose a call's runs with ONLY (study --only) rather than FINISH_BY, whose expectations take shared runs
+# as time-sliced (654 s for each 20M run six at a time), and give E42 (the slowest per step) room or a
+# call of its own. Still to run: GDN 20M x2 (first tuning: minutes), e42/mamba2/gdn/transformer 50M,
+# every family's 100M but E1's (one at a time or two), e88/mamba2/gdn/transformer 200M x2 (each alone).
 #   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|f|m|v|e OUTDIR
 set -o pipefail
 phase=${1:?o, r, f, m, v or e}
