@@ -23,16 +23,14 @@ python3 - "$tmp/$name" <<'EOF'
 import json, shutil, sys
 from pathlib import Path
 d = Path(sys.argv[1])
-lost = []
 for rd in sorted(p for p in d.iterdir() if p.is_dir() and p.name not in ("logs", "sessions", "plots")):
     if (rd / "config.json").exists() and not (rd / "summary.json").exists():
         shutil.rmtree(rd)
-        lost.append(rd.name)
         print(f"left out {rd.name}: in flight when the study stopped (no summary.json)")
 state = json.loads((d / "study.json").read_text())
 for j in state["jobs"]:
     # the record of a run stopped in flight says "running": it is not, and the next call runs it again
-    if j["id"] in lost or j.get("status") == "running":
+    if j.get("status") == "running" and not (d / j["id"] / "summary.json").exists():
         j["status"], j["error"] = "interrupted", "in flight when the call's deadline stopped the study: lost, runs again"
 (d / "study.json").write_text(json.dumps(state, indent=2) + "\n")
 done = [j["id"] for j in state["jobs"] if j.get("status") == "completed"]

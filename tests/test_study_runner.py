@@ -276,15 +276,20 @@ def test_jobs_per_gpu_share_a_slot_and_are_recorded(tmp_path, monkeypatch):
     assert r.returncode == 2 and "--jobs-per-gpu" in r.stderr and "Traceback" not in r.stderr
 
 
+def _three_run_study(tmp_path, name: str):
+    """A study of three 3-step CPU runs (e1, e33, e42 at 200K), for the tests of what runs when."""
+    return write(tmp_path, f"""
+        name: {name}
+        train: {{steps: 3, batch_size: 2, seq_len: 32, seed: 42, eval_bytes: 256, device: cpu}}
+        grid: {{model: [e1, e33, e42], params: [200K]}}
+        """)
+
+
 def test_stop_after_starts_no_new_run_and_resumes(tmp_path, monkeypatch):
     """--stop-after: the run in flight finishes, no new one starts after the deadline, and the same
     command later runs the rest (a study split over time-limited sessions)."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    p = write(tmp_path, """
-        name: split
-        train: {steps: 3, batch_size: 2, seq_len: 32, seed: 42, eval_bytes: 256, device: cpu}
-        grid: {model: [e1, e33, e42], params: [200K]}
-        """)
+    p = _three_run_study(tmp_path, "split")
     out = tmp_path / "split"
     said = []
     # the first run starts at once; a run's process takes seconds, so the 0.5 s deadline has passed
@@ -305,11 +310,7 @@ def test_only_runs_the_selected_jobs_and_leaves_the_rest_pending(tmp_path, monke
     selected` in a dry run, and a later invocation without --only runs them. A pattern matching no
     job is a one-line error."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    p = write(tmp_path, """
-        name: pick
-        train: {steps: 3, batch_size: 2, seq_len: 32, seed: 42, eval_bytes: 256, device: cpu}
-        grid: {model: [e1, e33, e42], params: [200K]}
-        """)
+    p = _three_run_study(tmp_path, "pick")
     out = tmp_path / "pick"
     names = [j.id for j in load_study(p).jobs]
     e33 = next(n for n in names if n.startswith("e33"))

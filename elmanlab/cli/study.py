@@ -65,9 +65,8 @@ DRY_RUN_GPUS = 1024       # --dry-run --gpus 0,1: indices of the machine the stu
 
 def parse_only(text: str | None, study) -> list[str] | None:
     """--only's patterns, each checked to match some job of ``study``."""
-    import fnmatch
-
     from elmanlab.errors import ElmanlabError
+    from elmanlab.study.schedule import only_selects
     if text is None:
         return None
     pats = [p.strip() for p in text.split(",") if p.strip()]
@@ -75,7 +74,7 @@ def parse_only(text: str | None, study) -> list[str] | None:
         raise ElmanlabError(f"--only takes comma-separated run-name patterns such as 'e1-20M-*', got {text!r}")
     names = [j.id for j in study.jobs]
     for p in pats:
-        if not any(fnmatch.fnmatchcase(n, p) for n in names):
+        if not any(only_selects([p], n) for n in names):
             raise ElmanlabError(f"--only pattern {p!r} matches no run of study {study.name}; "
                                 f"`elmanlab study FILE --out DIR --dry-run` lists their names")
     return pats
@@ -128,11 +127,10 @@ def cmd_study(args) -> int:
     only = parse_only(args.only, study)
     if args.dry_run:
         rows = plan_table(study, out if out.exists() else None)
-        if only:
-            import fnmatch
-            for r in rows:
-                if r["status"] == "to run" and not any(fnmatch.fnmatchcase(r["run"], p) for p in only):
-                    r["status"] = "not selected"
+        from elmanlab.study.schedule import only_selects
+        for r in rows:
+            if r["status"] == "to run" and not only_selects(only, r["run"]):
+                r["status"] = "not selected"
         _expected_times(rows, study, out, gpus, args.jobs_per_gpu, solo_above, only)
         if args.json:
             print_json({"name": study.name, "baseline": study.baseline, "gpus": gpus or "cpu",

@@ -11,7 +11,6 @@ is ``schedule.next_job``'s choice. Also here: the reason of a failure read from 
 """
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 import signal
@@ -27,7 +26,7 @@ from elmanlab.fsutil import atomic_write_json
 from elmanlab.runs import GPU_JOBS_ENV, LOG_DIR, STATE_FILE, has_checkpoint, run_status
 from elmanlab.study.job import job_status, same_run
 from elmanlab.study.prepare import StudyLock, check_out_dir
-from elmanlab.study.schedule import FINISH_AT_FILE, expected_wall_s, next_job, read_finish_at
+from elmanlab.study.schedule import FINISH_AT_FILE, expected_wall_s, next_job, only_selects, read_finish_at
 from elmanlab.study.spec import Study
 
 INTERRUPT_GRACE_S = 300      # how long a stopped study waits for its runs to write their checkpoints
@@ -307,7 +306,7 @@ class Runner:
 
     def selected(self, rec: dict) -> bool:
         """Whether ``rec`` is among the jobs --only selects (every job without --only)."""
-        return self.only is None or any(fnmatch.fnmatchcase(rec["id"], p) for p in self.only)
+        return only_selects(self.only, rec["id"])
 
     def is_solo(self, rec: dict) -> bool:
         """Whether ``rec`` runs alone on its GPU: --solo-above is set, --jobs-per-gpu > 1, and it is larger."""

@@ -1,4 +1,5 @@
-"""Which pending job a free slot starts next, under ``--stop-after`` and ``--finish-by``.
+"""Which pending job a free slot starts next, under ``--stop-after`` and ``--finish-by`` (and which
+jobs ``--only`` selects).
 
 ``--finish-by`` is for a study split over sessions of fixed length, where a run still in flight when
 the session ends is lost: a job starts only if it is expected to end in time, and a shorter job later
@@ -31,6 +32,7 @@ after it is written, for a session whose end is known only once it has begun.
 """
 from __future__ import annotations
 
+import fnmatch
 import math
 from pathlib import Path
 
@@ -94,6 +96,11 @@ def expected_wall_s(rec: dict, finished: list[dict], other_models: bool = False,
         return _scaled_s(rec, by_model.get(rec.get("model"), []), sharing)
     ests = [e for e in (_scaled_s(rec, runs, sharing) for runs in by_model.values()) if e is not None]
     return max(ests) + FIRST_RUN_S if ests else None
+
+
+def only_selects(only: list[str] | None, name: str) -> bool:
+    """Whether ``--only``'s shell patterns select the job named ``name`` (every job without --only)."""
+    return only is None or any(fnmatch.fnmatchcase(name, p) for p in only)
 
 
 def read_finish_at(folder) -> float | None:
