@@ -151,3 +151,50 @@ def test_first_update_takes_the_first_step_apart(tmp_path, capsys):
     with pytest.raises(SystemExit):
         fu.main(["--options", "[1]"])
     assert "--options takes a JSON object" in capsys.readouterr().err
+
+
+def _metric_run(root, rid, model, params, seed, losses, log_every=10):
+    """A run folder whose metrics.jsonl has ``losses[i]`` at step (i + 1) * log_every."""
+    d = root / rid
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"format": "elmanlab-run-v1", "model": {"model": model},
+                                               "train": {"seed": seed, "log_every": log_every}}))
+    with open(d / "metrics.jsonl", "w") as f:
+        for i, v in enumerate(losses):
+            f.write(json.dumps({"step": (i + 1) * log_every, "loss": v, "tokens": (i + 1) * 100}) + "\n")
+        f.write(json.dumps({"step": len(losses) * log_every, "tokens": 1, "val_loss": 9.0}) + "\n")
+    (d / "summary.json").write_text(json.dumps({"model": model, "params": params, "steps": len(losses) * log_every,
+                                                "loss_last100": float(sum(losses[-10:]) / 10), "status": "completed"}))
+
+
+def test_reference_metric_computes_the_reference_windows(tmp_path, capsys):
+    """benchmarks/reference_metric.py: train.py's window is the mean of the last 100 ten-step lines, and
+    benchmark_baselines.py's the mean of the lines at step 10 and every 50th (its last 100); a run of
+    2,000 steps has 200 lines, of which the baselines window takes 41. The gap the reference's way sets
+    the family's train.py window against the baseline's whole-run window."""
+    rm = importlib.import_module("reference_metric")
+    e1 = [float(i) for i in range(1, 201)]          # line i (step 10 i) has loss i
+    m2 = [1000.0 + i for i in range(1, 201)]
+    _metric_run(tmp_path, "e1-20M-s42", "e1", 20_100_000, 42, e1)
+    _metric_run(tmp_path, "mamba2-20M-s42", "mamba2", 19_700_000, 42, m2)
+    _metric_run(tmp_path, "mamba2-50M-s42", "mamba2", 50_000_000, 42, m2)   # another size: no pair
+    out = tmp_path / "rm.json"
+    assert rm.main([str(tmp_path), "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    r = {x["run"]: x for x in d["runs"]}["e1-20M-s42"]
+    assert r["window_trainpy"] == pytest.approx(sum(range(101, 201)) / 100) and r["trainpy_from_step"] == 1001
+    sparse = [1] + list(range(5, 201, 5))          # lines at step 10 and at steps 50, 100, ... 2000
+    assert r["baselines_n"] == 41 and r["window_baselines"] == pytest.approx(sum(sparse) / 41)
+    assert r["lab"] == pytest.approx(195.5)
+    (g,) = d["gaps"]
+    assert g["run"] == "e1-20M-s42" and g["baseline_run"] == "mamba2-20M-s42"
+    assert g["gap_lab"] == pytest.approx(195.5 - 1195.5)
+    assert g["gap_reference_way"] == pytest.approx(150.5 - (1000 + sum(sparse) / 41))
+    assert "reference way" in capsys.readouterr().out
+    # the windows need train.py's cadence; a folder with no run is an error, not an empty table
+    _metric_run(tmp_path / "other", "e1-x", "e1", 1000, 42, e1, log_every=5)
+    assert rm.main([str(tmp_path / "other")]) == 2
+    assert "log_every 10" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert rm.main([str(tmp_path / "empty")]) == 2
+    assert "no completed run" in capsys.readouterr().err
