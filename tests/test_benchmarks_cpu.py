@@ -198,3 +198,22 @@ def test_reference_metric_computes_the_reference_windows(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert rm.main([str(tmp_path / "empty")]) == 2
     assert "no completed run" in capsys.readouterr().err
+
+
+def test_fit_coverage_simulates_both_ways_of_refitting(tmp_path, capsys):
+    """benchmarks/fit_coverage.py: every design x noise x method is a row with a coverage per quantity;
+    with three sizes, resampling runs alone gives the gap at 400M a far narrower interval than with the
+    pooled seed noise added (the reason the report adds it)."""
+    fc = importlib.import_module("fit_coverage")
+    out = tmp_path / "fc.json"
+    assert fc.main(["--trials", "3", "--noise", "0.01", "--refits", "40", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == len(fc.DESIGNS) * len(fc.METHODS)
+    for r in rows:
+        assert set(r["coverage"]) == {"alpha shallow", "alpha steep", "L(400M) shallow", "L(400M) steep",
+                                      "gap at 400M", "crossing"}
+        assert all(v is None or 0.0 <= v <= 1.0 for v in r["coverage"].values())
+    three = {r["method"]: r for r in rows if r["design"].startswith("3 sizes")}
+    assert three["runs+noise"]["gap_interval_width_median"] > 3 * three["runs"]["gap_interval_width_median"]
+    assert "| design |" in capsys.readouterr().out
+    assert fc.main(["--noise", "x"]) == 2 and "--noise takes numbers" in capsys.readouterr().err

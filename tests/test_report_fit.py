@@ -139,6 +139,42 @@ def test_three_runs_at_three_sizes_have_no_interval(tmp_path):
     assert fs.crossings[0].roots[0]["verdict"].startswith("undecided: no interval")
 
 
+def test_refits_carry_the_pooled_seed_noise(tmp_path):
+    """Three sizes with a second seed at the smallest only (scaling-small's Mamba2 on 2026-12-07): resampling
+    runs moves the curve only by that one pair, so without noise the 400M interval is as narrow as the two
+    seeds are close. The refits add normal noise with the sd pooled over both families' repeated sizes;
+    fit.json and the section say which sd, from how many sizes."""
+    from elmanlab.report.fit import fit_family
+    root = tmp_path / "s"
+    root.mkdir()
+    ys = {}
+    for model, c, d in (("e1", SHALLOW, (0.012, -0.004)), ("mamba2", STEEP, (0.0002, 0.0))):
+        for t, seed, dy in (("20M", 42, d[0]), ("20M", 43, -d[0]), ("50M", 42, d[1]), ("100M", 42, 0.0)):
+            n = SIZES[t]
+            ys[(model, t, seed)] = law(c, n) + dy
+            run(root, f"{model}-{t}-s{seed}", model, n, ys[(model, t, seed)], seed=seed, target=t)
+    rep = Report(root, fit=True, predict=["400M"], bootstrap=B)
+    (g,) = rep.fits().groups
+    pairs = [(ys[(m, "20M", 42)] - ys[(m, "20M", 43)]) for m in ("e1", "mamba2")]
+    sd = math.sqrt(sum(v * v / 2 for v in pairs) / 2)              # two pairs: one degree of freedom each
+    assert g.noise_sd == pytest.approx(sd) and g.noise_dof == 2 and g.noise_sizes == 2
+    m2 = fam(g.params, "mamba2")
+    assert m2.noise_sd == pytest.approx(sd)
+    lo, hi = next(v["interval"] for v in g.params.predictions[0].values if v["family"] == "mamba2")
+    bare = fit_family("mamba2", "mamba2", m2.points, B=B)            # the runs resampled, no noise
+    blo, bhi = bare.boot_curves([400e6])[:, 0].min(), bare.boot_curves([400e6])[:, 0].max()
+    assert bhi - blo < 0.002 < 10 * (bhi - blo) < hi - lo, (blo, bhi, lo, hi)
+    assert lo <= law(STEEP, 400e6) <= hi
+    fj = rep.fits().to_json()
+    assert fj["groups"][0]["seed_noise_sd"] == pytest.approx(sd) and "noise" in fj["method"]["resampling"]
+    assert f"Seed noise in the refits: sd {sd:.4f}, pooled over 2 sizes" in rep.markdown([])
+    # no size run twice: no noise to add, and the section says so
+    root1 = scaling_study(tmp_path, name="one", sizes={k: SIZES[k] for k in ("20M", "100M", "400M")}, seeds=(42,),
+                          extra=False)
+    g1 = Report(root1, fit=True, bootstrap=B).fits().groups[0]
+    assert g1.noise_sd is None and "Seed noise in the refits: none" in Report(root1, fit=True, bootstrap=B).markdown([])
+
+
 def test_unequal_tokens_are_not_fitted_together(tmp_path):
     root = tmp_path / "tok"
     root.mkdir()

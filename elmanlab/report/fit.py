@@ -23,15 +23,17 @@ fit: the RMS residual, R^2, and the residual degrees of freedom (runs - 3). A fa
 three distinct sizes is not fitted (three constants).
 
 **Intervals.** B bootstrap refits (default 1,000), each on the family's runs drawn with replacement
-(seeds are runs too, so they are resampled); a draw with fewer than three distinct sizes is drawn
-again. Intervals are the 2.5th and 97.5th percentiles of the refits (95% percentile intervals). The
-draws come from a generator seeded by a fixed seed and the family's label, so the report is
-deterministic. With three runs at three sizes the curve passes through every point and resampling
-measures nothing: no interval is given. Two families' refits are paired by index for their crossing
-and their gap. With few runs per family, percentile intervals from resampling runs run narrow: in
-simulations (two families of known constants, seed noise sd 0.005-0.02, 150 trials each) the 95%
-intervals held the true constants and crossing 78-86% of the time with six runs at four sizes (two
-seeds at the ends: ``studies/scaling-small.yaml``), 92-99% with ten runs at five sizes.
+(seeds are runs too, so they are resampled; a draw with fewer than three distinct sizes is drawn
+again), and with every drawn value moved by normal noise of the seed sd the study measured (pooled
+over every family's repeated sizes at the token count: :mod:`elmanlab.report.scaling`). Resampling
+alone measures nothing where a family has one run at a size: with three sizes the curve passes
+through the points, and the refits differ only by the seeds of a repeated size (on 2026-12-07, Mamba2's
+20M seeds, 0.0004 apart, gave its 400M prediction an interval 0.0004 wide). The noise is what a run's
+value is known to carry. Without any repeated size there is no noise to add, and a family of three
+runs at three sizes gets no interval. Intervals are the 2.5th and 97.5th percentiles of the refits
+(95% percentile intervals). The draws come from a generator seeded by a fixed seed and the family's
+label, so the report is deterministic. Two families' refits are paired by index for their crossing
+and their gap. How often they hold the truth: ``COVERAGE_TEXT`` below, from ``COVERAGE``.
 
 **Crossings.** The x where two fitted curves are equal, searched on a log grid from the smallest
 size of either family / 10 to the largest x 10 (each sign change of the difference, interpolated in
@@ -69,6 +71,15 @@ INSIDE = 1.02                       # a size this close to the data's range (a f
 CHUNK = 100                         # refits fitted at once (memory: CHUNK x GRID x runs)
 SIZE_KEYS = ("n_heads",)            # options the sizing derives from the width: not a configuration
 XKINDS = {"params": ("N", "parameters"), "flops": ("C", "training FLOPs")}
+COVERAGE = "benchmarks/results/fit-coverage/fit-coverage.json"   # the simulation behind COVERAGE_TEXT
+COVERAGE_TEXT = (
+    "in simulated studies of two families of known constants (`benchmarks/fit_coverage.py`, 200 trials per "
+    "design and seed-noise sd 0.005, 0.01, 0.02), the 95% intervals held the true exponent, the value and the "
+    "gap at 400M, and the crossing in 94-100% of the trials with four sizes (six runs per family, "
+    "scaling-small's design) and 97-100% with five sizes (ten runs); with three sizes (four runs, the noise "
+    "sd from two pairs of seeds) only 69-81%. Read an interval from three sizes as about a 75% interval. "
+    "Resampling runs alone, without the noise, held them 4-20% of the time with three sizes and 72-93% "
+    "with four.")
 
 
 # ---------------------------------------------------------------- the least-squares core
@@ -143,6 +154,16 @@ def _draws(codes: np.ndarray, B: int, rng) -> np.ndarray:
     return np.concatenate(rows)[:B]
 
 
+def pooled_sd(groups) -> tuple[float | None, int]:
+    """The pooled sd of values measured more than once (e.g. one size's seeds) and its degrees of
+    freedom: (None, 0) when no group has two values."""
+    multi = [np.asarray(v, float) for v in groups if len(v) > 1]
+    dof = sum(len(v) - 1 for v in multi)
+    if not dof:
+        return None, 0
+    return math.sqrt(sum(float(((v - v.mean()) ** 2).sum()) for v in multi) / dof), dof
+
+
 def _pct(v) -> tuple[float, float] | None:
     v = np.asarray(v, float)
     v = v[np.isfinite(v)]
@@ -178,6 +199,7 @@ class FamilyFit:
     case: int = 0
     boot: dict | None = None           # arrays E, a, alpha (B,) of the refits; None: no interval
     no_interval: str = ""
+    noise_sd: float | None = None      # the seed noise added to every refit's values (None: none)
 
     @property
     def n(self) -> int:
@@ -217,11 +239,7 @@ class FamilyFit:
         by = defaultdict(list)
         for p in self.points:
             by[p.size].append(p.y)
-        multi = [v for v in by.values() if len(v) > 1]
-        dof = sum(len(v) - 1 for v in multi)
-        if not dof:
-            return None
-        return math.sqrt(sum(((np.array(v) - np.mean(v)) ** 2).sum() for v in multi) / dof)
+        return pooled_sd(by.values())[0]
 
     def __call__(self, x) -> np.ndarray:
         return self.E + self.a * (np.asarray(x, float) / self.x0) ** -self.alpha
@@ -272,11 +290,13 @@ class FamilyFit:
                 "a_at_x0": self.a, "interval": {k: list(v) if v else None for k, v in iv.items()},
                 "rms_residual": self.rms, "r2": self.r2, "dof": self.dof, "seed_sd": self.seed_sd(),
                 "bounds": self.bounds(), "refits": 0 if self.boot is None else len(self.boot["E"]),
-                "no_interval": self.no_interval or None}
+                "noise_sd": self.noise_sd, "no_interval": self.no_interval or None}
 
 
-def fit_family(label: str, model: str, points: list[Point], B: int = BOOTSTRAP, seed: int = SEED) -> FamilyFit:
-    """Fit one family's points (with B bootstrap refits), or say why not."""
+def fit_family(label: str, model: str, points: list[Point], B: int = BOOTSTRAP, seed: int = SEED,
+               noise_sd: float | None = None) -> FamilyFit:
+    """Fit one family's points (with B bootstrap refits), or say why not. With ``noise_sd``, every
+    refit's values also get normal noise of that sd (the seed noise the study measured)."""
     f = FamilyFit(label, model, sorted(points, key=lambda p: (p.x, p.run)))
     if len(f.sizes) < MIN_SIZES:
         f.refused = (f"{len(f.sizes)} size{'s' if len(f.sizes) != 1 else ''}"
@@ -288,14 +308,18 @@ def fit_family(label: str, model: str, points: list[Point], B: int = BOOTSTRAP, 
     pt = fit_many(xs[None], ys[None], f.x0)
     f.E, f.a, f.alpha, f.sse, f.case = (float(pt["E"][0]), float(pt["a"][0]), float(pt["alpha"][0]),
                                         float(pt["sse"][0]), int(pt["case"][0]))
-    if f.n <= MIN_SIZES:
+    if f.n <= MIN_SIZES and not noise_sd:
         f.no_interval = (f"{f.n} runs for 3 constants: the curve passes through every point and resampling "
                          f"runs measures nothing; add a seed or a size")
         return f
     rng = np.random.default_rng([seed, zlib.crc32(label.encode())])
     codes = np.unique([p.size for p in f.points], return_inverse=True)[1].ravel()
     idx = _draws(codes, B, rng)
-    bt = fit_many(xs[idx], ys[idx], f.x0)
+    Y = ys[idx]
+    if noise_sd:
+        f.noise_sd = float(noise_sd)
+        Y = Y + noise_sd * rng.standard_normal(Y.shape)
+    bt = fit_many(xs[idx], Y, f.x0)
     f.boot = {k: bt[k] for k in ("E", "a", "alpha")}
     return f
 

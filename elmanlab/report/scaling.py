@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from elmanlab.errors import ElmanlabError
-from elmanlab.report.fit import (ALPHA_MAX, ALPHA_MIN, BOOTSTRAP, DECIDE, INSIDE, LEVEL, MIN_SIZES, SAME_TOKENS, SEARCH,
+from elmanlab.report.fit import (ALPHA_MAX, ALPHA_MIN, BOOTSTRAP, COVERAGE, COVERAGE_TEXT, DECIDE, INSIDE, LEVEL, MIN_SIZES, SAME_TOKENS, SEARCH,
                                  SEED, SIZE_KEYS, WIDE, XKINDS, Crossing, FamilyFit, Point, Prediction, crossing,
-                                 fit_family, predict)
+                                 fit_family, pooled_sd, predict)
 from elmanlab.report.fmt import count, md_table, names
 
 
@@ -46,6 +46,9 @@ class FitGroup:
     flops: FitSet
     flops_estimated: list[str]       # runs whose record has no flops_per_token: 6 x params x tokens
     several_configs: list[str]       # notes: families with several configurations at one size
+    noise_sd: float | None = None    # the seed noise pooled over every family's repeated sizes (None: no repeats)
+    noise_dof: int = 0               # its degrees of freedom
+    noise_sizes: int = 0             # the (family, size) pairs with repeated runs it comes from
 
 
 @dataclass
@@ -71,15 +74,20 @@ class FitReport:
                 "method": {"alpha_range": [ALPHA_MIN, ALPHA_MAX], "constraints": "E >= 0, A >= 0",
                            "bootstrap": self.B, "seed": self.seed,
                            "resampling": "runs with replacement within a family (draws with fewer than "
-                                         f"{MIN_SIZES} distinct sizes redrawn); refits paired by index across "
+                                         f"{MIN_SIZES} distinct sizes redrawn), plus normal noise on every value "
+                                         "with the seed sd pooled over the token count's repeated sizes (every "
+                                         "family; none when no size was repeated); refits paired by index across "
                                          "families",
+                           "coverage": COVERAGE,
                            "interval": f"{LEVEL}% percentile ({(100 - LEVEL) / 2:g}th and "
                                        f"{100 - (100 - LEVEL) / 2:g}th percentiles of the refits)",
                            "crossing_search": f"smallest size / {SEARCH:g} to largest x {SEARCH:g}",
                            "undecided": f"fewer than {100 * DECIDE:.0f}% of the refits cross, or the interval "
                                         f"spans more than {WIDE:g}x"},
                 "predict": self.predict, "at_step": self.at_step,
-                "groups": [{"tokens": g.tokens, "runs": g.runs, "params": g.params.to_json(),
+                "groups": [{"tokens": g.tokens, "runs": g.runs, "seed_noise_sd": g.noise_sd,
+                            "seed_noise_dof": g.noise_dof, "seed_noise_sizes": g.noise_sizes,
+                            "params": g.params.to_json(),
                             "flops": g.flops.to_json(), "flops_estimated": g.flops_estimated,
                             "notes": g.several_configs} for g in self.groups],
                 "left_out": [{"run": r, "why": w} for r, w in self.left_out], "not_fitted": self.not_fitted}
@@ -98,19 +106,22 @@ class FitReport:
             f"on a log grid over [{ALPHA_MIN:g}, {ALPHA_MAX:g}] (refined around the best), E ≥ 0 and A ≥ 0 solve "
             f"a linear problem; the α with the least squared error is kept. Intervals: {LEVEL}% percentile "
             f"bootstrap over {self.B:,} refits, each on the family's runs (seeds included) drawn with replacement "
-            f"(draws with fewer than {MIN_SIZES} sizes redrawn; seeded, so the report is deterministic); two "
-            f"families' refits are paired. Crossings are searched from the smallest size / {SEARCH:g} to the "
-            f"largest x {SEARCH:g}; one is *undecided* when fewer than {100 * DECIDE:.0f}% of the paired refits "
-            f"cross there or its interval spans more than {WIDE:g}x. Families need {MIN_SIZES} sizes or more. "
-            f"**The intervals are optimistic with few runs:** in simulations (tests/test_report_fit.py's "
-            f"generator) with six runs at four sizes per family they held the true constants and crossing "
-            f"78-86% of the time, not {LEVEL}%; with ten runs at five sizes 92-99%. Read a narrow interval "
-            f"from a handful of runs as a lower bound on the uncertainty.")
+            f"(draws with fewer than {MIN_SIZES} sizes redrawn) and every value moved by normal noise with the "
+            f"seed sd that the study's repeated sizes give, pooled over every family (seeded, so the report is "
+            f"deterministic); two families' refits are paired. Crossings are searched from the smallest size / "
+            f"{SEARCH:g} to the largest x {SEARCH:g}; one is *undecided* when fewer than {100 * DECIDE:.0f}% of the "
+            f"paired refits cross there or its interval spans more than {WIDE:g}x. Families need {MIN_SIZES} sizes "
+            f"or more. **How often the intervals hold the truth** ({COVERAGE}): {COVERAGE_TEXT}")
         for line in self.not_fitted:
             out.append(line)
         for g in self.groups:
             if not g.params.fitted:
                 continue
+            out.append("Seed noise in the refits: " + (
+                f"sd {g.noise_sd:.4f}, pooled over {g.noise_sizes} sizes run more than once ({g.noise_dof} "
+                f"degrees of freedom, every family together)." if g.noise_sd is not None else
+                "none: no size was run more than once at this token count, so the refits resample runs only and a "
+                "family of three runs at three sizes has no interval. Run a second seed."))
             for fs in (g.params, g.flops):
                 at = f" (each run at its step {self.at_step:,}, not at its end)" if self.at_step else ""
                 out.append(self._set_md(fs, f" at {count(g.tokens)} tokens{at}", g))
@@ -283,6 +294,12 @@ def fit_study(report, predict_at=(), B: int = BOOTSTRAP, seed: int = SEED, at_st
     for runs in tgroups:
         fams = _families(runs)
         group_tokens = float(np.median([tokens[r.id] for r in runs]))
+        repeats = defaultdict(list)
+        for label, rs in fams.items():
+            for r in rs:
+                repeats[(label, r.scale_n or r.params)].append(float(value[r.id]))
+        noise_sd, noise_dof = pooled_sd(repeats.values())
+        noise_sizes = sum(len(v) > 1 for v in repeats.values())
         sets = {}
         for xkind in XKINDS:
             fits = []
@@ -290,7 +307,7 @@ def fit_study(report, predict_at=(), B: int = BOOTSTRAP, seed: int = SEED, at_st
                 pts = [Point(r.id, float(r.params) if xkind == "params" else _flops_of(r, tokens[r.id]),
                              float(value[r.id]),
                              float(r.scale_n or r.params), r.seed) for r in rs]
-                fits.append(fit_family(label, rs[0].model, pts, B, seed))
+                fits.append(fit_family(label, rs[0].model, pts, B, seed, noise_sd))
             fits = _order(fits, report.models, report.baseline)
             ok = [f for f in fits if not f.refused]
             pairs = [(fa, fb) for i, fa in enumerate(ok) for fb in ok[i + 1:]]
@@ -310,7 +327,8 @@ def fit_study(report, predict_at=(), B: int = BOOTSTRAP, seed: int = SEED, at_st
                 notes.append(f"{label}: several configurations at {', '.join(count(s) for s in sorted(odd))}, "
                              f"fitted together as if seeds.")
         groups.append(FitGroup(group_tokens, [r.id for r in runs], sets["params"], sets["flops"],
-                               [r.id for r in runs if not r.get("flops_per_token")], notes))
+                               [r.id for r in runs if not r.get("flops_per_token")], notes,
+                               noise_sd, noise_dof, noise_sizes))
     if not usable:
         not_fitted.append("**Not fitted:** no completed run has a parameter count and a token count.")
     elif not groups and len(tgroups) > 1 and multi_scale(usable):
