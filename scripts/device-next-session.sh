@@ -26,8 +26,17 @@
 # 350 s (first tuning included), E88 50M in 389 s; E42 50M was at step ~1,998 at the deadline and was lost.
 # Choose a call's runs with ONLY (study --only) rather than FINISH_BY, whose expectations take shared runs
 # as time-sliced (654 s for each 20M run six at a time), and give E42 (the slowest per step) room or a
-# call of its own. Still to run: GDN 20M x2 (first tuning: minutes), e42/mamba2/gdn/transformer 50M,
-# every family's 100M but E1's (one at a time or two), e88/mamba2/gdn/transformer 200M x2 (each alone).
+# call of its own.
+# The day's second session (three calls of one lease, H100): mamba2 and transformer 50M + 100M, four at
+# once, all done in 281 s; then gdn 20M x2, e42 50M + 100M and e88 100M, five at once: none finished in
+# ~515 s (e42 100M at step 1,000); then gdn 20M x2 alone in 95 s. What fits one call is the sum of the
+# runs' times alone, not their number: at 100M, 16.4M tokens alone take ~57 s (transformer), 65 (mamba2),
+# 80 (gdn), 160 (e88), 173 (e1) on an H200 (benchmarks/results/throughput-h200-2026-12-03.md, graph
+# steps), plus start-up, first compilation and tuning (carried in studies/state/ since 2026-12-06). Keep a
+# call's sum under ~400 s. Still to run (13): e42 50M and 100M, e88 100M, gdn 50M and 100M,
+# e88/mamba2/gdn/transformer 200M x2. Suggested calls: (1) ONLY='e88-100M-*,gdn-50M-*,gdn-100M-*';
+# (2) ONLY='e42-50M-*,e42-100M-*'; (3) ONLY='mamba2-200M-*,transformer-200M-s42'; (4)
+# ONLY='gdn-200M-*,transformer-200M-s43'; (5) and (6) one e88-200M each (SOLO_ABOVE applies).
 #   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|f|m|v|e OUTDIR
 set -o pipefail
 phase=${1:?o, r, f, m, v or e}
