@@ -203,6 +203,11 @@ class TrainConfig:
               f"{AUTO_EVAL_SHARE:.0%} of the bytes trained on (a short run: only at the end); 0: only at the end",
         "run", identity=False,
         resume=True)
+    eval_train_weights: bool = setting(
+        False, "also score the held-out bytes with the weights being trained (Schedule-Free's y; the score "
+               "itself uses its average x), as val_loss_y / val_bpb_y in metrics.jsonl and summary.json: tells "
+               "the averaging's share of a held-out score from the data's (a second evaluation each time)",
+        "run", identity=False, resume=True)
     keep_best: bool = setting(False, "also keep the weights of the best held-out score as best.safetensors "
                                      "(`elmanlab eval/generate --weights best`)", "run", identity=False, resume=True)
     tensorboard: bool = setting(False, "also log loss, held-out loss, lr, grad norm and tokens/s as TensorBoard "
@@ -262,6 +267,8 @@ class TrainConfig:
         need(not (self.eval_every and self.eval_bytes == 0),
              f"--eval-every {self.eval_every} needs held-out bytes to score: drop --eval-bytes 0")
         need(not (self.keep_best and self.eval_bytes == 0), "--keep-best needs held-out bytes: drop --eval-bytes 0")
+        need(not (self.eval_train_weights and self.eval_bytes == 0),
+             "--eval-train-weights needs held-out bytes: drop --eval-bytes 0")
         need(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1,
              f"--dropout must be in [0, 1), got {self.dropout}")
         need(self.weight_decay_on in DECAY_SCOPES,

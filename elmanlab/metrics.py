@@ -5,6 +5,7 @@ metrics.jsonl has two kinds of line, both keyed by ``step``::
 
     training    {"step", "loss", "tokens", "elapsed", "tokens_per_s", "lr", "grad_norm"}
     held-out    {"step", "tokens", "elapsed", "val_loss", "val_bpb", "val_bytes", "eval_s"}
+                (with --eval-train-weights also "val_loss_y", "val_bpb_y": the weights being trained)
 
 ``loss`` is the mean training loss (nats/byte) since the previous training line, ``elapsed`` the
 training clock in seconds (warm-up, checkpoints and evaluation not counted). Readers:

@@ -110,6 +110,7 @@ def finish(tr, status: str) -> dict:
             # the loop scores the last step; a run that had no step left to take is scored here
             point = tr.validator.last_at(tr.step) or tr.validate()
             extra = val_fields(point)
+            extra.update({k: point[k] for k in ("val_loss_y", "val_bpb_y") if k in point})
         t0 = time.perf_counter()
         tr.optimizer.eval()                            # final weights: Schedule-Free's average x
         tr.model.eval()

@@ -282,6 +282,8 @@ class Trainer:
             point, is_best = self.validator.score(self.model, self.step, self.tokens, self.timers["train_s"])
             if is_best and self.cfg.keep_best:
                 checkpoint.save_weights(self.model, self.out, BEST_WEIGHTS_FILE)
+        if self.cfg.eval_train_weights:
+            self.validator.score_train_weights(self.model, point)
         self.timers["eval_s"] += time.perf_counter() - t0
         if self.metrics is not None:
             self.metrics.write(point)

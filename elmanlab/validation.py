@@ -7,7 +7,7 @@ AUTO_EVALS`` of training time), fewer for a step budget where they would score m
 the final evaluation. Each evaluation scores the first
 ``--eval-bytes`` held-out bytes with the evaluation weights (Schedule-Free's average, dropout off)
 exactly as ``elmanlab eval`` does (:func:`elmanlab.evaluate.evaluate_bytes`), so the last point of
-the curve is the final score. The history and the best point travel in checkpoints, so a resumed
+the curve is the final score; with ``--eval-train-weights`` also with the weights being trained (y). The history and the best point travel in checkpoints, so a resumed
 run keeps its curve; with ``--keep-best`` the best weights are written to ``best.safetensors``
 whenever the score improves.
 """
@@ -69,6 +69,19 @@ class Validator:
             while self.next_s <= train_s:
                 self.next_s += self.every["seconds"]
         return point, best is None or point["val_loss"] < best["val_loss"]
+
+    def score_train_weights(self, model, point: dict) -> None:
+        """Add the score of ``model``'s weights as they are (Schedule-Free's y, dropout off) to ``point``
+        as val_loss_y / val_bpb_y (``--eval-train-weights``)."""
+        t0 = time.perf_counter()
+        model.eval()
+        try:
+            res = evaluate_bytes(model, self.data, self.cfg.seq_len, self.cfg.eval_bytes, self.batch_size,
+                                 self.device)
+        finally:
+            model.train()
+        point.update(val_loss_y=res["val_loss"], val_bpb_y=res["val_bpb"])
+        point["eval_s"] = round(point["eval_s"] + time.perf_counter() - t0, 4)
 
     def last_at(self, step: int) -> dict | None:
         """The evaluation made after ``step``, if there was one."""

@@ -217,3 +217,17 @@ def test_fit_coverage_simulates_both_ways_of_refitting(tmp_path, capsys):
     assert three["runs+noise"]["gap_interval_width_median"] > 3 * three["runs"]["gap_interval_width_median"]
     assert "| design |" in capsys.readouterr().out
     assert fc.main(["--noise", "x"]) == 2 and "--noise takes numbers" in capsys.readouterr().err
+
+
+def test_heldout_gap_scores_both_weights_on_both_sets(tmp_path, capsys):
+    """benchmarks/heldout_gap.py: four scores after training (validation file and unread training bytes,
+    each with Schedule-Free's x and y), all near the untrained loss after three steps; x and y differ."""
+    hg = importlib.import_module("heldout_gap")
+    out = tmp_path / "hg.json"
+    assert hg.main(["--model", "e1", "--params", "100k", "--steps", "3", "--eval-bytes", "3000", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    for k in ("x_val", "y_val", "x_train_unread", "y_train_unread"):
+        assert 3.0 < d[k] < 7.0, (k, d[k])
+    assert d["x_val"] != d["y_val"] and d["steps"] == 3
+    assert "train_unread" in capsys.readouterr().out
+    assert hg.main(["--model", "e1", "--steps", "0"]) == 2 and "--steps" in capsys.readouterr().err

@@ -59,8 +59,8 @@ def test_roles_are_declared_per_setting():
     assert {"lr", "batch_size", "seq_len", "seed", "steps", "minutes", "eval_bytes"} <= ident
     assert not ident & {"data", "val_data", "device", "cuda_graph", "checkpoint_every", "log_every", "progress"}
     assert res == {"steps", "minutes", "device", "cuda_graph", "allow_reference", "checkpoint_every", "progress",
-                   "eval_every", "keep_best", "tensorboard", "wandb"}
-    assert "dropout" in ident and not ident & {"eval_every", "keep_best", "tensorboard", "wandb"}
+                   "eval_every", "eval_train_weights", "keep_best", "tensorboard", "wandb"}
+    assert "dropout" in ident and not ident & {"eval_every", "eval_train_weights", "keep_best", "tensorboard", "wandb"}
     for f in train_settings().values():
         assert f.metadata["help"] and f.metadata["group"]
 

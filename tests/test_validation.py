@@ -140,9 +140,39 @@ def test_minutes_budget_evaluates_on_the_training_clock(text_file, tmp_path):
     assert all(k >= 1 for k in slots) and slots == sorted(set(slots))
 
 
+def test_eval_train_weights_scores_the_weights_being_trained_too(text_file, tmp_path):
+    """--eval-train-weights adds val_loss_y / val_bpb_y to every evaluation and the summary: the score of the
+    weights being trained (Schedule-Free's y), which the checkpoint holds, beside the usual score of the
+    average x, which the final weights hold. The extra evaluation changes nothing else in the run."""
+    from elmanlab.checkpoint import read_checkpoint
+    from elmanlab.data import make_split
+    from elmanlab.evaluate import evaluate_bytes
+    on = run_training(cfg(text_file, tmp_path / "on", steps=20, eval_every=10, checkpoint_every=20,
+                          eval_train_weights=True))
+    off = run_training(cfg(text_file, tmp_path / "off", steps=20, eval_every=10))
+    val = read_val_metrics(tmp_path / "on")
+    assert [v["step"] for v in val] == [10, 20] and all("val_loss_y" in v and "val_bpb_y" in v for v in val)
+    assert on["val_loss_y"] == val[-1]["val_loss_y"] and on["val_bpb_y"] == val[-1]["val_bpb_y"]
+    assert abs(on["val_loss_y"] - on["val_loss"]) > 1e-4          # x and y differ after 20 steps at lr 3e-3
+    # y is what the checkpoint trains on; x what the final weights hold
+    _, st = read_checkpoint(tmp_path / "on")
+    lm = LM(ModelConfig("e1", 32, 2))
+    lm.load_state_dict(st["model_train"])
+    data = make_split(str(text_file), None, 32, progress=False).val
+    y = evaluate_bytes(lm.eval(), data, 32, 2048, 4, torch.device("cpu"))
+    assert y["val_loss"] == pytest.approx(on["val_loss_y"], rel=1e-6)
+    x = evaluate_run(str(tmp_path / "on"), eval_bytes=2048, device="cpu", progress=False)
+    assert x["val_loss"] == pytest.approx(on["val_loss"], rel=1e-6)
+    # the same run without the flag: the same training and the same x scores, no y
+    assert [m["loss"] for m in read_metrics(tmp_path / "on")] == [m["loss"] for m in read_metrics(tmp_path / "off")]
+    assert [v["val_loss"] for v in val] == [v["val_loss"] for v in read_val_metrics(tmp_path / "off")]
+    assert "val_loss_y" not in off and all("val_loss_y" not in v for v in read_val_metrics(tmp_path / "off"))
+
+
 def test_bad_validation_settings_are_one_line_errors(text_file, tmp_path):
     for kw, text in ((dict(eval_every=-1), "--eval-every"), (dict(eval_every=5, eval_bytes=0), "--eval-bytes 0"),
                      (dict(keep_best=True, eval_bytes=0), "--keep-best"), (dict(dropout=1.0), "--dropout"),
+                     (dict(eval_train_weights=True, eval_bytes=0), "--eval-train-weights"),
                      (dict(dropout=-0.1), "--dropout")):
         with pytest.raises(ElmanlabError, match=text):
             cfg(text_file, tmp_path / "x", **kw).validate()
