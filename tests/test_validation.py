@@ -167,6 +167,13 @@ def test_eval_train_weights_scores_the_weights_being_trained_too(text_file, tmp_
     assert [m["loss"] for m in read_metrics(tmp_path / "on")] == [m["loss"] for m in read_metrics(tmp_path / "off")]
     assert [v["val_loss"] for v in val] == [v["val_loss"] for v in read_val_metrics(tmp_path / "off")]
     assert "val_loss_y" not in off and all("val_loss_y" not in v for v in read_val_metrics(tmp_path / "off"))
+    # the report shows the y score beside the x score where a run has it, and the CSV carries it
+    from elmanlab.report import Report
+    res = Report(tmp_path).write()
+    assert "val bpb (y)" in res["markdown"] and "`--eval-train-weights`" in res["markdown"]
+    import csv
+    rows = {r["run"]: r for r in csv.DictReader((tmp_path / "results.csv").open())}
+    assert float(rows["on"]["val_bpb_y"]) == pytest.approx(on["val_bpb_y"], rel=1e-5) and rows["off"]["val_bpb_y"] == ""
 
 
 def test_bad_validation_settings_are_one_line_errors(text_file, tmp_path):

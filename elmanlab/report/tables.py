@@ -36,6 +36,7 @@ DEFAULT_BASELINES = ("mamba2", "gdn")
 # the metrics runs can be ranked by (the same as a best_of wave's): (column label, unit, short name); lower is better
 METRICS = {"loss_last100": ("loss last-100", "nats/byte", "loss"), "val_bpb": ("val bpb", "bits/byte", "val bpb"),
            "best_val_bpb": ("best val bpb", "bits/byte", "best val bpb")}
+Y_LABEL = ("val bpb (y)", "bits/byte")     # a column, not a metric to rank by
 
 
 class Report(Views):
@@ -155,7 +156,10 @@ class Report(Views):
                                 and any(r.get(k) is not None for r in self.done)]
         if self.metric != "best_val_bpb" and any((r.get("val_evals") or 0) > 1 for r in self.done):
             cols.append("best_val_bpb")        # a validation curve was recorded: its best point too
-        head = ["rank", "run", "model", "params", "config"] + [METRICS[k][0] for k in cols] + \
+        y_col = any(r.get("val_bpb_y") is not None for r in self.done)
+        if y_col:
+            cols.append("val_bpb_y")           # --eval-train-weights: the weights being trained, scored too
+        head = ["rank", "run", "model", "params", "config"] + [METRICS.get(k, Y_LABEL)[0] for k in cols] + \
                ["tok/s", "peak mem (GB)", "steps", "tokens", "non-finite", "kernel", "graph", f"gap to {bl}"]
         unlike = self.unlike()
         rows = []
@@ -170,6 +174,9 @@ class Report(Views):
                 + f" ({self.munit}, and in %)."
                 if self.baseline else f"Ranked by {self.mlabel}; lower is better. No baseline model among the "
                                       f"runs: no gap column values.")
+        if y_col:
+            note += (f" {Y_LABEL[0]} = held-out bits/byte with the weights being trained (Schedule-Free's y, "
+                     f"`--eval-train-weights`; - where not recorded); val bpb uses their average x.")
         note += (" Non-finite = optimizer steps skipped for a non-finite loss or gradient; kernel = the "
                  "implementation the family's op ran; graph = whether CUDA graphs replayed the steps (- where the "
                  "record does not say).")
@@ -291,7 +298,8 @@ class Report(Views):
         tr_keys = sorted({k for r in self.runs for k in r.train})
         cols = ["rank", "run", "status", "model", "scale", "params", "dim", "depth", "config"] + \
                [f"opt_{k}" for k in opt_keys] + [f"train_{k}" for k in tr_keys] + \
-               ["budget", "loss_last100", "final_loss", "val_bpb", "best_val_bpb", "best_val_step", "epochs",
+               ["budget", "loss_last100", "final_loss", "val_bpb", "val_bpb_y", "best_val_bpb", "best_val_step",
+                "epochs",
                 "tokens_per_s", "peak_memory_gb", "steps",
                 "tokens", "wall_s", "mfu", "nonfinite_steps", "kernel_family", "kernel_path", "kernel_fast",
                 "implementations", "allow_reference", "cuda_graph", "warmup_s", "elmanlab_version", "commit", "dirty",
@@ -306,7 +314,8 @@ class Report(Views):
                         r.depth or "", r.label()]
                        + [csv_cell(r.options.get(k)) for k in opt_keys] + [csv_cell(r.train.get(k)) for k in tr_keys]
                        + [r.budget] + [csv_cell(r.get(k)) for k in ("loss_last100", "final_loss", "val_bpb",
-                                                                "best_val_bpb", "best_val_step", "epochs",
+                                                                "val_bpb_y", "best_val_bpb", "best_val_step",
+                                                                "epochs",
                                                                 "tokens_per_s", "peak_memory_gb", "steps",
                                                                 "tokens", "wall_s", "mfu")]
                        + [csv_cell(r.nonfinite_steps), r.kernel_family or "", r.kernel_path or "",
