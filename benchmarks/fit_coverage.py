@@ -77,8 +77,7 @@ def one_trial(design: dict, noise: float, rng, B: int) -> dict:
         cr = crossing(fa, fb)
         roots = [r for r in cr.roots if r.get("interval")]
         held["crossing"] = bool(any(r["interval"][0] <= CROSS <= r["interval"][1] for r in roots)) if roots else False
-        gap_iv = iv
-        out[method] = {"held": held, "gap_width": None if gap_iv is None else gap_iv[1] - gap_iv[0]}
+        out[method] = {"held": held, "gap_width": None if iv is None else iv[1] - iv[0]}
     return out
 
 

@@ -31,6 +31,7 @@ from elmanlab.errors import ElmanlabError
 from elmanlab.evaluate import evaluate_bytes
 from elmanlab.sizing import solve
 from elmanlab.train import Trainer
+from elmanlab.validation import score_as_trained
 
 
 def run(args) -> dict:
@@ -48,14 +49,10 @@ def run(args) -> dict:
             unread = np.asarray(tr.split.train[mid: mid + args.eval_bytes + 1])
             sets = {"val": tr.split.val, "train_unread": unread}
 
-            def score(d):
-                return evaluate_bytes(tr.model, d, args.seq_len, args.eval_bytes, args.batch_size,
-                                      torch.device("cpu"))["val_loss"]
-            tr.model.eval()
-            out = {f"y_{k}": score(v) for k, v in sets.items()}
-            tr.model.train()
-            with tr.eval_weights():
-                out.update({f"x_{k}": score(v) for k, v in sets.items()})
+            how = (args.seq_len, args.eval_bytes, args.batch_size, torch.device("cpu"))
+            out = {f"y_{k}": score_as_trained(tr.model, v, *how)["val_loss"] for k, v in sets.items()}
+            with tr.eval_weights():                          # x, in eval mode (as every held-out score)
+                out.update({f"x_{k}": evaluate_bytes(tr.model, v, *how)["val_loss"] for k, v in sets.items()})
         finally:
             tr.close()
     return {"model": args.model, "params": tr.n_params, "dim": mc.dim, "depth": mc.depth, "steps": args.steps,

@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from elmanlab.errors import ElmanlabError
-from elmanlab.runs import is_run_dir, load_run_config, read_metrics, read_summary
+from elmanlab.report.collect import collect_runs
+from elmanlab.runs import load_run_config
 
 ENTRIES = 100           # extract_metrics' "last 100"
 TRAINPY_EVERY = 10      # train.py --log_every (default)
@@ -60,37 +61,28 @@ def windows(lines: list[dict], log_every: int) -> dict:
 
 
 def run_rows(folders: list[str]) -> list[dict]:
+    """One row per completed run under ``folders`` (as `elmanlab report` reads them), with its windows."""
     rows = []
     for folder in folders:
-        root = Path(folder)
-        if not root.is_dir():
-            raise ElmanlabError(f"{folder} is not a folder; give a study's output folder or a run folder")
-        dirs = [root] if is_run_dir(root) else sorted(p for p in root.iterdir() if is_run_dir(p))
-        for d in dirs:
-            summ = read_summary(d)
-            if summ is None or summ.get("status", "completed") != "completed":
+        runs, _ = collect_runs(folder)
+        for r in sorted(runs, key=lambda r: r.id):
+            if r.status != "completed" or r.get("loss_last100") is None:
                 continue
-            cfg = load_run_config(d)
-            train = cfg.get("train", {})
-            row = {"run": d.name, "model": summ["model"], "params": summ["params"],
-                   "seed": train.get("seed"), "steps": summ["steps"], "lab": summ["loss_last100"]}
-            row.update(windows(read_metrics(d), int(train.get("log_every", TRAINPY_EVERY))))
-            rows.append(row)
+            log_every = int(load_run_config(r.path).get("train", {}).get("log_every", TRAINPY_EVERY))
+            rows.append({"run": r.id, "model": r.model, "params": r.params, "scale": r.scale_n, "seed": r.seed,
+                         "steps": r.get("steps"), "lab": r.get("loss_last100"),
+                         **windows(r.metrics(), log_every)})
     if not rows:
         raise ElmanlabError(f"no completed run under {', '.join(folders)}; give a study's output folder")
     return rows
 
 
-def size_key(params: int) -> int:
-    """Runs of one size target (20M, 50M...) differ by a few percent: group them by 1.5x bands."""
-    return int(round(np.log(params) / np.log(1.5)))
-
-
 def gaps(rows: list[dict], baseline: str) -> list[dict]:
-    base = {(size_key(r["params"]), r["seed"]): r for r in rows if r["model"] == baseline}
+    """Each other family's run against the baseline's run of the same scale and seed."""
+    base = {(r["scale"], r["seed"]): r for r in rows if r["model"] == baseline}
     out = []
     for r in rows:
-        b = base.get((size_key(r["params"]), r["seed"]))
+        b = base.get((r["scale"], r["seed"]))
         if r["model"] == baseline or b is None:
             continue
         out.append({"run": r["run"], "baseline_run": b["run"], "model": r["model"], "seed": r["seed"],

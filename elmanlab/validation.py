@@ -7,9 +7,9 @@ AUTO_EVALS`` of training time), fewer for a step budget where they would score m
 the final evaluation. Each evaluation scores the first
 ``--eval-bytes`` held-out bytes with the evaluation weights (Schedule-Free's average, dropout off)
 exactly as ``elmanlab eval`` does (:func:`elmanlab.evaluate.evaluate_bytes`), so the last point of
-the curve is the final score; with ``--eval-train-weights`` also with the weights being trained (y). The history and the best point travel in checkpoints, so a resumed
-run keeps its curve; with ``--keep-best`` the best weights are written to ``best.safetensors``
-whenever the score improves.
+the curve is the final score; with ``--eval-train-weights`` also with the weights being trained (y).
+The history and the best point travel in checkpoints, so a resumed run keeps its curve; with
+``--keep-best`` the best weights are written to ``best.safetensors`` whenever the score improves.
 """
 from __future__ import annotations
 
@@ -33,6 +33,16 @@ def schedule(cfg: TrainConfig) -> dict | None:
         n = min(AUTO_EVALS, int(AUTO_EVAL_SHARE * cfg.steps * cfg.batch_size * cfg.seq_len / cfg.eval_bytes))
         return {"steps": max(1, math.ceil(cfg.steps / n))} if n >= 2 else None
     return {"seconds": 60.0 * cfg.minutes / AUTO_EVALS}
+
+
+def score_as_trained(model, data, seq_len: int, eval_bytes: int, batch_size: int, device) -> dict:
+    """``evaluate_bytes`` of ``model``'s weights as they are (Schedule-Free's y while training), dropout
+    off, the model back in training mode afterwards."""
+    model.eval()
+    try:
+        return evaluate_bytes(model, data, seq_len, eval_bytes, batch_size, device)
+    finally:
+        model.train()
 
 
 class Validator:
@@ -74,12 +84,7 @@ class Validator:
         """Add the score of ``model``'s weights as they are (Schedule-Free's y, dropout off) to ``point``
         as val_loss_y / val_bpb_y (``--eval-train-weights``)."""
         t0 = time.perf_counter()
-        model.eval()
-        try:
-            res = evaluate_bytes(model, self.data, self.cfg.seq_len, self.cfg.eval_bytes, self.batch_size,
-                                 self.device)
-        finally:
-            model.train()
+        res = score_as_trained(model, self.data, self.cfg.seq_len, self.cfg.eval_bytes, self.batch_size, self.device)
         point.update(val_loss_y=res["val_loss"], val_bpb_y=res["val_bpb"])
         point["eval_s"] = round(point["eval_s"] + time.perf_counter() - t0, 4)
 

@@ -36,7 +36,7 @@ DEFAULT_BASELINES = ("mamba2", "gdn")
 # the metrics runs can be ranked by (the same as a best_of wave's): (column label, unit, short name); lower is better
 METRICS = {"loss_last100": ("loss last-100", "nats/byte", "loss"), "val_bpb": ("val bpb", "bits/byte", "val bpb"),
            "best_val_bpb": ("best val bpb", "bits/byte", "best val bpb")}
-Y_LABEL = ("val bpb (y)", "bits/byte")     # a column, not a metric to rank by
+Y_LABEL = "val bpb (y)"     # --eval-train-weights' score: a column, not a metric to rank by
 
 
 class Report(Views):
@@ -159,7 +159,8 @@ class Report(Views):
         y_col = any(r.get("val_bpb_y") is not None for r in self.done)
         if y_col:
             cols.append("val_bpb_y")           # --eval-train-weights: the weights being trained, scored too
-        head = ["rank", "run", "model", "params", "config"] + [METRICS.get(k, Y_LABEL)[0] for k in cols] + \
+        labels = [Y_LABEL if k == "val_bpb_y" else METRICS[k][0] for k in cols]
+        head = ["rank", "run", "model", "params", "config"] + labels + \
                ["tok/s", "peak mem (GB)", "steps", "tokens", "non-finite", "kernel", "graph", f"gap to {bl}"]
         unlike = self.unlike()
         rows = []
@@ -175,7 +176,7 @@ class Report(Views):
                 if self.baseline else f"Ranked by {self.mlabel}; lower is better. No baseline model among the "
                                       f"runs: no gap column values.")
         if y_col:
-            note += (f" {Y_LABEL[0]} = held-out bits/byte with the weights being trained (Schedule-Free's y, "
+            note += (f" {Y_LABEL} = held-out bits/byte with the weights being trained (Schedule-Free's y, "
                      f"`--eval-train-weights`; - where not recorded); val bpb uses their average x.")
         note += (" Non-finite = optimizer steps skipped for a non-finite loss or gradient; kernel = the "
                  "implementation the family's op ran; graph = whether CUDA graphs replayed the steps (- where the "
