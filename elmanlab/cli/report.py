@@ -49,6 +49,13 @@ def register(sub) -> None:
                    help="with --against: the --out folder of a speed study (studies/reference-400m-speed.yaml: each "
                         "configuration timed alone on its GPU) to take tokens/s and peak memory from; without it they "
                         "come from the loss runs, and tokens/s of runs that shared a GPU get no ratio")
+    p.add_argument("--check-fit", metavar="FIT.json", dest="check_fit",
+                   help="hold these runs against the predictions of a scaling fit (the fit.json of `elmanlab report "
+                        "STUDY --fit --predict SIZE`, e.g. docs/results/scaling-small/fit-at-step-1500.json for the "
+                        "400M table): each configuration of a fitted family, at the size the fit predicts and of the "
+                        "shape the sizing tool picks there, pooled over seeds, and each pair's gap, against the "
+                        "predicted value and its interval, with and without the runs' seed noise; a section of "
+                        "report.md and DIR/prediction-check.json")
     p.add_argument("--quiet", action="store_true", help="print only the paths written")
     p.set_defaults(func=cmd_report)
 
@@ -56,7 +63,8 @@ def register(sub) -> None:
 def cmd_report(args) -> int:
     from elmanlab.report import Report
     rep = Report(args.dir, args.baseline, args.metric, fit=args.fit, predict=args.predict, bootstrap=args.bootstrap,
-                 against=args.against, speed=args.speed, at_step=args.at_step)
+                 against=args.against, speed=args.speed, at_step=args.at_step,
+                 check_fit=args.check_fit)
     res = rep.write()
     if not args.quiet and rep.done:
         from elmanlab.report.checks import record_notes
@@ -71,7 +79,10 @@ def cmd_report(args) -> int:
     if not args.quiet and rep.against is not None:
         print(rep.against.short())
         print()
+    if not args.quiet and rep.check is not None:
+        print(rep.check.short())
+        print()
     print(f"wrote {res['report']}, {res['csv']}" + (f", {res['fit']}" if res["fit"] else "")
-          + (f", {res['against']}" if res["against"] else "")
+          + (f", {res['against']}" if res["against"] else "") + (f", {res['check']}" if res["check"] else "")
           + (f" and {len(res['plots'])} plots in {res['plots'][0].parent}" if res["plots"] else ""))
     return 0

@@ -6,7 +6,7 @@ fit.json. The mathematics (the fit, the bootstrap, a crossing, a prediction) is 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -49,6 +49,7 @@ class FitGroup:
     noise_sd: float | None = None    # the seed noise pooled over every family's repeated sizes (None: no repeats)
     noise_dof: int = 0               # its degrees of freedom
     noise_sizes: int = 0             # the (family, size) pairs with repeated runs it comes from
+    settings: dict = field(default_factory=dict)   # family label -> what defines it beyond its model (family_setting)
 
 
 @dataclass
@@ -87,6 +88,7 @@ class FitReport:
                 "predict": self.predict, "at_step": self.at_step,
                 "groups": [{"tokens": g.tokens, "runs": g.runs, "seed_noise_sd": g.noise_sd,
                             "seed_noise_dof": g.noise_dof, "seed_noise_sizes": g.noise_sizes,
+                            "family_settings": g.settings,
                             "params": g.params.to_json(),
                             "flops": g.flops.to_json(), "flops_estimated": g.flops_estimated,
                             "notes": g.several_configs} for g in self.groups],
@@ -228,7 +230,7 @@ def multi_scale(runs) -> bool:
     return any(len(s) >= MIN_SIZES for s in sizes.values())
 
 
-def _setting_key(r) -> dict:
+def family_setting(r) -> dict:
     """What defines a family beyond its model: train settings other than seed and budget, and options
     other than those the sizing derives."""
     from elmanlab.config import BUDGET_SETTINGS
@@ -242,7 +244,7 @@ def _families(runs) -> dict[str, list]:
     import json
     by_model: dict[str, dict[str, list]] = defaultdict(dict)
     for r in runs:
-        key = json.dumps(_setting_key(r), sort_keys=True, default=str)
+        key = json.dumps(family_setting(r), sort_keys=True, default=str)
         by_model[r.model].setdefault(key, []).append(r)
     out = {}
     for model, groups in by_model.items():
@@ -328,7 +330,8 @@ def fit_study(report, predict_at=(), B: int = BOOTSTRAP, seed: int = SEED, at_st
                              f"fitted together as if seeds.")
         groups.append(FitGroup(group_tokens, [r.id for r in runs], sets["params"], sets["flops"],
                                [r.id for r in runs if not r.get("flops_per_token")], notes,
-                               noise_sd, noise_dof, noise_sizes))
+                               noise_sd, noise_dof, noise_sizes,
+                               {label: family_setting(rs[0]) for label, rs in fams.items()}))
     if not usable:
         not_fitted.append("**Not fitted:** no completed run has a parameter count and a token count.")
     elif not groups and len(tgroups) > 1 and multi_scale(usable):

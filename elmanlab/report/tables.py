@@ -50,7 +50,8 @@ class Report(Views):
     (:mod:`elmanlab.report.against`)."""
 
     def __init__(self, root, baseline: str | None = None, metric: str = "loss_last100", fit: bool = False,
-                 predict=(), bootstrap: int | None = None, against=None, speed=None, at_step: int | None = None):
+                 predict=(), bootstrap: int | None = None, against=None, speed=None, at_step: int | None = None,
+                 check_fit=None):
         self.root = Path(root)
         if metric not in METRICS:
             raise ElmanlabError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -90,6 +91,10 @@ class Report(Views):
         self.budgets = sorted({r.budget for r in self.done}, key=_budget_sort)
         self.scales = sorted({(r.scale_n, r.scale) for r in self.done})
         self._findings = None
+        self.check = None
+        if check_fit is not None:
+            from elmanlab.report.predicted import PredictionCheck
+            self.check = PredictionCheck(self, check_fit)
         self.against = None
         if against is not None:
             from elmanlab.report.against import Against
@@ -365,6 +370,8 @@ class Report(Views):
             secs.append("No run has completed yet.")
         if self.against is not None:
             secs.append(self.against.section())
+        if self.check is not None:
+            secs.append(self.check.section())
         secs.append(self.section_failed())
         if plot_paths:
             secs.append("## Plots\n\n" + "\n\n".join(
@@ -385,6 +392,8 @@ class Report(Views):
         atomic_write_text(self.root / "results.csv", self.csv_text())
         if self.against is not None:
             atomic_write_text(self.root / "against.csv", self.against.csv_text())
+        if self.check is not None:
+            atomic_write_text(self.root / "prediction-check.json", json.dumps(self.check.to_json(), indent=2) + "\n")
         fit_json = self.root / "fit.json"
         if fits is not None:
             atomic_write_text(fit_json, json.dumps(fits.to_json(), indent=2) + "\n")
@@ -392,7 +401,8 @@ class Report(Views):
             fit_json.unlink()
         return {"report": self.root / "report.md", "csv": self.root / "results.csv", "plots": plot_paths,
                 "markdown": md, "fit": fit_json if fits is not None else None,
-                "against": self.root / "against.csv" if self.against is not None else None}
+                "against": self.root / "against.csv" if self.against is not None else None,
+                "check": self.root / "prediction-check.json" if self.check is not None else None}
 
 
 def write_report(root, baseline: str | None = None, metric: str = "loss_last100", **fit) -> dict:
