@@ -219,6 +219,34 @@ def test_fit_coverage_simulates_both_ways_of_refitting(tmp_path, capsys):
     assert fc.main(["--noise", "x"]) == 2 and "--noise takes numbers" in capsys.readouterr().err
 
 
+def test_fit_backtest_predicts_each_familys_largest_size_from_the_others(tmp_path, capsys):
+    """benchmarks/fit_backtest.py: e1 (four sizes, sized shapes) is fitted at 20M-100M and its 200M runs
+    checked: on its own curve they hold; 0.3 worse, they miss. mamba2 at three sizes is not backtested."""
+    import numpy as np
+    from test_report_fit import SHALLOW, STEEP, law
+    from test_report_predicted import big_run
+    bt = importlib.import_module("fit_backtest")
+    rng = np.random.default_rng(3)
+    for worse in (0.0, 0.3):
+        root = tmp_path / f"study{worse}"
+        for t, n in {"20M": 20e6, "50M": 50e6, "100M": 100e6, "200M": 200e6}.items():
+            for s in (42, 43):
+                off = worse if t == "200M" else 0.0
+                big_run(root, f"e1-{t}-s{s}", "e1", law(SHALLOW, n) + off + 0.004 * rng.standard_normal(), seed=s,
+                        size=t)
+                if t != "200M":
+                    big_run(root, f"mamba2-{t}-s{s}", "mamba2", law(STEEP, n) + 0.004 * rng.standard_normal(),
+                            seed=s, size=t)
+        out = tmp_path / f"bt{worse}.json"
+        assert bt.main([str(root), "--bootstrap", "60", "--out", str(out)]) == 0
+        (fam,) = json.loads(out.read_text())["families"]
+        assert fam["family"] == "e1" and fam["held_out"] == 200e6 and sorted(fam["runs"]) == ["e1-200M-s42", "e1-200M-s43"]
+        assert fam["check"]["verdict"].startswith("held" if worse == 0 else "missed: higher")
+        assert not any(p.name.startswith(("fit", "report")) for p in root.iterdir())   # the study is left as it was
+    assert "e1: fitted at 20M, 50M, 100M; at 200M observed" in capsys.readouterr().out
+    assert bt.main([str(tmp_path / "nope")]) == 2 and "not a folder" in capsys.readouterr().err
+
+
 def test_heldout_gap_scores_both_weights_on_both_sets(tmp_path, capsys):
     """benchmarks/heldout_gap.py: four scores after training (validation file and unread training bytes,
     each with Schedule-Free's x and y), all near the untrained loss after three steps; x and y differ."""

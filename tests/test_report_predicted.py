@@ -9,7 +9,7 @@ import pytest
 
 from elmanlab.errors import ElmanlabError
 from elmanlab.report import Report
-from elmanlab.sizing import count_params, solve
+from elmanlab.sizing import count_params, parse_count, solve
 from test_report import make_run
 from test_report_fit import B, SHALLOW, STEEP, law, scaling_study
 
@@ -23,15 +23,15 @@ def fitted(tmp_path, noise=0.01):
     return root / "fit.json"
 
 
-def big_run(root, rid, model, loss, *, seed=42, shape=None, options=None, steps=300, lr=None):
-    """A run of ``model`` sized at 400M (the sizing tool's shape unless ``shape``), last-100 loss ``loss``."""
-    cfg = solve(model, 400_000_000, options=options)
+def big_run(root, rid, model, loss, *, seed=42, shape=None, options=None, steps=300, lr=None, size="400M"):
+    """A run of ``model`` sized at ``size`` (the sizing tool's shape unless ``shape``), last-100 loss ``loss``."""
+    cfg = solve(model, size, options=options)
     dim, depth = shape or (cfg.dim, cfg.depth)
-    n = count_params(cfg) if shape is None else 400_000_000
+    n = count_params(cfg) if shape is None else parse_count(size)
     make_run(root, rid, model, n, dim, depth, seed=seed, steps=steps, options=options)
     p = root / rid / "summary.json"
     s = json.loads(p.read_text())
-    s["loss_last100"] = loss
+    s.update(loss_last100=loss, target=size)
     p.write_text(json.dumps(s))
     if lr is not None:
         c = json.loads((root / rid / "config.json").read_text())
