@@ -33,10 +33,13 @@
 # runs' times alone, not their number: at 100M, 16.4M tokens alone take ~57 s (transformer), 65 (mamba2),
 # 80 (gdn), 160 (e88), 173 (e1) on an H200 (benchmarks/results/throughput-h200-2026-12-03.md, graph
 # steps), plus start-up, first compilation and tuning (carried in studies/state/ since 2026-12-06). Keep a
-# call's sum under ~400 s. Still to run (13): e42 50M and 100M, e88 100M, gdn 50M and 100M,
-# e88/mamba2/gdn/transformer 200M x2. Suggested calls: (1) ONLY='e88-100M-*,gdn-50M-*,gdn-100M-*';
-# (2) ONLY='e42-50M-*,e42-100M-*'; (3) ONLY='mamba2-200M-*,transformer-200M-s42'; (4)
-# ONLY='gdn-200M-*,transformer-200M-s43'; (5) and (6) one e88-200M each (SOLO_ABOVE applies).
+# call's sum under ~400 s. The day's third session got one call (after eight failed starts): with
+# ONLY='mamba2-200M-*,transformer-200M-s42', each alone above 150M, mamba2-200M-s42 took 244 s on an H100
+# (its 200M shapes tuned first; the tuning is now in studies/state/), and s43 was lost at DEADLINE_S 530.
+# Still to run (12): e42 50M and 100M, e88 100M, gdn 50M and 100M, mamba2 200M s43, e88/gdn/transformer
+# 200M x2. Suggested calls: (1) ONLY='e88-100M-*,gdn-50M-*,gdn-100M-*'; (2) ONLY='e42-50M-*,e42-100M-*';
+# (3) ONLY='transformer-200M-*,mamba2-200M-s43' (the Transformer's val_bpb_y settles the held-out
+# disagreement); (4) ONLY='gdn-200M-*'; (5) and (6) one e88-200M each (SOLO_ABOVE applies).
 #   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|f|m|v|e OUTDIR
 set -o pipefail
 phase=${1:?o, r, f, m, v or e}
