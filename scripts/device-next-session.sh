@@ -21,6 +21,11 @@
 #      alone then two at once (benchmarks/sharing.py), the premise of --solo-above measured on one GPU
 #   v  (run on 2026-12-06, H100: 102 passed) the Elman and E88 GPU tests beside the study's start
 #   e  E88 v2 and v3 side by side (correctness, then fwd+bwd beside fla's GDN)
+#   h  (~5 minutes) where the Mamba2 / Transformer held-out disagreement comes from, on the GPU:
+#      benchmarks/heldout_gap.py --device cuda for each at 20M, 2,000 steps of 16 x 512 (seed 42: the
+#      batches of scaling-small's 20M runs, whose losses it should repeat), scoring validation and unread
+#      training bytes with x and y, and the training step's loss against an evaluation-mode score of
+#      the same batch (are the two paths one measurement?)
 # On 2026-12-07 one call (o with ONLY='mamba2-20M-*,transformer-20M-*,e88-50M-*,e42-50M-*' JOBS=6
 # STOP_AFTER=1 FINISH_BY=60 DEADLINE_S=560) finished five runs: Transformer 20M in 107 s, Mamba2 20M in
 # 350 s (first tuning included), E88 50M in 389 s; E42 50M was at step ~1,998 at the deadline and was lost.
@@ -40,9 +45,9 @@
 # 200M x2. Suggested calls: (1) ONLY='e88-100M-*,gdn-50M-*,gdn-100M-*'; (2) ONLY='e42-50M-*,e42-100M-*';
 # (3) ONLY='transformer-200M-*,mamba2-200M-s43' (the Transformer's val_bpb_y settles the held-out
 # disagreement); (4) ONLY='gdn-200M-*'; (5) and (6) one e88-200M each (SOLO_ABOVE applies).
-#   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|f|m|v|e OUTDIR
+#   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|f|m|v|e|h OUTDIR
 set -o pipefail
-phase=${1:?o, r, f, m, v or e}
+phase=${1:?o, r, f, m, v, e or h}
 out=$(realpath -m "${2:?OUTDIR}")
 t0=$(date +%s)
 source scripts/device-env.sh
@@ -91,6 +96,13 @@ v)
     echo "pytest exit $?" >> "$out/gputests.log"
     tail -n 6 "$out/gputests.log"
     tail -c 2000 /tmp/elmanlab-study/scaling-small.log | tr '\r' '\n' | tail -n 6
+    ;;
+h)
+    for m in mamba2 transformer; do
+        timeout 280 python3 benchmarks/heldout_gap.py --model $m --params 20M --steps 2000 --seq-len 512 \
+            --eval-bytes 2000000 --device cuda --data .data/corpus-slice-32M.txt.zst --val-data .data/corpus-val.txt.zst \
+            --out "$out/heldout-gap-$m-20M-gpu.json" 2>&1 | tee -a "$out/heldout-gap.log" | grep -v Warning
+    done
     ;;
 e)
     timeout 420 python3 scripts/e88-ab.py --out "$out/e88-ab-h200.json" --kernels v2,v3 \

@@ -257,5 +257,9 @@ def test_heldout_gap_scores_both_weights_on_both_sets(tmp_path, capsys):
     for k in ("x_val", "y_val", "x_train_unread", "y_train_unread"):
         assert 3.0 < d[k] < 7.0, (k, d[k])
     assert d["x_val"] != d["y_val"] and d["steps"] == 3
+    # the training step's loss on the next batch and that batch scored in evaluation mode, same weights:
+    # the two paths agree (float32 on the CPU), and the batch is a real one (near the untrained loss)
+    assert 3.0 < d["next_batch_eval"] < 7.0 and d["next_batch_train"] == pytest.approx(d["next_batch_eval"], abs=1e-4)
+    assert d["device"] == "cpu" and d["kernel"]["family"] == "e1"
     assert "train_unread" in capsys.readouterr().out
     assert hg.main(["--model", "e1", "--steps", "0"]) == 2 and "--steps" in capsys.readouterr().err
