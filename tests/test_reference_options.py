@@ -276,7 +276,7 @@ def test_reference_study_expands_to_the_table_the_reference_and_the_ablations():
     assert study.baseline == "mamba2"
     for j in jobs:                                          # the reference's settings, stated once
         assert j.train == {"steps": 1500, "batch_size": 16, "seq_len": 512, "lr": 3e-4, "weight_decay": 0.1,
-                           "seed": j.train["seed"], "eval_every": 150}
+                           "seed": j.train["seed"], "eval_every": 750, "eval_bytes": 2_000_000}
     assert sorted(j.id for j in jobs if j.train["seed"] == 43) == [
         "e1-d1056x26-expansion=2-s43", "e1-d1760x26-s43", "mamba2-d1728x22-d_state=64-s43"]
     # every row of the table, at its dim and depth, once with seed 42 and this lab's defaults

@@ -72,6 +72,23 @@ def test_predictions_that_hold_and_one_that_misses(tmp_path):
     assert "## Against the fit's predictions" in md and "| e1 - mamba2 | 2, 1 |" in md
 
 
+def test_held_out_checks_need_the_same_held_out_bytes(tmp_path):
+    root = scaling_study(tmp_path, sizes=SMALL, extra=False)
+    Report(root, metric="val_bpb", fit=True, predict=["400M"], bootstrap=B).write()
+    big = tmp_path / "big"
+    for rid, eb in (("e1-same", None), ("e1-other", 100_000)):
+        big_run(big, rid, "e1", 1.0)
+        sp = big / rid / "summary.json"
+        sp.write_text(json.dumps({**json.loads(sp.read_text()), "val_bpb": 1.6}))
+        c = json.loads((big / rid / "config.json").read_text())
+        if eb:
+            c["train"]["eval_bytes"] = eb
+        (big / rid / "config.json").write_text(json.dumps(c))
+    lines = {ln.runs[0].id: ln for ln in Report(big, check_fit=root / "fit.json").check.lines}
+    assert lines["e1-same"].family == "e1" and lines["e1-same"].interval is not None
+    assert lines["e1-other"].verdict.startswith("not judged: held out on other bytes (eval_bytes 100000")
+
+
 def test_other_token_count_or_no_prediction_is_said_not_judged(tmp_path):
     fit = fitted(tmp_path)
     root = tmp_path / "long"

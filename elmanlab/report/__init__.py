@@ -22,6 +22,8 @@ The loss is the training cross-entropy in nats per byte averaged over the last 1
 - :mod:`elmanlab.report.fmt`: number and table formatting, ``loss_at``;
 - :mod:`elmanlab.report.against`: the runs beside a published table (``elmanlab report --against``): gaps to
   the baseline against the table's, the order, tokens/s and memory ratios;
+- :mod:`elmanlab.report.predicted`: the runs against a scaling fit's predictions (``elmanlab report
+  --check-fit``): held, held within the seed noise, or missed;
 - :mod:`elmanlab.report.plots`: the PNG plots (matplotlib), imported only when plots are drawn.
 """
 from elmanlab.report.checks import Finding, check_implementations

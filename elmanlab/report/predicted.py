@@ -11,7 +11,8 @@ What is compared, and what is not:
   runs' values there), at the fit's token count (else nothing is judged: the fit is L(N) at fixed data);
 - a run belongs to a fitted family when its model and every setting that defines the family (train
   settings other than seed, budget and ``eval_bytes``; options other than those sizing derives) are the
-  family's; a run with other settings is listed with what differs, not judged;
+  family's; a run with other settings is listed with what differs, not judged; for a held-out metric
+  its ``eval_bytes`` must be the family's too (the same bytes scored);
 - only the shape the sizing tool picks at the predicted size is judged (the fit is of sized models:
   ``elmanlab size MODEL SIZE``); other shapes of the family are listed beside it;
 - the value at the run's own parameter count is the fitted curve there; its interval is the one at the
@@ -191,6 +192,12 @@ class PredictionCheck:
                 "; ".join(_differs(mine, _comparable(settings.get(f["family"], {}))) for f in cands)
             ln.verdict = f"not judged: {why}"
             return
+        if self.metric != "loss_last100" and settings is not None:
+            want = settings.get(fam["family"], {}).get(NOT_TRAINING[0])
+            have = family_setting(ln.runs[0]).get(NOT_TRAINING[0])
+            if want != have:
+                ln.verdict = f"not judged: held out on other bytes (eval_bytes {have}, the fit's {want})"
+                return
         ln.family = fam["family"]
         curve = lambda x: fam["E"] + fam["A"] * x ** -fam["alpha"]  # noqa: E731
         ln.pred = curve(ln.params)
