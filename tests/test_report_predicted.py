@@ -70,6 +70,8 @@ def test_predictions_that_hold_and_one_that_misses(tmp_path):
     assert gap["verdict"].startswith("missed: lower than predicted") and gap["verdict"].endswith("the order reversed")
     md = res["markdown"]
     assert "## Against the fit's predictions" in md and "| e1 - mamba2 | 2, 1 |" in md
+    png = root / "plots" / "fit_check.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "plots/fit_check.png" in md
 
 
 def test_held_out_checks_need_the_same_held_out_bytes(tmp_path):
@@ -96,6 +98,8 @@ def test_other_token_count_or_no_prediction_is_said_not_judged(tmp_path):
     chk = Report(root, check_fit=fit).check
     assert chk.group is None and "nothing judged" in chk.notes[0]
     assert chk.lines[0].verdict == "not judged: other token count" and not chk.gaps
+    Report(root, check_fit=fit).write()
+    assert not (root / "plots" / "fit_check.png").exists()          # nothing judged: no plot
     root = tmp_path / "far"                                           # 50M is not a predicted size
     make_run(root, "e1-50M", "e1", 50_000_000, 64, 4)
     (ln,) = Report(root, check_fit=fit).check.lines

@@ -292,6 +292,47 @@ def plot_fit(report: Report, fs, tokens: float):
     return fig
 
 
+def write_check_plot(check, outdir: Path) -> Path:
+    """``fit_check.png``: the runs of ``report --check-fit`` against the fit's curves (:func:`plot_check`)."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    return _save(plot_check(check), outdir / "fit_check.png")
+
+
+def plot_check(check):
+    """:class:`elmanlab.report.predicted.PredictionCheck`: each judged family's fitted curve and the runs
+    it was fitted to (from the fit.json), the predicted interval at the checked runs' size (thick: the
+    fit's; thin: with the seed noise) and the checked runs (stars)."""
+    import numpy as np
+    judged = [ln for ln in check.lines if ln.interval is not None]
+    fams = {f["family"]: f for f in check.group["params"]["families"] if f.get("fitted")}
+    fig, ax = plt.subplots(figsize=(9, 6))
+    names = sorted({ln.family for ln in judged})
+    for name, c in zip(names, _colors(len(names))):
+        f = fams[name]
+        px, py = [p["x"] for p in f["points"]], [p["y"] for p in f["points"]]
+        mine = [ln for ln in judged if ln.family == name]
+        xs = np.geomspace(min(px) / 1.3, max(px + [ln.params for ln in mine]) * 1.3, 200)
+        ax.plot(xs, f["E"] + f["A"] * xs ** -f["alpha"], color=c, lw=1.4, label=f"{name}: fit")
+        ax.scatter(px, py, s=22, color=c, zorder=3)
+        for ln in mine:
+            if ln.with_noise is not None:
+                ax.plot([ln.params] * 2, ln.with_noise, color=c, lw=1, alpha=0.6)
+            ax.plot([ln.params] * 2, ln.interval, color=c, lw=5, alpha=0.45, solid_capstyle="butt")
+            ax.scatter([ln.params] * ln.n, ln.values, marker="*", s=130, color=c, edgecolors="k", linewidths=0.6,
+                       zorder=4, label=f"{name} {ln.label}: observed (n = {ln.n}), {ln.verdict.split(':')[0]}")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: count(v)))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_xlabel("parameters N (log scale)")
+    ax.set_ylabel(check.metric + (f" at step {check.at_step}" if check.at_step else ""))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(f"Against the predictions of {check.path.name}: fit's interval (thick), with seed noise (thin)",
+                 fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1, frameon=False)
+    return fig
+
+
 def _smooth(ys: list[float], steps: list[int], window: int = WINDOW) -> list[float]:
     """Trailing mean over the last ``window`` steps (the same window as loss_last100)."""
     out, acc, j = [], 0.0, 0

@@ -387,6 +387,9 @@ class Report(Views):
             plot_paths = write_plots(self, self.root / PLOTS_DIR)
             if fits is not None and fits.any_fitted():
                 plot_paths += write_fit_plots(self, fits, self.root / PLOTS_DIR)
+            if self.check is not None and any(ln.interval is not None for ln in self.check.lines):
+                from elmanlab.report.plots import write_check_plot
+                plot_paths.append(write_check_plot(self.check, self.root / PLOTS_DIR))
         md = self.markdown(plot_paths)
         atomic_write_text(self.root / "report.md", md)
         atomic_write_text(self.root / "results.csv", self.csv_text())
