@@ -55,7 +55,7 @@ def register(sub) -> None:
                         "400M table): each configuration of a fitted family, at the size the fit predicts and of the "
                         "shape the sizing tool picks there, pooled over seeds, and each pair's gap, against the "
                         "predicted value and its interval, with and without the runs' seed noise; a section of "
-                        "report.md and DIR/prediction-check.json")
+                        "report.md, DIR/prediction-check.json and DIR/plots/fit_check.png")
     p.add_argument("--quiet", action="store_true", help="print only the paths written")
     p.set_defaults(func=cmd_report)
 
