@@ -43,8 +43,8 @@
 # (its 200M shapes tuned first; the tuning is now in studies/state/), and s43 was lost at DEADLINE_S 530.
 # Still to run (12): e42 50M and 100M, e88 100M, gdn 50M and 100M, mamba2 200M s43, e88/gdn/transformer
 # 200M x2. Suggested calls: (1) ONLY='e88-100M-*,gdn-50M-*,gdn-100M-*'; (2) ONLY='e42-50M-*,e42-100M-*';
-# (3) ONLY='transformer-200M-*,mamba2-200M-s43' (the Transformer's val_bpb_y settles the held-out
-# disagreement); (4) ONLY='gdn-200M-*'; (5) and (6) one e88-200M each (SOLO_ABOVE applies).
+# (3) ONLY='transformer-200M-s42,mamba2-200M-s43,transformer-200M-s43' (since 2026-12-07 the runs start
+# in the patterns' order: the Transformer's val_bpb_y, which settles the held-out disagreement, first); (4) ONLY='gdn-200M-*'; (5) and (6) one e88-200M each (SOLO_ABOVE applies).
 #   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|f|m|v|e|h OUTDIR
 set -o pipefail
 phase=${1:?o, r, f, m, v, e or h}

@@ -329,6 +329,20 @@ def test_only_runs_the_selected_jobs_and_leaves_the_rest_pending(tmp_path, monke
     assert [j["status"] for j in state["jobs"]] == ["completed"] * 3
 
 
+def test_only_starts_the_jobs_in_the_order_of_its_patterns(tmp_path, monkeypatch):
+    """--only 'B,A': every job matching B starts before any matching A (the queue's order within a
+    pattern), so that a session that may end early runs the most wanted first."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    p = _three_run_study(tmp_path, "order")
+    names = [j.id for j in load_study(p).jobs]
+    said = []
+    Runner(load_study(p), tmp_path / "order", None, echo=said.append, only=[names[2], names[0]]).run()
+    started = [m.split()[2] for m in said if " start " in m]
+    assert started == [names[2], names[0]]
+    from elmanlab.study.schedule import only_rank
+    assert [only_rank(["b*", "a*"], n) for n in ("a1", "b1", "c1")] == [1, 0, 2] and only_rank(None, "x") == 0
+
+
 def test_one_study_process_per_folder(tmp_path):
     import os
     import socket

@@ -47,7 +47,9 @@ def register(sub) -> None:
     p.add_argument("--only", default=None, metavar="PATTERNS",
                    help="run only the jobs whose names match one of these comma-separated shell patterns, e.g. "
                         "'mamba2-20M-*,gdn-20M-*' (names as --dry-run lists them); the others stay pending for a "
-                        "later invocation. With --dry-run: mark the others `not selected`")
+                        "later invocation. The selected jobs start in the patterns' order (every job of the first "
+                        "pattern, then of the second...), so that a session that may end early runs the most "
+                        "wanted first. With --dry-run: mark the others `not selected`")
     p.add_argument("--data", help="training data file for every job (overrides `data` in the study file)")
     p.add_argument("--val-data", dest="val_data", help="validation data file (overrides `val_data` in the file)")
     p.add_argument("--dry-run", action="store_true",

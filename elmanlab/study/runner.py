@@ -26,7 +26,7 @@ from elmanlab.fsutil import atomic_write_json
 from elmanlab.runs import GPU_JOBS_ENV, LOG_DIR, STATE_FILE, has_checkpoint, run_status
 from elmanlab.study.job import job_status, same_run
 from elmanlab.study.prepare import StudyLock, check_out_dir
-from elmanlab.study.schedule import FINISH_AT_FILE, expected_wall_s, next_job, only_selects, read_finish_at
+from elmanlab.study.schedule import FINISH_AT_FILE, expected_wall_s, next_job, only_rank, only_selects, read_finish_at
 from elmanlab.study.spec import Study
 
 INTERRUPT_GRACE_S = 300      # how long a stopped study waits for its runs to write their checkpoints
@@ -184,7 +184,8 @@ class Runner:
         self.save()
         for m in new_lines:
             self.echo(m)
-        todo = deque(r for r in self.state["jobs"] if _to_run(r) and self.selected(r) and r["id"] not in before)
+        todo = deque(self._ordered(r for r in self.state["jobs"] if _to_run(r) and self.selected(r)
+                                   and r["id"] not in before))
         return todo
 
     # -- running
@@ -196,7 +197,7 @@ class Runner:
             self.state = self.plan(check_out_dir(self.out, self.study))
             (self.out / LOG_DIR).mkdir(exist_ok=True)
             self.save()
-            todo = deque(r for r in self.state["jobs"] if _to_run(r) and self.selected(r))
+            todo = deque(self._ordered(r for r in self.state["jobs"] if _to_run(r) and self.selected(r)))
             n_unselected = sum(1 for r in self.state["jobs"] if _to_run(r) and not self.selected(r))
             total = sum(1 for r in self.state["jobs"] if r.get("in_study_file", True))
             done0 = total - len(todo) - n_unselected
@@ -303,6 +304,10 @@ class Runner:
     def _time_up(self) -> bool:
         """--stop-after (or --finish-by) has passed: no job starts any more."""
         return any(s is not None and self._elapsed() >= s for s in (self.stop_after_s, self._finish_by()))
+
+    def _ordered(self, recs) -> list[dict]:
+        """``recs`` in the order they start: --only's patterns in turn, the queue's order within each."""
+        return sorted(recs, key=lambda r: only_rank(self.only, r["id"]))
 
     def selected(self, rec: dict) -> bool:
         """Whether ``rec`` is among the jobs --only selects (every job without --only)."""

@@ -1,5 +1,5 @@
 """Which pending job a free slot starts next, under ``--stop-after`` and ``--finish-by`` (and which
-jobs ``--only`` selects).
+jobs ``--only`` selects, in the order of its patterns).
 
 ``--finish-by`` is for a study split over sessions of fixed length, where a run still in flight when
 the session ends is lost: a job starts only if it is expected to end in time, and a shorter job later
@@ -101,6 +101,15 @@ def expected_wall_s(rec: dict, finished: list[dict], other_models: bool = False,
 def only_selects(only: list[str] | None, name: str) -> bool:
     """Whether ``--only``'s shell patterns select the job named ``name`` (every job without --only)."""
     return only is None or any(fnmatch.fnmatchcase(name, p) for p in only)
+
+
+def only_rank(only: list[str] | None, name: str) -> int:
+    """Where the job named ``name`` comes in ``--only``'s order: the index of the first pattern it
+    matches (the selected jobs start pattern by pattern, each pattern's in queue order); 0 without
+    --only."""
+    if not only:
+        return 0
+    return next((i for i, p in enumerate(only) if fnmatch.fnmatchcase(name, p)), len(only))
 
 
 def read_finish_at(folder) -> float | None:
