@@ -1,4 +1,5 @@
-"""The training loop's own step, for the benchmarks: a trainer in a throw-away folder, timed steps.
+"""The training loop's own step, for the benchmarks: a trainer in a throw-away folder, timed steps;
+and ``save_json``, how the benchmarks write their results.
 
 Shared by throughput.py and profile_step.py so that both measure exactly what `elmanlab train`
 runs (bf16 autocast on CUDA, Schedule-Free AdamW, grad norm, non-finite guard); and the CUDA-event
@@ -8,12 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+
+
+def save_json(path, obj, indent: int = 1) -> None:
+    """Write a benchmark's result ``obj`` to ``path`` (its folder made) and say so."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(obj, indent=indent) + "\n")
+    print(f"wrote {p}")
 
 
 def cuda_time_ms(fn, reps: int, warmup: int = 2) -> float:

@@ -29,12 +29,12 @@ import contextlib
 import json
 import platform
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from _harness import save_json
 from elmanlab.config import ModelConfig, TrainConfig
 from elmanlab.data import open_bytes, resolve_data_path
 from elmanlab.errors import ElmanlabError
@@ -232,9 +232,8 @@ def main(argv=None) -> int:
         for g in blame["groups"]:
             print(f"{g['group']:<10} {g['only']:>8.3f} {g['all_but']:>11.3f} {g['max_change']:>13.2e}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(rec, indent=1) + "\n")
-        print(f"\nwrote {args.out}")
+        print()
+        save_json(args.out, rec)
     return 0
 
 

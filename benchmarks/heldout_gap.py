@@ -29,7 +29,6 @@ Prints the four scores and writes them, with the settings, to JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _harness import save_json
 from elmanlab.config import TrainConfig
 from elmanlab.errors import ElmanlabError
 from elmanlab.evaluate import evaluate_bytes
@@ -128,9 +128,7 @@ def main(argv=None) -> int:
     print(f"next training batch, y: the training step's loss {res['next_batch_train']:.4f}, scored in evaluation "
           f"mode {res['next_batch_eval']:.4f} (difference {res['next_batch_train'] - res['next_batch_eval']:+.5f})")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
-        print(f"wrote {args.out}")
+        save_json(args.out, res)
     return 0
 
 

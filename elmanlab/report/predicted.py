@@ -28,13 +28,15 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from statistics import NormalDist
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from elmanlab.errors import ElmanlabError
+from elmanlab.report.fit import LEVEL, SIZE_KEYS
 from elmanlab.report.fmt import count, md_table, mean_sd
 
-Z = {95: 1.959964}                    # the fit's interval level -> normal quantile for the seed noise
+Z = NormalDist().inv_cdf(0.5 + LEVEL / 200)   # the normal quantile of the fits' interval level, for the seed noise
 NEAR = 1.05                           # a run within 5% of a predicted size uses that size's interval
 NOT_TRAINING = ("train.eval_bytes",)  # identity settings that do not change training
 
@@ -93,9 +95,10 @@ def _load(path) -> dict:
     if not fit.get("predict"):
         raise ElmanlabError(f"--check-fit {p}: the fit predicts no size; refit with --predict SIZE "
                             f"(e.g. --predict 400M)")
-    level = str((fit.get("method") or {}).get("interval", "95%")).split("%")[0]
-    if not level.isdigit() or int(level) not in Z:
-        raise ElmanlabError(f"--check-fit {p}: only 95% intervals are supported; refit with the report's default")
+    level = str((fit.get("method") or {}).get("interval", f"{LEVEL}%")).split("%")[0]
+    if level != str(LEVEL):
+        raise ElmanlabError(f"--check-fit {p}: its intervals are not {LEVEL}% intervals; refit it with this version "
+                            f"(`elmanlab report STUDY --fit --predict SIZE`)")
     return fit
 
 
@@ -113,7 +116,7 @@ def _widen(center: float, iv, sd: float | None, n_eff: float) -> tuple | None:
     """The interval with the seed noise of a mean of ``1 / n_eff`` runs added in quadrature on each side."""
     if iv is None or sd is None:
         return None
-    s = Z[95] * sd * math.sqrt(n_eff)
+    s = Z * sd * math.sqrt(n_eff)
     return (center - math.hypot(center - iv[0], s), center + math.hypot(iv[1] - center, s))
 
 
@@ -136,15 +139,11 @@ class PredictionCheck:
         fit = _load(path)
         self.metric, self.at_step = fit["metric"], fit.get("at_step")
         self.notes: list[str] = []
-        runs = [r for r in report.done]
+        from elmanlab.report.scaling import value_and_tokens
+        runs = list(report.done)
         value, tokens = {}, {}
         for r in runs:
-            if self.at_step:
-                value[r.id] = r.value_at(self.at_step, self.metric)
-                rows = (r.train.get("batch_size") or 0) * (r.train.get("seq_len") or 0)
-                tokens[r.id] = self.at_step * rows if value[r.id] is not None else None
-            else:
-                value[r.id], tokens[r.id] = r.get(self.metric), r.get("tokens")
+            value[r.id], tokens[r.id] = value_and_tokens(r, self.metric, self.at_step)
         self.lines: list[Line] = []
         self.gaps: list[GapLine] = []
         self.group = None
@@ -225,7 +224,6 @@ class PredictionCheck:
     def _sized_shape(ln: Line, x: float) -> str | None:
         """None when the runs' dim x depth is what the sizing tool picks at ``x`` for their options, else
         a note naming both."""
-        from elmanlab.report.fit import SIZE_KEYS
         from elmanlab.sizing import solve
         r = ln.runs[0]
         try:

@@ -269,19 +269,22 @@ def _token_groups(runs, tokens) -> list[list]:
     return out
 
 
+def value_and_tokens(r, metric: str, at_step: int | None = None) -> tuple[float | None, float | None]:
+    """Run ``r``'s ``metric`` and the tokens it had trained on then: at its end, or with ``at_step``
+    at that step (``Run.value_at``)."""
+    if at_step is None:
+        return r.get(metric), r.get("tokens")
+    rows = (r.train.get("batch_size") or r.get("batch_size") or 0) * (r.train.get("seq_len") or r.get("seq_len") or 0)
+    return r.value_at(at_step, metric), at_step * rows
+
+
 def fit_study(report, predict_at=(), B: int = BOOTSTRAP, seed: int = SEED, at_step: int | None = None) -> FitReport:
     """Every fit the report's completed runs allow (see the module's docstring); with ``at_step``
     each run's value at that step (``Run.value_at``) and its tokens then, not at its end."""
     left = [(r.id, r.status + (f": {r.error}" if r.error and r.error != r.status else "")) for r in report.notok]
     usable, value, tokens = [], {}, {}
     for r in report.done:
-        if at_step is not None:
-            v = r.value_at(at_step, report.metric)
-            rows = (r.train.get("batch_size") or r.get("batch_size") or 0) * (r.train.get("seq_len") or
-                                                                             r.get("seq_len") or 0)
-            value[r.id], tokens[r.id] = v, at_step * rows
-        else:
-            value[r.id], tokens[r.id] = r.loss, r.get("tokens")
+        value[r.id], tokens[r.id] = value_and_tokens(r, report.metric, at_step)
         if not r.params:
             left.append((r.id, "no parameter count in its record"))
         elif not tokens[r.id]:
