@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from _harness import save_json
 from elmanlab.config import TrainConfig
@@ -71,7 +72,8 @@ def run(args) -> dict:
         tr = Trainer(cfg)
         try:
             t0 = time.time()
-            losses = [tr.train_step()[0] for _ in range(args.steps)]
+            losses = [tr.train_step()[0] for _ in tqdm(range(args.steps), desc=f"train {args.model}", unit="step",
+                                                       mininterval=2.0, file=sys.stderr)]
             train_s = time.time() - t0
             mid = len(tr.split.train) // 2
             unread = np.asarray(tr.split.train[mid: mid + args.eval_bytes + 1])
