@@ -48,18 +48,36 @@ def open_metrics(tr) -> MetricsLog | None:
                       tensorboard=tr.cfg.tensorboard, wandb=tr.cfg.wandb)
 
 
+def new_interval() -> dict:
+    """The counters of one training line: the summed loss and its steps, the highest step loss and
+    gradient norm (a spike inside a line shows though the mean hides it), tokens and time (timed steps)."""
+    return {"loss_sum": 0.0, "loss_n": 0, "loss_max": None, "grad_norm_max": None, "tokens": 0, "time": 0.0}
+
+
+def add_step(iv: dict, loss: float, grad_norm: float) -> None:
+    """Count one step's finite loss and gradient norm into the line's counters ``iv``."""
+    if np.isfinite(loss):
+        iv["loss_sum"] += loss
+        iv["loss_n"] += 1
+        iv["loss_max"] = loss if iv["loss_max"] is None else max(iv["loss_max"], loss)
+    if np.isfinite(grad_norm):
+        iv["grad_norm_max"] = grad_norm if iv["grad_norm_max"] is None else max(iv["grad_norm_max"], grad_norm)
+
+
 def log_training(tr) -> None:
-    """A training line for the steps since the last one (their mean loss and speed); starts the next."""
+    """A training line for the steps since the last one (their mean loss and speed, the highest step
+    loss and gradient norm); starts the next."""
     iv = tr.interval
     rec = {"step": tr.step,
            "loss": iv["loss_sum"] / iv["loss_n"] if iv["loss_n"] else None,
            "tokens": tr.tokens, "elapsed": round(tr.timers["train_s"], 4),
            "tokens_per_s": round(iv["tokens"] / iv["time"], 2) if iv["time"] > 0 else None,
            "lr": float(tr.optimizer.param_groups[0].get("scheduled_lr", tr.cfg.lr)),
-           "grad_norm": tr.last_grad_norm}
+           "grad_norm": tr.last_grad_norm,
+           "loss_max": iv.get("loss_max"), "grad_norm_max": iv.get("grad_norm_max")}
     if tr.metrics is not None:
         tr.metrics.write(rec)
-    tr.interval = {"loss_sum": 0.0, "loss_n": 0, "tokens": 0, "time": 0.0}
+    tr.interval = new_interval()
 
 
 def summary(tr, status: str, error: str | None = None) -> dict:

@@ -160,7 +160,7 @@ class Trainer:
         self.interrupt = GracefulStop()                     # set by the first SIGINT (elmanlab.interrupt)
         self.between_steps = True                           # False while a step is half applied
         self.timers = {"train_s": 0.0, "warmup_s": 0.0, "checkpoint_s": 0.0, "eval_s": 0.0, "wall_s": 0.0}
-        self.interval = {"loss_sum": 0.0, "loss_n": 0, "tokens": 0, "time": 0.0}
+        self.interval = records.new_interval()
         self.last_grad_norm = None
         self.warm_steps = 0                                 # steps timed as warm-up (warm_up_steps per process)
         self.prior_wall = 0.0                               # wall-clock of the run before this process
@@ -338,11 +338,10 @@ class Trainer:
                     torch.cuda.synchronize(self.device)
                 dt = time.perf_counter() - t0
                 self.last_grad_norm = gn_v if math.isfinite(gn_v) else None
+                records.add_step(self.interval, loss_v, gn_v)
                 if math.isfinite(loss_v):
                     self.losses.append(loss_v)
                     self.final_loss = loss_v
-                    self.interval["loss_sum"] += loss_v
-                    self.interval["loss_n"] += 1
                 if warm_left:                               # compile / autotune / capture: timed apart
                     self.timers["warmup_s"] += dt
                     self.warm_steps += 1
