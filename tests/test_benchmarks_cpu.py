@@ -263,3 +263,45 @@ def test_heldout_gap_scores_both_weights_on_both_sets(tmp_path, capsys):
     assert d["device"] == "cpu" and d["kernel"]["family"] == "e1"
     assert "train_unread" in capsys.readouterr().out
     assert hg.main(["--model", "e1", "--steps", "0"]) == 2 and "--steps" in capsys.readouterr().err
+
+
+def test_same_stream_curves_verifies_the_streams_and_compares_at_equal_steps(tmp_path, capsys):
+    """benchmarks/same_stream_curves.py: a run of 20 steps and one of 30 (seed 1) read the same first 20
+    batches although their data_fingerprints differ; each stream is recomputed and checked. A run whose
+    fingerprint is not its sampler's stream is set aside, never compared; another seed is its own group."""
+    from elmanlab.data import BatchSampler, fingerprint_start, fingerprint_update
+    ssc = importlib.import_module("same_stream_curves")
+
+    def fp(steps, seed=1):
+        s, f = BatchSampler(5000, 16, 2, seed), fingerprint_start(5000, 16)
+        for k in range(steps):
+            f = fingerprint_update(f, s.offsets(k))
+        return f
+
+    def run(study, rid, losses, seed=1, fingerprint=None):
+        _metric_run(tmp_path / study, rid, "e1", 1000 * len(losses), seed, losses)
+        p = tmp_path / study / rid / "summary.json"
+        summ = json.loads(p.read_text())
+        summ.update(seed=seed, batch_size=2, seq_len=16, train_bytes=5000,
+                    data_fingerprint=fingerprint or fp(10 * len(losses), seed))
+        p.write_text(json.dumps(summ))
+
+    short = [5.0] * 20
+    long_ = [4.0] * 10 + [3.0] * 10 + [2.0] * 10
+    run("a", "e1-short", short)
+    run("b", "e1-long", long_)
+    run("b", "e1-forged", long_, fingerprint=fp(300, seed=2))
+    run("b", "e1-seed2", long_, seed=2)
+    assert fp(200) != fp(300)                                   # the two streams' fingerprints differ
+    out = tmp_path / "ssc.json"
+    assert ssc.main([str(tmp_path / "a"), str(tmp_path / "b"), "--steps", "100,200,300", "--out", str(out),
+                     "--plot", str(tmp_path / "c.png")]) == 0
+    d = json.loads(out.read_text())
+    got = {r["run"]: r["loss_at"] for r in d["runs"]}
+    assert got["e1-short"] == {"100": 5.0, "200": 5.0, "300": None}
+    assert got["e1-long"] == {"100": 4.0, "200": 3.0, "300": 2.0}
+    assert [a["run"] for a in d["set_aside"]] == ["e1-forged"] and "not the sampler's stream" in d["set_aside"][0]["why"]
+    text = capsys.readouterr().out
+    assert "seed 1, batch 2 x 16" in text and "seed 2, batch 2 x 16" in text and (tmp_path / "c.png").stat().st_size > 0
+    assert ssc.main([str(tmp_path / "a"), "--steps", "50"]) == 2 and "at least 100" in capsys.readouterr().err
+    assert ssc.main([str(tmp_path / "a"), "--models", "mamba2"]) == 2 and "no completed run" in capsys.readouterr().err
