@@ -107,3 +107,24 @@ def test_runs_that_differ_only_in_the_wrapper_are_not_pooled(tmp_path):
     assert len({keys["plain"], keys["tied"], keys["layer"]}) == 3
     assert runs["tied"].label().endswith("tied") and runs["layer"].label().endswith("layernorm")
     assert runs["plain"].label() == "100x4"
+
+
+def test_a_pending_job_pools_with_the_finished_runs_of_its_configuration(tmp_path):
+    """A pending job's record lists what its study file set; a finished run's records every option and
+    setting. The two of one configuration have one key (else the report shows a finished configuration
+    beside a 'not run' line of itself); another option or training setting is still another key."""
+    from elmanlab.report.collect import Run
+    done = Run(id="e1-s42", path=tmp_path, status="completed", model="e1", dim=64, depth=2,
+               options={"expansion": 1.0, "spectral_norm": False, "w_h_scale": 0.9, "init": "default",
+                        "spectral_mode": "bound"},
+               train={"seed": 42, "steps": 30, "lr": 3e-4, "warmup_steps": 0, "precision": "autocast"})
+    pending = Run(id="e1-s43", path=tmp_path, status="pending", model="e1", dim=64, depth=2, options={},
+                  train={"seed": 43, "steps": 30, "lr": 3e-4})
+    assert done.config_key() == pending.config_key()
+    for other in (Run(id="x", path=tmp_path, status="pending", model="e1", dim=64, depth=2,
+                      options={"spectral_norm": True}, train={"seed": 43, "steps": 30, "lr": 3e-4}),
+                  Run(id="y", path=tmp_path, status="pending", model="e1", dim=64, depth=2, options={},
+                      train={"seed": 43, "steps": 30, "lr": 3e-4, "grad_clip": 1.0}),
+                  Run(id="z", path=tmp_path, status="pending", model="e1", dim=64, depth=2, options={},
+                      train={"seed": 43, "steps": 30, "lr": 3e-4, "warmup_steps": 200})):
+        assert other.config_key() != done.config_key()

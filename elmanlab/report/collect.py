@@ -144,8 +144,11 @@ class Run:
     def config_key(self) -> str:
         """Everything that defines the configuration except the seed (to pool seeds): the wrapper's
         settings too, where they are not the defaults (a tied head, LayerNorm, another MLP)."""
-        tr = {k: v for k, v in self.train.items() if k != "seed"}
-        key = [self.model, self.dim, self.depth, self.options, tr]
+        # defaults filled in on both sides: a pending job's record lists only what its study file set,
+        # a finished run's every setting, and the two of one configuration must pool
+        tr = {**{k: d for k, d in _DEFAULTS.items() if d is not None}, **self.train}
+        tr.pop("seed", None)
+        key = [self.model, self.dim, self.depth, self.full_options(), tr]
         wrapper = self.nondefault_wrapper()
         return json.dumps(key + [wrapper] if wrapper else key, sort_keys=True, default=str)
 
@@ -190,6 +193,16 @@ class Run:
         except ElmanlabError:
             off = set()
         return {k: v for k, v in self.options.items() if k not in off}
+
+    def full_options(self) -> dict:
+        """The options with the family's defaults filled in where the record does not give them."""
+        try:
+            from elmanlab.config import option_fields
+            fields_ = option_fields(self.model)
+        except ElmanlabError:
+            return dict(self.options)
+        return {**{k: f.default for k, f in fields_.items() if isinstance(f.default, (int, float, str, bool))},
+                **self.options}
 
     def nondefault_options(self) -> dict:
         try:
