@@ -6,6 +6,8 @@ import csv
 import io
 import json
 
+import pytest
+
 from elmanlab.config import identity_settings
 from elmanlab.report import Report, collect_runs, write_report
 from test_report import make_run
@@ -128,3 +130,41 @@ def test_a_pending_job_pools_with_the_finished_runs_of_its_configuration(tmp_pat
                   Run(id="z", path=tmp_path, status="pending", model="e1", dim=64, depth=2, options={},
                       train={"seed": 43, "steps": 30, "lr": 3e-4, "warmup_steps": 200})):
         assert other.config_key() != done.config_key()
+
+
+def test_loss_spikes_are_found_in_the_training_lines_and_reported(tmp_path):
+    """A line 0.7 nats above the lines before it (E1 400M's at step 830, on the GPU) is a spike, shown at
+    the report's top and in results.csv (the rise is from the median of the ten lines before, which the
+    still-falling curve puts above the line's own trend); lines that rise together are one event; a line 0.12 above (the
+    largest rise of a committed run without a spike) is not, nor is the fast fall of the first steps."""
+    make_run(tmp_path, "calm", "e1", 1000, 16, 2, steps=600)
+    make_run(tmp_path, "spiky", "e1", 1000, 16, 2, steps=600, seed=43)
+    make_run(tmp_path, "noisy", "e1", 1000, 16, 2, steps=600, seed=44)
+
+    def edit(rid, change):
+        p = tmp_path / rid / "metrics.jsonl"
+        rows = [json.loads(x) for x in p.read_text().splitlines()]
+        for r in rows:
+            change(r)
+        p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def spike(r):
+        if r["step"] in (300, 310):
+            r["loss"] += 0.7 if r["step"] == 300 else 0.3
+            r["loss_max"] = r["loss"] + 5.0
+        if r["step"] == 500:
+            r["loss"] += 0.5
+    edit("spiky", spike)
+    edit("noisy", lambda r: r.update(loss=r["loss"] + 0.12) if r["step"] == 400 else None)
+    runs = {r.id: r for r in collect_runs(tmp_path)[0]}
+    assert runs["calm"].loss_spikes() == [] and runs["noisy"].loss_spikes() == []
+    evs = runs["spiky"].loss_spikes()
+    assert [e["step"] for e in evs] == [300, 500]
+    assert 0.45 < evs[0]["rise"] < 0.7 and evs[0]["loss_max"] == pytest.approx(evs[0]["loss"] + 5.0)
+    assert evs[1]["loss_max"] is None
+    write_report(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "**Loss spikes**" in text and "spiky at step 300" in text and "spiky at step 500" in text
+    assert "calm at step" not in text and "noisy at step" not in text
+    rows = {r["run"]: r for r in csv.DictReader(io.StringIO((tmp_path / "results.csv").read_text()))}
+    assert rows["spiky"]["loss_spike_steps"] == "300 500" and rows["calm"]["loss_spike_steps"] == ""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from elmanlab.report.collect import Run
+from elmanlab.report.collect import SPIKE_AFTER, SPIKE_NATS, SPIKE_WINDOW, Run
 from elmanlab.report.fmt import names
 
 
@@ -108,13 +108,21 @@ def unlike_runs(done: list[Run], findings: list[Finding]) -> dict[str, list[str]
 
 
 def record_notes(done: list[Run]) -> list[str]:
-    """What a reader should know about the records: non-finite steps skipped, records that do not
-    say what ran, the code that made the runs."""
+    """What a reader should know about the records: non-finite steps skipped, loss spikes, records
+    that do not say what ran, the code that made the runs."""
     notes = []
     skipped = [(r.id, r.nonfinite_steps) for r in done if r.nonfinite_steps]
     if skipped:
         notes.append("**Non-finite steps skipped** (the loss or a gradient was not finite; the update was "
                      "dropped): " + ", ".join(f"{i} ({n})" for i, n in skipped) + ".")
+    spikes = [(r.id, ev) for r in done for ev in r.loss_spikes()]
+    if spikes:
+        notes.append(f"**Loss spikes** (a training line's mean at least {SPIKE_NATS} nats above the median of the "
+                     f"{SPIKE_WINDOW} lines before it, past step {SPIKE_AFTER}; each ranking includes what the spike "
+                     "cost the run): " + ", ".join(
+                         f"{i} at step {ev['step']} ({ev['loss']:.3f} against {ev['median_before']:.3f}"
+                         + (f"; highest step {ev['loss_max']:.3f}" if ev["loss_max"] is not None else "") + ")"
+                         for i, ev in spikes) + ".")
     no_kernel = [r.id for r in done if r.kernel_path is None]
     no_graph = [r.id for r in done if r.cuda_graph is None]
     if no_kernel and len(no_kernel) == len(done) and len(no_graph) == len(done):
