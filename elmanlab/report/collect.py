@@ -21,7 +21,7 @@ from elmanlab.runs import (ASIDE, CONFIG_FILE, LOG_DIR, PLOTS_DIR, SUMMARY_FILE,
 IDENTITY = frozenset(identity_settings())          # the train settings a Run keeps
 _DEFAULTS = {k: f.default for k, f in train_settings().items() if k in IDENTITY}
 # A loss spike: a training line whose mean is SPIKE_NATS or more above the median of the SPIKE_WINDOW
-# lines before it, past step SPIKE_AFTER (before, the loss falls too fast to judge). Over the 59 runs
+# lines before it, past step SPIKE_AFTER (before, the loss falls too fast to judge). Over the 59 run folders
 # committed by 2026-12-07 the largest such rise of a run without a visible spike was 0.124 nats; the three
 # spikes rose 0.45-0.73 (E1 400M at step 830, E1 100M seed 43 at 940, E33 100M at 370).
 SPIKE_NATS, SPIKE_WINDOW, SPIKE_AFTER = 0.25, 10, 100
