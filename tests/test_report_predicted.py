@@ -123,3 +123,22 @@ def test_bad_fit_files_are_one_line_errors(tmp_path):
     p = subprocess.run([sys.executable, "-m", "elmanlab", "report", str(root), "--check-fit", str(tmp_path / "bad.json")],
                        capture_output=True, text=True)
     assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1 and "not readable JSON" in p.stderr
+
+
+def test_a_verdict_on_a_run_that_spiked_says_so(tmp_path):
+    """E1 400M missed its prediction with a loss spike at step 830 inside it: the verdict, on the
+    configuration and on the gap, names the spike (Run.loss_spikes); a run without one gets no note."""
+    fit = fitted(tmp_path)
+    root = tmp_path / "big"
+    big_run(root, "e1-s42", "e1", law(SHALLOW, 400e6) + 0.3)
+    big_run(root, "mamba2-s42", "mamba2", law(STEEP, 400e6))
+    p = root / "e1-s42" / "metrics.jsonl"
+    rows = [json.loads(x) for x in p.read_text().splitlines()]
+    for r in rows:
+        r["loss"] += 0.8 if r["step"] == 200 else 0.0
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    chk = json.loads(Report(root, check_fit=fit).write()["check"].read_text())
+    v = {tuple(ln["runs"]): ln["verdict"] for ln in chk["lines"]}
+    assert v[("e1-s42",)] == "missed: higher than predicted; e1-s42 had a loss spike at step 200"
+    assert v[("mamba2-s42",)].startswith("held") and "spike" not in v[("mamba2-s42",)]
+    assert chk["gaps"][0]["verdict"].endswith("; e1-s42 had a loss spike at step 200")

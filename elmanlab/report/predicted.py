@@ -217,7 +217,7 @@ class PredictionCheck:
         shift = ln.pred - curve(p["x"])
         ln.interval = (v["interval"][0] + shift, v["interval"][1] + shift)
         ln.with_noise = _widen(ln.pred, ln.interval, self.sd, 1 / ln.n)
-        ln.verdict = _verdict(ln.mean, ln.interval, ln.with_noise)
+        ln.verdict = _verdict(ln.mean, ln.interval, ln.with_noise) + _spike_note(ln.runs)
         ln.judged = True
 
     @staticmethod
@@ -253,6 +253,7 @@ class PredictionCheck:
             verdict = _verdict(obs, iv, wide)
             if (obs > 0) != (pred > 0):
                 verdict += "; the order reversed"
+            verdict += _spike_note(la.runs + lb.runs)
             self.gaps.append(GapLine(g["a"], g["b"], obs, pred, iv, wide, verdict, (la.n, lb.n)))
 
     # ------------------------------------------------------------ output
@@ -303,6 +304,14 @@ class PredictionCheck:
 
     def short(self) -> str:
         return f"Against the predictions of {self.path}:\n" + "\n".join(f"- {f}" for f in self.findings())
+
+
+def _spike_note(runs) -> str:
+    """'; RUN had a loss spike at step N' for each run with one (Run.loss_spikes): a verdict on a run
+    that spiked is a verdict on the spike as much as on the curve."""
+    spiked = [(r.id, [ev["step"] for ev in r.loss_spikes()]) for r in runs]
+    return "".join(f"; {rid} had a loss spike at step{'s' if len(st) > 1 else ''} {', '.join(map(str, st))}"
+                   for rid, st in spiked if st)
 
 
 def _num(v) -> str:
