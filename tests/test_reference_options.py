@@ -272,11 +272,22 @@ def test_reference_study_expands_to_the_table_the_reference_and_the_ablations():
     waves = {}
     for j in jobs:
         waves.setdefault(j.wave, []).append(j)
-    assert {w: len(v) for w, v in waves.items()} == {"table": 15, "reference": 7, "ablation": 4}
+    assert {w: len(v) for w, v in waves.items()} == {"table": 15, "reference": 7, "ablation": 4, "stability": 3}
     assert study.baseline == "mamba2"
+    base = {"steps": 1500, "batch_size": 16, "seq_len": 512, "lr": 3e-4, "weight_decay": 0.1, "eval_every": 750,
+            "eval_bytes": 2_000_000}
     for j in jobs:                                          # the reference's settings, stated once
-        assert j.train == {"steps": 1500, "batch_size": 16, "seq_len": 512, "lr": 3e-4, "weight_decay": 0.1,
-                           "seed": j.train["seed"], "eval_every": 750, "eval_bytes": 2_000_000}
+        if j.wave != "stability":
+            assert j.train == {**base, "seed": j.train["seed"]}
+    # the stability wave: E1 depth 26 with this lab's defaults and one training setting changed
+    changed = []
+    for j in waves["stability"]:
+        assert (j.model, j.dim, j.depth, j.train["seed"]) == ("e1", 1760, 26, 42) and not j.options
+        assert j.norm == "rms" and not j.tie_embeddings
+        diff = {k: v for k, v in j.train.items() if k != "seed" and base.get(k) != v}
+        assert len(diff) == 1 and all(base[k] == j.train[k] for k in base if k not in diff)
+        changed.append(diff)
+    assert changed == [{"lr": 1.5e-4}, {"grad_clip": 1.0}, {"warmup_steps": 200}]
     assert sorted(j.id for j in jobs if j.train["seed"] == 43) == [
         "e1-d1056x26-expansion=2-s43", "e1-d1760x26-s43", "mamba2-d1728x22-d_state=64-s43"]
     # every row of the table, at its dim and depth, once with seed 42 and this lab's defaults
