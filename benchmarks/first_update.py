@@ -119,6 +119,20 @@ def out_proj_update(lm: LM, before: dict, ys: dict) -> list[dict]:
     return rows
 
 
+@torch.no_grad()
+def w_h_norms(lm: LM) -> list[float]:
+    """Each layer's largest singular value of W_h as its forward uses it (after a spectral norm), for the
+    layers that have one (the Elman family)."""
+    out = []
+    for blk in lm.blocks:
+        get = getattr(blk.layer, "_W_h", None)
+        if callable(get):
+            with kept_buffers(lm):
+                w = get().detach().float()
+            out.append(round(torch.linalg.matrix_norm(w, ord=2).item(), 4))
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="e42", help="model family (default e42)")
@@ -138,6 +152,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=42, help="initialisation seed (default 42)")
     ap.add_argument("--data", default=None, help="training text (default: the embedded corpus)")
     ap.add_argument("--blame", action="store_true", help="after the first update, which group's update moves the loss")
+    ap.add_argument("--w-h-norm", type=int, default=0, metavar="N",
+                    help="the Elman family: each layer's ||W_h||_2 (the recurrence as the forward uses it) at "
+                         "initialisation and every N updates (default 0: not measured)")
     ap.add_argument("--out", default=None, help="JSON file to write")
     args = ap.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1 or args.seq_len < 2:
@@ -180,6 +197,9 @@ def main(argv=None) -> int:
     init = out_proj_inputs(lm, held_x, ys)
     before = {n: p.detach().clone() for n, p in lm.named_parameters()}
     losses, train_losses, blame = [held_loss()], [], None
+    norms = [{"update": 0, "w_h_norm": w_h_norms(lm)}] if args.w_h_norm > 0 else []
+    if args.w_h_norm > 0 and not norms[0]["w_h_norm"]:
+        raise SystemExit(f"error: --w-h-norm measures the Elman family's W_h; {args.model} has none")
     bar = tqdm(range(args.steps), desc=f"first updates of {args.model} {args.dim}x{args.depth}", unit="step",
                disable=args.steps < 5, file=sys.stderr)
     for step in bar:
@@ -206,6 +226,8 @@ def main(argv=None) -> int:
                 for g in groups]}
             with_updated(set(groups))
         losses.append(held_loss())
+        if args.w_h_norm > 0 and (step + 1) % args.w_h_norm == 0:
+            norms.append({"update": step + 1, "w_h_norm": w_h_norms(lm)})
         bar.set_postfix_str(f"held-out loss {losses[-1]:.3f}")
     bar.close()
 
@@ -213,7 +235,7 @@ def main(argv=None) -> int:
            "tie_embeddings": args.tie_embeddings, "params": lm.num_params(),
            "lr": args.lr, "weight_decay": args.weight_decay, "warmup": args.warmup, "batch_size": B, "seq_len": T,
            "seed": args.seed, "data": args.data or "embedded corpus", "held_out_loss": losses,
-           "train_loss": train_losses, "blame": blame, "out_proj_input": init, "out_proj_update": update,
+           "train_loss": train_losses, "w_h_norm": norms, "blame": blame, "out_proj_input": init, "out_proj_update": update,
            "torch": torch.__version__, "python": platform.python_version(), "commit": source_info()["commit"]}
     coh = [r["coherence"] for r in init]
     wrapper = (" norm layer" if args.norm != "rms" else "") + (" tied head" if args.tie_embeddings else "")
@@ -226,6 +248,9 @@ def main(argv=None) -> int:
               f"position coherence {', '.join(str(r['position_coherence']) for r in update)}")
     print("held-out loss after each update (0 = at init): "
           + ", ".join(f"{i}: {v:.3f}" for i, v in enumerate(losses)))
+    if norms:
+        print("||W_h||_2 by layer after each measured update: "
+              + "; ".join(f"{r['update']}: {', '.join(f'{v:.3f}' for v in r['w_h_norm'])}" for r in norms))
     if blame:
         print(f"\nfirst update, held-out loss {blame['none']:.3f} -> {blame['all']:.3f}; by group:")
         print(f"{'group':<10} {'only it':>8} {'all but it':>11} {'max |change|':>13}")

@@ -305,3 +305,22 @@ def test_same_stream_curves_verifies_the_streams_and_compares_at_equal_steps(tmp
     assert "seed 1, batch 2 x 16" in text and "seed 2, batch 2 x 16" in text and (tmp_path / "c.png").stat().st_size > 0
     assert ssc.main([str(tmp_path / "a"), "--steps", "50"]) == 2 and "at least 100" in capsys.readouterr().err
     assert ssc.main([str(tmp_path / "a"), "--models", "mamba2"]) == 2 and "no completed run" in capsys.readouterr().err
+
+
+def test_first_update_measures_the_recurrence_norm(tmp_path, capsys):
+    """first_update.py --w-h-norm N: each Elman layer's ||W_h||_2 at init (0.9: orthogonal x 0.9) and
+    every N updates; free, it moves with the updates; with the reference's fixed spectral norm it is
+    0.99 whatever the updates do; a family without W_h is refused in one line."""
+    fu = importlib.import_module("first_update")
+    free, fixed = tmp_path / "free.json", tmp_path / "fixed.json"
+    args = ["--model", "e1", "--dim", "48", "--depth", "2", "--steps", "4", "--lr", "1e-2", "--w-h-norm", "2"]
+    assert fu.main(args + ["--out", str(free)]) == 0
+    assert fu.main(args + ["--options", '{"spectral_norm": true, "spectral_mode": "fixed"}', "--out", str(fixed)]) == 0
+    n = json.loads(free.read_text())["w_h_norm"]
+    assert [r["update"] for r in n] == [0, 2, 4] and n[0]["w_h_norm"] == [pytest.approx(0.9, abs=1e-3)] * 2
+    assert all(abs(v - 0.9) > 0.01 for v in n[-1]["w_h_norm"])
+    for r in json.loads(fixed.read_text())["w_h_norm"]:
+        assert r["w_h_norm"] == [pytest.approx(0.99, abs=0.02)] * 2, r
+    assert "||W_h||_2 by layer" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--w-h-norm measures the Elman family"):
+        fu.main(["--model", "mingru", "--dim", "32", "--depth", "1", "--steps", "1", "--w-h-norm", "1"])
