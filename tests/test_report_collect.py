@@ -168,3 +168,21 @@ def test_loss_spikes_are_found_in_the_training_lines_and_reported(tmp_path):
     assert "calm at step" not in text and "noisy at step" not in text
     rows = {r["run"]: r for r in csv.DictReader(io.StringIO((tmp_path / "results.csv").read_text()))}
     assert rows["spiky"]["loss_spike_steps"] == "300 500" and rows["calm"]["loss_spike_steps"] == ""
+
+
+def test_a_pending_job_keeps_its_wrapper(tmp_path):
+    """A pending job of the reference's wrapper (tied head, LayerNorm) is labelled and keyed with it, as its
+    finished run will be; before, the report's table named it as if it ran this lab's wrapper."""
+    root = tmp_path / "st"
+    root.mkdir()
+    make_run(root, "e1-s42", "e1", 200_728, 88, 4)
+    job = {"model": "e1", "params": None, "status": "pending", "options": {"init": "reference"},
+           "train": {"steps": 300, "seed": 42}, "size": {"params": 200_000, "dim": 88, "depth": 4}}
+    state = {"name": "w", "baseline": "e1", "jobs": [
+        {**job, "id": "ref", "run_dir": "ref", "tie_embeddings": True, "norm": "layer", "mlp_ratio": 0.0},
+        {**job, "id": "lab", "run_dir": "lab"}]}
+    (root / "study.json").write_text(json.dumps(state))
+    runs = {r.id: r for r in collect_runs(root)[0]}
+    assert runs["ref"].nondefault_wrapper() == {"tied": True, "norm": "layer"}
+    assert runs["ref"].label() == "88x4 init=reference tied layernorm"
+    assert runs["lab"].nondefault_wrapper() == {} and runs["ref"].config_key() != runs["lab"].config_key()

@@ -412,6 +412,7 @@ def collect_runs(root) -> tuple[list[Run], dict | None]:
         runs.append(Run(id=rel, path=root / rel, status=status, model=job.get("model", "?"), error=err,
                         params=size.get("params"), target=_parse_target(job.get("params")),
                         dim=size.get("dim"), depth=size.get("depth"), options=opts,
+                        wrapper=_wrapper_fields({}, {"model": job}),
                         train=_identity(job.get("train")), wave=job.get("wave")))
     _assign_scales(runs)
     return runs, state
