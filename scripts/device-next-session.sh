@@ -45,7 +45,7 @@
 # 200M x2. Suggested calls: (1) ONLY='e88-100M-*,gdn-50M-*,gdn-100M-*'; (2) ONLY='e42-50M-*,e42-100M-*';
 # (3) ONLY='transformer-200M-s42,mamba2-200M-s43,transformer-200M-s43' (since 2026-12-07 the runs start
 # in the patterns' order: the Transformer's val_bpb_y, which settles the held-out disagreement, first); (4) ONLY='gdn-200M-*'; (5) and (6) one e88-200M each (SOLO_ABOVE applies).
-# The day's fourth session (2026-12-07, H100): five failed starts (571 s), then two r calls of one lease,
+# The day's fourth session (2026-12-07, H100): five failed starts (541 s), then two r calls of one lease,
 # each one run alone: ONLY='mamba2-d1728x22-s42' (288 s in the study, 75 s of it tuning the 400M shapes,
 # now in studies/state/), then ONLY='e1-d1760x26-s42' on the warm machine (340 s); 437 and 462 s a call.
 # E1 400M had a loss spike at steps 821-830 and missed the scaling fit's prediction. Next, one r call a run
