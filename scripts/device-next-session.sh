@@ -14,7 +14,7 @@
 #      the call runs out of time), a last collect at DEADLINE_S (default 580) seconds into the call (timeout_s 600: the study starts about 65 s in, after the install)
 #   r  issue 19 in one call: studies/reference-400m.yaml one run at a time (each 400M run 3-6 minutes
 #      alone, recording its own tokens/s and memory), resumed from docs/results/reference-400m once a
-#      collect is committed there; FINISH_BY (default 7) ends the runs before DEADLINE_S (default 570)
+#      collect is committed there; FINISH_BY (default 9: an E1 400M run alone took 340 s on an H100) ends the runs before DEADLINE_S (default 570)
 #   f  (two calls) studies/e42-first-step.yaml: does a warm-up or the reference's initialisation undo E42's
 #      loss at 200M (worse than at 20M in scaling-small)? land it with land-collect.sh ... e42-first-step GPU
 #   m  (~3 minutes, the GPU otherwise idle) what sharing the GPU gains: E1 200M and 20M, 300 steps,
@@ -82,7 +82,7 @@ f)
     study_once studies/e42-first-step.yaml
     ;;
 r)
-    JOBS=1 SOLO_ABOVE= STOP_AFTER=${STOP_AFTER:-2} FINISH_BY=${FINISH_BY:-7} DEADLINE_S=${DEADLINE_S:-570} \
+    JOBS=1 SOLO_ABOVE= STOP_AFTER=${STOP_AFTER:-2} FINISH_BY=${FINISH_BY:-9} DEADLINE_S=${DEADLINE_S:-570} \
         study_once studies/reference-400m.yaml
     ;;
 m)
