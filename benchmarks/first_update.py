@@ -124,12 +124,11 @@ def w_h_norms(lm: LM) -> list[float]:
     """Each layer's largest singular value of W_h as its forward uses it (after a spectral norm), for the
     layers that have one (the Elman family)."""
     out = []
-    for blk in lm.blocks:
-        get = getattr(blk.layer, "_W_h", None)
-        if callable(get):
-            with kept_buffers(lm):
-                w = get().detach().float()
-            out.append(round(torch.linalg.matrix_norm(w, ord=2).item(), 4))
+    with kept_buffers(lm):                  # a spectral norm's power iteration moves its buffers
+        for blk in lm.blocks:
+            get = getattr(blk.layer, "_W_h", None)
+            if callable(get):
+                out.append(round(torch.linalg.matrix_norm(get().detach().float(), ord=2).item(), 4))
     return out
 
 

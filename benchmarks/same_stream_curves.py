@@ -50,9 +50,12 @@ def stream_key(r) -> tuple | None:
 
 
 def label(r) -> str:
-    """The report's configuration label, plus the training settings that change what a step does."""
-    extra = [f"{k}={r.get(k):g}" for k, default in (("warmup_steps", 0), ("lr", 3e-4))
-             if r.get(k) is not None and r.get(k) != default]
+    """The report's configuration label, plus the training settings other than the defaults that change
+    what a step does (learning rate, warm-up, clipping)."""
+    from elmanlab.config import train_settings
+    defaults = train_settings()
+    extra = [f"{k}={r.train[k]:g}" for k in ("lr", "warmup_steps", "grad_clip")
+             if r.train.get(k) is not None and r.train[k] != defaults[k].default]
     return " ".join([r.model, r.label(), *extra])
 
 
@@ -119,7 +122,8 @@ def main(argv=None) -> int:
     for row in rows:
         r = row.pop("_run")
         row["loss_at"] = {str(s): r.value_at(s, "loss_last100") if s <= row["steps"] else None for s in steps}
-        row["curve"] = [(m["step"], m["loss"]) for m in r.metrics() if isinstance(m.get("loss"), (int, float))]
+        # each 100 steps' mean loss, for the plot
+        row["curve"] = [(k, r.value_at(k, "loss_last100")) for k in range(100, int(row["steps"]) + 1, 100)]
     for row in aside:
         row.pop("_run", None)
     for key, grp in groups.items():
@@ -154,9 +158,8 @@ def plot(groups, path) -> None:
             runs = sorted((r for r in grp if r["model"] == fam), key=lambda r: r["params"] or 0)
             cm = plt.get_cmap(cmap)
             for i, r in enumerate(runs):
-                # the mean over each 100 steps, from the 10-step lines: the curves are readable
                 pts = [(s, v) for s, v in ((int(k), v) for k, v in r["loss_at"].items()) if v is not None]
-                dense = _hundreds(r["curve"])
+                dense = [(k, v) for k, v in r["curve"] if v is not None]
                 ax.plot([p[0] for p in dense], [p[1] for p in dense], color=cm(0.4 + 0.6 * (i + 1) / len(runs)),
                         label=f"{r['label']} ({(r['params'] or 0) / 1e6:.0f}M)", lw=1.4)
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", ms=3, color=cm(0.4 + 0.6 * (i + 1) / len(runs)))
@@ -171,17 +174,6 @@ def plot(groups, path) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     print(f"wrote {path}")
-
-
-def _hundreds(curve) -> list[tuple[int, float]]:
-    """Each 100 steps' mean loss, at its last step, from lines each the mean since the line before."""
-    out, prev, total, n = [], 0, 0.0, 0
-    for s, v in sorted(curve):
-        total, n, prev = total + v * (s - prev), n + (s - prev), s
-        if s % 100 == 0 and n:
-            out.append((s, total / n))
-            total, n = 0.0, 0
-    return out
 
 
 if __name__ == "__main__":

@@ -324,3 +324,19 @@ def test_first_update_measures_the_recurrence_norm(tmp_path, capsys):
     assert "||W_h||_2 by layer" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--w-h-norm measures the Elman family"):
         fu.main(["--model", "mingru", "--dim", "32", "--depth", "1", "--steps", "1", "--w-h-norm", "1"])
+
+
+def test_spike_scan_gives_each_runs_largest_rise_and_its_spikes(tmp_path, capsys):
+    """benchmarks/spike_scan.py: a run whose line at step 300 is 0.7 above the lines before it has that
+    as its largest rise and as a spike; a flat run's largest rise is 0 and it has none."""
+    ss = importlib.import_module("spike_scan")
+    _metric_run(tmp_path / "s", "flat", "e1", 1000, 42, [2.0] * 60)
+    _metric_run(tmp_path / "s", "spiky", "e1", 1000, 43, [2.0] * 29 + [2.7] + [2.0] * 30)
+    out = tmp_path / "scan.json"
+    assert ss.main([str(tmp_path / "s"), "--out", str(out)]) == 0
+    rows = {r["run"]: r for r in json.loads(out.read_text())["runs"]}
+    assert rows["spiky"]["largest_rise"] == pytest.approx(0.7) and rows["spiky"]["at_step"] == 300
+    assert rows["spiky"]["spikes"] == [300] and rows["flat"]["spikes"] == [] and rows["flat"]["largest_rise"] == 0
+    assert "without a spike: 1 runs, largest rise 0.000" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    assert ss.main([str(tmp_path / "empty")]) == 2 and "no completed run" in capsys.readouterr().err

@@ -21,8 +21,8 @@ from elmanlab.runs import (ASIDE, CONFIG_FILE, LOG_DIR, PLOTS_DIR, SUMMARY_FILE,
 IDENTITY = frozenset(identity_settings())          # the train settings a Run keeps
 _DEFAULTS = {k: f.default for k, f in train_settings().items() if k in IDENTITY}
 # A loss spike: a training line whose mean is SPIKE_NATS or more above the median of the SPIKE_WINDOW
-# lines before it, past step SPIKE_AFTER (before, the loss falls too fast to judge). Over the 59 run folders
-# committed by 2026-12-07 the largest such rise of a run without a visible spike was 0.124 nats; the three
+# lines before it, past step SPIKE_AFTER (before, the loss falls too fast to judge). Over the 50 completed runs
+# committed by 2026-12-07 (benchmarks/spike_scan.py) the largest such rise of a run without a visible spike was 0.124 nats; the three
 # spikes rose 0.45-0.73 (E1 400M at step 830, E1 100M seed 43 at 940, E33 100M at 370).
 SPIKE_NATS, SPIKE_WINDOW, SPIKE_AFTER = 0.25, 10, 100
 
@@ -199,21 +199,25 @@ class Run:
             off = set()
         return {k: v for k, v in self.options.items() if k not in off}
 
-    def full_options(self) -> dict:
-        """The options with the family's defaults filled in where the record does not give them."""
+    def _option_fields(self) -> dict | None:
+        """The family's option fields (their defaults), None for a model this code does not know."""
         try:
             from elmanlab.config import option_fields
-            fields_ = option_fields(self.model)
+            return option_fields(self.model)
         except ElmanlabError:
+            return None
+
+    def full_options(self) -> dict:
+        """The options with the family's defaults filled in where the record does not give them."""
+        fields_ = self._option_fields()
+        if fields_ is None:
             return dict(self.options)
         return {**{k: f.default for k, f in fields_.items() if isinstance(f.default, (int, float, str, bool))},
                 **self.options}
 
     def nondefault_options(self) -> dict:
-        try:
-            from elmanlab.config import option_fields
-            fields_ = option_fields(self.model)
-        except ElmanlabError:
+        fields_ = self._option_fields()
+        if fields_ is None:
             return dict(self.options)
         out = {}
         for k, v in self.options.items():
@@ -252,31 +256,37 @@ class Run:
             prev = s
         return total / n if n == step - start and prev == step and math.isfinite(total) else None
 
-    def loss_spikes(self) -> list[dict]:
-        """The run's loss spikes (see SPIKE_NATS), one per event: the line that rose most among lines
-        that rose within SPIKE_WINDOW lines of each other. Each: step, the line's mean loss, the median
-        of the lines before it, the rise, and the line's highest step loss where recorded (``loss_max``,
-        since 2026-12-07)."""
+    def line_rises(self) -> list[dict]:
+        """Each training line past step SPIKE_AFTER with SPIKE_WINDOW lines before it: its step, mean
+        loss, the median of those lines, the rise above it, and its highest step loss where recorded
+        (``loss_max``, since 2026-12-07)."""
         lines = sorted((m for m in self.metrics() if isinstance(m.get("loss"), (int, float))
                         and math.isfinite(m["loss"])), key=lambda m: m["step"])
-        events: list[dict] = []
-        last_i = None
+        out = []
         for i in range(SPIKE_WINDOW, len(lines)):
             m = lines[i]
             if m["step"] <= SPIKE_AFTER:
                 continue
             before = statistics.median(x["loss"] for x in lines[i - SPIKE_WINDOW:i])
-            rise = m["loss"] - before
-            if rise < SPIKE_NATS:
+            out.append({"step": int(m["step"]), "loss": float(m["loss"]), "median_before": before,
+                        "rise": m["loss"] - before, "line": i,
+                        "loss_max": m.get("loss_max") if isinstance(m.get("loss_max"), (int, float)) else None})
+        return out
+
+    def loss_spikes(self) -> list[dict]:
+        """The run's loss spikes (lines that rose SPIKE_NATS or more, ``line_rises``), one per event: the
+        line that rose most among lines that rose within SPIKE_WINDOW lines of each other."""
+        events: list[dict] = []
+        last = None
+        for ev in self.line_rises():
+            if ev["rise"] < SPIKE_NATS:
                 continue
-            ev = {"step": int(m["step"]), "loss": float(m["loss"]), "median_before": before, "rise": rise,
-                  "loss_max": m.get("loss_max") if isinstance(m.get("loss_max"), (int, float)) else None}
-            if last_i is not None and i - last_i <= SPIKE_WINDOW:
-                if rise > events[-1]["rise"]:
+            if last is not None and ev["line"] - last <= SPIKE_WINDOW:
+                if ev["rise"] > events[-1]["rise"]:
                     events[-1] = ev
             else:
                 events.append(ev)
-            last_i = i
+            last = ev["line"]
         return events
 
     def val_metrics(self) -> list[dict]:
