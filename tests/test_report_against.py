@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -322,3 +323,89 @@ def test_reference_train_choices_are_lines_of_their_own(tmp_path):
         r = rows[label]
         assert r["n"] == "1" and r["rank"] == "" and r["gap_to"] == "M2", label
         assert float(r["gap"]) == pytest.approx(s[rid]["loss_last100"] - m2, abs=1e-5)
+
+
+def _throughput_json(path: Path, rows, gpu="NVIDIA H100 80GB HBM3"):
+    """A benchmarks/throughput.py JSON with these rows (model, dim, depth, options, batch, mode, tok/s, GB)."""
+    out = []
+    for model, dim, depth, options, batch, mode, tok, gb in rows:
+        out.append({"model": model, "target": f"{dim}x{depth}", "batch": batch, "mode": mode, "seq_len": 64,
+                    "dim": dim, "depth": depth, "options": options, "params": 400_000, "tokens_per_s": tok,
+                    "peak_memory_gb": gb, "ran": f"{model} kernel", "status": "ok",
+                    "implementations": {"op": {"path": f"{model} kernel", "fast": True}}})
+    path.write_text(json.dumps({"machine": {"gpu": {"name": gpu}}, "seq_len": 64, "rows": out}))
+    return path
+
+
+def test_throughput_json_gives_the_speed_of_its_rows_of_the_runs_batch(tmp_path):
+    root, table, s = _lab(tmp_path)
+    tp = _throughput_json(tmp_path / "tp.json", [
+        ("mamba2", 128, 2, {"d_state": 64}, 4, "graph", 32000.0, 9.0),
+        ("e1", 96, 4, {}, 4, "graph", 24000.0, 10.8),
+        ("e1", 96, 4, {}, 64, "graph", 99000.0, 40.0),        # another batch: not the runs' step
+        ("e1", 64, 4, {"expansion": 2.0}, 4, "graph", 16000.0, 11.0)])
+    write_report(root, against=table, speed=[tp])
+    rows = _rows(root / "against.csv")
+    assert rows["E1 96x4"]["speed_from"] == "tp.json (NVIDIA H100 80GB HBM3)"
+    assert float(rows["E1 96x4"]["tok_s"]) == pytest.approx(24000)
+    assert float(rows["E1 96x4"]["tok_s_ratio"]) == pytest.approx(24000 / 32000)
+    assert float(rows["E1 96x4"]["memory_ratio"]) == pytest.approx(10.8 / 9.0)
+    assert float(rows["E1 exp2"]["tok_s_ratio"]) == pytest.approx(16000 / 32000)
+    # the row of another batch was left out, not averaged in
+    assert float(rows["E1 96x4"]["memory_gb"]) == pytest.approx(10.8)
+
+
+def test_speed_ratios_need_only_the_baseline_rows_timing(tmp_path):
+    """With the baseline row not trained yet (no gaps), a throughput row of it still gives the ratios."""
+    root, table, s = _lab(tmp_path)
+    for rid in ("m2-s42", "m2-s43"):
+        shutil.rmtree(root / rid)
+    tp = _throughput_json(tmp_path / "tp.json", [("mamba2", 128, 2, {"d_state": 64}, 4, "graph", 30000.0, 9.0),
+                                                 ("e1", 96, 4, {}, 4, "graph", 21000.0, 11.7)])
+    write_report(root, against=table, speed=[tp])
+    rows = _rows(root / "against.csv")
+    assert rows["E1 96x4"]["gap"] == "" and rows["E1 96x4"]["verdict"] == "no lab baseline"
+    assert float(rows["E1 96x4"]["tok_s_ratio"]) == pytest.approx(21000 / 30000)
+    assert rows["M2"]["status"] == "not run" and float(rows["M2"]["tok_s"]) == pytest.approx(30000)
+
+
+@pytest.mark.parametrize("files, words", [
+    ([("a.json", "H100"), ("b.json", "H200")], "ran on different GPUs"),
+    ([("a.json", None)], "not a throughput benchmark's JSON"),
+    ([("both.json", "H100")], "in both step modes"),
+    ([("b64.json", "H100")], "no row of the loss runs' batch"),
+])
+def test_bad_throughput_files_are_refused_in_one_line(tmp_path, capsys, files, words):
+    root, table, s = _lab(tmp_path)
+    args = []
+    for name, gpu in files:
+        p = tmp_path / name
+        if gpu is None:
+            p.write_text(json.dumps({"results": []}))
+        elif name == "both.json":
+            _throughput_json(p, [("e1", 96, 4, {}, 4, "graph", 24000.0, 10.8),
+                                 ("e1", 96, 4, {}, 4, "eager", 20000.0, 10.8)], gpu)
+        elif name == "b64.json":
+            _throughput_json(p, [("e1", 96, 4, {}, 64, "graph", 24000.0, 10.8)], gpu)
+        else:
+            _throughput_json(p, [("e1", 96, 4, {}, 4, "graph", 24000.0, 10.8)], gpu)
+        args += ["--speed", p]
+    rc, out, err = _main(capsys, root, "--against", table, *args)
+    assert rc == 2 and err.startswith("error:") and words in err, err
+    assert len(err.strip().splitlines()) == 1 and not (root / "report.md").exists()
+
+
+def test_lines_of_one_row_not_run_yet_are_told_apart_by_their_settings(tmp_path):
+    """Pending runs of one configuration with other train settings (a study's wave) are their own lines,
+    labelled by what they set away from the defaults; the default line keeps its plain label."""
+    root, table, s = _lab(tmp_path)
+    train = {"seed": 42, "batch_size": 4, "seq_len": 64, "lr": 3e-4, "weight_decay": 0.1, "steps": 300}
+    job = {"model": "e1", "dim": 96, "depth": 4, "mlp_ratio": 0.0, "tie_embeddings": False, "options": {},
+           "status": "pending", "error": None, "norm": "rms", "size": {"params": 400_000, "dim": 96, "depth": 4}}
+    state = {"name": "t", "baseline": "mamba2", "jobs": [
+        {**job, "id": "e1-96-lr", "run_dir": "e1-96-lr", "train": {**train, "lr": 1.5e-4}},
+        {**job, "id": "e1-96-clip", "run_dir": "e1-96-clip", "train": {**train, "grad_clip": 1.0}}]}
+    (root / "study.json").write_text(json.dumps(state))
+    write_report(root, against=table)
+    lines = set(_rows(root / "against.csv"))
+    assert {"E1 96x4", "E1 96x4 (lr=0.00015)", "E1 96x4 (grad_clip=1)"} <= lines

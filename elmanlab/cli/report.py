@@ -45,10 +45,12 @@ def register(sub) -> None:
                         "pooled over seeds, with the lab's gap to the baseline beside the table's, whether the "
                         "difference exceeds the seed spread, the order by loss, tokens/s and memory ratios and the "
                         "kernel path; written as a section of report.md and DIR/against.csv")
-    p.add_argument("--speed", metavar="SPEED_DIR",
-                   help="with --against: the --out folder of a speed study (studies/reference-400m-speed.yaml: each "
-                        "configuration timed alone on its GPU) to take tokens/s and peak memory from; without it they "
-                        "come from the loss runs, and tokens/s of runs that shared a GPU get no ratio")
+    p.add_argument("--speed", metavar="SPEED", action="append",
+                   help="with --against: where tokens/s and peak memory come from, each configuration timed alone on "
+                        "its GPU: the --out folder of a speed study (studies/reference-400m-speed.yaml) or the JSON of "
+                        "benchmarks/throughput.py (its rows of the runs' batch, sequence length and step mode; "
+                        "repeat the flag for several files of one GPU); without it they come from the loss runs, "
+                        "and tokens/s of runs that shared a GPU get no ratio")
     p.add_argument("--check-fit", metavar="FIT.json", dest="check_fit",
                    help="hold these runs against the predictions of a scaling fit (the fit.json of `elmanlab report "
                         "STUDY --fit --predict SIZE`, e.g. docs/results/scaling-small/fit-at-step-1500.json for the "

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from elmanlab.config import train_settings
 from elmanlab.errors import ElmanlabError
-from elmanlab.report.collect import collect_runs, fmt_num, shared_gpu
+from elmanlab.report.collect import Run, collect_runs, fmt_num, shared_gpu
 from elmanlab.report.fmt import count, csv_cell, md_table, mean_sd, num, thousands
 
 REQUIRED = ("model", "dim", "depth", "loss")
 OPTIONAL = ("label", "expansion", "d_state", "params", "tok_s", "memory_gb")
 LOSS = "loss_last100"                  # the reference's measure, whatever the report ranks by
 WAITING = ("pending", "interrupted", "running")
+_TRAIN_DEFAULTS = {k: f.default for k, f in train_settings().items()}
 
 
 @dataclass
@@ -167,12 +170,102 @@ class Line:
         """(tokens/s, peak GB, where from, shared GPU): the speed study's runs, else the loss runs."""
         src = self.speed or self.runs
         shared = bool(shared_gpu(src))
-        where = ("speed study" if self.speed else "loss runs" if src else "-") + (", shared GPU" if shared else "")
+        where = ((self.speed[0].summary.get("speed_source") or "speed study") if self.speed
+                 else "loss runs" if src else "-") + (", shared GPU" if shared else "")
         return self.stat("tokens_per_s", src)[0], self.stat("peak_memory_gb", src)[0], where, shared
 
 
 def _ratio(a, b):
     return a / b if a is not None and b else None
+
+
+def _as_list(speed) -> list:
+    return [speed] if isinstance(speed, (str, Path)) else list(speed)
+
+
+def speed_runs(speed, loss_runs) -> list:
+    """The runs that time the table's configurations alone: from each of ``speed`` (a path or several),
+    a speed study's --out folder (studies/reference-400m-speed.yaml) or the JSON of
+    ``benchmarks/throughput.py`` (its rows of the loss runs' batch and sequence length, and of their
+    step mode, graph or eager, where the loss runs record it)."""
+    out, gpus = [], {}
+    for src in _as_list(speed):
+        sp = Path(src)
+        if sp.is_file() and sp.suffix == ".json":
+            rs, gpu = _throughput_runs(sp, loss_runs)
+            gpus[sp.name] = gpu
+            out += rs
+            continue
+        if not sp.is_dir():
+            raise ElmanlabError(f"--speed {sp}: not a folder or a .json file; give the --out folder of the speed study "
+                                f"(studies/reference-400m-speed.yaml), whose runs each timed one configuration alone, "
+                                f"or the JSON of benchmarks/throughput.py")
+        found, _ = collect_runs(sp)
+        if not found:
+            raise ElmanlabError(f"--speed {sp} holds no runs (no summary.json and no study.json); give the speed "
+                                f"study's --out folder")
+        out += [r for r in found if r.status == "completed" and r.get("tokens_per_s") is not None]
+    if len(set(gpus.values())) > 1:
+        raise ElmanlabError("--speed: the throughput files ran on different GPUs ("
+                            + ", ".join(f"{k}: {v}" for k, v in gpus.items())
+                            + "); ratios need one GPU: give the files of one")
+    return out
+
+
+def _row_fast(row: dict) -> bool | None:
+    """Whether every op of a throughput row ran its fast path (None where the row does not say)."""
+    imp = row.get("implementations")
+    vals = [v.get("fast") for v in imp.values() if isinstance(v, dict)] if isinstance(imp, dict) else []
+    return all(vals) if vals and all(isinstance(v, bool) for v in vals) else None
+
+
+def _throughput_runs(path: Path, loss_runs) -> tuple[list, str]:
+    """The rows of a benchmarks/throughput.py JSON as speed runs, and the GPU they ran on."""
+    fix = "give the JSON that benchmarks/throughput.py --out wrote"
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ElmanlabError(f"--speed {path}: cannot read it as JSON ({e}); {fix}") from None
+    if not isinstance(d, dict) or not isinstance(d.get("rows"), list):
+        raise ElmanlabError(f"--speed {path}: no list of rows in it, so not a throughput benchmark's JSON; {fix}")
+    gpu = ((d.get("machine") or {}).get("gpu") or {}).get("name") or "an unnamed GPU"
+    # the loss runs' shape of a step: only speed rows of the same batch, sequence length and mode compare
+    shapes = {(r.train.get("batch_size"), r.train.get("seq_len")) for r in loss_runs if r.status == "completed"}
+    graphs = {r.cuda_graph for r in loss_runs if r.status == "completed" and r.cuda_graph is not None}
+    graph = graphs.pop() if len(graphs) == 1 else None
+    out, kept = [], []
+    for i, row in enumerate(d["rows"]):
+        if not isinstance(row, dict) or row.get("status", "ok") != "ok" or not row.get("tokens_per_s"):
+            continue
+        if shapes and (row.get("batch"), row.get("seq_len", d.get("seq_len"))) not in shapes:
+            continue
+        if graph is not None and row.get("mode") in ("graph", "eager") and (row["mode"] == "graph") != graph:
+            continue
+        try:
+            model, dim, depth = str(row["model"]), int(row["dim"]), int(row["depth"])
+        except (KeyError, TypeError, ValueError):
+            raise ElmanlabError(f"--speed {path}: row {i} has no model, dim and depth; {fix}") from None
+        kept.append(row)
+        out.append(Run(id=f"{path.stem}:{model}:{row.get('target', f'{dim}x{depth}')}", path=path, status="completed",
+                       model=model, params=row.get("params"), dim=dim, depth=depth,
+                       options=dict(row.get("options") or {}),
+                       summary={"tokens_per_s": row["tokens_per_s"], "peak_memory_gb": row.get("peak_memory_gb"),
+                                "kernel": {"path": row.get("ran"), "fast": _row_fast(row)},
+                                "cuda_graph": row.get("cuda_graph"),
+                                "speed_source": f"{path.name} ({gpu})"}))
+    if graph is None:
+        modes: dict = {}
+        for row, r in zip(kept, out):
+            modes.setdefault(r.config_key(), set()).add(row.get("mode"))
+        both = [k for k, m in modes.items() if len(m) > 1]
+        if both:
+            raise ElmanlabError(f"--speed {path}: {len(both)} configuration(s) timed in both step modes (graph and "
+                                f"eager) and the loss runs do not record theirs; give a file of one mode "
+                                f"(benchmarks/throughput.py --mode graph or eager)")
+    if not out:
+        raise ElmanlabError(f"--speed {path}: no row of the loss runs' batch, sequence length and step mode "
+                            f"{sorted(shapes, key=str)}; {fix} with --batch and --mode of the runs")
+    return out, gpu
 
 
 class Against:
@@ -181,17 +274,7 @@ class Against:
     def __init__(self, report, table, speed=None):
         self.name = Path(table).name
         self.rows = load_table(table)
-        srs = []
-        if speed is not None:
-            sp = Path(speed)
-            if not sp.is_dir():
-                raise ElmanlabError(f"--speed {sp}: not a folder; give the --out folder of the speed study "
-                                    f"(studies/reference-400m-speed.yaml), whose runs each timed one configuration alone")
-            found, _ = collect_runs(sp)
-            if not found:
-                raise ElmanlabError(f"--speed {sp} holds no runs (no summary.json and no study.json); give the speed "
-                                    f"study's --out folder")
-            srs = [r for r in found if r.status == "completed" and r.get("tokens_per_s") is not None]
+        srs = speed_runs(speed, report.runs) if speed else []
         groups: dict = {}
         for r in report.runs:
             for i, row in enumerate(self.rows):
@@ -217,6 +300,9 @@ class Against:
         for ln in self.lines:
             same = [b for b in cands if b.extras and ln.extras and ln.wave and b.wave == ln.wave]
             ln.base = same[0] if same else self.base
+        # speed ratios need only the baseline row's speed: its default-option line, run or only timed
+        self.speed_base = self.base or next((ln for ln in self.lines if ln.row is self.base_row and not ln.extras
+                                             and ln.speed), None)
         multi = [ln for ln in self.lines if ln.n >= 2]
         self.spread = max(ln.sd for ln in multi) if multi else None
         self.spread_from = max(multi, key=lambda ln: ln.sd).label if multi else None
@@ -225,12 +311,17 @@ class Against:
     def _disambiguate(self) -> None:
         """Lines of one row with the same options (other train settings): their differing settings."""
         new = {}
+        first = lambda o: (o.runs or o.failed)[0]  # noqa: E731  (a line not run yet: its pending runs' settings)
         for ln in self.lines:
-            same = [o for o in self.lines if o.label == ln.label and o.runs]
-            if len(same) > 1 and ln.runs:
-                trs = [o.runs[0].train for o in same]
+            same = [o for o in self.lines if o.label == ln.label and (o.runs or o.failed)]
+            if len(same) > 1 and (ln.runs or ln.failed):
+                trs = [first(o).full_train() for o in same]
                 diff = sorted({k for t in trs for k in t if k != "seed" and len({str(x.get(k)) for x in trs}) > 1})
-                new[id(ln)] = ln.label + " (" + " ".join(f"{k}={fmt_num(ln.runs[0].train.get(k))}" for k in diff) + ")"
+                mine = first(ln).full_train()
+                # only what this line sets away from the default (the default line keeps its plain label)
+                own = [f"{k}={fmt_num(mine.get(k))}" for k in diff if mine.get(k) != _TRAIN_DEFAULTS.get(k)]
+                if own:
+                    new[id(ln)] = ln.label + " (" + " ".join(own) + ")"
         for ln in self.lines:
             ln.label = new.get(id(ln), ln.label)
 
@@ -294,19 +385,21 @@ class Against:
                 out.append(f"{what}: {', '.join(names)}.")
         if any(ln.speed_of()[3] for ln in self.lines):
             out.append("Tokens/s of runs that shared their GPU measure the sharing, not the model: no ratio is "
-                       "given for them; time them alone (--speed with the speed study's folder).")
+                       "given for them; time them alone (--speed with the speed study's folder or a "
+                       "benchmarks/throughput.py JSON).")
         if self.unmatched:
             out.append(f"Lab configurations in no row of the table: {', '.join(self.unmatched)}.")
         return out
 
     def _cells(self, ln: Line) -> dict:
         tok, mem, where, shared = ln.speed_of()
-        b = ln.base.speed_of() if ln.base is not None else (None, None, "", True)
+        sb = ln.base if ln.base is not None else self.speed_base
+        b = sb.speed_of() if sb is not None else (None, None, "", True)
         br = self.base_row
         a, rr = self.ranks(ln)
         g, rg, d = self.gaps(ln)
-        paths = sorted({r.kernel_path for r in ln.runs if r.kernel_path})
-        fast = {r.kernel_fast for r in ln.runs}
+        paths = sorted({r.kernel_path for r in ln.runs or ln.speed if r.kernel_path})
+        fast = {r.kernel_fast for r in ln.runs or ln.speed}
         return {"row": ln.row.label, "line": ln.label, "options": ln.extras, "status": ln.status(), "n": ln.n,
                 "seeds": " ".join(str(r.seed) for r in ln.runs), "runs": " ".join(r.id for r in ln.runs),
                 "params": ln.runs[0].params if ln.runs else None, "ref_params": ln.row.params,
@@ -357,8 +450,9 @@ class Against:
                             "lab gap", "ref loss", "ref gap", "difference", "verdict", "rank lab / ref",
                             "params lab / ref"], loss_rows)
                 + "\n\nTokens/s and peak memory (GB) as ratios to the baseline line beside the table's ratios; from the "
-                  "speed study's runs (--speed) where given, else from the loss runs (no tokens/s ratio where they "
-                  "shared their GPU). Kernel = the path the lab's loss runs recorded.\n\n"
+                  "configurations timed alone (--speed: a speed study's runs or a throughput benchmark's rows, named "
+                  "in \"speed from\") where given, else from the loss runs (no tokens/s ratio where they shared their "
+                  "GPU). Kernel = the path the lab's loss runs recorded, else the timed one's.\n\n"
                 + md_table(["row", "lab configuration", "tok/s", "x baseline", "ref tok/s", "ref x baseline",
                             "peak GB", "x baseline", "ref GB", "ref x baseline", "speed from", "kernel", "fast"],
                            speed_rows))

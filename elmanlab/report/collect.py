@@ -151,11 +151,15 @@ class Run:
         settings too, where they are not the defaults (a tied head, LayerNorm, another MLP)."""
         # defaults filled in on both sides: a pending job's record lists only what its study file set,
         # a finished run's every setting, and the two of one configuration must pool
-        tr = {**{k: d for k, d in _DEFAULTS.items() if d is not None}, **self.train}
+        tr = self.full_train()
         tr.pop("seed", None)
         key = [self.model, self.dim, self.depth, self.full_options(), tr]
         wrapper = self.nondefault_wrapper()
         return json.dumps(key + [wrapper] if wrapper else key, sort_keys=True, default=str)
+
+    def full_train(self) -> dict:
+        """The train settings with the defaults filled in where the record does not give them."""
+        return {**{k: d for k, d in _DEFAULTS.items() if d is not None}, **self.train}
 
     def nondefault_wrapper(self) -> dict:
         """The wrapper settings that differ from a default ModelConfig of this model (older records

@@ -46,8 +46,8 @@ class Report(Views):
     (:mod:`elmanlab.report.fit`) even when no family ran at three sizes; ``predict``: sizes ("400M")
     to predict each family's value and each pair's gap at; ``bootstrap``: the fits' refits; ``at_step``: fit
     each run's value at that step rather than at its end (``Run.value_at``); ``against``: a
-    reference table (CSV) to set the runs beside, with ``speed`` a speed study's folder
-    (:mod:`elmanlab.report.against`)."""
+    reference table (CSV) to set the runs beside, with ``speed`` what times its rows alone: a speed
+    study's folder or a benchmarks/throughput.py JSON, or a list of them (:mod:`elmanlab.report.against`)."""
 
     def __init__(self, root, baseline: str | None = None, metric: str = "loss_last100", fit: bool = False,
                  predict=(), bootstrap: int | None = None, against=None, speed=None, at_step: int | None = None,
