@@ -170,6 +170,35 @@ def test_loss_spikes_are_found_in_the_training_lines_and_reported(tmp_path):
     assert rows["spiky"]["loss_spike_steps"] == "300 500" and rows["calm"]["loss_spike_steps"] == ""
 
 
+
+def test_blow_ups_in_the_first_steps_are_found_and_reported(tmp_path):
+    """E1 400M seed 43 reached a step loss of 20.3 in its first ten steps (then ~100 steps near the unigram
+    loss): a step loss of 2 ln 256 or more by step 100 is a blow-up, in the report's notes and results.csv,
+    the worst line named; a start at 6.4 (a wide model's initial loss) is not, nor a record without
+    loss_max, nor a high step loss after step 100 (the spike check's ground)."""
+    for rid in ("blown", "calm", "old", "late"):
+        make_run(tmp_path, rid, "e1", 1000, 16, 2, steps=300)
+
+    def edit(rid, change):
+        p = tmp_path / rid / "metrics.jsonl"
+        rows = [json.loads(x) for x in p.read_text().splitlines()]
+        for r in rows:
+            change(r)
+        p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    edit("blown", lambda r: r.update(loss_max={10: 20.3, 20: 11.5}.get(r["step"], r["loss"] + 0.2)))
+    edit("calm", lambda r: r.update(loss_max=6.4 if r["step"] == 10 else r["loss"] + 0.2))
+    edit("late", lambda r: r.update(loss_max=15.0 if r["step"] == 110 else r["loss"] + 0.2))
+    runs = {r.id: r for r in collect_runs(tmp_path)[0]}
+    assert runs["blown"].early_blowup() == {"step": 10, "loss_max": 20.3, "loss": pytest.approx(runs["blown"].metrics()[0]["loss"])}
+    assert all(runs[k].early_blowup() is None for k in ("calm", "old", "late"))
+    write_report(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "**Blow-ups in the first steps**" in text and "blown (highest step loss 20.3 in the line ending at step 10)" in text
+    assert not any(f"{k} (highest" in text for k in ("calm", "old", "late"))
+    rows = {r["run"]: r for r in csv.DictReader(io.StringIO((tmp_path / "results.csv").read_text()))}
+    assert float(rows["blown"]["early_blowup_loss"]) == pytest.approx(20.3) and rows["calm"]["early_blowup_loss"] == ""
+
 def test_a_pending_job_keeps_its_wrapper(tmp_path):
     """A pending job of the reference's wrapper (tied head, LayerNorm) is labelled and keyed with it, as its
     finished run will be; before, the report's table named it as if it ran this lab's wrapper."""

@@ -142,3 +142,11 @@ def test_a_verdict_on_a_run_that_spiked_says_so(tmp_path):
     assert v[("e1-s42",)] == "missed: higher than predicted; e1-s42 had a loss spike at step 200"
     assert v[("mamba2-s42",)].startswith("held") and "spike" not in v[("mamba2-s42",)]
     assert chk["gaps"][0]["verdict"].endswith("; e1-s42 had a loss spike at step 200")
+    # a blow-up in the first steps (Run.early_blowup) is named too, before the spike
+    rows = [json.loads(x) for x in p.read_text().splitlines()]
+    rows[0]["loss_max"] = 19.0
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    chk = json.loads(Report(root, check_fit=fit).write()["check"].read_text())
+    v = {tuple(ln["runs"]): ln["verdict"] for ln in chk["lines"]}
+    assert v[("e1-s42",)] == ("missed: higher than predicted; e1-s42 blew up in its first steps (a step's loss 19.0 "
+                              f"by step {rows[0]['step']}); e1-s42 had a loss spike at step 200")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from elmanlab.report.collect import SPIKE_AFTER, SPIKE_NATS, SPIKE_WINDOW, Run
+from elmanlab.report.collect import BLOWUP_NATS, SPIKE_AFTER, SPIKE_NATS, SPIKE_WINDOW, Run
 from elmanlab.report.fmt import names
 
 
@@ -123,6 +123,12 @@ def record_notes(done: list[Run]) -> list[str]:
                          f"{i} at step {ev['step']} ({ev['loss']:.3f} against {ev['median_before']:.3f}"
                          + (f"; highest step {ev['loss_max']:.3f}" if ev["loss_max"] is not None else "") + ")"
                          for i, ev in spikes) + ".")
+    blown = [(r.id, ev) for r in done for ev in [r.early_blowup()] if ev]
+    if blown:
+        notes.append(f"**Blow-ups in the first steps** (a step's loss of {BLOWUP_NATS:.2f} nats or more, twice a uniform "
+                     f"guess's, by step {SPIKE_AFTER}, where spikes are not judged): " + ", ".join(
+                         f"{i} (highest step loss {ev['loss_max']:.1f} in the line ending at step {ev['step']})"
+                         for i, ev in blown) + ".")
     no_kernel = [r.id for r in done if r.kernel_path is None]
     no_graph = [r.id for r in done if r.cuda_graph is None]
     if no_kernel and len(no_kernel) == len(done) and len(no_graph) == len(done):

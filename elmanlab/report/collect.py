@@ -25,6 +25,12 @@ _DEFAULTS = {k: f.default for k, f in train_settings().items() if k in IDENTITY}
 # committed by 2026-12-07 (benchmarks/spike_scan.py) the largest such rise of a run without a visible spike was 0.124 nats; the three
 # spikes rose 0.45-0.73 (E1 400M at step 830, E1 100M seed 43 at 940, E33 100M at 370).
 SPIKE_NATS, SPIKE_WINDOW, SPIKE_AFTER = 0.25, 10, 100
+# A blow-up in the first steps (up to SPIKE_AFTER, where a spike is not judged): a step's loss (``loss_max``,
+# recorded since 2026-12-07) of BLOWUP_NATS or more, twice the loss of a uniform guess over bytes (ln 256).
+# A fresh model starts near ln 256 (5.7-6.4 at widths 912-3584 on the CPU, benchmarks/results/first-update);
+# on 2026-12-07 E1 400M reached 20.3 (seed 43, then ~100 steps near the unigram loss) and 16.3 (the fixed
+# spectral norm, recovered by step 30) in its first ten steps, the reference's own E1 at most 6.0.
+BLOWUP_NATS = 2 * math.log(256)
 
 
 def fmt_num(v) -> str:
@@ -292,6 +298,16 @@ class Run:
                 events.append(ev)
             last = ev["line"]
         return events
+
+    def early_blowup(self) -> dict | None:
+        """The line of the first SPIKE_AFTER steps with the highest step loss, where that reached
+        BLOWUP_NATS (its step and ``loss_max``); None otherwise, and for records without ``loss_max``."""
+        hits = [m for m in self.metrics() if isinstance(m.get("step"), (int, float)) and m["step"] <= SPIKE_AFTER
+                and isinstance(m.get("loss_max"), (int, float)) and m["loss_max"] >= BLOWUP_NATS]
+        if not hits:
+            return None
+        m = max(hits, key=lambda m: m["loss_max"])
+        return {"step": int(m["step"]), "loss_max": float(m["loss_max"]), "loss": float(m["loss"])}
 
     def val_metrics(self) -> list[dict]:
         """The held-out evaluations of metrics.jsonl (the validation curve)."""

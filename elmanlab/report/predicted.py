@@ -307,11 +307,17 @@ class PredictionCheck:
 
 
 def _spike_note(runs) -> str:
-    """'; RUN had a loss spike at step N' for each run with one (Run.loss_spikes): a verdict on a run
-    that spiked is a verdict on the spike as much as on the curve."""
-    spiked = [(r.id, [ev["step"] for ev in r.loss_spikes()]) for r in runs]
-    return "".join(f"; {rid} had a loss spike at step{'s' if len(st) > 1 else ''} {', '.join(map(str, st))}"
-                   for rid, st in spiked if st)
+    """'; RUN had a loss spike at step N' for each run with one (Run.loss_spikes), and '; RUN blew up in
+    its first steps ...' (Run.early_blowup): a verdict on such a run is a verdict on the instability as
+    much as on the curve."""
+    out = ""
+    for r in runs:
+        b, st = r.early_blowup(), [ev["step"] for ev in r.loss_spikes()]
+        if b:
+            out += f"; {r.id} blew up in its first steps (a step's loss {b['loss_max']:.1f} by step {b['step']})"
+        if st:
+            out += f"; {r.id} had a loss spike at step{'s' if len(st) > 1 else ''} {', '.join(map(str, st))}"
+    return out
 
 
 def _num(v) -> str:
