@@ -53,6 +53,18 @@
 # 'e1-d1760x26-s43', 'e1-d1760x26-spectral_norm=true-spectral_mode=fixed-s42', 'e1-d1760x26-lr=0.00015-s42',
 # 'reference-e1-d1760x26', 'mamba2-d1728x22-d_state=64-s42', 'e1-d1760x26-grad_clip=1-s42',
 # 'e1-d1760x26-warmup_steps=200-s42'; then the scaling-small calls above.
+# The day's fifth session (2026-12-07, H100, one lease, no failed start): three r calls, one run each:
+# 'e1-d1760x26-s43' (476 s a call), 'reference-e1-d1760x26' (542 s), 'e1-d1760x26-spectral_norm=true-
+# spectral_mode=fixed-s42' (430 s); then benchmarks/throughput.py for every row of the table alone (67 s and
+# 174 s, Mamba2 d_state 64's first tuning 108 s of it). The tree (10.8 MB) + .wheels (45.4) + .data (8.4)
+# no longer fit the 64 MiB a call carries: carry .wheels/core (6.9 MB) instead of .wheels except for GDN,
+# the one family that needs TileLang (40 MB; fla's gated backward on Hopper): for GDN calls carry .wheels
+# and .data/corpus-val.txt.zst in a first call that only installs (device_setup), then .wheels/core and
+# the data in the next, on the warm machine (installs persist while it stays warm).
+# Next r calls, in order (docs/results/reference-400m/README.md, "What is open"):
+# 'e1-d1760x26-spectral_norm=true-spectral_mode=fixed-s43', 'mamba2-d1728x22-d_state=64-s42',
+# 'reference-mamba2-d1728x22', 'e1-d1760x26-warmup_steps=200-s42', 'e1-d1760x26-lr=0.00015-s42',
+# 'e1-d1760x26-grad_clip=1-s42', 'e1-d1760x26-init=reference-s42'; then the rest of wave table.
 #   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|f|m|v|e|h OUTDIR
 set -o pipefail
 phase=${1:?o, r, f, m, v, e or h}
