@@ -3,6 +3,7 @@ which train settings make up a run's configuration (the identity settings of elm
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 
@@ -132,6 +133,15 @@ def test_a_pending_job_pools_with_the_finished_runs_of_its_configuration(tmp_pat
         assert other.config_key() != done.config_key()
 
 
+def _edit_lines(root, rid, change):
+    """Apply ``change`` to every training line of run ``rid``'s metrics.jsonl."""
+    p = root / rid / "metrics.jsonl"
+    rows = [json.loads(x) for x in p.read_text().splitlines()]
+    for r in rows:
+        change(r)
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def test_loss_spikes_are_found_in_the_training_lines_and_reported(tmp_path):
     """A line 0.7 nats above the lines before it (E1 400M's at step 830, on the GPU) is a spike, shown at
     the report's top and in results.csv (the rise is from the median of the ten lines before, which the
@@ -141,12 +151,7 @@ def test_loss_spikes_are_found_in_the_training_lines_and_reported(tmp_path):
     make_run(tmp_path, "spiky", "e1", 1000, 16, 2, steps=600, seed=43)
     make_run(tmp_path, "noisy", "e1", 1000, 16, 2, steps=600, seed=44)
 
-    def edit(rid, change):
-        p = tmp_path / rid / "metrics.jsonl"
-        rows = [json.loads(x) for x in p.read_text().splitlines()]
-        for r in rows:
-            change(r)
-        p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    edit = functools.partial(_edit_lines, tmp_path)
 
     def spike(r):
         if r["step"] in (300, 310):
@@ -179,12 +184,7 @@ def test_blow_ups_in_the_first_steps_are_found_and_reported(tmp_path):
     for rid in ("blown", "calm", "old", "late"):
         make_run(tmp_path, rid, "e1", 1000, 16, 2, steps=300)
 
-    def edit(rid, change):
-        p = tmp_path / rid / "metrics.jsonl"
-        rows = [json.loads(x) for x in p.read_text().splitlines()]
-        for r in rows:
-            change(r)
-        p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    edit = functools.partial(_edit_lines, tmp_path)
 
     edit("blown", lambda r: r.update(loss_max={10: 20.3, 20: 11.5}.get(r["step"], r["loss"] + 0.2)))
     edit("calm", lambda r: r.update(loss_max=6.4 if r["step"] == 10 else r["loss"] + 0.2))
