@@ -64,7 +64,13 @@
 # Next r calls, in order (docs/results/reference-400m/README.md, "What is open"):
 # 'e1-d1760x26-spectral_norm=true-spectral_mode=fixed-s43', 'mamba2-d1728x22-d_state=64-s42',
 # 'reference-mamba2-d1728x22', 'e1-d1760x26-warmup_steps=200-s42', 'e1-d1760x26-lr=0.00015-s42',
-# 'e1-d1760x26-grad_clip=1-s42', 'e1-d1760x26-init=reference-s42'; then the rest of wave table.
+# 'e1-d1760x26-grad_clip=1-s42', 'e1-d1760x26-init=reference-s42'; then the rest of wave table, two
+# short runs a call where their times alone allow (12.3M tokens at the tok/s of
+# benchmarks/results/throughput-400m-*-h100-2026-12-07.json, plus ~40 s of evaluation and graph capture
+# each; a call has ~440 s for runs after its set-up): 'mingru-d2752x24-s42,minlstm-d2304x24-s42' (150 + 185 s),
+# 'e1-d3584x6-s42,e1-d2560x12-s42' (185 + 235 s), 'e1-d2208x16-s42,mamba2-d1728x22-d_state=64-s43'
+# (260 + 190 s, once d_state 64's tuning is in studies/state/); one a call: E1 depth 20 (290 s) and the
+# expansions (345-365 s).
 #   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|f|m|v|e|h OUTDIR
 set -o pipefail
 phase=${1:?o, r, f, m, v, e or h}
