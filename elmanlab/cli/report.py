@@ -10,7 +10,8 @@ def register(sub) -> None:
                     "seeds, gaps inside the seed spread printed as ties, runs that ran different kernels or "
                     "graph/eager flagged), runs ranked by last-100 loss with the gap to the baseline, scale x model tables of "
                     "loss and tokens/s, best model per scale, best loss by each swept setting, mean +- sd over "
-                    "seeds, loss at equal tokens and at equal time, and failed runs with their reason. With --fit (and "
+                    "seeds, loss at equal tokens and at equal time, loss spikes and blow-ups in the first steps, and "
+                    "failed runs with their reason. With --fit (and "
                     "in every report where a family ran at three sizes or more): scaling fits L = E + A x^-alpha per "
                     "family against parameters and training FLOPs at equal tokens, bootstrap intervals, where two "
                     "families' curves cross, DIR/fit.json and plots/fit_vs_params.png, fit_vs_flops.png.")
