@@ -70,7 +70,8 @@
 # each; a call has ~440 s for runs after its set-up): 'mingru-d2752x24-s42,minlstm-d2304x24-s42' (150 + 185 s),
 # 'e1-d3584x6-s42,e1-d2560x12-s42' (185 + 235 s), 'e1-d2208x16-s42,mamba2-d1728x22-d_state=64-s43'
 # (260 + 190 s, once d_state 64's tuning is in studies/state/); one a call: E1 depth 20 (290 s) and the
-# expansions (345-365 s).
+# expansions (345-365 s). For a pair, STOP_AFTER=4 (the second run starts only if the first has ended
+# within the study's first 4 minutes; a model with no finished run has no expected time for FINISH_BY).
 #   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|f|m|v|e|h OUTDIR
 set -o pipefail
 phase=${1:?o, r, f, m, v, e or h}
