@@ -7,8 +7,9 @@ the reference's own model code saves for the backward, in its setting (the scrip
 ``same_steps_sf/`` call ``.bfloat16()``: weights, gradients and optimizer state in bf16, no autocast),
 and adds the weights and Schedule-Free AdamW's two state tensors (bf16 like the weights). The sum is the
 memory at the start of the backward, the peak that ``benchmarks/memory_breakdown.py`` counts for this
-lab's models (within 0.5 GB of the measured peaks there). Set beside the reference's measured peaks, it
-tests whether the reference's numbers follow from its code.
+lab's models (within 0.5 GB of the measured peaks there). Set beside the reference's measured peaks
+(``torch.cuda.max_memory_allocated()`` after three training steps, the "Memory" of each log's second
+line), it tests whether the reference's numbers follow from its code.
 
 What is counted, from an ekg/elman checkout (``--reference``, at commit 4c8967c8, the code of the 400M
 runs; docs/reference/ekg-elman-differences.md):
