@@ -21,6 +21,8 @@ from elmanlab.config import ModelConfig
 from elmanlab.errors import ElmanlabError
 
 VOCAB = 256
+RECURRENCE_POWER_ITERS = 20      # training lines' w_h_norm_max: power-iteration steps (LM.recurrence_norm_max)
+EXACT_NORM_MAX = 256             # ... and the widest W_h it takes an SVD of instead
 
 
 class SwiGLU(nn.Module):
@@ -133,3 +135,33 @@ class LM(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def recurrence_norm_max(self) -> float | None:
+        """The largest spectral norm, over the layers, of the recurrent weight W_h as a parameter
+        (``RecurrentLayer.recurrence_matrix``, before any spectral normalisation rescales it; None for
+        families without one): RECURRENCE_POWER_ITERS steps of power iteration on W^T W from one fixed
+        vector, so that it is deterministic (a resumed run logs what the uninterrupted one did). A lower
+        bound, tight once the top singular value stands apart; exact for an orthogonal W times a scale,
+        whose singular values are all equal. Up to EXACT_NORM_MAX wide, an SVD instead (exact, and cheaper
+        there). Synchronises (the training lines call it between timed steps)."""
+        best, start = None, {}
+        for blk in self.blocks:
+            W = blk.layer.recurrence_matrix()
+            if W is None:
+                continue
+            W = W.detach().float()
+            n = W.shape[1]
+            if n <= EXACT_NORM_MAX:
+                s = torch.linalg.matrix_norm(W, ord=2)
+                best = s if best is None else torch.maximum(best, s)
+                continue
+            if n not in start:
+                g = torch.Generator().manual_seed(0)
+                start[n] = F.normalize(torch.randn(n, generator=g), dim=0).to(W.device)
+            v = start[n]
+            for _ in range(RECURRENCE_POWER_ITERS):
+                v = F.normalize(W.t() @ (W @ v), dim=0)
+            s = torch.linalg.vector_norm(W @ v)
+            best = s if best is None else torch.maximum(best, s)
+        return None if best is None else round(float(best), 5)

@@ -4,13 +4,15 @@
 metrics.jsonl has two kinds of line, both keyed by ``step``::
 
     training    {"step", "loss", "tokens", "elapsed", "tokens_per_s", "lr", "grad_norm", "loss_max",
-                 "grad_norm_max"}
+                 "grad_norm_max"} (and "w_h_norm_max" for the Elman family)
     held-out    {"step", "tokens", "elapsed", "val_loss", "val_bpb", "val_bytes", "eval_s"}
                 (with --eval-train-weights also "val_loss_y", "val_bpb_y": the weights being trained)
 
 ``loss`` is the mean training loss (nats/byte) since the previous training line, ``grad_norm`` the
 gradient norm of the line's last step, ``loss_max`` and ``grad_norm_max`` the highest of the line's steps
-(a one-step spike that the mean spreads over ten steps; lines written before 2026-12-07 lack them), ``elapsed`` the
+(a one-step spike that the mean spreads over ten steps; lines written before 2026-12-07 lack them),
+``w_h_norm_max`` the largest spectral norm of a layer's recurrent weight W_h at the line's step (the
+parameter, before a spectral norm rescales it: ``LM.recurrence_norm_max``; since 2026-12-07), ``elapsed`` the
 training clock in seconds (warm-up, checkpoints and evaluation not counted). Readers:
 ``runs.read_metrics`` (training lines) and ``runs.read_val_metrics`` (held-out lines).
 

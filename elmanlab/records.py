@@ -76,6 +76,9 @@ def log_training(tr) -> None:
            "grad_norm": tr.last_grad_norm,
            "loss_max": iv.get("loss_max"), "grad_norm_max": iv.get("grad_norm_max")}
     if tr.metrics is not None:
+        w = tr.model.recurrence_norm_max()
+        if w is not None:
+            rec["w_h_norm_max"] = w
         tr.metrics.write(rec)
     tr.interval = new_interval()
 

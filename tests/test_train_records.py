@@ -119,3 +119,50 @@ def test_a_lines_counters_skip_a_nonfinite_step():
     records.add_step(iv, float("inf"), 5.0)
     records.add_step(iv, 1.0, 3.0)
     assert (iv["loss_sum"], iv["loss_n"], iv["loss_max"], iv["grad_norm_max"]) == (3.0, 2, 2.0, 5.0)
+
+
+def test_the_recurrence_norm_is_the_largest_spectral_norm_of_w_h():
+    """LM.recurrence_norm_max: the largest ||W_h||_2 over the layers, of the parameter (before a spectral
+    norm rescales it); None for a family without a recurrent matrix. Checked against an SVD."""
+    from elmanlab.lm import LM
+    from elmanlab.sizing import model_config
+    torch.manual_seed(0)
+    lm = LM(model_config("e1", dim=48, depth=3))
+    with torch.no_grad():
+        for i, blk in enumerate(lm.blocks):          # the top singular value apart, as training makes it
+            u = torch.nn.functional.normalize(torch.randn(blk.layer.W_h.shape[0]), dim=0)
+            blk.layer.W_h.add_((0.5 + 0.3 * i) * torch.outer(u, u))
+    true = max(torch.linalg.matrix_norm(b.layer.W_h.float(), ord=2).item() for b in lm.blocks)
+    assert lm.recurrence_norm_max() == pytest.approx(true, rel=1e-4)
+    fresh = LM(model_config("e1", dim=48, depth=2))   # orthogonal x 0.9: every singular value 0.9
+    assert fresh.recurrence_norm_max() == pytest.approx(0.9, rel=1e-4)
+    sn = LM(model_config("e1", dim=48, depth=2, options={"spectral_norm": True, "spectral_mode": "fixed"}))
+    with torch.no_grad():
+        sn.blocks[1].layer.W_h_param.weight.mul_(3.0)
+    assert sn.recurrence_norm_max() == pytest.approx(2.7, rel=1e-4)   # the parameter, not the 0.99 it becomes
+    assert LM(model_config("e42", dim=48, depth=2)).recurrence_norm_max() is not None
+    assert LM(model_config("mamba2", dim=64, depth=2)).recurrence_norm_max() is None
+
+
+def test_training_lines_record_the_recurrence_norm_for_the_elman_family(text_file, tmp_path):  # noqa: F811
+    run_training(cfg(text_file, tmp_path / "e1", steps=10, eval_bytes=0, log_every=5))
+    lines = read_metrics(tmp_path / "e1")
+    assert [m["step"] for m in lines] == [5, 10]
+    assert all(0.5 < m["w_h_norm_max"] < 5.0 for m in lines) and lines[0]["w_h_norm_max"] != lines[1]["w_h_norm_max"]
+    run_training(cfg(text_file, tmp_path / "gru", model="mingru", steps=5, eval_bytes=0, log_every=5))
+    assert all("w_h_norm_max" not in m for m in read_metrics(tmp_path / "gru"))
+
+
+def test_the_recurrence_norm_of_a_wide_w_h_comes_from_power_iteration(monkeypatch):
+    """Above EXACT_NORM_MAX the norm is power iteration's; here it matches the SVD of the same weights."""
+    from elmanlab import lm as lm_mod
+    from elmanlab.sizing import model_config
+    torch.manual_seed(1)
+    lm = lm_mod.LM(model_config("e1", dim=48, depth=2))
+    with torch.no_grad():
+        for blk in lm.blocks:
+            u = torch.nn.functional.normalize(torch.randn(blk.layer.W_h.shape[0]), dim=0)
+            blk.layer.W_h.add_(0.6 * torch.outer(u, u))
+    exact = lm.recurrence_norm_max()
+    monkeypatch.setattr(lm_mod, "EXACT_NORM_MAX", 8)
+    assert lm.recurrence_norm_max() == pytest.approx(exact, rel=1e-4)

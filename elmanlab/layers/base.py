@@ -20,6 +20,7 @@ import importlib
 import math
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 
 from elmanlab.errors import ElmanlabError
@@ -88,6 +89,12 @@ class RecurrentLayer(nn.Module):
     @classmethod
     def param_count(cls, dim: int, opts) -> int:
         raise NotImplementedError
+
+    def recurrence_matrix(self) -> torch.Tensor | None:
+        """The square recurrent weight as a parameter (before any spectral normalisation rescales it):
+        the training lines' ``w_h_norm_max`` is the largest spectral norm of these over the layers. None
+        for families without one."""
+        return None
 
     @classmethod
     def state_size(cls, dim: int, opts) -> int:

@@ -135,6 +135,9 @@ class _ElmanBase(RecurrentLayer):
     def _W_h(self):
         return self.W_h_param() if self.opts.spectral_norm else self.W_h
 
+    def recurrence_matrix(self):
+        return self.W_h_param.weight if self.opts.spectral_norm else self.W_h
+
     def _recur(self, x, state):
         h0 = None if state is None else state[0]
         h, hT = elman_scan(self.W_x(x), self._W_h(), self.b, h0, "tanh")
@@ -183,6 +186,9 @@ class E42(RecurrentLayer):
         self.out_proj = nn.Linear(di, dim, bias=False)
         if ref:
             _xavier_(self.in_proj.weight, self.out_proj.weight)
+
+    def recurrence_matrix(self):
+        return self.W.weight
 
     def forward(self, u, state=None):
         x = F.silu(self.in_proj(u))
