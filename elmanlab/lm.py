@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from elmanlab.config import ModelConfig
 from elmanlab.errors import ElmanlabError
+from elmanlab.layers.common import power_iterate
 
 VOCAB = 256
 RECURRENCE_POWER_ITERS = 20      # training lines' w_h_norm_max: power-iteration steps (LM.recurrence_norm_max)
@@ -140,7 +141,7 @@ class LM(nn.Module):
     def recurrence_norm_max(self) -> float | None:
         """The largest spectral norm, over the layers, of the recurrent weight W_h as a parameter
         (``RecurrentLayer.recurrence_matrix``, before any spectral normalisation rescales it; None for
-        families without one): RECURRENCE_POWER_ITERS steps of power iteration on W^T W from one fixed
+        families without one): RECURRENCE_POWER_ITERS steps of power iteration on W W^T from one fixed
         vector, so that it is deterministic (a resumed run logs what the uninterrupted one did). A lower
         bound, tight once the top singular value stands apart; exact for an orthogonal W times a scale,
         whose singular values are all equal. Up to EXACT_NORM_MAX wide, an SVD instead (exact, and cheaper
@@ -159,9 +160,6 @@ class LM(nn.Module):
             if n not in start:
                 g = torch.Generator().manual_seed(0)
                 start[n] = F.normalize(torch.randn(n, generator=g), dim=0).to(W.device)
-            v = start[n]
-            for _ in range(RECURRENCE_POWER_ITERS):
-                v = F.normalize(W.t() @ (W @ v), dim=0)
-            s = torch.linalg.vector_norm(W @ v)
+            s = torch.linalg.vector_norm(W.t() @ power_iterate(W, start[n], RECURRENCE_POWER_ITERS))
             best = s if best is None else torch.maximum(best, s)
         return None if best is None else round(float(best), 5)

@@ -97,6 +97,14 @@ class GatedRMSNorm(nn.Module):
         return y
 
 
+def power_iterate(W: torch.Tensor, u: torch.Tensor, steps: int) -> torch.Tensor:
+    """``steps`` steps of power iteration on W W^T from ``u``: the left singular vector of W's largest
+    singular value as they converge to it (sigma ~ ||W^T u||)."""
+    for _ in range(steps):
+        u = F.normalize(W @ (W.t() @ u), dim=0)
+    return u
+
+
 class SpectralNormWeight(nn.Module):
     """A square weight whose spectral norm is kept <= ``radius`` (``mode="bound"``) or set to
     ``radius`` (``mode="fixed"``).
@@ -145,9 +153,7 @@ class SpectralNormWeight(nn.Module):
         """Run ``steps`` power-iteration steps now (no random numbers drawn): after an initialisation
         that replaced the weight, so that the stored vector matches it."""
         Wf = self.weight.detach().double()
-        u = self.u.double()
-        for _ in range(steps):
-            u = F.normalize(Wf @ (Wf.t() @ u), dim=0)
+        u = power_iterate(Wf, self.u.double(), steps)
         self.u.copy_(u.to(self.u.dtype))
 
     def forward(self) -> torch.Tensor:
@@ -155,10 +161,7 @@ class SpectralNormWeight(nn.Module):
         Wf = W if W.dtype == torch.float64 else W.float()
         if self.training:
             with torch.no_grad():
-                u = self.u.to(Wf.dtype)
-                for _ in range(self.power_iters):
-                    u = F.normalize(Wf @ (Wf.t() @ u), dim=0)
-                self.u.copy_(u)
+                self.u.copy_(power_iterate(Wf, self.u.to(Wf.dtype), self.power_iters))
         u = self.u.to(Wf.dtype)
         v = F.normalize(Wf.t() @ u, dim=0).detach()
         sigma = torch.dot(u, Wf @ v)

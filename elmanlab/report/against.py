@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from elmanlab.config import train_settings
 from elmanlab.errors import ElmanlabError
 from elmanlab.report.collect import Run, collect_runs, fmt_num, shared_gpu
 from elmanlab.report.fmt import count, csv_cell, md_table, mean_sd, num, thousands
@@ -24,7 +23,6 @@ REQUIRED = ("model", "dim", "depth", "loss")
 OPTIONAL = ("label", "expansion", "d_state", "params", "tok_s", "memory_gb")
 LOSS = "loss_last100"                  # the reference's measure, whatever the report ranks by
 WAITING = ("pending", "interrupted", "running")
-_TRAIN_DEFAULTS = {k: f.default for k, f in train_settings().items()}
 
 
 @dataclass
@@ -317,9 +315,9 @@ class Against:
             if len(same) > 1 and (ln.runs or ln.failed):
                 trs = [first(o).full_train() for o in same]
                 diff = sorted({k for t in trs for k in t if k != "seed" and len({str(x.get(k)) for x in trs}) > 1})
-                mine = first(ln).full_train()
+                mine = first(ln).nondefault_train()
                 # only what this line sets away from the default (the default line keeps its plain label)
-                own = [f"{k}={fmt_num(mine.get(k))}" for k in diff if mine.get(k) != _TRAIN_DEFAULTS.get(k)]
+                own = [f"{k}={fmt_num(mine[k])}" for k in diff if k in mine]
                 if own:
                     new[id(ln)] = ln.label + " (" + " ".join(own) + ")"
         for ln in self.lines:

@@ -167,6 +167,10 @@ class Run:
         """The train settings with the defaults filled in where the record does not give them."""
         return {**{k: d for k, d in _DEFAULTS.items() if d is not None}, **self.train}
 
+    def nondefault_train(self) -> dict:
+        """The train settings (but the seed) whose value is not the default."""
+        return {k: v for k, v in self.full_train().items() if k != "seed" and v != _DEFAULTS.get(k)}
+
     def nondefault_wrapper(self) -> dict:
         """The wrapper settings that differ from a default ModelConfig of this model (older records
         lack ``norm``: RMSNorm, the only norm then)."""
