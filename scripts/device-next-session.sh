@@ -61,6 +61,9 @@
 # the one family that needs TileLang (40 MB; fla's gated backward on Hopper): for GDN calls carry .wheels
 # and .data/corpus-val.txt.zst in a first call that only installs (device_setup), then .wheels/core and
 # the data in the next, on the warm machine (installs persist while it stays warm).
+# Since the fifth session's last commits every Elman-family training line also computes w_h_norm_max
+# (LM.recurrence_norm_max, between the timed steps), not yet run on a GPU: check the first r call's E1 run
+# has it in metrics.jsonl (and that its tokens/s stays near 41.5K at 1760x26).
 # Next r calls, in order (docs/results/reference-400m/README.md, "What is open"):
 # 'e1-d1760x26-spectral_norm=true-spectral_mode=fixed-s43', 'mamba2-d1728x22-d_state=64-s42',
 # 'reference-mamba2-d1728x22', 'e1-d1760x26-warmup_steps=200-s42', 'e1-d1760x26-lr=0.00015-s42',
