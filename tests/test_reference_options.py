@@ -272,13 +272,18 @@ def test_reference_study_expands_to_the_table_the_reference_and_the_ablations():
     waves = {}
     for j in jobs:
         waves.setdefault(j.wave, []).append(j)
-    assert {w: len(v) for w, v in waves.items()} == {"table": 15, "reference": 7, "ablation": 5, "stability": 3}
+    assert {w: len(v) for w, v in waves.items()} == {"table": 15, "reference": 7, "ablation": 5, "stability": 3,
+                                                       "precision": 3}
     assert study.baseline == "mamba2"
     base = {"steps": 1500, "batch_size": 16, "seq_len": 512, "lr": 3e-4, "weight_decay": 0.1, "eval_every": 750,
             "eval_bytes": 2_000_000}
     for j in jobs:                                          # the reference's settings, stated once
-        if j.wave != "stability":
+        if j.wave not in ("stability", "precision"):
             assert j.train == {**base, "seed": j.train["seed"]}
+    # the precision wave: the reference's pure bf16, one setting changed, on Mamba2, minGRU, fixed-norm E1
+    for j in waves["precision"]:
+        assert j.train == {**base, "seed": 42, "precision": "bf16"}
+    assert [j.model for j in waves["precision"]] == ["mamba2", "mingru", "e1"]
     # the stability wave: E1 depth 26 with this lab's defaults and one training setting changed
     changed = []
     for j in waves["stability"]:
