@@ -74,7 +74,18 @@
 # 'e1-d3584x6-s42,e1-d2560x12-s42' (185 + 235 s), 'e1-d2208x16-s42,mamba2-d1728x22-d_state=64-s43'
 # (260 + 190 s, once d_state 64's tuning is in studies/state/); one a call: E1 depth 20 (290 s) and the
 # expansions (345-365 s). For a pair, STOP_AFTER=4 (the second run starts only if the first has ended
-# within the study's first 4 minutes; a model with no finished run has no expected time for FINISH_BY).
+# within the study's first 4 minutes).
+# The day's sixth session (2026-12-07): eight failed starts (1,631 s of the 1,800 s budget lost to them and
+# a first call whose runs --finish-by passed over: a family with no finished run is expected at the
+# slowest finished family's time + a first-run margin, 524 s for minGRU), then one run on the warm machine:
+# ONLY='mingru-d2752x24-s42' FINISH_BY=60 DEADLINE_S=330 (133 s in the study, 209 s a call). For a call
+# whose runs include a family with no finished run (minLSTM; the precision wave's are of finished
+# families), set FINISH_BY=60 and choose the runs by STOP_AFTER and their times alone. The first E1 run
+# still has to check w_h_norm_max (above). Next, by the table's needs (docs/results/reference-400m/README.md,
+# "What is open"): 'mamba2-d1728x22-d_state=64-s42' (tunes its shapes first: alone in a call, or with
+# 'mingru-d2752x24-precision=bf16-s42' after it, STOP_AFTER=6); 'minlstm-d2304x24-s42,e1-d3584x6-s42'
+# (FINISH_BY=60 STOP_AFTER=4); 'e1-d2560x12-s42,mingru-d2752x24-precision=bf16-s42'; then one a call:
+# E1 depths 16 and 20, the expansions, 'e1-d1760x26-spectral_norm=true-spectral_mode=fixed-s43'.
 #   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|f|m|v|e|h OUTDIR
 set -o pipefail
 phase=${1:?o, r, f, m, v, e or h}
