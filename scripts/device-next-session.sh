@@ -75,9 +75,10 @@
 # (260 + 190 s, once d_state 64's tuning is in studies/state/); one a call: E1 depth 20 (290 s) and the
 # expansions (345-365 s). For a pair, STOP_AFTER=4 (the second run starts only if the first has ended
 # within the study's first 4 minutes).
-# The day's sixth session (2026-12-07): eight failed starts (1,631 s of the 1,800 s budget lost to them and
-# a first call whose runs --finish-by passed over: a family with no finished run is expected at the
-# slowest finished family's time + a first-run margin, 524 s for minGRU), then one run on the warm machine:
+# The day's sixth session (2026-12-07): nine refused or failed starts cost 1,276 s of the 1,800 s budget;
+# the first call that started (134 s with its start) ran nothing, since --finish-by passed over both its
+# runs (a family with no finished run is expected at the slowest finished family's time + a first-run
+# margin: 524 s for minGRU); then one run on the warm machine:
 # ONLY='mingru-d2752x24-s42' FINISH_BY=60 DEADLINE_S=330 (133 s in the study, 209 s a call). For a call
 # whose runs include a family with no finished run (minLSTM; the precision wave's are of finished
 # families), set FINISH_BY=60 and choose the runs by STOP_AFTER and their times alone. The first E1 run
