@@ -11,10 +11,14 @@ master weights under bf16 autocast. Two measurements at the reference's lr 3e-4 
 2. tiny LMs on the embedded corpus (dim 96, depth 4, ``--steps`` steps of 8 x 128 bytes), the same
    model and batches once in fp32 and once cast to bf16: the mean of the last 100 training losses.
    Mamba2's SSD runs in fp32 inside (as mamba_ssm's kernel does with bf16 inputs; elmanlab's CPU
-   reference does not take bf16).
+   reference does not take bf16). Also how much that loss fell over the last third of the steps (the
+   reference's Mamba2 and E1 improved half as much as the lab's from step 900 to 1,500, its minGRU as
+   much: docs/results/reference-400m/README.md, finding 3), and the share of the parameter elements of
+   magnitude 0.5 or more (norm gains, Mamba2's A_log, dt_bias and D) that never changed in bf16.
 
     python3 benchmarks/pure_bf16_cpu.py              # both, about 10 minutes on two cores
     python3 benchmarks/pure_bf16_cpu.py --skip-lm    # the single tensors only, seconds
+    python3 benchmarks/pure_bf16_cpu.py --skip-tensors --models mamba2,mingru --steps 1500
 """
 from __future__ import annotations
 
@@ -83,7 +87,7 @@ def _ssd_in_fp32():
     m.ssd = ssd
 
 
-def tiny_lms(steps: int) -> None:
+def tiny_lms(steps: int, only: list[str] | None = None) -> None:
     from elmanlab.config import ModelConfig
     from elmanlab.data import open_bytes, resolve_data_path
     from elmanlab.lm import LM
@@ -93,16 +97,22 @@ def tiny_lms(steps: int) -> None:
               ("E1, the reference's layer (init reference, fixed spectral norm, LayerNorm, tied)", "e1",
                {"init": "reference", "spectral_norm": True, "spectral_mode": "fixed"}, "layer", True),
               ("Mamba2 (d_state 16, headdim 32, LayerNorm, tied)", "mamba2", {"d_state": 16, "headdim": 32},
-               "layer", True)]
+               "layer", True),
+              ("minGRU (LayerNorm, tied)", "mingru", {}, "layer", True)]
+    models = [m for m in models if only is None or m[1] in only]
+    marks = [steps // 3, 2 * steps // 3, steps]
     print(f"## Tiny LMs: dim 96, depth 4, {steps} steps of 8 x 128 bytes, last-100 training loss\n")
-    print("| model | fp32 | pure bf16 |")
-    print("|---|---|---|")
+    print("Late = how much the last-100 loss fell from step " f"{marks[1]} to {marks[2]}; frozen = the share of "
+          "parameter elements (weights of |w| >= 0.5: gains, Mamba2's A_log, dt_bias, D) that never changed.\n")
+    print("| model | fp32 | pure bf16 | fp32 late | bf16 late | bf16 frozen (magnitude >= 0.5) |")
+    print("|---|---|---|---|---|---|")
     for label, model, opts, norm, tie in models:
-        res = {}
+        res, late, frozen = {}, {}, None
         for dtype in (torch.float32, torch.bfloat16):
             torch.manual_seed(0)
             rng = np.random.default_rng(42)
             lm = LM(ModelConfig(model, 96, 4, dict(opts), norm=norm, tie_embeddings=tie)).to(dtype).train()
+            big0 = [(p, p.detach().clone()) for p in lm.parameters()]
             opt = _optimizer(lm.parameters())
             losses = []
             for _ in range(steps):
@@ -114,19 +124,32 @@ def tiny_lms(steps: int) -> None:
                 opt.zero_grad()
                 losses.append(loss.item())
             res[dtype] = sum(losses[-100:]) / 100
-        print(f"| {label} | {res[torch.float32]:.3f} | {res[torch.bfloat16]:.3f} |", flush=True)
+            at = lambda k: sum(losses[k - 100:k]) / 100                               # noqa: E731
+            late[dtype] = at(marks[1]) - at(marks[2])
+            if dtype == torch.bfloat16:
+                masks = [(p0.abs() >= 0.5, p.detach() == p0) for p, p0 in big0]
+                n_big = sum(int(m.sum()) for m, _ in masks)
+                frozen = sum(int((m & same).sum()) for m, same in masks) / max(n_big, 1)
+        print(f"| {label} | {res[torch.float32]:.3f} | {res[torch.bfloat16]:.3f} | {late[torch.float32]:.3f} "
+              f"| {late[torch.bfloat16]:.3f} | {frozen:.0%} |", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=600, help="steps of each tiny LM run")
     ap.add_argument("--skip-lm", action="store_true", help="only the single-tensor measurements")
+    ap.add_argument("--skip-tensors", action="store_true", help="only the tiny LMs")
+    ap.add_argument("--models", default=None, help="comma-separated families of the tiny LMs (default: e1, "
+                    "mamba2, mingru)")
     args = ap.parse_args()
+    if args.steps < 300:
+        ap.error("--steps must be at least 300 (the late phase is the last third, scored over 100 steps)")
     torch.set_num_threads(min(2, torch.get_num_threads()))
     torch.set_flush_denormal(True)
-    single_tensors()
+    if not args.skip_tensors:
+        single_tensors()
     if not args.skip_lm:
-        tiny_lms(args.steps)
+        tiny_lms(args.steps, args.models.split(",") if args.models else None)
 
 
 if __name__ == "__main__":
