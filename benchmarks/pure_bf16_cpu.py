@@ -134,14 +134,14 @@ def tiny_lms(steps: int, only: list[str] | None = None) -> None:
               f"| {late[torch.bfloat16]:.3f} | {frozen:.0%} |", flush=True)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=600, help="steps of each tiny LM run")
     ap.add_argument("--skip-lm", action="store_true", help="only the single-tensor measurements")
     ap.add_argument("--skip-tensors", action="store_true", help="only the tiny LMs")
     ap.add_argument("--models", default=None, help="comma-separated families of the tiny LMs (default: e1, "
                     "mamba2, mingru)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.steps < 300:
         ap.error("--steps must be at least 300 (the late phase is the last third, scored over 100 steps)")
     torch.set_num_threads(min(2, torch.get_num_threads()))

@@ -340,3 +340,10 @@ def test_spike_scan_gives_each_runs_largest_rise_and_its_spikes(tmp_path, capsys
     assert "without a spike: 1 runs, largest rise 0.000" in capsys.readouterr().out
     (tmp_path / "empty").mkdir()
     assert ss.main([str(tmp_path / "empty")]) == 2 and "no completed run" in capsys.readouterr().err
+
+
+def test_pure_bf16_cpu_refuses_too_few_steps_for_its_late_phase(capsys):
+    pb = importlib.import_module("pure_bf16_cpu")
+    with pytest.raises(SystemExit) as e:
+        pb.main(["--skip-tensors", "--steps", "200"])
+    assert e.value.code == 2 and "--steps must be at least 300" in capsys.readouterr().err
