@@ -31,10 +31,13 @@ reference's GPU (an RTX 6000 Ada in its reports of the same week) and its CUDA l
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from elmanlab.errors import ElmanlabError  # noqa: E402
 
 TOKENS_PER_STEP = 16 * 512
 # the reference's E1 recurrence, per time step (mamba_gated_elman_gpu.cu.cc, bf16 specialisation)
@@ -42,28 +45,22 @@ LAUNCHES_PER_STEP = 6           # forward: GEMM + FusedTanhGate; backward: 3 ele
 W_H_READS_PER_STEP = 2          # the two GEMMs
 
 
-def read_reference(path: Path) -> list[dict]:
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    rows = []
-    for r in csv.DictReader(lines):
-        rows.append({"label": r["label"], "model": r["model"], "dim": int(r["dim"]), "depth": int(r["depth"]),
-                     "expansion": float(r["expansion"] or 1.0), "tok_s": float(r["tok_s"])})
-    return rows
+def read_reference(path: Path) -> list:
+    """The reference's table: ``elmanlab.report.against.load_table``'s rows."""
+    from elmanlab.report.against import load_table
+    return load_table(path)
 
 
-def read_speed(paths: list[Path]) -> tuple[dict, set]:
-    """(model, dim, depth, expansion) -> the lab's row (batch 16, seq 512, ok rows only); and the GPUs."""
-    out, gpus = {}, set()
-    for p in paths:
-        d = json.loads(p.read_text())
-        gpu = (d.get("machine") or {}).get("gpu") or {}
-        gpus.add(gpu.get("name", "?") if isinstance(gpu, dict) else str(gpu))
-        for r in d["rows"]:
-            if r.get("batch") != 16 or r.get("seq_len") != 512 or not r.get("tokens_per_s"):
-                continue
-            exp = float((r.get("options") or {}).get("expansion", 1.0))
-            out[(r["model"], r["dim"], r["depth"], exp)] = r
-    return out, gpus
+def read_speed(paths: list[Path]) -> tuple[list, set]:
+    """The lab's rows timed alone at the reference's batch, 16 x 512 (``elmanlab.report.against.speed_runs``,
+    given a loss run of that shape to select them by: each a Run with tokens_per_s), and the GPUs the
+    files ran on."""
+    from elmanlab.report.collect import Run
+    from elmanlab.report.against import speed_runs
+    shape = [Run(id="reference", path=Path("."), status="completed", model="-",
+                 train={"batch_size": TOKENS_PER_STEP // 512, "seq_len": 512})]
+    runs = [r for p in paths for r in speed_runs(p, shape)]
+    return runs, {r.summary.get("gpu") for r in runs}
 
 
 def read_kernels(path: Path) -> tuple[dict, str]:
@@ -80,31 +77,35 @@ def read_kernels(path: Path) -> tuple[dict, str]:
     return out, d.get("gpu", "?")
 
 
-def split(reference: list[dict], lab: dict, kernels: dict, baseline: str = "mamba2") -> dict:
-    base_ref = next((r for r in reference if r["model"] == baseline), None)
+def split(reference: list, lab: list, kernels: dict, baseline: str = "mamba2") -> dict:
+    """Per reference row (``load_table``'s) with a lab run of it (``matches``: model, dim, depth,
+    expansion, d_state): the step times, ratios, and for E1 rows with a timed kernel the split."""
+    from elmanlab.report.against import matches
+    lab_of = lambda row: next((r for r in lab if matches(row, r)), None)         # noqa: E731
+    base_ref = next((r for r in reference if r.model == baseline and r.tok_s), None)
     if base_ref is None:
-        raise SystemExit(f"error: no {baseline} row in the reference table")
-    base_lab = lab.get((base_ref["model"], base_ref["dim"], base_ref["depth"], base_ref["expansion"]))
+        raise SystemExit(f"error: no {baseline} row with tokens/s in the reference table")
+    base_lab = lab_of(base_ref)
     if base_lab is None:
-        raise SystemExit(f"error: no lab throughput row for {base_ref['label']}: give --speed the JSON that has it")
+        raise SystemExit(f"error: no lab throughput row for {base_ref.label}: give --speed the JSON that has it")
     ms = lambda tok_s: TOKENS_PER_STEP / tok_s * 1e3            # noqa: E731
-    base_slow = ms(base_ref["tok_s"]) / ms(base_lab["tokens_per_s"])
+    base_slow = ms(base_ref.tok_s) / ms(base_lab.get("tokens_per_s"))
     rows = []
     for r in reference:
-        lr = lab.get((r["model"], r["dim"], r["depth"], r["expansion"]))
-        if lr is None:
+        lr = lab_of(r)
+        if lr is None or not r.tok_s:
             continue
-        lab_ms, ref_ms = ms(lr["tokens_per_s"]), ms(r["tok_s"])
-        row = {"label": r["label"], "lab_step_ms": round(lab_ms, 1), "reference_step_ms": round(ref_ms, 1),
+        lab_ms, ref_ms = ms(lr.get("tokens_per_s")), ms(r.tok_s)
+        row = {"label": r.label, "lab_step_ms": round(lab_ms, 1), "reference_step_ms": round(ref_ms, 1),
                "slowdown": round(ref_ms / lab_ms, 3),
-               "lab_x_baseline": round(lr["tokens_per_s"] / base_lab["tokens_per_s"], 3),
-               "reference_x_baseline": round(r["tok_s"] / base_ref["tok_s"], 3)}
-        d_inner = round(r["dim"] * r["expansion"])
-        if r["model"] == "e1" and d_inner in kernels:
-            rec = r["depth"] * kernels[d_inner]
+               "lab_x_baseline": round(lr.get("tokens_per_s") / base_lab.get("tokens_per_s"), 3),
+               "reference_x_baseline": round(r.tok_s / base_ref.tok_s, 3)}
+        d_inner = round(r.dim * r.expansion)
+        if r.model == "e1" and d_inner in kernels:
+            rec = r.depth * kernels[d_inner]
             rest = lab_ms - rec
             ref_rec = ref_ms - base_slow * rest
-            per_step_us = ref_rec / r["depth"] / 512 * 1e3
+            per_step_us = ref_rec / r.depth / 512 * 1e3
             row.update({"d_inner": d_inner, "lab_kernel_ms_per_layer": kernels[d_inner],
                         "lab_recurrence_ms": round(rec, 1), "lab_recurrence_share": round(rec / lab_ms, 3),
                         "lab_rest_ms": round(rest, 1),
@@ -115,7 +116,7 @@ def split(reference: list[dict], lab: dict, kernels: dict, baseline: str = "mamb
                         "implied_w_h_read_tb_s": round(W_H_READS_PER_STEP * d_inner ** 2 * 2 / (per_step_us * 1e-6)
                                                        / 1e12, 2)})
         rows.append(row)
-    return {"baseline": base_ref["label"], "baseline_slowdown": round(base_slow, 3), "rows": rows,
+    return {"baseline": base_ref.label, "baseline_slowdown": round(base_slow, 3), "rows": rows,
             "time_step_fit": fit_time_step(rows)}
 
 
@@ -168,17 +169,27 @@ def main(argv=None) -> int:
                     "Elman kernel at B16 T512")
     ap.add_argument("--out", help="write OUT.json and OUT.md")
     args = ap.parse_args(argv)
-    for p in [args.against, args.kernels, *args.speed]:
+    for flag, p in [("--against", args.against), ("--kernels", args.kernels), *(("--speed", x) for x in args.speed)]:
         if not Path(p).is_file():
-            print(f"error: {p} not found", file=sys.stderr)
+            print(f"error: {flag} {p}: not found", file=sys.stderr)
             return 2
-    lab, gpus = read_speed([Path(p) for p in args.speed])
+    try:
+        lab, gpus = read_speed([Path(p) for p in args.speed])
+        reference = read_reference(Path(args.against))
+    except ElmanlabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if len(gpus) != 1:
         print(f"error: the --speed files come from several GPUs ({', '.join(sorted(gpus))}): give one GPU's",
               file=sys.stderr)
         return 2
-    kernels, kernel_gpu = read_kernels(Path(args.kernels))
-    result = split(read_reference(Path(args.against)), lab, kernels)
+    try:
+        kernels, kernel_gpu = read_kernels(Path(args.kernels))
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+        print(f"error: --kernels {args.kernels}: not a benchmarks/kernels.py JSON ({type(e).__name__}: {e}); "
+              f"give the JSON its --out wrote", file=sys.stderr)
+        return 2
+    result = split(reference, lab, kernels)
     lab_gpu = gpus.pop()
     md = table(result, lab_gpu, kernel_gpu)
     print(md, end="")

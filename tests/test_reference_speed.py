@@ -19,7 +19,7 @@ def _write(tmp_path, gpu2=None, launch_us=2.0, rate=1e12, slow=3.0):
     depth, kernel_ms, rest_ms = 10, 5.0, 40.0
     csv = ["label,model,dim,depth,expansion,d_state,params,loss,tok_s,memory_gb",
            f"Mamba2 1000x10,mamba2,1000,10,,64,1,1.5,{_tok_s(100 * slow)},1"]
-    lab = [{"model": "mamba2", "dim": 1000, "depth": 10, "batch": 16, "seq_len": 512, "options": {},
+    lab = [{"model": "mamba2", "dim": 1000, "depth": 10, "batch": 16, "seq_len": 512, "options": {"d_state": 64},
             "tokens_per_s": _tok_s(100)}]
     kern = []
     for d in (1000, 2000, 3000):
@@ -70,3 +70,20 @@ def test_refuses_mixed_gpus_and_missing_files(tmp_path, capsys):
     assert "several GPUs" in capsys.readouterr().err
     assert rs.main(["--against", ref, "--speed", a, "--kernels", str(tmp_path / "nope.json")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_refuses_a_kernels_file_that_is_not_one(tmp_path, capsys):
+    ref, a, b, _ = _write(tmp_path)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert rs.main(["--against", ref, "--speed", a, "--speed", b, "--kernels", str(bad)]) == 2
+    assert "not a benchmarks/kernels.py JSON" in capsys.readouterr().err
+
+
+def test_only_rows_of_the_reference_batch_are_read(tmp_path):
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps({"machine": {"gpu": {"name": "G"}}, "rows": [
+        {"model": "e1", "dim": 1760, "depth": 26, "batch": 64, "seq_len": 512, "tokens_per_s": 1.0},
+        {"model": "e1", "dim": 1760, "depth": 26, "batch": 16, "seq_len": 512, "tokens_per_s": 2.0}]}))
+    runs, gpus = rs.read_speed([p])
+    assert [r.get("tokens_per_s") for r in runs] == [2.0] and gpus == {"G"}

@@ -250,7 +250,7 @@ def _throughput_runs(path: Path, loss_runs) -> tuple[list, str]:
                        summary={"tokens_per_s": row["tokens_per_s"], "peak_memory_gb": row.get("peak_memory_gb"),
                                 "kernel": {"path": row.get("ran"), "fast": _row_fast(row)},
                                 "cuda_graph": row.get("cuda_graph"),
-                                "speed_source": f"{path.name} ({gpu})"}))
+                                "speed_source": f"{path.name} ({gpu})", "gpu": gpu}))
     if graph is None:
         modes: dict = {}
         for row, r in zip(kept, out):
