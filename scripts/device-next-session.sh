@@ -97,7 +97,7 @@ device_setup "$out"
 # a study in one call (scripts/device-study-session.sh once); by default two runs at a time, the large ones alone
 study_once() {
     CALL_T0=$t0 JOBS=${JOBS:-2} STOP_AFTER=${STOP_AFTER:-5} FINISH_BY=${FINISH_BY:-8.4} DEADLINE_S=${DEADLINE_S:-580} \
-        SOLO_ABOVE=${SOLO_ABOVE-150M} bash scripts/device-study-session.sh once "$1" "$out"
+        SOLO_ABOVE=${SOLO_ABOVE-150M} bash scripts/device-study-session.sh "${MODE:-once}" "$1" "$out"
 }
 case $phase in
 o)

@@ -4,12 +4,19 @@
 # Completed runs come back in a tarball without weights; unpack it into .study-state/NAME here and
 # carry that folder next session, or commit it as docs/results/NAME (which travels with the tree): the
 # study resumes from either, skipping every run whose summary.json exists.
-#   usage: scripts/device-study-session.sh start|poll|collect|once STUDY.yaml OUTDIR
+#   usage: scripts/device-study-session.sh start|poll|collect|once|keep STUDY.yaml OUTDIR
 #   once:  all in one call (a lent machine can be taken back between calls, and with it the runs in
 #          flight): start, re-pack the finished runs into OUTDIR every 20 s (what is under $OUT comes back
 #          even when the call runs out of time), collect when the study ends or DEADLINE_S seconds
 #          (default 500) after the call began (CALL_T0, a Unix time, default now), then stop the study
 #          (a run still in flight then is lost: set FINISH_BY to end the runs before DEADLINE_S)
+#   keep:  once, but the study is left running at the deadline: the next call on the warm machine (it stays
+#          warm ~30 s) continues it (no second start; the runs in flight go on between calls), and what
+#          each call packs has the runs finished so far (land each with land-collect.sh: it leaves out the
+#          run in flight). A fresh machine starts the study again from docs/results/NAME. FINISH_IN sets
+#          finish-at (below) for the runs started after it: the lease's seconds left, less a margin, so
+#          that no run is still in flight when the lease ends. The last call of a lease: WAIT_END=1 (wait
+#          for the study to end by DEADLINE_S, then stop it)
 #   env:   STOP_AFTER (minutes after which no new run starts; default 12), FINISH_BY (minutes: start only
 #          runs expected to end by then, from the finished runs of their model, e.g. 26 in a 30-minute
 #          lease started 2-3 minutes in; before any run has finished, runs follow STOP_AFTER), FINISH_IN
@@ -26,7 +33,7 @@
 # (the winners only; each still compiles). Loss runs only: runs that share a GPU tune under contention,
 # so the speed benchmarks keep the default cache and tune alone.
 set -o pipefail
-phase=${1:?start, poll, collect or once}
+phase=${1:?start, poll, collect, once or keep}
 study=${2:?STUDY.yaml}
 out=$(realpath -m "${3:?OUTDIR}")
 name=$(basename "$study" .yaml)
@@ -54,6 +61,32 @@ once)
     WAIT_S=2 bash "$0" collect "$study" "$out"
     kill -0 "$(cat $work/$name.pid)" 2>/dev/null && kill -9 -- -"$(cat $work/$name.pid)" \
         && echo "stopped the study at the deadline: the runs in flight are lost"
+    exit 0
+    ;;
+keep)
+    t0=${CALL_T0:-$(date +%s)}
+    if kill -0 "$(cat $work/$name.pid 2>/dev/null)" 2>/dev/null; then
+        device_setup "$out"
+        echo "continuing the study started in an earlier call on this machine"
+    else
+        bash "$0" start "$study" "$out" || exit
+    fi
+    [ -n "${FINISH_IN:-}" ] && echo $(( t0 + FINISH_IN )) > "$dir/finish-at" \
+        && echo "runs start only if expected to end within $FINISH_IN s of the call's start (finish-at)"
+    while kill -0 "$(cat $work/$name.pid)" 2>/dev/null && [ $(( $(date +%s) - t0 )) -lt "${DEADLINE_S:-500}" ]; do
+        left=$(( ${DEADLINE_S:-500} - ($(date +%s) - t0) ))
+        sleep $(( left < 20 ? left : 20 ))
+        pack 2>/dev/null
+        cp "$work/$name.log" "$out/" 2>/dev/null
+    done
+    WAIT_S=2 bash "$0" collect "$study" "$out"
+    if kill -0 "$(cat $work/$name.pid)" 2>/dev/null; then
+        if [ "${WAIT_END:-0}" = 1 ]; then
+            kill -9 -- -"$(cat $work/$name.pid)" && echo "stopped the study at the deadline: the runs in flight are lost"
+        else
+            echo "left running: the next call on this machine continues it (a fresh machine starts again from docs/results)"
+        fi
+    fi
     exit 0
     ;;
 start)
