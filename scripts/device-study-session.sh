@@ -40,9 +40,15 @@ name=$(basename "$study" .yaml)
 mkdir -p "$out"
 source scripts/device-env.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-work=/tmp/elmanlab-study
+work=${STUDY_WORK:-/tmp/elmanlab-study}     # where the study runs (the tests set it)
 dir=$work/$name
 export TRITON_CACHE_AUTOTUNING=1 TRITON_CACHE_DIR=$work/triton
+# whether the study's process runs (a killed one that no init reaps stays a zombie, which kill -0 finds)
+running() {
+    local p
+    p=$(cat "$work/$name.pid" 2>/dev/null) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null \
+        && ! grep -q ') Z ' "/proc/$p/stat" 2>/dev/null
+}
 # the study folder without weights, deadline or lock, into OUTDIR/NAME.tar.gz (written aside, then moved)
 pack() {
     tar -C "$work" -czf "$out/.snap.tar.gz" --exclude=checkpoints --exclude="*.safetensors" --exclude=finish-at \
@@ -52,20 +58,20 @@ case $phase in
 once)
     t0=${CALL_T0:-$(date +%s)}
     bash "$0" start "$study" "$out" || exit
-    while kill -0 "$(cat $work/$name.pid)" 2>/dev/null && [ $(( $(date +%s) - t0 )) -lt "${DEADLINE_S:-500}" ]; do
+    while running && [ $(( $(date +%s) - t0 )) -lt "${DEADLINE_S:-500}" ]; do
         left=$(( ${DEADLINE_S:-500} - ($(date +%s) - t0) ))
         sleep $(( left < 20 ? left : 20 ))
         pack 2>/dev/null
         cp "$work/$name.log" "$out/" 2>/dev/null
     done
     WAIT_S=2 bash "$0" collect "$study" "$out"
-    kill -0 "$(cat $work/$name.pid)" 2>/dev/null && kill -9 -- -"$(cat $work/$name.pid)" \
+    running && kill -9 -- -"$(cat $work/$name.pid)" \
         && echo "stopped the study at the deadline: the runs in flight are lost"
     exit 0
     ;;
 keep)
     t0=${CALL_T0:-$(date +%s)}
-    if kill -0 "$(cat $work/$name.pid 2>/dev/null)" 2>/dev/null; then
+    if running; then
         device_setup "$out"
         echo "continuing the study started in an earlier call on this machine"
     else
@@ -73,14 +79,14 @@ keep)
     fi
     [ -n "${FINISH_IN:-}" ] && echo $(( t0 + FINISH_IN )) > "$dir/finish-at" \
         && echo "runs start only if expected to end within $FINISH_IN s of the call's start (finish-at)"
-    while kill -0 "$(cat $work/$name.pid)" 2>/dev/null && [ $(( $(date +%s) - t0 )) -lt "${DEADLINE_S:-500}" ]; do
+    while running && [ $(( $(date +%s) - t0 )) -lt "${DEADLINE_S:-500}" ]; do
         left=$(( ${DEADLINE_S:-500} - ($(date +%s) - t0) ))
         sleep $(( left < 20 ? left : 20 ))
         pack 2>/dev/null
         cp "$work/$name.log" "$out/" 2>/dev/null
     done
     WAIT_S=2 bash "$0" collect "$study" "$out"
-    if kill -0 "$(cat $work/$name.pid)" 2>/dev/null; then
+    if running; then
         if [ "${WAIT_END:-0}" = 1 ]; then
             kill -9 -- -"$(cat $work/$name.pid)" && echo "stopped the study at the deadline: the runs in flight are lost"
         else
@@ -105,17 +111,17 @@ start)
         --stop-after "${STOP_AFTER:-12}" ${FINISH_BY:+--finish-by "$FINISH_BY"} ${SOLO_ABOVE:+--solo-above "$SOLO_ABOVE"} ${ONLY:+--only "$ONLY"} --data "${DATA:-.data/corpus-slice-32M.txt.zst}" \
         --val-data "${VAL:-.data/corpus-val.txt.zst}" > "$work/$name.log" 2>&1 < /dev/null &
     echo $! > "$work/$name.pid"
-    sleep 20; tail -n 5 "$work/$name.log"
+    sleep "${START_WAIT_S:-20}"; tail -n 5 "$work/$name.log"
     ;;
 poll)
     [ -n "${FINISH_IN:-}" ] && echo $(( $(date +%s) + FINISH_IN )) > "$dir/finish-at" \
         && echo "runs now start only if expected to end within $FINISH_IN s (finish-at)"
-    for _ in $(seq 1 ${POLL_S:-270}); do kill -0 "$(cat $work/$name.pid)" 2>/dev/null || break; sleep 2; done
+    for _ in $(seq 1 ${POLL_S:-270}); do running || break; sleep 2; done
     tail -c 3000 "$work/$name.log" | tr '\r' '\n' | tail -n 8
     ;;
 collect)
-    for _ in $(seq 1 $(( ${WAIT_S:-540} / 2 ))); do kill -0 "$(cat $work/$name.pid)" 2>/dev/null || break; sleep 2; done
-    kill -0 "$(cat $work/$name.pid)" 2>/dev/null && echo "study still running: collect again"
+    for _ in $(seq 1 $(( ${WAIT_S:-540} / 2 ))); do running || break; sleep 2; done
+    running && echo "study still running: collect again"
     tail -c 4000 "$work/$name.log" | tr '\r' '\n' | tail -n 12
     cp "$work/$name.log" "$out/"
     pack

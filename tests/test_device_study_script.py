@@ -1,0 +1,89 @@
+"""scripts/device-study-session.sh keep: a study left running between the calls of one lease, run here
+with stand-ins for python3 and nvidia-smi (the study is a shell loop that finishes a run a second)."""
+import os
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FAKE_PYTHON = r"""#!/usr/bin/env bash
+# stands in for python3: imports succeed; `-m elmanlab study STUDY --out DIR ...` logs its start and
+# finishes a run (a folder with summary.json) every second until killed
+[ "$1" = "-c" ] && exit 0
+if [ "$1 $2 $3" = "-m elmanlab study" ]; then
+  echo start >> "$FAKE_LOG"
+  out=""; prev=""
+  for a in "$@"; do [ "$prev" = "--out" ] && out=$a; prev=$a; done
+  mkdir -p "$out"; echo '{"jobs": []}' > "$out/study.json"
+  i=0
+  while true; do i=$((i + 1)); mkdir -p "$out/run-$i"; echo '{}' > "$out/run-$i/summary.json"; sleep 1; done
+fi
+exit 0
+"""
+
+
+@pytest.fixture
+def env(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("python3", FAKE_PYTHON), ("nvidia-smi", "#!/usr/bin/env bash\necho Fake GPU\n")):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    e = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_LOG=str(tmp_path / "calls.log"),
+             STUDY_WORK=str(tmp_path / "work"), START_WAIT_S="0", DEADLINE_S="2")
+    yield e
+    pid = tmp_path / "work" / "keep-test.pid"
+    if pid.exists():                      # never leave the stand-in study running
+        subprocess.run(["bash", "-c", f"kill -9 -- -$(cat {pid}) 2>/dev/null"], check=False)
+
+
+def keep(env, out, **extra):
+    r = subprocess.run(["bash", "scripts/device-study-session.sh", "keep", "studies/keep-test.yaml", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, env=dict(env, **extra), timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def alive(tmp_path):
+    """Whether the stand-in study runs (a killed one may linger a moment, or as a zombie where no init
+    reaps it)."""
+    pid = (tmp_path / "work" / "keep-test.pid").read_text().strip()
+    time.sleep(0.2)
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def runs_packed(out):
+    with tarfile.open(out / "keep-test.tar.gz") as t:
+        return {Path(n).parts[1] for n in t.getnames() if n.endswith("summary.json")}
+
+
+def test_keep_leaves_the_study_running_then_continues_it_then_stops_it(env, tmp_path):
+    first = keep(env, tmp_path / "out1")
+    assert "left running" in first and alive(tmp_path)
+    n1 = len(runs_packed(tmp_path / "out1"))
+    assert n1 >= 1
+    time.sleep(1)
+    second = keep(env, tmp_path / "out2", FINISH_IN="100")
+    assert "continuing the study" in second and "left running" in second and alive(tmp_path)
+    assert (tmp_path / "calls.log").read_text().split() == ["start"]          # started once, not twice
+    finish_at = int((tmp_path / "work" / "keep-test" / "finish-at").read_text())
+    assert abs(finish_at - (time.time() + 100)) < 20
+    assert len(runs_packed(tmp_path / "out2")) > n1                          # the runs went on between calls
+    last = keep(env, tmp_path / "out3", WAIT_END="1")
+    assert "stopped the study" in last and not alive(tmp_path)
+
+
+@pytest.mark.slow
+def test_keep_starts_again_when_the_study_is_not_running(env, tmp_path):
+    keep(env, tmp_path / "out1", WAIT_END="1")
+    assert not alive(tmp_path)
+    out = keep(env, tmp_path / "out2")
+    assert "continuing" not in out and alive(tmp_path)
+    assert (tmp_path / "calls.log").read_text().split() == ["start", "start"]
