@@ -87,6 +87,14 @@
 # 'mingru-d2752x24-precision=bf16-s42' after it, STOP_AFTER=6); 'minlstm-d2304x24-s42,e1-d3584x6-s42'
 # (FINISH_BY=60 STOP_AFTER=4); 'e1-d2560x12-s42,mingru-d2752x24-precision=bf16-s42'; then one a call:
 # E1 depths 16 and 20, the expansions, 'e1-d1760x26-spectral_norm=true-spectral_mode=fixed-s43'.
+# The day's seventh session (2026-12-07): MODE=keep (scripts/device-study-session.sh keep) leaves the
+# study running at a call's deadline, so that the next call of the lease, on the warm machine, continues it
+# with no GPU idle at the call's end (once stops the study at its deadline and loses the run in flight, so
+# its STOP_AFTER leaves the GPU idle for up to a run's length each call). With keep: the first call's
+# STOP_AFTER in minutes of the whole lease; land each call's output at once (land-collect.sh leaves out
+# the run in flight) and call again within the 30 s the machine stays warm; set FINISH_IN in later calls
+# (the lease's budget_left_s less ~60) and WAIT_END=1 with DEADLINE_S in the last. Runs that share the GPU
+# (JOBS > 1) time-slice it (no MPS): a call fits the sum of its runs' times alone, whatever JOBS is.
 #   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|f|m|v|e|h OUTDIR
 set -o pipefail
 phase=${1:?o, r, f, m, v, e or h}
