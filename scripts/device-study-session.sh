@@ -55,23 +55,9 @@ pack() {
         --exclude=.study.lock "$name" && mv "$out/.snap.tar.gz" "$out/$name.tar.gz"
 }
 case $phase in
-once)
+once|keep)
     t0=${CALL_T0:-$(date +%s)}
-    bash "$0" start "$study" "$out" || exit
-    while running && [ $(( $(date +%s) - t0 )) -lt "${DEADLINE_S:-500}" ]; do
-        left=$(( ${DEADLINE_S:-500} - ($(date +%s) - t0) ))
-        sleep $(( left < 20 ? left : 20 ))
-        pack 2>/dev/null
-        cp "$work/$name.log" "$out/" 2>/dev/null
-    done
-    WAIT_S=2 bash "$0" collect "$study" "$out"
-    running && kill -9 -- -"$(cat $work/$name.pid)" \
-        && echo "stopped the study at the deadline: the runs in flight are lost"
-    exit 0
-    ;;
-keep)
-    t0=${CALL_T0:-$(date +%s)}
-    if running; then
+    if [ "$phase" = keep ] && running; then
         device_setup "$out"
         echo "continuing the study started in an earlier call on this machine"
     else
@@ -87,7 +73,7 @@ keep)
     done
     WAIT_S=2 bash "$0" collect "$study" "$out"
     if running; then
-        if [ "${WAIT_END:-0}" = 1 ]; then
+        if [ "$phase" = once ] || [ "${WAIT_END:-0}" = 1 ]; then
             kill -9 -- -"$(cat $work/$name.pid)" && echo "stopped the study at the deadline: the runs in flight are lost"
         else
             echo "left running: the next call on this machine continues it (a fresh machine starts again from docs/results)"
