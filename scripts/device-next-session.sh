@@ -95,6 +95,15 @@
 # the run in flight) and call again within the 30 s the machine stays warm; set FINISH_IN in later calls
 # (the lease's budget_left_s less ~60) and WAIT_END=1 with DEADLINE_S in the last. Runs that share the GPU
 # (JOBS > 1) time-slice it (no MPS): a call fits the sum of its runs' times alone, whatever JOBS is.
+# That session: eight failed or refused starts (1,531 s), then one lease: ONLY='mamba2-d1728x22-d_state=64-s42,
+# minlstm-d2304x24-s42' (252 + 163 s in the study, 520 s a call), then 'e1-d3584x6-s42' with DEADLINE_S=228
+# on the warm machine: lost at step 1,490 of 1,500 (142 s of training, ~85 s of start-up, graph capture
+# and evaluation). Give an E1 run its training time (12.3M tokens at the benchmarked tok/s) plus ~100 s.
+# Next r calls, by the table's needs (docs/results/reference-400m/README.md, "What is open"), MODE=keep
+# over one lease: 'e1-d3584x6-s42,e1-d2560x12-s42,e1-d2208x16-s42,e1-d1984x20-s42' (~240 + 280 + 300 +
+# 330 s), then the expansions 1.5/2.0/2.5 (~380-400 s each), 'mamba2-d1728x22-d_state=64-s43' (~190),
+# 'e1-d1056x26-expansion=2-s43', 'e1-d1760x26-spectral_norm=true-spectral_mode=fixed-s43', then the
+# precision wave and 'reference-mamba2-d1728x22', 'reference-mingru-d2752x24', 'reference-minlstm-d2304x24'.
 #   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|f|m|v|e|h OUTDIR
 set -o pipefail
 phase=${1:?o, r, f, m, v, e or h}

@@ -4,7 +4,8 @@
 # whose end is lost keeps its runs).
 #   - NAME.tar.gz is unpacked into docs/results/NAME (the study's folder, runs without weights); a run
 #     that was in flight when the study stopped (no summary.json) is left out: it is lost, and the
-#     next call runs it again from the start
+#     next call runs it again from the start; its training lines so far are kept as
+#     docs/results/NAME/sessions/DATE-TAG-lost-RUN.metrics.jsonl (evidence, not a result)
 #   - NAME.log is kept as docs/results/NAME/sessions/DATE-TAG.log (appended when that file exists)
 #   - triton-autotune.tar.gz, when it holds any tuning result, becomes studies/state/triton-autotune.tar.gz
 #     (the next session's Mamba2 / GDN runs skip Triton's tuning)
@@ -19,14 +20,20 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 tar -C "$tmp" -xzf "$src/$name.tar.gz"
 [ -f "$tmp/$name/study.json" ] || { echo "error: $name.tar.gz holds no $name/study.json" >&2; exit 2; }
-python3 - "$tmp/$name" <<'EOF'
+python3 - "$tmp/$name" "$(date +%F)-$tag" <<'EOF'
 import json, shutil, sys
 from pathlib import Path
 d = Path(sys.argv[1])
 for rd in sorted(p for p in d.iterdir() if p.is_dir() and p.name not in ("logs", "sessions", "plots")):
     if (rd / "config.json").exists() and not (rd / "summary.json").exists():
+        kept, lines = "", rd / "metrics.jsonl"
+        if lines.exists() and lines.stat().st_size:
+            (d / "sessions").mkdir(exist_ok=True)
+            lost = d / "sessions" / f"{sys.argv[2]}-lost-{rd.name}.metrics.jsonl"
+            shutil.copy(lines, lost)
+            kept = f"; its training lines so far: sessions/{lost.name}"
         shutil.rmtree(rd)
-        print(f"left out {rd.name}: in flight when the study stopped (no summary.json)")
+        print(f"left out {rd.name}: in flight when the study stopped (no summary.json){kept}")
 state = json.loads((d / "study.json").read_text())
 for j in state["jobs"]:
     # the record of a run stopped in flight says "running": it is not, and the next call runs it again

@@ -87,3 +87,42 @@ def test_keep_starts_again_when_the_study_is_not_running(env, tmp_path):
     out = keep(env, tmp_path / "out2")
     assert "continuing" not in out and alive(tmp_path)
     assert (tmp_path / "calls.log").read_text().split() == ["start", "start"]
+
+
+def test_land_collect_keeps_finished_runs_and_the_lost_runs_training_lines(tmp_path):
+    """scripts/land-collect.sh in a scratch repository: the finished run lands, the run in flight is left
+    out (and marked to run again) but its training lines are kept under sessions/, and it all is committed."""
+    import json
+    import shutil
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "land-collect.sh", repo / "scripts")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    study = tmp_path / "pack" / "s"
+    for run, files in (("done-s42", ("config.json", "metrics.jsonl", "summary.json")),
+                       ("lost-s42", ("config.json", "metrics.jsonl"))):
+        (study / run).mkdir(parents=True)
+        for f in files:
+            (study / run / f).write_text('{"step": 10, "loss": 2.0}\n' if f == "metrics.jsonl" else "{}\n")
+    (study / "study.json").write_text(json.dumps({"jobs": [{"id": "done-s42", "status": "completed"},
+                                                           {"id": "lost-s42", "status": "running"}]}))
+    came_back = tmp_path / "came-back"
+    came_back.mkdir()
+    with tarfile.open(came_back / "s.tar.gz", "w:gz") as t:
+        t.add(study, arcname="s")
+    (came_back / "s.log").write_text("progress\r[1/2] done done-s42\n")
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t", GIT_CONFIG_GLOBAL=str(tmp_path / "gitconfig"))
+    r = subprocess.run(["bash", "scripts/land-collect.sh", str(came_back), "s", "h100"], cwd=repo,
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "left out lost-s42" in r.stdout and "1 runs completed" in r.stdout
+    dest = repo / "docs" / "results" / "s"
+    assert (dest / "done-s42" / "summary.json").exists() and not (dest / "lost-s42").exists()
+    lost = list((dest / "sessions").glob("*-h100-lost-lost-s42.metrics.jsonl"))
+    assert len(lost) == 1 and json.loads(lost[0].read_text())["loss"] == 2.0
+    jobs = {j["id"]: j["status"] for j in json.loads((dest / "study.json").read_text())["jobs"]}
+    assert jobs == {"done-s42": "completed", "lost-s42": "interrupted"}
+    log = subprocess.run(git + ["log", "--name-only", "--format=%s"], cwd=repo, capture_output=True, text=True).stdout
+    assert "s: the runs collected on" in log and lost[0].name in log
