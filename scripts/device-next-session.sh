@@ -95,7 +95,7 @@
 # the run in flight) and call again within the 30 s the machine stays warm; set FINISH_IN in later calls
 # (the lease's budget_left_s less ~60) and WAIT_END=1 with DEADLINE_S in the last. Runs that share the GPU
 # (JOBS > 1) time-slice it (no MPS): a call fits the sum of its runs' times alone, whatever JOBS is.
-# That session: eight failed or refused starts (1,531 s), then one lease: ONLY='mamba2-d1728x22-d_state=64-s42,
+# That session: seven refused starts (991 s of the 1,800), then one lease: ONLY='mamba2-d1728x22-d_state=64-s42,
 # minlstm-d2304x24-s42' (252 + 163 s in the study, 520 s a call), then 'e1-d3584x6-s42' with DEADLINE_S=228
 # on the warm machine: lost at step 1,490 of 1,500 (142 s of training, ~85 s of start-up, graph capture
 # and evaluation). Give an E1 run its training time (12.3M tokens at the benchmarked tok/s) plus ~100 s.
