@@ -91,7 +91,7 @@
 # study running at a call's deadline, so that the next call of the lease, on the warm machine, continues it
 # with no GPU idle at the call's end (once stops the study at its deadline and loses the run in flight, so
 # its STOP_AFTER leaves the GPU idle for up to a run's length each call). With keep: the first call's
-# STOP_AFTER in minutes of the whole lease; land each call's output at once (land-collect.sh leaves out
+# ONLY lists the lease's runs in order (a continued study keeps them) and its STOP_AFTER is in minutes of the whole lease; land each call's output at once (land-collect.sh leaves out
 # the run in flight) and call again within the 30 s the machine stays warm; set FINISH_IN in later calls
 # (the lease's budget_left_s less ~60) and WAIT_END=1 with DEADLINE_S in the last. Runs that share the GPU
 # (JOBS > 1) time-slice it (no MPS): a call fits the sum of its runs' times alone, whatever JOBS is.
