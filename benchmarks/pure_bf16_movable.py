@@ -60,11 +60,14 @@ def stuck_shares(model: torch.nn.Module, steps=STEPS) -> dict:
 
 
 def build(job: dict, seed: int = 42) -> torch.nn.Module:
-    from elmanlab.config import ModelConfig
+    """The model of a study's job record (its width, or its parameter target solved as a run would)."""
     from elmanlab.lm import LM
+    from elmanlab.sizing import model_config
     torch.manual_seed(seed)
-    return LM(ModelConfig(job["model"], job["dim"], job["depth"], dict(job["options"]), mlp_ratio=job["mlp_ratio"],
-                          tie_embeddings=job["tie_embeddings"], norm=job["norm"]))
+    dim = job.get("dim")
+    return LM(model_config(job["model"], params=None if dim else job.get("params"), dim=dim, depth=job.get("depth"),
+                           options=job.get("options"), mlp_ratio=job.get("mlp_ratio"),
+                           tie_embeddings=job.get("tie_embeddings", False), norm=job.get("norm", "rms")))
 
 
 def markdown(rows: list[dict]) -> str:
