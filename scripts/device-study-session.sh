@@ -77,6 +77,7 @@ once|keep)
             kill -9 -- -"$(cat $work/$name.pid)" && echo "stopped the study at the deadline: the runs in flight are lost"
         else
             echo "left running: the next call on this machine continues it (a fresh machine starts again from docs/results)"
+            touch "$out/left-running"   # land-collect.sh: the run in flight is not lost
         fi
     fi
     exit 0

@@ -5,8 +5,12 @@
 #   - NAME.tar.gz is unpacked into docs/results/NAME (the study's folder, runs without weights); a run
 #     that was in flight when the study stopped (no summary.json) is left out: it is lost, and the
 #     next call runs it again from the start; its training lines so far are kept as
-#     docs/results/NAME/sessions/DATE-TAG-lost-RUN.metrics.jsonl (evidence, not a result)
-#   - NAME.log is kept as docs/results/NAME/sessions/DATE-TAG.log (appended when that file exists)
+#     docs/results/NAME/sessions/DATE-TAG-lost-RUN.metrics.jsonl (evidence, not a result); when the call
+#     says the study was left running (device-study-session.sh keep), the run goes on in the lease's next
+#     call, so its lines are not kept as a lost run's
+#   - NAME.log is kept as docs/results/NAME/sessions/DATE-TAG.log (appended when that file exists; a
+#     study continued over a lease's calls (keep) writes one growing log: lines already there are not
+#     appended again)
 #   - triton-autotune.tar.gz, when it holds any tuning result, becomes studies/state/triton-autotune.tar.gz
 #     (the next session's Mamba2 / GDN runs skip Triton's tuning)
 #   usage: scripts/land-collect.sh FILES_DIR NAME TAG     e.g. /work/.device/3/o scaling-small h100
@@ -20,13 +24,22 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 tar -C "$tmp" -xzf "$src/$name.tar.gz"
 [ -f "$tmp/$name/study.json" ] || { echo "error: $name.tar.gz holds no $name/study.json" >&2; exit 2; }
-python3 - "$tmp/$name" "$(date +%F)-$tag" <<'EOF'
+# sessions/ in the pack is the copy the call carried of this repository's own: landing it would undo
+# what was landed since that call's tree was sent (the log appended here, earlier lost runs' lines)
+rm -rf "$tmp/$name/sessions"
+kept_running=0
+[ -f "$src/left-running" ] && kept_running=1
+python3 - "$tmp/$name" "$(date +%F)-$tag" "$kept_running" <<'EOF'
 import json, shutil, sys
 from pathlib import Path
 d = Path(sys.argv[1])
 for rd in sorted(p for p in d.iterdir() if p.is_dir() and p.name not in ("logs", "sessions", "plots")):
     if (rd / "config.json").exists() and not (rd / "summary.json").exists():
         kept, lines = "", rd / "metrics.jsonl"
+        if sys.argv[3] == "1":
+            shutil.rmtree(rd)
+            print(f"left out {rd.name}: in flight, left running for the lease's next call (keep)")
+            continue
         if lines.exists() and lines.stat().st_size:
             (d / "sessions").mkdir(exist_ok=True)
             lost = d / "sessions" / f"{sys.argv[2]}-lost-{rd.name}.metrics.jsonl"
@@ -48,7 +61,8 @@ mkdir -p "$dest"
 cp -r "$tmp/$name/." "$dest/"
 if [ -f "$src/$name.log" ]; then
     mkdir -p "$dest/sessions"
-    tr '\r' '\n' < "$src/$name.log" | grep -v '^ *$' | grep -v '%|' >> "$dest/sessions/$(date +%F)-$tag.log" || true
+    log="$dest/sessions/$(date +%F)-$tag.log"; touch "$log"
+    tr '\r' '\n' < "$src/$name.log" | grep -v '^ *$' | grep -v '%|' | awk 'FILENAME == ARGV[1] { seen[$0]; next } !($0 in seen)' "$log" - >> "$log" || true
 fi
 paths=("$dest")
 if [ -f "$src/triton-autotune.tar.gz" ] && [ "$(tar -tzf "$src/triton-autotune.tar.gz" | grep -c autotune.json)" -gt 0 ]; then

@@ -1,6 +1,8 @@
 """scripts/device-study-session.sh keep: a study left running between the calls of one lease, run here
 with stand-ins for python3 and nvidia-smi (the study is a shell loop that finishes a run a second)."""
+import json
 import os
+import shutil
 import subprocess
 import tarfile
 import time
@@ -67,6 +69,7 @@ def runs_packed(out):
 def test_keep_leaves_the_study_running_then_continues_it_then_stops_it(env, tmp_path):
     first = keep(env, tmp_path / "out1")
     assert "left running" in first and alive(tmp_path)
+    assert (tmp_path / "out1" / "left-running").exists()                   # land-collect.sh reads it
     n1 = len(runs_packed(tmp_path / "out1"))
     assert n1 >= 1
     time.sleep(1)
@@ -78,6 +81,7 @@ def test_keep_leaves_the_study_running_then_continues_it_then_stops_it(env, tmp_
     assert len(runs_packed(tmp_path / "out2")) > n1                          # the runs went on between calls
     last = keep(env, tmp_path / "out3", WAIT_END="1")
     assert "stopped the study" in last and not alive(tmp_path)
+    assert not (tmp_path / "out3" / "left-running").exists()
 
 
 @pytest.mark.slow
@@ -89,40 +93,85 @@ def test_keep_starts_again_when_the_study_is_not_running(env, tmp_path):
     assert (tmp_path / "calls.log").read_text().split() == ["start", "start"]
 
 
-def test_land_collect_keeps_finished_runs_and_the_lost_runs_training_lines(tmp_path):
-    """scripts/land-collect.sh in a scratch repository: the finished run lands, the run in flight is left
-    out (and marked to run again) but its training lines are kept under sessions/, and it all is committed."""
-    import json
-    import shutil
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def scratch_repo(tmp_path):
     repo = tmp_path / "repo"
     (repo / "scripts").mkdir(parents=True)
     shutil.copy(ROOT / "scripts" / "land-collect.sh", repo / "scripts")
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    study = tmp_path / "pack" / "s"
-    for run, files in (("done-s42", ("config.json", "metrics.jsonl", "summary.json")),
-                       ("lost-s42", ("config.json", "metrics.jsonl"))):
+    return repo
+
+
+def came_back(tmp_path, tag, runs, log, left_running=False, carried_sessions=None):
+    """What a call returns: s.tar.gz holding study s (RUN: finished or in flight), s.log, and the
+    left-running marker of a keep call; carried_sessions: files the call's tree had in sessions/."""
+    study = tmp_path / f"pack-{tag}" / "s"
+    jobs = []
+    for run, finished in runs.items():
         (study / run).mkdir(parents=True)
-        for f in files:
-            (study / run / f).write_text('{"step": 10, "loss": 2.0}\n' if f == "metrics.jsonl" else "{}\n")
-    (study / "study.json").write_text(json.dumps({"jobs": [{"id": "done-s42", "status": "completed"},
-                                                           {"id": "lost-s42", "status": "running"}]}))
-    came_back = tmp_path / "came-back"
-    came_back.mkdir()
-    with tarfile.open(came_back / "s.tar.gz", "w:gz") as t:
+        (study / run / "config.json").write_text("{}\n")
+        (study / run / "metrics.jsonl").write_text('{"step": 10, "loss": 2.0}\n')
+        if finished:
+            (study / run / "summary.json").write_text("{}\n")
+        jobs.append({"id": run, "status": "completed" if finished else "running"})
+    (study / "study.json").write_text(json.dumps({"jobs": jobs}))
+    for name, text in (carried_sessions or {}).items():
+        (study / "sessions").mkdir(exist_ok=True)
+        (study / "sessions" / name).write_text(text)
+    out = tmp_path / f"came-back-{tag}"
+    out.mkdir()
+    with tarfile.open(out / "s.tar.gz", "w:gz") as t:
         t.add(study, arcname="s")
-    (came_back / "s.log").write_text("progress\r[1/2] done done-s42\n")
-    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t", GIT_CONFIG_GLOBAL=str(tmp_path / "gitconfig"))
-    r = subprocess.run(["bash", "scripts/land-collect.sh", str(came_back), "s", "h100"], cwd=repo,
+    (out / "s.log").write_text(log)
+    if left_running:
+        (out / "left-running").write_text("")
+    return out
+
+
+def land(repo, tmp_path, src):
+    env = dict(os.environ, GIT_CONFIG_GLOBAL=str(tmp_path / "gitconfig"), **GIT_ENV)
+    r = subprocess.run(["bash", "scripts/land-collect.sh", str(src), "s", "h100"], cwd=repo,
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
-    assert "left out lost-s42" in r.stdout and "1 runs completed" in r.stdout
+    return r.stdout
+
+
+def test_land_collect_keeps_finished_runs_and_the_lost_runs_training_lines(tmp_path):
+    """scripts/land-collect.sh in a scratch repository: the finished run lands, the run in flight is left
+    out (and marked to run again) but its training lines are kept under sessions/, and it all is committed."""
+    repo = scratch_repo(tmp_path)
+    out = land(repo, tmp_path, came_back(tmp_path, "a", {"done-s42": True, "lost-s42": False},
+                                         "progress\r[1/2] done done-s42\n"))
+    assert "left out lost-s42" in out and "1 runs completed" in out
     dest = repo / "docs" / "results" / "s"
     assert (dest / "done-s42" / "summary.json").exists() and not (dest / "lost-s42").exists()
     lost = list((dest / "sessions").glob("*-h100-lost-lost-s42.metrics.jsonl"))
     assert len(lost) == 1 and json.loads(lost[0].read_text())["loss"] == 2.0
     jobs = {j["id"]: j["status"] for j in json.loads((dest / "study.json").read_text())["jobs"]}
     assert jobs == {"done-s42": "completed", "lost-s42": "interrupted"}
-    log = subprocess.run(git + ["log", "--name-only", "--format=%s"], cwd=repo, capture_output=True, text=True).stdout
+    log = subprocess.run(["git", "log", "--name-only", "--format=%s"], cwd=repo, capture_output=True,
+                         text=True).stdout
     assert "s: the runs collected on" in log and lost[0].name in log
+
+
+def test_land_collect_over_a_keep_lease(tmp_path):
+    """Two calls of one lease (keep): the first left the study running, so its run in flight is not kept
+    as lost; the second's log repeats the first's lines (one growing log), appended once; and the
+    sessions/ each call carried (this repository's copy at the time) never overwrites what was landed."""
+    repo = scratch_repo(tmp_path)
+    dest = repo / "docs" / "results" / "s"
+    first = land(repo, tmp_path, came_back(
+        tmp_path, "a", {"r1": True, "r2": False}, "[1/2] done r1\r[2/2] start r2\n", left_running=True,
+        carried_sessions={"old.log": "carried\n"}))
+    assert "left out r2: in flight, left running" in first
+    assert not list((dest / "sessions").glob("*lost*")) and not (dest / "sessions" / "old.log").exists()
+    land(repo, tmp_path, came_back(
+        tmp_path, "b", {"r1": True, "r2": True}, "[1/2] done r1\r[2/2] start r2\r[2/2] done r2\n",
+        carried_sessions={next((dest / "sessions").glob("*.log")).name: "stale copy\n"}))
+    logs = list((dest / "sessions").glob("*-h100.log"))
+    assert len(logs) == 1
+    assert logs[0].read_text().splitlines() == ["[1/2] done r1", "[2/2] start r2", "[2/2] done r2"]
+    assert (dest / "r2" / "summary.json").exists()
