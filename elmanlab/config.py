@@ -172,7 +172,9 @@ class TrainConfig:
         "autocast", "autocast: fp32 weights, gradients and optimizer state, bf16 autocast on CUDA (fp32 on the "
                     "CPU); bf16: the whole model, its gradients and Schedule-Free's state in bf16, no autocast, "
                     "as ekg/elman's 400M runs (`.bfloat16()`): an update below half a bf16 spacing of its weight "
-                    "is lost (docs/reference/ekg-elman-differences.md, 'Pure bf16')", "optimisation")
+                    "is lost (docs/reference/ekg-elman-differences.md, 'Pure bf16'); its held-out scores and saved weights "
+                    "use the weights being trained, y (summary.json's eval_weights), as Schedule-Free's average "
+                    "x cannot be formed in bf16", "optimisation")
     dropout: float = setting(0.0, "dropout probability on the embedding and on every residual branch's "
                                   "output, in training only (evaluation and generation never drop); 0: off",
                              "optimisation")
@@ -269,6 +271,9 @@ class TrainConfig:
         need(not (self.keep_best and self.eval_bytes == 0), "--keep-best needs held-out bytes: drop --eval-bytes 0")
         need(not (self.eval_train_weights and self.eval_bytes == 0),
              "--eval-train-weights needs held-out bytes: drop --eval-bytes 0")
+        need(not (self.eval_train_weights and self.precision == "bf16"),
+             "--eval-train-weights with --precision bf16: a pure-bf16 run is already scored with the weights "
+             "being trained (Schedule-Free's average is not kept in bf16); drop --eval-train-weights")
         need(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1,
              f"--dropout must be in [0, 1), got {self.dropout}")
         need(self.weight_decay_on in DECAY_SCOPES,

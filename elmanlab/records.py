@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from elmanlab import checkpoint
+from elmanlab import checkpoint, train_state
 from elmanlab.fsutil import atomic_write_json
 from elmanlab.hardware import peak_bf16_flops, peak_memory_gb, source_info, versions
 from elmanlab.metrics import MetricsLog
@@ -107,7 +107,8 @@ def summary(tr, status: str, error: str | None = None) -> dict:
         "config": cfg.model.to_dict(), "options": dataclasses.asdict(cfg.model.options),
         "seed": cfg.seed, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "lr": cfg.lr,
         "weight_decay": cfg.weight_decay, "warmup_steps": cfg.warmup_steps, "grad_clip": cfg.grad_clip,
-        "precision": cfg.precision, "weight_decay_on": cfg.weight_decay_on,
+        "precision": cfg.precision, "eval_weights": train_state.evaluation_point(cfg.precision),
+        "weight_decay_on": cfg.weight_decay_on,
         "budget": cfg.budget, "nonfinite_steps": tr.nonfinite_total, "dropout": cfg.dropout, "keep_best": cfg.keep_best,
         "epochs": tr.epochs(), "train_bytes": tr.split.train_bytes, **tr.validator.summary_fields(),
         "compile": cfg.compile, "cuda_graph": tr.use_graph, "cuda_graph_off": tr.graph_note,
@@ -133,8 +134,9 @@ def finish(tr, status: str) -> dict:
             extra = val_fields(point)
             extra.update({k: point[k] for k in ("val_loss_y", "val_bpb_y") if k in point})
         t0 = time.perf_counter()
-        tr.optimizer.eval()                            # final weights: Schedule-Free's average x
-        tr.model.eval()
+        if train_state.evaluation_point(tr.cfg.precision) == "x":
+            tr.optimizer.eval()                        # final weights: Schedule-Free's average x
+        tr.model.eval()                                # (pure bf16: the weights as trained, y)
         checkpoint.save_weights(tr.model, tr.out)
         tr.timers["eval_s"] += time.perf_counter() - t0
     s = summary(tr, status)

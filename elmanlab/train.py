@@ -29,7 +29,7 @@ the non-finite guard and clipping. Same arithmetic and the same kernels, launche
 of one by one from Python: it helps steps bound by launch overhead (small batches, many kernels).
 
 Schedule-Free keeps two weight sequences (train-mode y, the average x): evaluation and checkpoints
-use x and restore y exactly, so checkpoints and resuming change nothing (:mod:`elmanlab.train_state`).
+use x (pure bf16: y, `train_state.evaluation_point`) and restore y exactly, so checkpoints and resuming change nothing (:mod:`elmanlab.train_state`).
 
 Data parallel: under ``torchrun`` the model is wrapped in DDP (:mod:`elmanlab.parallel`);
 ``batch_size`` is the global batch, each rank trains on its rows of it, and only rank 0 writes.
@@ -249,7 +249,10 @@ class Trainer:
 
     # -- weights and checkpoints (elmanlab.train_state) ------------------------------------------
     def eval_weights(self):
-        """Context: Schedule-Free's x (eval) in the parameters, then exactly the train point y again."""
+        """Context: Schedule-Free's x (eval) in the parameters, then exactly the train point y again; in
+        pure bf16 the train point y itself (``train_state.evaluation_point``)."""
+        if train_state.evaluation_point(self.cfg.precision) == "y":
+            return train_state.trained_weights(self.model)
         return train_state.eval_weights(self.model, self.optimizer)
 
     def save_checkpoint(self) -> None:

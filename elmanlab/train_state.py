@@ -2,7 +2,7 @@
 
 Schedule-Free keeps two weight sequences: the optimizer's ``train()`` mode holds the gradient point
 y in the parameters, ``eval()`` the average x. Evaluation and checkpointing switch to ``eval()`` and
-back (``eval_weights``), and the exact train-mode values are restored afterwards, so a run with
+back (``eval_weights``; a pure-bf16 run evaluates y instead, ``evaluation_point``), and the exact train-mode values are restored afterwards, so a run with
 checkpoints follows bit for bit the same trajectory as one without. A checkpoint's ``state.pt``
 (``save``) holds y, the optimizer, the data position (step, tokens, fingerprint), the counters and
 timers, the held-out history and the RNG states (its ``model.safetensors``: x), so a resumed run
@@ -35,6 +35,27 @@ def eval_weights(model: torch.nn.Module, optimizer):
         with torch.no_grad():
             for k, v in model.state_dict().items():
                 v.copy_(saved[k])
+
+
+@contextlib.contextmanager
+def trained_weights(model: torch.nn.Module):
+    """Evaluation mode with the weights as trained (y): the evaluation point of a pure-bf16 run, whose
+    Schedule-Free average x cannot be formed from bf16 y and z (:func:`evaluation_point`)."""
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train()
+
+
+def evaluation_point(precision: str) -> str:
+    """Which weights a run's held-out scores, checkpoints and final weights use: Schedule-Free's average
+    "x", or, in pure bf16 (``precision: bf16``), the weights being trained "y". In bf16 a late step of y
+    (lr x (1 - beta1) x the Adam direction, ~3e-5) is below half a bf16 spacing of most weights, so y
+    stalls while z moves; x, formed from them as (y - (1 - beta1) z) / beta1, then moves against the
+    gradient (a 400M minGRU scored 14.4 bits/byte with x at a training loss of 1.86 nats/byte,
+    docs/results/reference-400m). ekg/elman's pure-bf16 tables report the training loss, taken at y."""
+    return "y" if precision == "bf16" else "x"
 
 
 def save(tr) -> None:

@@ -84,3 +84,47 @@ def test_weight_decay_on_all_decays_every_parameter(text_file, tmp_path):
         TrainConfig(model=tiny(), out="x", steps=1, weight_decay_on="norms").validate()
     s = run_training(cfg(text_file, tmp_path / "rec", steps=2, eval_bytes=0, weight_decay_on="all"))
     assert s["weight_decay_on"] == "all" and s["precision"] == "autocast"
+
+
+def test_schedule_free_average_cannot_be_formed_in_bf16():
+    """Why a pure-bf16 run is scored with y: a weight of 0.02 under noisy gradients whose mean favours
+    growing it. y's own steps (lr x (1 - beta1) x the Adam direction, ~3e-5, and the pull towards z,
+    (z - y) / step) fall below half a bf16 spacing (6.1e-5) and round away, so y stalls (it covers
+    less than half of fp32's y travel) while z moves on; Schedule-Free's average, formed from them as
+    x = y - (1 - beta1) / beta1 (z - y), is then y displaced away from z by more than in fp32."""
+    from schedulefree import AdamWScheduleFree
+
+    def run(dtype):
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.full((256,), 0.02, dtype=dtype))
+        opt = AdamWScheduleFree([w], lr=3e-4, weight_decay=0.0)
+        opt.train()
+        for _ in range(1000):
+            w.grad = (torch.randn(256) - 0.3).to(dtype)      # the loss falls as w grows, noisily
+            opt.step()
+        y, z = w.detach().float().mean().item(), opt.state[w]["z"].float().mean().item()
+        opt.eval()
+        return y, z, w.detach().float().mean().item()
+    y16, z16, x16 = run(torch.bfloat16)
+    y32, z32, x32 = run(torch.float32)
+    assert abs(z16 - z32) < 0.2 * (z32 - 0.02)                         # z moves in both
+    assert y16 - 0.02 < 0.5 * (y32 - 0.02)                             # y stalls in bf16
+    assert (y16 - x16) > 1.5 * (y32 - x32) > 0                         # x further behind y
+
+
+def test_bf16_runs_score_and_save_the_weights_being_trained(text_file, tmp_path):
+    """precision bf16: the held-out score and model.safetensors use y (summary.json says eval_weights
+    "y"); the default precision uses Schedule-Free's average x (eval_weights "x"), which differs from y."""
+    from elmanlab.checkpoint import load_model as load
+    for precision, point in (("bf16", "y"), ("autocast", "x")):
+        s = Trainer(cfg(text_file, tmp_path / precision, steps=8, eval_every=4, precision=precision)).run()
+        assert s["eval_weights"] == point and s["val_evals"] == 2
+        tr = Trainer(cfg(text_file, tmp_path / f"{precision}-y", steps=8, eval_bytes=0, precision=precision))
+        for _ in range(8):                                  # the same steps, never evaluated: y
+            tr.train_step()
+        y = tr.model.state_dict()
+        saved = load(tmp_path / precision, "cpu")[0].state_dict()
+        same = all(torch.equal(saved[k].to(y[k].dtype), y[k]) for k in y)
+        assert same == (point == "y"), precision
+    with pytest.raises(ElmanlabError, match="--eval-train-weights with --precision bf16"):
+        TrainConfig(model=tiny(), out="x", steps=1, precision="bf16", eval_train_weights=True).validate()

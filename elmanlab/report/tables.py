@@ -182,7 +182,8 @@ class Report(Views):
                                       f"runs: no gap column values.")
         if y_col:
             note += (f" {Y_LABEL} = held-out bits/byte with the weights being trained (Schedule-Free's y, "
-                     f"`--eval-train-weights`; - where not recorded); val bpb uses their average x.")
+                     f"`--eval-train-weights`; - where not recorded); val bpb uses their average x (pure-bf16 runs: y, "
+                     f"summary.json's eval_weights).")
         note += (" Non-finite = optimizer steps skipped for a non-finite loss or gradient; kernel = the "
                  "implementation the family's op ran; graph = whether CUDA graphs replayed the steps (- where the "
                  "record does not say).")
