@@ -215,3 +215,30 @@ def test_a_pending_job_keeps_its_wrapper(tmp_path):
     assert runs["ref"].nondefault_wrapper() == {"tied": True, "norm": "layer"}
     assert runs["ref"].label() == "88x4 init=reference tied layernorm"
     assert runs["lab"].nondefault_wrapper() == {} and runs["ref"].config_key() != runs["lab"].config_key()
+
+
+def test_held_out_scores_of_pure_bf16_runs_scored_with_the_average_are_left_out(tmp_path):
+    """A pure-bf16 run recorded before eval_weights was scored with Schedule-Free's average formed in bf16
+    (the 400M minGRU: 14.38 bits/byte at a training loss of 1.86): its val_* values are left out and a note
+    says why; a pure-bf16 run scored with y, and a run in the default precision, keep theirs."""
+    for rid in ("old-bf16", "new-bf16", "autocast"):
+        make_run(tmp_path, rid, "mingru", 1000, 16, 2, steps=300, val_bpb=14.38 if rid == "old-bf16" else 2.3)
+        p = tmp_path / rid / "summary.json"
+        summ = json.loads(p.read_text())
+        summ["precision"] = "autocast" if rid == "autocast" else "bf16"
+        if rid != "old-bf16":
+            summ["eval_weights"] = "x" if rid == "autocast" else "y"
+        p.write_text(json.dumps(summ))
+        with open(tmp_path / rid / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": 300, "tokens": 300 * 256, "val_loss": 1.6, "val_bpb": summ["val_bpb"]}) + "\n")
+    runs = {r.id: r for r in collect_runs(tmp_path)[0]}
+    assert runs["old-bf16"].get("val_bpb") is None and runs["old-bf16"].val_metrics() == []
+    assert runs["old-bf16"].loss is not None                              # the training loss stands
+    assert runs["new-bf16"].get("val_bpb") == 2.3 and runs["autocast"].get("val_bpb") == 2.3
+    assert runs["new-bf16"].val_metrics() and not runs["new-bf16"].heldout_unreadable()
+    write_report(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "**Held-out scores left out**" in text and "old-bf16" in text.split("**Held-out scores left out**")[1]
+    assert "14.38" not in text
+    rows = {r["run"]: r for r in csv.DictReader(io.StringIO((tmp_path / "results.csv").read_text()))}
+    assert rows["old-bf16"]["val_bpb"] == "" and float(rows["new-bf16"]["val_bpb"]) == 2.3

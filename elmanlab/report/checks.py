@@ -129,6 +129,12 @@ def record_notes(done: list[Run]) -> list[str]:
                      f"guess's, by step {SPIKE_AFTER}, where spikes are not judged): " + ", ".join(
                          f"{i} (highest step loss {ev['loss_max']:.1f} in the line ending at step {ev['step']})"
                          for i, ev in blown) + ".")
+    unreadable = [r.id for r in done if r.heldout_unreadable()]
+    if unreadable:
+        notes.append("**Held-out scores left out** (pure bf16 runs scored with Schedule-Free's average x formed "
+                     "from bf16 weights and state, which falls ever further behind the weights trained; such runs "
+                     "are scored with those weights since summary.json records `eval_weights`): "
+                     + ", ".join(unreadable) + ". Their training losses stand.")
     no_kernel = [r.id for r in done if r.kernel_path is None]
     no_graph = [r.id for r in done if r.cuda_graph is None]
     if no_kernel and len(no_kernel) == len(done) and len(no_graph) == len(done):
