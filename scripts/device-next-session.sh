@@ -104,6 +104,23 @@
 # 330 s), then the expansions 1.5/2.0/2.5 (~380-400 s each), 'mamba2-d1728x22-d_state=64-s43' (~190),
 # 'e1-d1056x26-expansion=2-s43', 'e1-d1760x26-spectral_norm=true-spectral_mode=fixed-s43', then the
 # precision wave and 'reference-mamba2-d1728x22', 'reference-mingru-d2752x24', 'reference-minlstm-d2304x24'.
+# The day's eighth session (2026-12-07): one refused start (nvidia-h100-x1, ~90 s), then kind nvidia-h200
+# gave an H100 and one lease of three keep calls: ONLY='e1-d3584x6-s42,e1-d2560x12-s42,e1-d2208x16-s42,
+# e1-d1984x20-s42,mamba2-d1728x22-d_state=64-s43' STOP_AFTER=19 FINISH_BY=60 DEADLINE_S=575 (then FINISH_IN=1000,
+# then WAIT_END=1 DEADLINE_S=330): 171 + 226 + 256 + 291 + 229 s of run time, calls of 577, 577 and 126 s;
+# then a once call, ONLY='mingru-d2752x24-precision=bf16-s42' (101 s in the study, 217 s a call). land-collect.sh
+# now reads keep's left-running marker (the run in flight goes on: not kept as lost) and never lands the
+# pack's sessions/ (the carried copy had overwritten the landed log). Pure-bf16 runs are scored with y
+# since 7652ed8 (the minGRU one's x score, 14.38 bits/byte, is left out by the report).
+# Next r calls, by the table's needs (docs/results/reference-400m/README.md, "What is open"), MODE=keep over
+# one lease: 'e1-d1312x26-expansion=1.5-s42,e1-d1056x26-expansion=2-s42,e1-d880x26-expansion=2.5-s42' (~345-365 s
+# each at the benchmarked tok/s + ~40 s), then 'mamba2-d1728x22-d_state=64-precision=bf16-s42' (~150 s),
+# 'e1-d1760x26-spectral_norm=true-spectral_mode=fixed-precision=bf16-s42', 'reference-e1-d3584x6',
+# 'reference-e1-d1984x20', 'e1-d1760x26-spectral_norm=true-spectral_mode=fixed-s43', 'e1-d1056x26-expansion=2-s43',
+# 'reference-mamba2-d1728x22', 'reference-mingru-d2752x24', 'reference-minlstm-d2304x24'. minGRU's pure-bf16
+# score with y needs a run outside the study (its record is complete): `python3 -m elmanlab train mingru --dim
+# 2752 --depth 24 --precision bf16 --steps 1500 --batch-size 16 --seq-len 512 --data .data/corpus-slice-32M.txt.zst
+# --val-data .data/corpus-val.txt.zst --out $OUT/mingru-bf16-y` (~110 s).
 #   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|f|m|v|e|h OUTDIR
 set -o pipefail
 phase=${1:?o, r, f, m, v, e or h}
