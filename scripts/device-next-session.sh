@@ -120,7 +120,7 @@
 # 'reference-mamba2-d1728x22', 'reference-mingru-d2752x24', 'reference-minlstm-d2304x24'. minGRU's pure-bf16
 # score with y needs a run outside the study (its record is complete): `python3 -m elmanlab train mingru --dim
 # 2752 --depth 24 --precision bf16 --steps 1500 --batch-size 16 --seq-len 512 --data .data/corpus-slice-32M.txt.zst
-# --val-data .data/corpus-val.txt.zst --out $OUT/mingru-bf16-y` (~110 s).
+# --val-data .data/corpus-val.txt.zst --eval-every 750 --eval-bytes 2000000 --out $OUT/mingru-bf16-y` (~110 s).
 #   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|f|m|v|e|h OUTDIR
 set -o pipefail
 phase=${1:?o, r, f, m, v, e or h}
