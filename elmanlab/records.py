@@ -134,9 +134,8 @@ def finish(tr, status: str) -> dict:
             extra = val_fields(point)
             extra.update({k: point[k] for k in ("val_loss_y", "val_bpb_y") if k in point})
         t0 = time.perf_counter()
-        if train_state.evaluation_point(tr.cfg.precision) == "x":
-            tr.optimizer.eval()                        # final weights: Schedule-Free's average x
-        tr.model.eval()                                # (pure bf16: the weights as trained, y)
+        # final weights: Schedule-Free's average x (pure bf16: the weights as trained, y)
+        train_state.to_eval_weights(tr.model, tr.optimizer, tr.cfg.precision)
         checkpoint.save_weights(tr.model, tr.out)
         tr.timers["eval_s"] += time.perf_counter() - t0
     s = summary(tr, status)

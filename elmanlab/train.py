@@ -251,9 +251,7 @@ class Trainer:
     def eval_weights(self):
         """Context: Schedule-Free's x (eval) in the parameters, then exactly the train point y again; in
         pure bf16 the train point y itself (``train_state.evaluation_point``)."""
-        if train_state.evaluation_point(self.cfg.precision) == "y":
-            return train_state.trained_weights(self.model)
-        return train_state.eval_weights(self.model, self.optimizer)
+        return train_state.eval_weights(self.model, self.optimizer, self.cfg.precision)
 
     def save_checkpoint(self) -> None:
         """A checkpoint at this step (rank 0)."""

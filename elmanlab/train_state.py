@@ -21,41 +21,41 @@ from elmanlab.errors import ElmanlabError
 from elmanlab.runs import BEST_WEIGHTS_FILE, RUN_FORMAT
 
 
-@contextlib.contextmanager
-def eval_weights(model: torch.nn.Module, optimizer):
-    """Switch the parameters to Schedule-Free's x (eval) and restore the exact train point y."""
-    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    optimizer.eval()
-    model.eval()
-    try:
-        yield
-    finally:
-        optimizer.train()
-        model.train()
-        with torch.no_grad():
-            for k, v in model.state_dict().items():
-                v.copy_(saved[k])
-
-
-@contextlib.contextmanager
-def trained_weights(model: torch.nn.Module):
-    """Evaluation mode with the weights as trained (y): the evaluation point of a pure-bf16 run, whose
-    Schedule-Free average x cannot be formed from bf16 y and z (:func:`evaluation_point`)."""
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train()
-
-
 def evaluation_point(precision: str) -> str:
     """Which weights a run's held-out scores, checkpoints and final weights use: Schedule-Free's average
     "x", or, in pure bf16 (``precision: bf16``), the weights being trained "y". In bf16 a late step of y
-    (lr x (1 - beta1) x the Adam direction, ~3e-5) is below half a bf16 spacing of most weights, so y
-    stalls while z moves; x, formed from them as (y - (1 - beta1) z) / beta1, then moves against the
-    gradient (a 400M minGRU scored 14.4 bits/byte with x at a training loss of 1.86 nats/byte,
-    docs/results/reference-400m). ekg/elman's pure-bf16 tables report the training loss, taken at y."""
+    (lr x (1 - beta1) x the Adam direction, ~3e-5, and its pull towards z, shrinking as 1/t) is below
+    half a bf16 spacing of most weights, so y stalls while z moves on; x, formed from them as
+    y - (1 - beta1) / beta1 (z - y), is then y displaced away from z ever further (a 400M minGRU scored
+    14.4 bits/byte with x at a training loss of 1.86 nats/byte, docs/results/reference-400m). ekg/elman's
+    pure-bf16 tables report the training loss, taken at y."""
     return "y" if precision == "bf16" else "x"
+
+
+def to_eval_weights(model: torch.nn.Module, optimizer, precision: str) -> None:
+    """Put the evaluation weights (``evaluation_point``) in the parameters, in evaluation mode."""
+    if evaluation_point(precision) == "x":
+        optimizer.eval()
+    model.eval()
+
+
+@contextlib.contextmanager
+def eval_weights(model: torch.nn.Module, optimizer, precision: str):
+    """Switch the parameters to the evaluation weights (Schedule-Free's x; pure bf16: y as it is) and
+    restore the exact train point y afterwards."""
+    switch = evaluation_point(precision) == "x"
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()} if switch else None
+    to_eval_weights(model, optimizer, precision)
+    try:
+        yield
+    finally:
+        if switch:
+            optimizer.train()
+        model.train()
+        if saved is not None:
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    v.copy_(saved[k])
 
 
 def save(tr) -> None:
