@@ -121,6 +121,21 @@
 # score with y needs a run outside the study (its record is complete): `python3 -m elmanlab train mingru --dim
 # 2752 --depth 24 --precision bf16 --steps 1500 --batch-size 16 --seq-len 512 --data .data/corpus-slice-32M.txt.zst
 # --val-data .data/corpus-val.txt.zst --eval-every 750 --eval-bytes 2000000 --out $OUT/mingru-bf16-y` (~110 s).
+# The day's ninth session (2026-12-07): one failed start (181 s) and a refusal (90 s), a wait of seven minutes,
+# then an H100 (kind nvidia-h200) and one lease of three keep calls (578, 578 and 258 s; its start took
+# ~300 s of the first call's lease): ONLY='e1-d1312x26-expansion=1.5-s42,e1-d1056x26-expansion=2-s42,
+# e1-d880x26-expansion=2.5-s42,mamba2-d1728x22-d_state=64-precision=bf16-s42,...' STOP_AFTER=17 FINISH_BY=60
+# DEADLINE_S=575, then FINISH_IN=850, then WAIT_END=1 DEADLINE_S=290: the three expansions (355, 379, 362 s
+# of wall_s) and 'reference-e1-d3584x6' (189 s); --finish-by passed over the two pure-bf16 runs (expected
+# 294 and 391 s, 204 left). Land each call's copy from its own files_at (copy it to a fresh folder: an
+# existing /work/land/rN gets the copy as a subfolder). The minGRU rerun below is still to do.
+# Next r calls, MODE=keep over one lease, by the table's needs (docs/results/reference-400m/README.md,
+# "What is open"): 'e1-d1056x26-expansion=2-s43' (~420 s: the issue's last second seed),
+# 'e1-d1056x26-expansion=2-spectral_norm=true-spectral_mode=fixed-s42' (~420), 'reference-e1-d2560x12' (~250),
+# 'reference-e1-d2208x16' (~280), 'reference-e1-d1984x20' (~300), 'e1-d1760x26-spectral_norm=true-spectral_mode=fixed-s43'
+# (~390), 'reference-e1-d1056x26-exp2', 'mamba2-d1728x22-d_state=64-precision=bf16-s42' (~150 s; its
+# expectation, 294, is Mamba2's in the lab's precision), 'reference-mamba2-d1728x22', 'reference-mingru-d2752x24',
+# 'reference-minlstm-d2304x24', then the precision and stability waves.
 #   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|f|m|v|e|h OUTDIR
 set -o pipefail
 phase=${1:?o, r, f, m, v, e or h}

@@ -272,7 +272,7 @@ def test_reference_study_expands_to_the_table_the_reference_and_the_ablations():
     waves = {}
     for j in jobs:
         waves.setdefault(j.wave, []).append(j)
-    assert {w: len(v) for w, v in waves.items()} == {"table": 15, "reference": 7, "ablation": 5, "stability": 3,
+    assert {w: len(v) for w, v in waves.items()} == {"table": 15, "reference": 9, "ablation": 5, "stability": 3,
                                                        "precision": 3}
     assert study.baseline == "mamba2"
     base = {"steps": 1500, "batch_size": 16, "seq_len": 512, "lr": 3e-4, "weight_decay": 0.1, "eval_every": 750,
@@ -315,7 +315,7 @@ def test_reference_study_expands_to_the_table_the_reference_and_the_ablations():
         assert j.size["params"] == counts[(j.model, j.dim, j.depth, j.options.get("expansion", 1.0))]
         assert "--norm" in j.argv("x") and "--tie-embeddings" in j.argv("x")
     assert {(j.dim, j.depth) for j in waves["reference"] if j.model == "e1"} == {
-        (1760, 26), (1984, 20), (3584, 6), (1056, 26)}
+        (1760, 26), (1984, 20), (2208, 16), (2560, 12), (3584, 6), (1056, 26)}
     # the ablation: one reference choice at a time, in this lab's wrapper
     abl = {(j.dim, tuple(sorted(j.options.items()))) for j in waves["ablation"]}
     assert len(abl) == 4 and all(j.norm == "rms" and not j.tie_embeddings for j in waves["ablation"])
