@@ -3,7 +3,13 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (the README's `-n 2`) each worker, and the processes its tests start, keeps to one
+# thread, so that the workers share the cores instead of contending for them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
