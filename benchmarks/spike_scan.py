@@ -1,10 +1,12 @@
-"""Where `elmanlab report`'s loss-spike threshold comes from: every run's largest line rise.
+"""Where `elmanlab report`'s loss-spike and late-rise thresholds come from: every run's largest line rise.
 
 For each completed run under the given folders (read as the report reads them, ``collect_runs``), the
 largest rise of a training line above the median of the lines before it (``Run.line_rises``: past
 step SPIKE_AFTER, SPIKE_WINDOW lines before) and the spikes the report names (``Run.loss_spikes``: a
-rise of SPIKE_NATS or more). Prints the runs by their largest rise and the gap between the runs
-without a spike and those with one, and writes the JSON.
+rise of SPIKE_NATS or more); and the final last-100 loss above its lowest at a line of the run's second
+half (``Run.loss_rise_late``; the report names a late rise of LATE_RISE_NATS or more). Prints the runs
+by their largest rise and the gap between the runs without a spike and those with one, then the runs by
+their late rise, and writes the JSON.
 
     python3 benchmarks/spike_scan.py docs/results benchmarks/results/runs \\
         --out benchmarks/results/spike-scan.json
@@ -17,7 +19,8 @@ import sys
 from _harness import save_json
 from elmanlab.errors import ElmanlabError
 from elmanlab.hardware import source_info
-from elmanlab.report.collect import SPIKE_AFTER, SPIKE_NATS, SPIKE_WINDOW, collect_runs
+from elmanlab.report.collect import collect_runs
+from elmanlab.report.instability import LATE_RISE_NATS, SPIKE_AFTER, SPIKE_NATS, SPIKE_WINDOW
 
 
 def scan(folders) -> list[dict]:
@@ -29,9 +32,11 @@ def scan(folders) -> list[dict]:
             if not rises:
                 continue
             top = max(rises, key=lambda ev: ev["rise"])
+            late = r.loss_rise_late() or {}
             rows.append({"folder": str(folder), "run": r.id, "model": r.model, "params": r.params,
                          "largest_rise": top["rise"], "at_step": top["step"],
-                         "spikes": [ev["step"] for ev in r.loss_spikes()]})
+                         "spikes": [ev["step"] for ev in r.loss_spikes()],
+                         "late_rise": late.get("rise"), "late_best_step": late.get("best_step")})
     if not rows:
         raise ElmanlabError(f"no completed run with training lines under {', '.join(map(str, folders))}")
     return sorted(rows, key=lambda x: -x["largest_rise"])
@@ -60,9 +65,17 @@ def main(argv=None) -> int:
     print(f"\nwithout a spike: {len(calm)} runs, largest rise {max(calm) if calm else float('nan'):.3f}; "
           f"with one: {len(spiky)} runs, rises {min(spiky) if spiky else float('nan'):.3f}-"
           f"{max(spiky) if spiky else float('nan'):.3f}")
+    late = sorted((x for x in rows if x["late_rise"] is not None), key=lambda x: -x["late_rise"])
+    print(f"\nthe final last-100 loss above its lowest in the run's second half (a late rise: {LATE_RISE_NATS} "
+          "nats or more)")
+    print(f"{'run':<60} {'late rise':>12} {'best at':>8}")
+    for x in late[:args.top]:
+        print(f"{(x['folder'].rstrip('/') + '/' + x['run'])[-60:]:<60} {x['late_rise']:>+12.4f} {x['late_best_step']:>8}")
     if args.out:
-        save_json(args.out, {"what": "each run's largest training-line rise and its loss spikes (elmanlab report)",
+        save_json(args.out, {"what": "each run's largest training-line rise, its loss spikes and its late rise "
+                                     "(elmanlab report)",
                              "spike_nats": SPIKE_NATS, "window": SPIKE_WINDOW, "after_step": SPIKE_AFTER,
+                             "late_rise_nats": LATE_RISE_NATS,
                              "folders": args.folders, "runs": rows, "source": source_info()})
     return 0
 

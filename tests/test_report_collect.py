@@ -242,3 +242,35 @@ def test_held_out_scores_of_pure_bf16_runs_scored_with_the_average_are_left_out(
     assert "14.38" not in text
     rows = {r["run"]: r for r in csv.DictReader(io.StringIO((tmp_path / "results.csv").read_text()))}
     assert rows["old-bf16"]["val_bpb"] == "" and float(rows["new-bf16"]["val_bpb"]) == 2.3
+
+
+def test_a_late_rise_is_found_and_reported(tmp_path):
+    """E1 expansion 2.0 at 400M stalled from step ~1,000 and ended 0.051 nats above its best last-100 loss
+    (step 1,260) with no line that spiked: a final last-100 loss LATE_RISE_NATS or more above its lowest at a
+    line of the run's second half is a late rise, in the report's notes, results.csv and a prediction's
+    verdict; one high line near the end (0.02 on the last-100 loss) is not, nor a run that ends at its best."""
+    from elmanlab.report.instability import LATE_RISE_NATS
+    from elmanlab.report.predicted import _spike_note
+    for rid in ("stalled", "flat", "falling", "one-line"):
+        make_run(tmp_path, rid, "e1", 1000, 16, 2, steps=600, start=5.0 if rid == "falling" else 1.5)
+    edit = functools.partial(_edit_lines, tmp_path)
+    edit("stalled", lambda r: r.update(loss=r["loss"] + 0.0005 * max(0, r["step"] - 400)))
+    edit("one-line", lambda r: r.update(loss=r["loss"] + 0.2) if r["step"] == 590 else None)
+    runs = {r.id: r for r in collect_runs(tmp_path)[0]}
+    ev = runs["stalled"].late_rise()
+    assert ev["best_step"] <= 410 and ev["best"] == pytest.approx(1.5, abs=1e-3)
+    assert ev["final"] == pytest.approx(1.5 + 0.0005 * 155, abs=1e-6) and ev["rise"] > LATE_RISE_NATS
+    assert runs["one-line"].loss_rise_late()["rise"] == pytest.approx(0.02, abs=1e-6)
+    assert runs["flat"].loss_rise_late()["rise"] == pytest.approx(0.0, abs=1e-9)
+    assert runs["falling"].loss_rise_late()["rise"] < 0
+    assert all(runs[k].late_rise() is None for k in ("flat", "falling", "one-line"))
+    assert all(runs[k].loss_spikes() == [] for k in runs)        # none of them is a spike
+    write_report(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "**Loss rose late**" in text and "stalled (1.5775 at the end against 1.5000 at step" in text
+    assert not any(f"{k} (1." in text for k in ("flat", "falling", "one-line"))
+    rows = {r["run"]: r for r in csv.DictReader(io.StringIO((tmp_path / "results.csv").read_text()))}
+    assert float(rows["stalled"]["late_rise_nats"]) == pytest.approx(ev["rise"])
+    assert rows["flat"]["late_rise_nats"] == rows["one-line"]["late_rise_nats"] == ""
+    assert _spike_note([runs["stalled"], runs["flat"]]) == (
+        f"; stalled's loss rose late (1.5775 at the end against 1.5000 at step {ev['best_step']})")

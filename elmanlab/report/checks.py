@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from elmanlab.report.collect import BLOWUP_NATS, SPIKE_AFTER, SPIKE_NATS, SPIKE_WINDOW, Run
+from elmanlab.report.collect import Run
+from elmanlab.report.instability import BLOWUP_NATS, LATE_RISE_NATS, SPIKE_AFTER, SPIKE_NATS, SPIKE_WINDOW
 from elmanlab.report.fmt import names
 
 
@@ -129,6 +130,12 @@ def record_notes(done: list[Run]) -> list[str]:
                      f"guess's, by step {SPIKE_AFTER}, where spikes are not judged): " + ", ".join(
                          f"{i} (highest step loss {ev['loss_max']:.1f} in the line ending at step {ev['step']})"
                          for i, ev in blown) + ".")
+    rose = [(r.id, ev) for r in done for ev in [r.late_rise()] if ev]
+    if rose:
+        notes.append(f"**Loss rose late** (the final last-100 loss {LATE_RISE_NATS} nats or more above its lowest at a "
+                     "training line of the run's second half; it ranks by the final): " + ", ".join(
+                         f"{i} ({ev['final']:.4f} at the end against {ev['best']:.4f} at step {ev['best_step']})"
+                         for i, ev in rose) + ".")
     unreadable = [r.id for r in done if r.heldout_unreadable()]
     if unreadable:
         notes.append("**Held-out scores left out** (pure bf16 runs scored with Schedule-Free's average x formed "

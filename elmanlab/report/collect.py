@@ -15,22 +15,12 @@ from pathlib import Path
 
 from elmanlab.config import BUDGET_SETTINGS, identity_settings, train_settings
 from elmanlab.errors import ElmanlabError
+from elmanlab.report import instability
 from elmanlab.runs import (ASIDE, CONFIG_FILE, LOG_DIR, PLOTS_DIR, SUMMARY_FILE, read_json_or_none, read_metrics,
                            read_state_or_none, read_val_metrics, run_status)
 
 IDENTITY = frozenset(identity_settings())          # the train settings a Run keeps
 _DEFAULTS = {k: f.default for k, f in train_settings().items() if k in IDENTITY}
-# A loss spike: a training line whose mean is SPIKE_NATS or more above the median of the SPIKE_WINDOW
-# lines before it, past step SPIKE_AFTER (before, the loss falls too fast to judge). Over the 50 completed runs
-# committed by 2026-12-07 (benchmarks/spike_scan.py) the largest such rise of a run without a visible spike was 0.124 nats; the three
-# spikes rose 0.45-0.73 (E1 400M at step 830, E1 100M seed 43 at 940, E33 100M at 370).
-SPIKE_NATS, SPIKE_WINDOW, SPIKE_AFTER = 0.25, 10, 100
-# A blow-up in the first steps (up to SPIKE_AFTER, where a spike is not judged): a step's loss (``loss_max``,
-# recorded since 2026-12-07) of BLOWUP_NATS or more, twice the loss of a uniform guess over bytes (ln 256).
-# A fresh model starts near ln 256 (5.7-6.4 at widths 912-3584 on the CPU, benchmarks/results/first-update);
-# on 2026-12-07 E1 400M reached 20.3 (seed 43, then ~100 steps near the unigram loss) and 16.3 (the fixed
-# spectral norm, recovered by step 30) in its first ten steps, the reference's own E1 at most 6.0.
-BLOWUP_NATS = 2 * math.log(256)
 
 
 def fmt_num(v) -> str:
@@ -270,60 +260,23 @@ class Run:
             return float(hit[-1]) if hit and isinstance(hit[-1], (int, float)) else None
         if metric != "loss_last100":
             return None
-        start, prev, total, n = max(0, step - 100), 0, 0.0, 0
-        for m in sorted((m for m in self.metrics() if isinstance(m.get("loss"), (int, float))),
-                        key=lambda m: m["step"]):
-            s = int(m["step"])
-            if s > step:
-                break
-            if prev >= start:
-                total += float(m["loss"]) * (s - prev)
-                n += s - prev
-            prev = s
-        return total / n if n == step - start and prev == step and math.isfinite(total) else None
+        return instability.last100_at(self.metrics(), step)
 
+    # what the training lines say of the run's stability (report/instability.py)
     def line_rises(self) -> list[dict]:
-        """Each training line past step SPIKE_AFTER with SPIKE_WINDOW lines before it: its step, mean
-        loss, the median of those lines, the rise above it, and its highest step loss where recorded
-        (``loss_max``, since 2026-12-07)."""
-        lines = sorted((m for m in self.metrics() if isinstance(m.get("loss"), (int, float))
-                        and math.isfinite(m["loss"])), key=lambda m: m["step"])
-        out = []
-        for i in range(SPIKE_WINDOW, len(lines)):
-            m = lines[i]
-            if m["step"] <= SPIKE_AFTER:
-                continue
-            before = statistics.median(x["loss"] for x in lines[i - SPIKE_WINDOW:i])
-            out.append({"step": int(m["step"]), "loss": float(m["loss"]), "median_before": before,
-                        "rise": m["loss"] - before, "line": i,
-                        "loss_max": m.get("loss_max") if isinstance(m.get("loss_max"), (int, float)) else None})
-        return out
+        return instability.line_rises(self.metrics())
 
     def loss_spikes(self) -> list[dict]:
-        """The run's loss spikes (lines that rose SPIKE_NATS or more, ``line_rises``), one per event: the
-        line that rose most among lines that rose within SPIKE_WINDOW lines of each other."""
-        events: list[dict] = []
-        last = None
-        for ev in self.line_rises():
-            if ev["rise"] < SPIKE_NATS:
-                continue
-            if last is not None and ev["line"] - last <= SPIKE_WINDOW:
-                if ev["rise"] > events[-1]["rise"]:
-                    events[-1] = ev
-            else:
-                events.append(ev)
-            last = ev["line"]
-        return events
+        return instability.loss_spikes(self.metrics())
 
     def early_blowup(self) -> dict | None:
-        """The line of the first SPIKE_AFTER steps with the highest step loss, where that reached
-        BLOWUP_NATS (its step and ``loss_max``); None otherwise, and for records without ``loss_max``."""
-        hits = [m for m in self.metrics() if isinstance(m.get("step"), (int, float)) and m["step"] <= SPIKE_AFTER
-                and isinstance(m.get("loss_max"), (int, float)) and m["loss_max"] >= BLOWUP_NATS]
-        if not hits:
-            return None
-        m = max(hits, key=lambda m: m["loss_max"])
-        return {"step": int(m["step"]), "loss_max": float(m["loss_max"]), "loss": float(m["loss"])}
+        return instability.early_blowup(self.metrics())
+
+    def loss_rise_late(self) -> dict | None:
+        return instability.loss_rise_late(self.metrics())
+
+    def late_rise(self) -> dict | None:
+        return instability.late_rise(self.metrics())
 
     def val_metrics(self) -> list[dict]:
         """The held-out evaluations of metrics.jsonl (the validation curve)."""

@@ -308,15 +308,18 @@ class PredictionCheck:
 
 def _spike_note(runs) -> str:
     """'; RUN had a loss spike at step N' for each run with one (Run.loss_spikes), and '; RUN blew up in
-    its first steps ...' (Run.early_blowup): a verdict on such a run is a verdict on the instability as
-    much as on the curve."""
+    its first steps ...' (Run.early_blowup), and "; RUN's loss rose late ..." (Run.late_rise): a verdict on such
+    a run is a verdict on the instability as much as on the curve."""
     out = ""
     for r in runs:
-        b, st = r.early_blowup(), [ev["step"] for ev in r.loss_spikes()]
+        b, st, late = r.early_blowup(), [ev["step"] for ev in r.loss_spikes()], r.late_rise()
         if b:
             out += f"; {r.id} blew up in its first steps (a step's loss {b['loss_max']:.1f} by step {b['step']})"
         if st:
             out += f"; {r.id} had a loss spike at step{'s' if len(st) > 1 else ''} {', '.join(map(str, st))}"
+        if late:
+            out += (f"; {r.id}'s loss rose late ({late['final']:.4f} at the end against {late['best']:.4f} at step "
+                    f"{late['best_step']})")
     return out
 
 

@@ -308,7 +308,7 @@ class Report(Views):
                ["budget", "loss_last100", "final_loss", "val_bpb", "val_bpb_y", "best_val_bpb", "best_val_step",
                 "epochs",
                 "tokens_per_s", "peak_memory_gb", "steps",
-                "tokens", "wall_s", "mfu", "nonfinite_steps", "loss_spike_steps", "early_blowup_loss", "kernel_family", "kernel_path", "kernel_fast",
+                "tokens", "wall_s", "mfu", "nonfinite_steps", "loss_spike_steps", "early_blowup_loss", "late_rise_nats", "kernel_family", "kernel_path", "kernel_fast",
                 "implementations", "allow_reference", "cuda_graph", "warmup_s", "elmanlab_version", "commit", "dirty",
                 "like_for_like", "baseline", "gap_to_baseline", "gap_pct", "wave", "error"]
         unlike = self.unlike()
@@ -326,7 +326,8 @@ class Report(Views):
                                                                 "tokens_per_s", "peak_memory_gb", "steps",
                                                                 "tokens", "wall_s", "mfu")]
                        + [csv_cell(r.nonfinite_steps), " ".join(str(ev["step"]) for ev in r.loss_spikes()),
-                          csv_cell((r.early_blowup() or {}).get("loss_max")), r.kernel_family or "", r.kernel_path or "",
+                          csv_cell((r.early_blowup() or {}).get("loss_max")),
+                          csv_cell((r.late_rise() or {}).get("rise")), r.kernel_family or "", r.kernel_path or "",
                           csv_cell(r.kernel_fast),
                           "; ".join(f"{op}: {p}" for op, p in sorted(r.implementations().items())),
                           csv_cell(r.allow_reference), csv_cell(r.cuda_graph), csv_cell(r.get("warmup_s")),
