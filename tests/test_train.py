@@ -191,7 +191,7 @@ def test_sigint_saves_a_checkpoint_and_resume_matches_uninterrupted(text_file, t
     """SIGINT (Ctrl-C, or a study stopped at a device-call limit; twice in quick succession, as a
     process group and then the study deliver it) without --checkpoint-every: the step in flight finishes, a checkpoint is written, the exit code is 130, and --resume ends where an
     uninterrupted run ends."""
-    args = ["train", "e1", "--dim", 32, "--depth", 2, "--data", text_file, "--steps", 600, "--seq-len", 32,
+    args = ["train", "e1", "--dim", 32, "--depth", 2, "--data", text_file, "--steps", 300, "--seq-len", 32,
             "--batch-size", 4, "--lr", 3e-3, "--device", "cpu", "--no-progress", "--eval-bytes", 0,
             "--log-every", 10]
     ref, run, proc = _reference_and_background_run(args, tmp_path, "stopped", stderr=subprocess.PIPE)
@@ -205,17 +205,17 @@ def test_sigint_saves_a_checkpoint_and_resume_matches_uninterrupted(text_file, t
     assert "saving a checkpoint" in err and "Traceback" not in err
     assert not (run / "summary.json").exists()
     ckpts = sorted((run / "checkpoints").iterdir())
-    assert len(ckpts) == 1 and 30 <= int(ckpts[0].name[5:]) < 600
+    assert len(ckpts) == 1 and 30 <= int(ckpts[0].name[5:]) < 300
     r = cli("train", "--resume", run, "--no-progress", "--json")
     resumed = json.loads(r.stdout)
     reference = json.loads((ref / "summary.json").read_text())
-    assert resumed["status"] == "completed" and resumed["steps"] == 600
+    assert resumed["status"] == "completed" and resumed["steps"] == 300
     assert abs(resumed["final_loss"] - reference["final_loss"]) <= 1e-6 * abs(reference["final_loss"])
     assert resumed["data_fingerprint"] == reference["data_fingerprint"]
     # resuming the finished run again does nothing (its only checkpoint is the interrupt's)
     before = (run / "metrics.jsonl").read_bytes()
     again = json.loads(cli("train", "--resume", run, "--no-progress", "--json").stdout)
-    assert again["steps"] == 600 and (run / "metrics.jsonl").read_bytes() == before
+    assert again["steps"] == 300 and (run / "metrics.jsonl").read_bytes() == before
 
 
 def test_sigusr1_is_a_graceful_stop(text_file, tmp_path):
