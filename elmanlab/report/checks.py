@@ -14,8 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from elmanlab.report.collect import Run
-from elmanlab.report.instability import BLOWUP_NATS, LATE_RISE_NATS, SPIKE_AFTER, SPIKE_NATS, SPIKE_WINDOW
 from elmanlab.report.fmt import names
+from elmanlab.report.instability import BLOWUP_NATS, LATE_RISE_NATS, SPIKE_AFTER, SPIKE_NATS, SPIKE_WINDOW
 
 
 @dataclass
