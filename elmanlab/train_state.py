@@ -49,10 +49,9 @@ def eval_weights(model: torch.nn.Module, optimizer, precision: str):
     try:
         yield
     finally:
+        model.train()
         if switch:
             optimizer.train()
-        model.train()
-        if saved is not None:
             with torch.no_grad():
                 for k, v in model.state_dict().items():
                     v.copy_(saved[k])

@@ -34,12 +34,20 @@ def _finite_lines(lines: list[dict]) -> list[dict]:
                   key=lambda m: m["step"])
 
 
+def _loss_lines(lines: list[dict]) -> list[dict]:
+    return sorted((m for m in lines if isinstance(m.get("loss"), (int, float))), key=lambda m: m["step"])
+
+
 def last100_at(lines: list[dict], step: int) -> float | None:
     """The mean training loss of steps step-99..step, as a run stopped at ``step`` would have recorded its
     last-100 loss: each line is the mean over the steps since the line before, so the lines must start a
     line at step-100 and end one at step. None where they do not."""
+    return _last100_sorted(_loss_lines(lines), step)
+
+
+def _last100_sorted(lines: list[dict], step: int) -> float | None:
     start, prev, total, n = max(0, step - 100), 0, 0.0, 0
-    for m in sorted((m for m in lines if isinstance(m.get("loss"), (int, float))), key=lambda m: m["step"]):
+    for m in lines:
         s = int(m["step"])
         if s > step:
             break
@@ -98,12 +106,13 @@ def loss_rise_late(lines: list[dict]) -> dict | None:
     """The final last-100 loss against the lowest last-100 loss at a training line of the run's second half
     (from step LATE_FROM, before the last line): that line's step and loss, the final loss and the rise
     (negative when the run ended at its best). None where the lines do not give both."""
-    steps = sorted({int(m["step"]) for m in lines if isinstance(m.get("loss"), (int, float))})
+    lines = _loss_lines(lines)                  # sorted once for every step's last-100 loss below
+    steps = sorted({int(m["step"]) for m in lines})
     if not steps:
         return None
     end = steps[-1]
-    final = last100_at(lines, end)
-    earlier = [(s, last100_at(lines, s)) for s in steps if max(LATE_FROM, end // 2) <= s < end]
+    final = _last100_sorted(lines, end)
+    earlier = [(s, _last100_sorted(lines, s)) for s in steps if max(LATE_FROM, end // 2) <= s < end]
     earlier = [(s, v) for s, v in earlier if v is not None]
     if final is None or not earlier:
         return None
