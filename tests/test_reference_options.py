@@ -283,7 +283,7 @@ def test_reference_study_expands_to_the_table_the_reference_and_the_ablations():
     waves = {}
     for j in jobs:
         waves.setdefault(j.wave, []).append(j)
-    assert {w: len(v) for w, v in waves.items()} == {"table": 15, "reference": 9, "ablation": 5, "stability": 3,
+    assert {w: len(v) for w, v in waves.items()} == {"table": 15, "reference": 9, "ablation": 6, "stability": 3,
                                                        "precision": 3}
     assert study.baseline == "mamba2"
     base = {"steps": 1500, "batch_size": 16, "seq_len": 512, "lr": 3e-4, "weight_decay": 0.1, "eval_every": 750,
@@ -305,7 +305,8 @@ def test_reference_study_expands_to_the_table_the_reference_and_the_ablations():
         changed.append(diff)
     assert changed == [{"lr": 1.5e-4}, {"grad_clip": 1.0}, {"warmup_steps": 200}]
     assert sorted(j.id for j in jobs if j.train["seed"] == 43) == [
-        "e1-d1056x26-expansion=2-s43", "e1-d1760x26-s43", "e1-d1760x26-spectral_norm=true-spectral_mode=fixed-s43",
+        "e1-d1056x26-expansion=2-s43", "e1-d1056x26-expansion=2-spectral_norm=true-spectral_mode=fixed-s43",
+        "e1-d1760x26-s43", "e1-d1760x26-spectral_norm=true-spectral_mode=fixed-s43",
         "mamba2-d1728x22-d_state=64-s43"]
     # every row of the table, at its dim and depth, once with seed 42 and this lab's defaults
     table = [j for j in waves["table"] if j.train["seed"] == 42]
@@ -330,7 +331,7 @@ def test_reference_study_expands_to_the_table_the_reference_and_the_ablations():
     # the ablation: one reference choice at a time, in this lab's wrapper
     abl = {(j.dim, tuple(sorted(j.options.items()))) for j in waves["ablation"]}
     assert len(abl) == 4 and all(j.norm == "rms" and not j.tie_embeddings for j in waves["ablation"])
-    assert sorted(j.train["seed"] for j in waves["ablation"]) == [42, 42, 42, 42, 43]
+    assert sorted(j.train["seed"] for j in waves["ablation"]) == [42, 42, 42, 42, 43, 43]
 
 
 def test_reference_study_never_pools_different_configurations():
@@ -344,7 +345,7 @@ def test_reference_study_never_pools_different_configurations():
                     sorted((k, v) for k, v in j.train.items() if k != "seed")))
         keys.setdefault(key, []).append(j)
     pooled = [sorted(j.train["seed"] for j in js) for js in keys.values() if len(js) > 1]
-    assert pooled == [[42, 43]] * 4
+    assert pooled == [[42, 43]] * 5
     for js in keys.values():
         assert len({(j.norm, j.tie_embeddings) for j in js}) == 1
 
