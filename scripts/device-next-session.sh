@@ -129,13 +129,18 @@
 # of wall_s) and 'reference-e1-d3584x6' (189 s); --finish-by passed over the two pure-bf16 runs (expected
 # 294 and 391 s, 204 left). Land each call's copy from its own files_at (copy it to a fresh folder: an
 # existing /work/land/rN gets the copy as a subfolder). The minGRU rerun below is still to do.
-# Next r calls, MODE=keep over one lease, by the table's needs (docs/results/reference-400m/README.md,
-# "What is open"): 'e1-d1056x26-expansion=2-s43' (~420 s: the issue's last second seed),
-# 'e1-d1056x26-expansion=2-spectral_norm=true-spectral_mode=fixed-s42' (~420), 'reference-e1-d2560x12' (~250),
-# 'reference-e1-d2208x16' (~280), 'reference-e1-d1984x20' (~300), 'e1-d1760x26-spectral_norm=true-spectral_mode=fixed-s43'
-# (~390), 'reference-e1-d1056x26-exp2', 'mamba2-d1728x22-d_state=64-precision=bf16-s42' (~150 s; its
-# expectation, 294, is Mamba2's in the lab's precision), 'reference-mamba2-d1728x22', 'reference-mingru-d2752x24',
-# 'reference-minlstm-d2304x24', then the precision and stability waves.
+# The day's tenth session (2026-12-07): about an hour of refused and failed starts (742 s of the 1,800), then an
+# H100 (kind nvidia-h200) and one lease of two keep calls (577 and 346 s; the lease's start took most of the first
+# call's budget: held_s 1,377 at its end): ONLY='e1-d1056x26-expansion=2-s43,e1-d1056x26-expansion=2-spectral_norm=true-
+# spectral_mode=fixed-s42,...' STOP_AFTER=24 FINISH_BY=60 DEADLINE_S=575, then WAIT_END=1 FINISH_IN=300 DEADLINE_S=345:
+# the two runs (384 and 400 s in the study). Issue 19's required runs are all done.
+# Next r calls, MODE=keep over one lease, by "What is open" (docs/results/reference-400m/README.md):
+# 'e1-d1760x26-spectral_norm=true-spectral_mode=fixed-s43' (~420 s), 'e1-d1056x26-expansion=2-spectral_norm=true-
+# spectral_mode=fixed-s43' (~430), 'reference-e1-d1056x26-exp2' (~420), 'reference-mamba2-d1728x22' (~300),
+# 'reference-e1-d2560x12' (~250), 'reference-e1-d2208x16' (~280), 'reference-e1-d1984x20' (~300),
+# 'mamba2-d1728x22-d_state=64-precision=bf16-s42' (~150 s; its expectation, 294, is Mamba2's in the lab's
+# precision), 'reference-mingru-d2752x24', 'reference-minlstm-d2304x24', then the stability wave. minGRU's
+# pure-bf16 y-score rerun (above) is still to do. Or, to close issue 20 first, the scaling-small calls above.
 #   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|f|m|v|e|h OUTDIR
 set -o pipefail
 phase=${1:?o, r, f, m, v, e or h}
