@@ -283,7 +283,7 @@ def test_reference_study_expands_to_the_table_the_reference_and_the_ablations():
     waves = {}
     for j in jobs:
         waves.setdefault(j.wave, []).append(j)
-    assert {w: len(v) for w, v in waves.items()} == {"table": 15, "reference": 9, "ablation": 6, "stability": 3,
+    assert {w: len(v) for w, v in waves.items()} == {"table": 15, "reference": 9, "ablation": 8, "stability": 3,
                                                        "precision": 3}
     assert study.baseline == "mamba2"
     base = {"steps": 1500, "batch_size": 16, "seq_len": 512, "lr": 3e-4, "weight_decay": 0.1, "eval_every": 750,
@@ -330,8 +330,8 @@ def test_reference_study_expands_to_the_table_the_reference_and_the_ablations():
         (1760, 26), (1984, 20), (2208, 16), (2560, 12), (3584, 6), (1056, 26)}
     # the ablation: one reference choice at a time, in this lab's wrapper
     abl = {(j.dim, tuple(sorted(j.options.items()))) for j in waves["ablation"]}
-    assert len(abl) == 4 and all(j.norm == "rms" and not j.tie_embeddings for j in waves["ablation"])
-    assert sorted(j.train["seed"] for j in waves["ablation"]) == [42, 42, 42, 42, 43, 43]
+    assert len(abl) == 6 and all(j.norm == "rms" and not j.tie_embeddings for j in waves["ablation"])
+    assert sorted(j.train["seed"] for j in waves["ablation"]) == [42, 42, 42, 42, 42, 42, 43, 43]
 
 
 def test_reference_study_never_pools_different_configurations():
