@@ -139,7 +139,9 @@
 # spectral_mode=fixed-s43' (~430), 'reference-e1-d1056x26-exp2' (~420), 'reference-mamba2-d1728x22' (~300),
 # 'reference-e1-d2560x12' (~250), 'reference-e1-d2208x16' (~280), 'reference-e1-d1984x20' (~300),
 # 'mamba2-d1728x22-d_state=64-precision=bf16-s42' (~150 s; its expectation, 294, is Mamba2's in the lab's
-# precision), 'reference-mingru-d2752x24', 'reference-minlstm-d2304x24', then the stability wave. minGRU's
+# precision), 'reference-mingru-d2752x24', 'reference-minlstm-d2304x24', 'e1-d880x26-expansion=2.5-spectral_norm=true-
+# spectral_mode=fixed-s42' (~400), 'e1-d1312x26-expansion=1.5-spectral_norm=true-spectral_mode=fixed-s42' (~400),
+# then the stability wave. minGRU's
 # pure-bf16 y-score rerun (above) is still to do. Or, to close issue 20 first, the scaling-small calls above.
 #   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|f|m|v|e|h OUTDIR
 set -o pipefail
