@@ -274,3 +274,26 @@ def test_a_late_rise_is_found_and_reported(tmp_path):
     assert rows["flat"]["late_rise_nats"] == rows["one-line"]["late_rise_nats"] == ""
     assert _spike_note([runs["stalled"], runs["flat"]]) == (
         f"; stalled's loss rose late (1.5775 at the end against 1.5000 at step {ev['best_step']})")
+
+
+def test_gradient_bursts_are_counted_past_step_100_and_reported(tmp_path):
+    """E1 expansion 2.0 at 400M had a step gradient norm of 325 late in the run before its late rise, where
+    a calm line's stays at 1-3: a line past step 100 whose grad_norm_max reaches BURST_GRAD_NORM is a burst,
+    counted in results.csv; a burst in the first 100 steps is a blow-up's business, not counted; a record
+    without grad_norm_max says nothing (empty), not zero."""
+    from elmanlab.report.instability import BURST_GRAD_NORM, SPIKE_AFTER
+    for rid in ("bursty", "calm", "old"):
+        make_run(tmp_path, rid, "e1", 1000, 16, 2, steps=600)
+    edit = functools.partial(_edit_lines, tmp_path)
+    big = {20: 80.0, 300: 325.0, 450: BURST_GRAD_NORM, 460: BURST_GRAD_NORM - 0.01}
+    edit("bursty", lambda r: r.update(grad_norm_max=big.get(r["step"], 2.0)))
+    edit("calm", lambda r: r.update(grad_norm_max=80.0 if r["step"] <= SPIKE_AFTER else 2.5))
+    runs = {r.id: r for r in collect_runs(tmp_path)[0]}
+    assert runs["bursty"].gradient_bursts() == [{"step": 300, "grad_norm_max": 325.0},
+                                                {"step": 450, "grad_norm_max": BURST_GRAD_NORM}]
+    assert runs["calm"].gradient_bursts() == [] and runs["old"].gradient_bursts() is None
+    write_report(tmp_path)
+    rows = {r["run"]: r for r in csv.DictReader(io.StringIO((tmp_path / "results.csv").read_text()))}
+    assert (rows["bursty"]["grad_bursts"], float(rows["bursty"]["grad_burst_max"])) == ("2", 325.0)
+    assert (rows["calm"]["grad_bursts"], rows["calm"]["grad_burst_max"]) == ("0", "")
+    assert rows["old"]["grad_bursts"] == rows["old"]["grad_burst_max"] == ""

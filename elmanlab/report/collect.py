@@ -278,6 +278,9 @@ class Run:
     def late_rise(self) -> dict | None:
         return instability.late_rise(self.metrics())
 
+    def gradient_bursts(self) -> list[dict] | None:
+        return instability.gradient_bursts(self.metrics())
+
     def val_metrics(self) -> list[dict]:
         """The held-out evaluations of metrics.jsonl (the validation curve)."""
         if self._val_metrics is None:

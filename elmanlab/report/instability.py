@@ -1,7 +1,7 @@
 """What a run's training lines say about its stability: loss spikes, blow-ups in the first steps, and a
-loss that rose late. Each function reads the training lines of metrics.jsonl (``runs.read_metrics``:
+loss that rose late, and gradient bursts. Each function reads the training lines of metrics.jsonl (``runs.read_metrics``:
 ``step``, ``loss`` = the mean loss since the line before, and since 2026-12-07 ``loss_max``, the line's
-highest step loss); ``report.collect.Run`` exposes them as methods, and the report names what they find
+highest step loss, and ``grad_norm_max``, its largest step gradient norm); ``report.collect.Run`` exposes them as methods, and the report names what they find
 in its notes, results.csv and a prediction's verdict.
 """
 from __future__ import annotations
@@ -27,6 +27,11 @@ BLOWUP_NATS = 2 * math.log(256)
 # largest such rise was 0.009 nats (windows that overlap the last) but for one run, E1 expansion 2.0 at 400M:
 # 0.051 (best 1.2940 at step 1,260, then lines of 1.26-1.45 to the end; its largest line rise, 0.145, is no spike).
 LATE_RISE_NATS, LATE_FROM = 0.03, 200
+# A gradient burst: a training line past step SPIKE_AFTER whose largest step gradient norm (``grad_norm_max``,
+# recorded since 2026-12-07) reached BURST_GRAD_NORM. In the 400M runs of 2026-12-07 a calm line's stays
+# at 1-3; every lab-default E1 run that records it had at least one burst (11-325: E1 expansion 2.0's two
+# seeds 325 and 53, before their late rises), none of the four E1 runs with W_h's spectral norm fixed.
+BURST_GRAD_NORM = 10.0
 
 
 def _finite_lines(lines: list[dict]) -> list[dict]:
@@ -124,3 +129,16 @@ def late_rise(lines: list[dict]) -> dict | None:
     """``loss_rise_late`` where the rise reached LATE_RISE_NATS, else None."""
     ev = loss_rise_late(lines)
     return ev if ev is not None and ev["rise"] >= LATE_RISE_NATS else None
+
+
+def gradient_bursts(lines: list[dict]) -> list[dict] | None:
+    """The training lines past step SPIKE_AFTER whose ``grad_norm_max`` reached BURST_GRAD_NORM (each
+    line's step and grad_norm_max), in step order; None for a record without ``grad_norm_max`` past
+    SPIKE_AFTER (not recorded, where [] means none)."""
+    rec = [m for m in lines if isinstance(m.get("step"), (int, float)) and m["step"] > SPIKE_AFTER
+           and isinstance(m.get("grad_norm_max"), (int, float))]
+    if not rec:
+        return None
+    return [{"step": int(m["step"]), "grad_norm_max": float(m["grad_norm_max"])}
+            for m in sorted(rec, key=lambda m: m["step"])
+            if not math.isfinite(m["grad_norm_max"]) or m["grad_norm_max"] >= BURST_GRAD_NORM]

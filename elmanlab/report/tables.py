@@ -308,7 +308,7 @@ class Report(Views):
                ["budget", "loss_last100", "final_loss", "val_bpb", "val_bpb_y", "best_val_bpb", "best_val_step",
                 "epochs",
                 "tokens_per_s", "peak_memory_gb", "steps",
-                "tokens", "wall_s", "mfu", "nonfinite_steps", "loss_spike_steps", "early_blowup_loss", "late_rise_nats", "kernel_family", "kernel_path", "kernel_fast",
+                "tokens", "wall_s", "mfu", "nonfinite_steps", "loss_spike_steps", "early_blowup_loss", "late_rise_nats", "grad_bursts", "grad_burst_max", "kernel_family", "kernel_path", "kernel_fast",
                 "implementations", "allow_reference", "cuda_graph", "warmup_s", "elmanlab_version", "commit", "dirty",
                 "like_for_like", "baseline", "gap_to_baseline", "gap_pct", "wave", "error"]
         unlike = self.unlike()
@@ -327,7 +327,7 @@ class Report(Views):
                                                                 "tokens", "wall_s", "mfu")]
                        + [csv_cell(r.nonfinite_steps), " ".join(str(ev["step"]) for ev in r.loss_spikes()),
                           csv_cell((r.early_blowup() or {}).get("loss_max")),
-                          csv_cell((r.late_rise() or {}).get("rise")), r.kernel_family or "", r.kernel_path or "",
+                          csv_cell((r.late_rise() or {}).get("rise")), *_burst_cells(r), r.kernel_family or "", r.kernel_path or "",
                           csv_cell(r.kernel_fast),
                           "; ".join(f"{op}: {p}" for op, p in sorted(r.implementations().items())),
                           csv_cell(r.allow_reference), csv_cell(r.cuda_graph), csv_cell(r.get("warmup_s")),
@@ -432,3 +432,12 @@ def _opt(v) -> str:
 def _kernel_text(r: Run) -> str:
     p = r.kernel_path
     return "-" if p is None else p + (" (reference)" if r.kernel_fast is False and p != "reference" else "")
+
+
+def _burst_cells(r: Run) -> list[str]:
+    """results.csv's grad_bursts (how many training lines past step 100 had a step gradient norm of 10 or
+    more) and grad_burst_max (the largest of them); both empty where the record has no grad_norm_max."""
+    bursts = r.gradient_bursts()
+    if bursts is None:
+        return ["", ""]
+    return [str(len(bursts)), csv_cell(max((b["grad_norm_max"] for b in bursts), default=None))]
