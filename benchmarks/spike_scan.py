@@ -45,6 +45,11 @@ def scan(folders) -> list[dict]:
     return sorted(rows, key=lambda x: -x["largest_rise"])
 
 
+def _label(x: dict) -> str:
+    """A row's folder/run, its last 60 characters (the printed tables' first column)."""
+    return (x["folder"].rstrip("/") + "/" + x["run"])[-60:]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,7 +68,7 @@ def main(argv=None) -> int:
           f"{SPIKE_WINDOW} lines before, past step {SPIKE_AFTER}")
     print(f"{'run':<60} {'largest rise':>12} {'at step':>8}  spikes")
     for x in rows[:args.top]:
-        print(f"{(x['folder'].rstrip('/') + '/' + x['run'])[-60:]:<60} {x['largest_rise']:>12.3f} {x['at_step']:>8}  "
+        print(f"{_label(x):<60} {x['largest_rise']:>12.3f} {x['at_step']:>8}  "
               f"{' '.join(map(str, x['spikes'])) or '-'}")
     print(f"\nwithout a spike: {len(calm)} runs, largest rise {max(calm) if calm else float('nan'):.3f}; "
           f"with one: {len(spiky)} runs, rises {min(spiky) if spiky else float('nan'):.3f}-"
@@ -73,14 +78,14 @@ def main(argv=None) -> int:
           "nats or more)")
     print(f"{'run':<60} {'late rise':>12} {'best at':>8}")
     for x in late[:args.top]:
-        print(f"{(x['folder'].rstrip('/') + '/' + x['run'])[-60:]:<60} {x['late_rise']:>+12.4f} {x['late_best_step']:>8}")
+        print(f"{_label(x):<60} {x['late_rise']:>+12.4f} {x['late_best_step']:>8}")
     rec = [x for x in rows if x["grad_bursts"] is not None]
     print(f"\ngradient bursts (a line past step {SPIKE_AFTER} with a step gradient norm of {BURST_GRAD_NORM:g} or more), "
           f"{len(rec)} runs that record grad_norm_max")
     print(f"{'run':<60} {'bursts':>6} {'largest':>8}  steps")
     for x in sorted(rec, key=lambda x: (-len(x["grad_bursts"]), x["run"])):
         b = x["grad_bursts"]
-        print(f"{(x['folder'].rstrip('/') + '/' + x['run'])[-60:]:<60} {len(b):>6} "
+        print(f"{_label(x):<60} {len(b):>6} "
               f"{max((g for _, g in b), default=0):>8.1f}  {' '.join(str(s) for s, _ in b) or '-'}")
     if args.out:
         save_json(args.out, {"what": "each run's largest training-line rise, its loss spikes, its late rise and its "
