@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The calls of the next GPU sessions (after 2026-12-06). Carry .wheels and .data
-# (python3 scripts/make-corpus-slice.py --pieces 8: the tree ~7 MB + .wheels 46 + the 32M slice 8.0 +
-# validation 0.4 = 61 MiB of 64). Use o (issue 20) and r (issue 19): each call starts, collects and
+# (python3 scripts/make-corpus-slice.py --pieces 8): since 2026-12-07's eleventh session the tree 13.7 MB +
+# .wheels 44.4 (TileLang's 37.2) + the 32M slice 7.8 + validation 0.4 = 66.4 MB of the 67.1 (64 MiB) a call
+# carries, so GDN runs need no install-only first call; check with scripts/carry-size.sh .wheels
+# .data/corpus-slice-32M.txt.zst .data/corpus-val.txt.zst before a lease (every landing grows the tree; when
+# it is over, carry .wheels/core, as below). Use o (issue 20) and r (issue 19): each call starts, collects and
 # stops its study by itself, so that nothing is lost when a lent machine is taken back between calls
 # (on 2026-12-06 a warm machine was, with two 200M runs in flight, after the study had been
 # started in one call to be collected in the next). After each call, on this
@@ -58,7 +61,7 @@
 # spectral_mode=fixed-s42' (430 s); then benchmarks/throughput.py for every row of the table alone (67 s and
 # 174 s, Mamba2 d_state 64's first tuning 108 s of it). The tree (10.8 MB) + .wheels (45.4) + .data (8.4)
 # no longer fit the 64 MiB a call carries: carry .wheels/core (6.9 MB) instead of .wheels except for GDN,
-# the one family that needs TileLang (40 MB; fla's gated backward on Hopper): for GDN calls carry .wheels
+# the one family that needs TileLang (40 MB then, 37.2 since; fla's gated backward on Hopper): for GDN calls carry .wheels
 # and .data/corpus-val.txt.zst in a first call that only installs (device_setup), then .wheels/core and
 # the data in the next, on the warm machine (installs persist while it stays warm).
 # Since the fifth session's last commits every Elman-family training line also computes w_h_norm_max
@@ -143,6 +146,16 @@
 # spectral_mode=fixed-s42' (~400), 'e1-d1312x26-expansion=1.5-spectral_norm=true-spectral_mode=fixed-s42' (~400),
 # then the stability wave. minGRU's
 # pure-bf16 y-score rerun (above) is still to do. Or, to close issue 20 first, the scaling-small calls above.
+# The day's eleventh session (2026-12-07): two failed starts (271 s), then the workplace paused new loans; no runs.
+# Issue 20 first now (issue 19 is resolved). Its 12 runs take ~2,600 s alone on an H100 (16.4M tokens at the
+# H200 rates of studies/scaling-small.yaml less ~20%, + ~40 s of start-up and evaluation each: gdn 50M 105,
+# 100M 140, 200M 205 each; e42 50M 190, 100M 260; e88 100M 230, 200M 370 each; transformer 200M 165 each;
+# mamba2 200M 200), so two sessions. One MODE=keep lease a session, every call carrying .wheels and .data
+# (above), JOBS 2 with SOLO_ABOVE 150M, in this order (every family reaches three sizes first; each GDN run
+# beside an E run, so that the GPU works while GDN's first process compiles TileLang's kernels on the CPU):
+# ONLY='e42-50M-*,gdn-50M-*,e88-100M-*,gdn-100M-*,transformer-200M-s42,e42-100M-*,mamba2-200M-s43,
+# transformer-200M-s43,gdn-200M-*,e88-200M-*' with BF16_TEST=0 MODE=keep FINISH_BY=60, STOP_AFTER the lease's
+# minutes less the longest run's; the next session resumes the study from docs/results/scaling-small.
 #   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|f|m|v|e|h OUTDIR
 set -o pipefail
 phase=${1:?o, r, f, m, v, e or h}
