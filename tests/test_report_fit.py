@@ -313,3 +313,40 @@ def test_a_run_at_step_n_is_the_run_of_n_steps(tmp_path):
     assert long.value_at(150, "loss_last100") == pytest.approx(sums[150]["loss_last100"], rel=1e-9, abs=0)
     assert long.value_at(250, "loss_last100") == pytest.approx(sums[250]["loss_last100"], rel=1e-9, abs=0)
     assert long.value_at(155, "loss_last100") is None and long.value_at(300, "loss_last100") is None
+
+
+def test_a_curve_that_misses_its_runs_is_marked_and_not_judged(tmp_path):
+    """A family whose loss rises with size (scaling-small's E42 on 2026-12-07: 1.29, 1.32, 1.40) gets a flat
+    curve that misses its runs far beyond the seed noise: the table marks it and its crossings and gaps are
+    not judged. The families that follow the law (with the same noise) are not marked."""
+    root = scaling_study(tmp_path, extra=False)
+    rng = np.random.default_rng(3)
+    for t, base in (("20M", 1.29), ("50M", 1.32), ("200M", 1.40)):
+        for s in (42, 43):
+            run(root, f"e42-{t}-s{s}", "e42", SIZES[t], base + 0.005 * rng.standard_normal(), seed=s, target=t)
+    rep = Report(root, fit=True, predict=["400M"], bootstrap=B)
+    fs = rep.fits().groups[0].params
+    e42 = fam(fs, "e42")
+    assert e42.misfit.startswith("misfit:") and "chi-square" in e42.misfit
+    assert not fam(fs, "e1").misfit and not fam(fs, "mamba2").misfit
+    for c in fs.crossings:
+        verdicts = [r["verdict"] for r in c.roots] or [c.none_verdict]
+        judged = all(not v.startswith("not judged") for v in verdicts)
+        assert judged == ("e42" not in (c.a, c.b)), (c.a, c.b, verdicts)
+    (pred,) = fs.predictions
+    for q in pred.gaps:
+        assert q["verdict"].startswith("not judged") == ("e42" in (q["a"], q["b"])), q
+    assert next(v for v in pred.values if v["family"] == "e42")["misfit"] is True
+    md = rep.markdown([])
+    assert "**misfit: the curve misses its runs" in md and "misfit: not a prediction" in md
+    fj = rep.fits().to_json()
+    fams = {f["family"]: f for f in fj["groups"][0]["params"]["families"]}
+    assert fams["e42"]["misfit"] and fams["e1"]["misfit"] is None
+
+
+def test_misfit_needs_noise_and_a_residual_degree_of_freedom():
+    from elmanlab.report.fit import chi2_quantile, misfit
+    assert chi2_quantile(1) == pytest.approx(6.635, rel=0.01) and chi2_quantile(3) == pytest.approx(11.345, rel=0.01)
+    assert misfit(1.0, 2, None) == "" and misfit(1.0, 0, 0.01) == ""
+    assert misfit(9.0 * 0.01 ** 2, 2, 0.01) == ""                 # at the bound: chi-square 9.0 < 9.2
+    assert misfit(9.5 * 0.01 ** 2, 2, 0.01).startswith("misfit:")

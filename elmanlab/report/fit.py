@@ -43,6 +43,13 @@ cross in the range or the interval spans more than 10x.
 
 **Predictions.** Each family's fitted value at a given size and each pair's gap, with intervals from
 the (paired) refits; a gap whose interval holds 0 is undecided.
+
+**Misfit.** A curve that misses its own runs by more than the seed noise allows does not describe the
+family: the residual sum of squares over the noise variance (chi-square with runs - 3 degrees of
+freedom) beyond its 99th percentile (``MISFIT_Z``, Wilson-Hilferty). Such a family (on 2026-12-07,
+E42, whose loss rose with size: 1.29 at 20M, 1.32 at 50M, 1.40 at 200M) keeps its table row, marked, but
+its crossings and predicted gaps are "not judged". Without a noise sd, or with no residual degree of
+freedom, there is no test.
 """
 from __future__ import annotations
 
@@ -68,6 +75,7 @@ DECIDE = 0.80                       # fraction of refits that must cross in the 
 WIDE = 10.0                         # a crossing interval spanning more than this factor is undecided
 SAME_TOKENS = 1.005                 # runs whose token counts differ less than this are at equal tokens
 INSIDE = 1.02                       # a size this close to the data's range (a factor) counts as inside it
+MISFIT_Z = 2.326                    # the misfit test's one-sided normal quantile (99%)
 CHUNK = 100                         # refits fitted at once (memory: CHUNK x GRID x runs)
 SIZE_KEYS = ("n_heads",)            # options the sizing derives from the width: not a configuration
 XKINDS = {"params": ("N", "parameters"), "flops": ("C", "training FLOPs")}
@@ -200,6 +208,7 @@ class FamilyFit:
     boot: dict | None = None           # arrays E, a, alpha (B,) of the refits; None: no interval
     no_interval: str = ""
     noise_sd: float | None = None      # the seed noise added to every refit's values (None: none)
+    misfit: str = ""                   # why the curve does not describe the runs ("": it does, or no test)
 
     @property
     def n(self) -> int:
@@ -290,7 +299,7 @@ class FamilyFit:
                 "a_at_x0": self.a, "interval": {k: list(v) if v else None for k, v in iv.items()},
                 "rms_residual": self.rms, "r2": self.r2, "dof": self.dof, "seed_sd": self.seed_sd(),
                 "bounds": self.bounds(), "refits": 0 if self.boot is None else len(self.boot["E"]),
-                "noise_sd": self.noise_sd, "no_interval": self.no_interval or None}
+                "noise_sd": self.noise_sd, "no_interval": self.no_interval or None, "misfit": self.misfit or None}
 
 
 def fit_family(label: str, model: str, points: list[Point], B: int = BOOTSTRAP, seed: int = SEED,
@@ -321,7 +330,27 @@ def fit_family(label: str, model: str, points: list[Point], B: int = BOOTSTRAP, 
         Y = Y + noise_sd * rng.standard_normal(Y.shape)
     bt = fit_many(xs[idx], Y, f.x0)
     f.boot = {k: bt[k] for k in ("E", "a", "alpha")}
+    f.misfit = misfit(f.sse, f.dof, f.noise_sd)
     return f
+
+
+def chi2_quantile(dof: int, z: float = MISFIT_Z) -> float:
+    """The chi-square quantile with ``dof`` degrees of freedom at the normal quantile ``z`` (Wilson-Hilferty:
+    within 1% of the exact 99th percentile from one degree of freedom up)."""
+    c = 2.0 / (9.0 * dof)
+    return dof * (1.0 - c + z * math.sqrt(c)) ** 3
+
+
+def misfit(sse: float, dof: int, noise_sd: float | None) -> str:
+    """"" when the residuals are as large as the seed noise allows (or nothing can be tested), else why not."""
+    if not noise_sd or dof < 1:
+        return ""
+    chi2, q = sse / noise_sd ** 2, chi2_quantile(dof)
+    if chi2 <= q:
+        return ""
+    return (f"misfit: the curve misses its runs by RMS {math.sqrt(sse / (dof + 3)):.4f} against seed noise sd "
+            f"{noise_sd:.4f} (chi-square {chi2:.1f} on {dof} dof, 99% bound {q:.1f}): the power law does not "
+            f"describe this family here")
 
 
 # ---------------------------------------------------------------- two families
@@ -336,10 +365,13 @@ class Crossing:
     roots: list[dict] = field(default_factory=list)   # x, interval, who is ahead below / above, verdict
     frac: float | None = None         # fraction of the paired refits that cross in the range
     ahead: str | None = None          # with no crossing: the family ahead (lower) throughout
+    not_judged: str = ""              # a family's curve does not describe its runs (misfit)
 
     @property
     def none_verdict(self) -> str:
         """With no crossing in the point fit: "no crossing", or undecided when many refits cross."""
+        if self.not_judged:
+            return self.not_judged
         if self.frac is not None and self.frac > 1 - DECIDE:
             return f"undecided: {100 * self.frac:.0f}% of the refits cross within the range"
         return "no crossing"
@@ -365,6 +397,7 @@ def crossing(fa: FamilyFit, fb: FamilyFit, K: int = 801) -> Crossing:
     xs_all = np.concatenate([fa.xs, fb.xs])
     lo, hi = float(xs_all.min()) / SEARCH, float(xs_all.max()) * SEARCH
     c = Crossing(fa.label, fb.label, lo, hi)
+    c.not_judged = _not_judged(fa, fb)
     xs = np.geomspace(lo, hi, K)
     lxs = np.log(xs)
     d = (fa(xs) - fb(xs))[None]
@@ -401,6 +434,8 @@ def crossing(fa: FamilyFit, fb: FamilyFit, K: int = 801) -> Crossing:
                 root["verdict"] = f"undecided: the interval spans {iv[1] / iv[0]:.0f}x (more than {WIDE:g}x)"
             else:
                 root["verdict"] = "decided"
+        if c.not_judged:
+            root["verdict"] = c.not_judged
         c.roots.append(root)
     return c
 
@@ -422,7 +457,7 @@ def predict(fits: list[FamilyFit], pairs: list[tuple[FamilyFit, FamilyFit]], x: 
         bc = f.boot_curves([x])
         iv = _pct(bc[:, 0]) if bc is not None else None
         vals.append({"family": f.label, "value": float(f([x])[0]), "interval": list(iv) if iv else None,
-                     "beyond_data": _beyond(f.xs, x)})
+                     "beyond_data": _beyond(f.xs, x), "misfit": bool(f.misfit)})
     gaps = []
     for fa, fb in pairs:
         g = float(fa([x])[0] - fb([x])[0])
@@ -439,9 +474,15 @@ def predict(fits: list[FamilyFit], pairs: list[tuple[FamilyFit, FamilyFit]], x: 
             verdict = f"{fb.label} ahead"
         else:
             verdict = "undecided: the interval holds 0"
+        verdict = _not_judged(fa, fb) or verdict
         gaps.append({"a": fa.label, "b": fb.label, "gap": g, "interval": list(iv) if iv else None,
                      "verdict": verdict})
     return Prediction(float(x), vals, gaps)
+
+
+def _not_judged(fa: FamilyFit, fb: FamilyFit) -> str:
+    bad = [f.label for f in (fa, fb) if f.misfit]
+    return f"not judged: {' and '.join(bad)}'s curve does not describe its runs (misfit)" if bad else ""
 
 
 def _beyond(xs: np.ndarray, x: float) -> float:

@@ -154,7 +154,8 @@ class FitReport:
                          _with(f.E, iv["E"], "{:.4f}"), _with(f.A, iv["A"], "{:.3g}"),
                          _with(f.alpha, iv["alpha"], "{:.3f}"), f"{f.rms:.4f}",
                          "-" if f.r2 is None else f"{f.r2:.4f}", f.dof, "-" if sd is None else f"{sd:.4f}",
-                         "; ".join(f.bounds() + ([f.no_interval] if f.no_interval else [])) or "-"])
+                         "; ".join(([f"**{f.misfit}**"] if f.misfit else []) + f.bounds()
+                                   + ([f.no_interval] if f.no_interval else [])) or "-"])
         lines.append(md_table(["family", "runs", "sizes", "E [95%]", "A [95%]", "α [95%]", "RMS resid",
                                "R²", "dof", "seed sd", "note"], rows))
         refused = [f for f in fs.fits if f.refused]
@@ -178,7 +179,8 @@ class FitReport:
                                     crow))
         for p in fs.predictions:
             vrow = [[v["family"], f"{v['value']:.4f}", _iv(v["interval"]),
-                     "inside the data" if v["beyond_data"] <= INSIDE else f"{v['beyond_data']:.1f}x beyond the data"]
+                     ("inside the data" if v["beyond_data"] <= INSIDE else f"{v['beyond_data']:.1f}x beyond the data")
+                     + ("; misfit: not a prediction" if v.get("misfit") else "")]
                     for v in p.values]
             grow = [[f"{q['a']} - {q['b']}", f"{q['gap']:+.4f}", _iv(q["interval"], "{:+.4f}"), q["verdict"]]
                     for q in p.gaps]
