@@ -146,8 +146,13 @@
 # spectral_mode=fixed-s42' (~400), 'e1-d1312x26-expansion=1.5-spectral_norm=true-spectral_mode=fixed-s42' (~400),
 # then the stability wave. minGRU's
 # pure-bf16 y-score rerun (above) is still to do. Or, to close issue 20 first, the scaling-small calls above.
-# The day's eleventh session (2026-12-07): two failed starts (271 s), then the workplace paused new loans; no runs.
-# Issue 20 first now (issue 19 is resolved). Its 12 runs take ~2,600 s alone on an H100 (16.4M tokens at the
+# The day's eleventh session (2026-12-07): eight failed or refused starts (1,096 s), then one H100 (kind nvidia-h200)
+# and one keep call with everything carried (562 s; the lease's start took most of the budget: held_s 1,732 at its
+# end): ONLY as below, STOP_AFTER=4: e42-50M-s42 and gdn-50M-s42 finished (296 and 187 s, two at a time); e88-100M
+# and gdn-100M were lost when the budget ran out. Its second call reinstalled everything (device_setup's check
+# imported mamba_ssm, which always fails: fixed since, with find_spec). Still to run (10): e42 100M, e88 100M,
+# gdn 100M, mamba2 200M s43, e88/gdn/transformer 200M x2: drop e42-50M and gdn-50M from the ONLY below.
+# Issue 20 first now (issue 19 is resolved). Its 12 runs took ~2,600 s alone on an H100 (16.4M tokens at the
 # H200 rates of studies/scaling-small.yaml less ~20%, + ~40 s of start-up and evaluation each: gdn 50M 105,
 # 100M 140, 200M 205 each; e42 50M 190, 100M 260; e88 100M 230, 200M 370 each; transformer 200M 165 each;
 # mamba2 200M 200), so two sessions. One MODE=keep lease a session, every call carrying .wheels and .data
