@@ -330,7 +330,7 @@ def fit_family(label: str, model: str, points: list[Point], B: int = BOOTSTRAP, 
         Y = Y + noise_sd * rng.standard_normal(Y.shape)
     bt = fit_many(xs[idx], Y, f.x0)
     f.boot = {k: bt[k] for k in ("E", "a", "alpha")}
-    f.misfit = misfit(f.sse, f.dof, f.noise_sd)
+    f.misfit = misfit(f.sse, f.dof, f.noise_sd)     # a test of the point fit, against the noise the refits add
     return f
 
 
@@ -417,25 +417,25 @@ def crossing(fa: FamilyFit, fb: FamilyFit, K: int = 801) -> Crossing:
         below = fa.label if d[0, k - 1] < 0 else fb.label
         above = fb.label if below == fa.label else fa.label
         root = {"x": math.exp(lroot), "interval": None, "ahead_below": below, "ahead_above": above}
-        if bmask is None:
-            who = " and ".join(f.label for f in (fa, fb) if f.boot is None)
-            root["verdict"] = f"undecided: no interval ({who}: three runs at three sizes, no refits)"
-        else:
+        iv = None
+        if bmask is not None:
             dist = np.where(bmask, np.abs(blr - lroot), np.inf)
             j = np.argmin(dist, axis=1)
             has = bmask.any(1)
-            near = np.exp(blr[np.arange(len(j)), j][has])
-            iv = _pct(near)
+            iv = _pct(np.exp(blr[np.arange(len(j)), j][has]))
             root["interval"] = list(iv) if iv else None
-            if iv is None or c.frac < DECIDE:
-                root["verdict"] = (f"undecided: only {100 * c.frac:.0f}% of the refits cross within the range "
-                                   f"(needs {100 * DECIDE:.0f}%)")
-            elif iv[1] / iv[0] > WIDE:
-                root["verdict"] = f"undecided: the interval spans {iv[1] / iv[0]:.0f}x (more than {WIDE:g}x)"
-            else:
-                root["verdict"] = "decided"
         if c.not_judged:
             root["verdict"] = c.not_judged
+        elif bmask is None:
+            who = " and ".join(f.label for f in (fa, fb) if f.boot is None)
+            root["verdict"] = f"undecided: no interval ({who}: three runs at three sizes, no refits)"
+        elif iv is None or c.frac < DECIDE:
+            root["verdict"] = (f"undecided: only {100 * c.frac:.0f}% of the refits cross within the range "
+                               f"(needs {100 * DECIDE:.0f}%)")
+        elif iv[1] / iv[0] > WIDE:
+            root["verdict"] = f"undecided: the interval spans {iv[1] / iv[0]:.0f}x (more than {WIDE:g}x)"
+        else:
+            root["verdict"] = "decided"
         c.roots.append(root)
     return c
 
