@@ -148,7 +148,7 @@
 # pure-bf16 y-score rerun (above) is still to do. Or, to close issue 20 first, the scaling-small calls above.
 # The day's eleventh session (2026-12-07): eight failed or refused starts (1,096 s), then one H100 (kind nvidia-h200)
 # and one keep call with everything carried (562 s; the lease's start took most of the budget: held_s 1,732 at its
-# end): ONLY as below, STOP_AFTER=4: e42-50M-s42 and gdn-50M-s42 finished (296 and 187 s, two at a time); e88-100M
+# end): ONLY as below, STOP_AFTER=4: e42-50M-s42 and gdn-50M-s42 finished (296 and 192 s in the study, two at a time); e88-100M
 # and gdn-100M were lost when the budget ran out. Its second call reinstalled everything (device_setup's check
 # imported mamba_ssm, which always fails: fixed since, with find_spec). Still to run (10): e42 100M, e88 100M,
 # gdn 100M, mamba2 200M s43, e88/gdn/transformer 200M x2: drop e42-50M and gdn-50M from the ONLY below.
