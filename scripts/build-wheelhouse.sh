@@ -9,8 +9,9 @@
 #                    pure-Python wheel of mamba_ssm built here from its sdist without the CUDA
 #                    extension (MAMBA_SKIP_CUDA_BUILD=TRUE: only its Triton kernels, which elmanlab uses)
 #   DIR/tilelang.tar.xz   TileLang + apache-tvm-ffi + torch-c-dlpack-ext + z3-solver, unpacked and
-#                    recompressed with xz (81 MB of wheels -> 37.2 MB), less z3-solver's command-line
-#                    program (22 MB unpacked; TileLang uses z3 through libz3.so, never the program), so that
+#                    recompressed with xz (81 MB of wheels -> 35.2 MB), less z3-solver's command-line
+#                    program (22 MB unpacked; TileLang uses z3 through libz3.so, never the program) and C++ sources
+#                    nothing reads at run time (below), with libz3.so stored as a link to its twin, so that
 #                    DIR, the 32 MB corpus slice and the tree travel in one 64 MiB call
 #                    (scripts/carry-size.sh); scripts/install-gpu.sh turns it back into the wheels.
 #                    TileLang is needed for a correct Gated DeltaNet backward on Hopper GPUs with
@@ -51,6 +52,19 @@ if [ "${NO_TILELANG:-0}" != 1 ]; then
     z3=("$tmp"/unpacked/z3_solver-*.whl)
     rm "$z3"/z3_solver-*.data/data/bin/z3 && rmdir "$z3"/z3_solver-*.data/data/bin "$z3"/z3_solver-*.data/data "$z3"/z3_solver-*.data
     sed -i '/^z3_solver-[^/]*\.data\/data\/bin\/z3,/d' "$z3"/z3_solver-*.dist-info/RECORD
+    # C++ sources the wheels ship but nothing reads at run time, with their RECORD lines: tvm-ffi's
+    # libbacktrace (2.7 MB, for building libtvm_ffi, which is shipped built), TVM's src/ (13 MB, built
+    # into libtvm_compiler.so; TileLang's kernels include tilelang/src/tl_templates, TVM's include/ and
+    # cutlass/include only) and CUTLASS's profiler and library tools (2.2 MB); 2.0 MB less compressed.
+    # libz3.so becomes a link to its identical twin libz3.so.4.15 (install-gpu.sh's zip follows it,
+    # so the rebuilt wheel holds both files as before)
+    ffi=("$tmp"/unpacked/apache_tvm_ffi-*.whl)
+    rm -r "$ffi"/tvm_ffi/3rdparty/libbacktrace
+    sed -i '/^tvm_ffi\/3rdparty\/libbacktrace\//d' "$ffi"/apache_tvm_ffi-*.dist-info/RECORD
+    tl=("$tmp"/unpacked/tilelang-*.whl)
+    rm -r "$tl"/tilelang/3rdparty/tvm/src "$tl"/tilelang/3rdparty/cutlass/tools/library "$tl"/tilelang/3rdparty/cutlass/tools/profiler
+    sed -i -E '/^tilelang\/3rdparty\/(tvm\/src|cutlass\/tools\/(library|profiler))\//d' "$tl"/tilelang-*.dist-info/RECORD
+    cmp "$z3"/z3/lib/libz3.so "$z3"/z3/lib/libz3.so.4.15 && ln -sf libz3.so.4.15 "$z3"/z3/lib/libz3.so
     echo "compressing TileLang (xz -9e in one thread, one block: 0.5 MB smaller than threaded; about 5 minutes)..."
     tar -C "$tmp/unpacked" -cf - . | xz -9e -T1 > "$dir/tilelang.tar.xz.tmp"
     mv "$dir/tilelang.tar.xz.tmp" "$dir/tilelang.tar.xz"
