@@ -342,6 +342,13 @@ def test_a_curve_that_misses_its_runs_is_marked_and_not_judged(tmp_path):
     fj = rep.fits().to_json()
     fams = {f["family"]: f for f in fj["groups"][0]["params"]["families"]}
     assert fams["e42"]["misfit"] and fams["e1"]["misfit"] is None
+    from elmanlab.report.plots import plot_fit
+    fig = plot_fit(rep, fs, rep.fits().groups[0].tokens)
+    styles = {ln.get_label().split(":")[0]: (ln.get_linestyle(), ln.get_label()) for ln in fig.axes[0].lines
+              if not ln.get_label().startswith("_")}
+    assert styles["e42"][0] == ":" and "MISFIT" in styles["e42"][1], styles
+    assert styles["e1"][0] == "-" and "MISFIT" not in styles["e1"][1], styles
+    assert len(fig.axes[0].collections) == 3 + 2          # the runs of e1, mamba2, e42; bands for e1 and mamba2
 
 
 def test_misfit_needs_noise_and_a_residual_degree_of_freedom():

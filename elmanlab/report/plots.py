@@ -240,7 +240,8 @@ def write_fit_plots(report: Report, fits, outdir: Path) -> list[Path]:
 
 def plot_fit(report: Report, fs, tokens: float):
     """One :class:`elmanlab.report.fit.FitSet`: points, fitted curves, 95% bootstrap bands, log x; the
-    sizes predicted at dashed; families not fitted as open markers."""
+    sizes predicted at dashed; families not fitted as open markers; a misfit family's curve dotted, without
+    a band, and MISFIT in its label."""
     import numpy as np
     from elmanlab.report.fit import LEVEL, XKINDS
     sym, word = XKINDS[fs.xkind]
@@ -261,8 +262,11 @@ def plot_fit(report: Report, fs, tokens: float):
         ax.scatter(x, y, s=24, color=c, zorder=3)
         fy = f(xs)
         ys_seen += list(fy)
-        ax.plot(xs, fy, color=c, lw=1.6, zorder=2,
-                label=f"{f.label}: {f.E:.3f} + {f.A:.3g} {sym}^-{f.alpha:.3f} (RMS {f.rms:.4f})")
+        law = f"{f.E:.3f} + {f.A:.3g} {sym}^-{f.alpha:.3f} (RMS {f.rms:.4f})"
+        if f.misfit:                                     # the curve does not describe its runs: dotted
+            ax.plot(xs, fy, color=c, lw=1.4, ls=":", zorder=2, label=f"{f.label}: MISFIT, {law}")
+            continue
+        ax.plot(xs, fy, color=c, lw=1.6, zorder=2, label=f"{f.label}: {law}")
         bc = f.boot_curves(xs)
         if bc is not None:
             blo, bhi = np.percentile(bc, [q, 100 - q], axis=0)
