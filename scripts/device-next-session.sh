@@ -161,6 +161,15 @@
 # ONLY='e42-50M-*,gdn-50M-*,e88-100M-*,gdn-100M-*,transformer-200M-s42,e42-100M-*,mamba2-200M-s43,
 # transformer-200M-s43,gdn-200M-*,e88-200M-*' with BF16_TEST=0 MODE=keep FINISH_BY=60, STOP_AFTER the lease's
 # minutes less the longest run's; the next session resumes the study from docs/results/scaling-small.
+# The day's twelfth session (2026-12-07): the first call was refused, the load over 64 MiB (the device counts
+# more than the files' bytes: scripts/carry-size.sh now counts as tar does), so the TileLang tarball lost the
+# C++ sources nothing reads at run time (35.2 MB; GDN trained through TileLang from it); three failed starts
+# (361 s); then one H100 lease, three calls: ONLY='e88-100M-*,gdn-100M-*,e42-100M-*,transformer-200M-s42,
+# mamba2-200M-s43,...' STOP_AFTER=4 finished e88 and gdn 100M (295, 327 s in the study), e42 100M (277) and
+# transformer 200M s42 (162 s). The second call was given WAIT_END=1, which ENDS the study at its deadline:
+# mamba2 200M s43 was lost in flight. A middle call of a lease takes FINISH_IN, never WAIT_END.
+# Still to run (6), each alone: ONLY='mamba2-200M-s43,transformer-200M-s43,gdn-200M-*,e88-200M-*' (~200,
+# 165, 205 x2, 370 x2 s + ~40 each: two leases), BF16_TEST=0 MODE=keep FINISH_BY=60, STOP_AFTER as above.
 #   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|f|m|v|e|h OUTDIR
 set -o pipefail
 phase=${1:?o, r, f, m, v, e or h}

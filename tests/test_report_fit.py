@@ -357,3 +357,12 @@ def test_misfit_needs_noise_and_a_residual_degree_of_freedom():
     assert misfit(1.0, 2, None) == "" and misfit(1.0, 0, 0.01) == ""
     assert misfit(9.0 * 0.01 ** 2, 2, 0.01) == ""                 # at the bound: chi-square 9.0 < 9.2
     assert misfit(9.5 * 0.01 ** 2, 2, 0.01).startswith("misfit:")
+
+
+def test_not_judged_names_each_misfit_family_once():
+    from types import SimpleNamespace as NS
+    from elmanlab.report.fit import _not_judged
+    ok, a, b = NS(label="e1", misfit=""), NS(label="e42", misfit="misfit: x"), NS(label="transformer", misfit="misfit: y")
+    assert _not_judged(ok, ok) == ""
+    assert _not_judged(ok, a) == "not judged: e42's curve does not describe its runs (misfit)"
+    assert _not_judged(a, b) == "not judged: the curves of e42 and transformer do not describe their runs (misfit)"

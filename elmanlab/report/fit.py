@@ -482,7 +482,10 @@ def predict(fits: list[FamilyFit], pairs: list[tuple[FamilyFit, FamilyFit]], x: 
 
 def _not_judged(fa: FamilyFit, fb: FamilyFit) -> str:
     bad = [f.label for f in (fa, fb) if f.misfit]
-    return f"not judged: {' and '.join(bad)}'s curve does not describe its runs (misfit)" if bad else ""
+    if not bad:
+        return ""
+    return (f"not judged: {bad[0]}'s curve does not describe its runs (misfit)" if len(bad) == 1 else
+            f"not judged: the curves of {' and '.join(bad)} do not describe their runs (misfit)")
 
 
 def _beyond(xs: np.ndarray, x: float) -> float:
