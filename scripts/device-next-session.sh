@@ -170,6 +170,12 @@
 # mamba2 200M s43 was lost in flight. A middle call of a lease takes FINISH_IN, never WAIT_END.
 # Still to run (6), each alone: ONLY='mamba2-200M-s43,transformer-200M-s43,gdn-200M-*,e88-200M-*' (~200,
 # 165, 205 x2, 370 x2 s + ~40 each: two leases), BF16_TEST=0 MODE=keep FINISH_BY=60, STOP_AFTER as above.
+# 2026-12-08 (thirteenth session): no machine. Eight starts got none and two calls were refused (1,291 s of the
+# 1,800), then new loans were paused. The calls were ONLY='gdn-200M-s42,transformer-200M-s43,e88-200M-s42,
+# mamba2-200M-s43,gdn-200M-s43,e88-200M-s43' (the two runs that add a size to a family's curve, GDN's and E88's
+# 200M, and the Transformer's second 200M seed, which decides whether its misfit is a seed's, first) with
+# STOP_AFTER the lease's minutes less the longest run's; use that order next. With under ~700 s of device time
+# left, put transformer-200M-s43 (~205 s a call) first: a lease's start can take 300 s of it.
 #   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|f|m|v|e|h OUTDIR
 set -o pipefail
 phase=${1:?o, r, f, m, v, e or h}
