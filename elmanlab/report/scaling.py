@@ -180,7 +180,7 @@ class FitReport:
         for p in fs.predictions:
             vrow = [[v["family"], f"{v['value']:.4f}", _iv(v["interval"]),
                      ("inside the data" if v["beyond_data"] <= INSIDE else f"{v['beyond_data']:.1f}x beyond the data")
-                     + ("; misfit: not a prediction" if v.get("misfit") else "")]
+                     + ("; misfit: not a prediction" if v["misfit"] else "")]
                     for v in p.values]
             grow = [[f"{q['a']} - {q['b']}", f"{q['gap']:+.4f}", _iv(q["interval"], "{:+.4f}"), q["verdict"]]
                     for q in p.gaps]
