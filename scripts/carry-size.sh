@@ -13,10 +13,10 @@ cd "$(git rev-parse --show-toplevel)"
 limit=$(( 64 * 1024 * 1024 ))
 # bytes as a tar archive holds them: files padded to 512 plus a 512-byte header each, 512 a folder
 tarsize='{s += $1 + (512 - $1 % 512) % 512 + 512} END {print s + 0}'
-files() { git ls-files -z --cached --others --exclude-standard; }
+mapfile -d '' files < <(git ls-files -z --cached --others --exclude-standard)   # the tree, listed once
 # the files' sizes, then a 0 for the top folder and for each folder below it that holds a file
-tree=$( { files | xargs -0 -r stat -c '%s' -- 2>/dev/null; echo 0; files | tr '\0' '\n' | sed -n 's|/[^/]*$||p' | sort -u | sed 's/.*/0/'; } \
-        | awk "$tarsize")
+tree=$( { printf '%s\0' "${files[@]}" | xargs -0 -r stat -c '%s' -- 2>/dev/null; echo 0
+          printf '%s\n' "${files[@]}" | sed -n 's|/[^/]*$||p' | sort -u | sed 's/.*/0/'; } | awk "$tarsize")
 total=$tree
 printf '%12d  the tree (tracked and untracked-not-ignored files and their folders, as tar holds them)\n' "$tree"
 for p in "$@"; do
