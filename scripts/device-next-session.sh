@@ -176,7 +176,7 @@
 # 200M, and the Transformer's second 200M seed, which decides whether its misfit is a seed's, first) with
 # STOP_AFTER the lease's minutes less the longest run's; use that order next. With under ~700 s of device time
 # left, put transformer-200M-s43 (~205 s a call) first: a lease's start can take 300 s of it.
-# 2026-12-08, second and third (fourteenth and fifteenth sessions): new loans paused from each one's first
+# 2026-12-08, second, third and fourth (fourteenth to sixteenth sessions): new loans paused from each one's first
 # step; no call, no device time. The order above still stands.
 #   usage: ELMANLAB_SOURCE_COMMIT=<sha> scripts/device-next-session.sh o|r|f|m|v|e|h OUTDIR
 set -o pipefail
